@@ -1,0 +1,15 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="tencentpretrain",
+    version="0.1.0",
+    description="Registry-based pretraining framework for LLaMA-family models, TencentPretrain-compatible",
+    packages=find_packages(include=["tencentpretrain", "tencentpretrain.*"]),
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "sentencepiece", "numpy", "regex", "safetensors", "tqdm"],
+    extras_require={
+        "deepspeed": ["deepspeed>=0.14"],
+        "test": ["pytest", "transformers>=4.40", "openai", "ruff"],
+        "logging": ["tensorboard", "matplotlib"],
+    },
+)

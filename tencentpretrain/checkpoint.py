@@ -1,0 +1,129 @@
+"""Reading and writing TencentPretrain checkpoints (``.bin`` state dicts or ``.safetensors``)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from tencentpretrain.config import ModelConfig
+from tencentpretrain.model import Model, build_model, tie_weights
+
+WORD_EMBEDDING = "embedding.word.embedding.weight"
+LM_HEAD = "target.lm.output_layer.weight"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model; the message names the file and the tensors."""
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a ``torch.save`` file (memory-mapped, weights only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # not a zip-format file (legacy torch.save): no mmap
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise CheckpointError naming every missing, unexpected or mis-shaped tensor."""
+    expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
+    problems = []
+    for name, shape in expected.items():
+        if name not in state:
+            if not (name == LM_HEAD and getattr(model, "config", None) and model.config.tie_weights):
+                problems.append(f"missing tensor {name} (model expects shape {list(shape)})")
+        elif tuple(state[name].shape) != tuple(shape):
+            problems.append(f"tensor {name}: checkpoint has shape {list(state[name].shape)}, "
+                            f"the model config expects {list(shape)}")
+    problems += [f"unexpected tensor {name} with shape {list(state[name].shape)}"
+                 for name in sorted(set(state) - set(expected))]
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise CheckpointError(f"{source} does not fit the model config:\n  {shown}")
+
+
+def vocab_size_of(state: dict[str, torch.Tensor]) -> int:
+    """The vocabulary size a state dict was trained with."""
+    if WORD_EMBEDDING not in state:
+        raise CheckpointError(f"checkpoint has no {WORD_EMBEDDING}; is it a TencentPretrain checkpoint?")
+    return state[WORD_EMBEDDING].shape[0]
+
+
+def load_model(config_path: str | Path | ModelConfig, model_path: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None) -> Model:
+    """Build the model a config describes and fill it from a checkpoint.
+
+    Args:
+        config_path: a JSON config (or an already loaded ``ModelConfig``).
+        model_path: a TencentPretrain ``.bin`` or ``.safetensors`` file.
+        device: where the model should live.
+        dtype: cast floating-point weights to this dtype (default: keep the checkpoint's).
+
+    Returns:
+        The model in eval mode; ``model(ids)`` gives logits (B, T, vocab).
+    """
+    config = config_path if isinstance(config_path, ModelConfig) else ModelConfig.from_json(config_path)
+    state = load_state_dict(model_path)
+    vocab = config.vocab_size or vocab_size_of(state)
+    with torch.device("meta"):
+        model = build_model(config, vocab)
+    check_state_dict(model, state, source=str(model_path))
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_weights:
+        tie_weights(model)
+    model.reset_buffers()
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    return model.eval()
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write a state dict atomically: ``.safetensors`` by suffix, else ``torch.save``."""
+    path = Path(path)
+    state = {k: v.contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(_untie(state), str(tmp), metadata={"format": "pt"})
+        else:
+            torch.save(state, tmp)
+
+
+def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses shared storage: give tied tensors their own copy."""
+    seen, out = set(), {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        out[name] = tensor.clone() if key in seen else tensor
+        seen.add(key)
+    return out

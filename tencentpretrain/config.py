@@ -1,0 +1,169 @@
+"""The model's architecture as a frozen dataclass whose fields are TencentPretrain's JSON keys.
+
+``ModelConfig.from_json("models/llama/7b_config.json")`` loads an existing TencentPretrain config unchanged,
+refuses keys it does not know (listing the valid ones) and checks the rules between fields. Run settings
+(paths, batch size, learning rate, steps) are not here: they belong to the training options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tencentpretrain.registry import ACTIVATIONS, DATA_PROCESSORS, EMBEDDINGS, ENCODERS, FEED_FORWARDS, NORMS, TARGETS
+
+MASKS = ("causal", "fully_visible")
+LAYERNORM_POSITIONS = ("pre", "post")
+
+
+class ConfigError(ValueError):
+    """A model config that cannot describe a model; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a TencentPretrain-style model. Field names are the JSON keys of ``models/**/*.json``."""
+
+    emb_size: int = 768
+    hidden_size: int = 768
+    feedforward_size: int = 3072
+    heads_num: int = 12
+    local_kv_heads_num: int | None = None  # grouped-query attention: key/value heads (None = heads_num)
+    layers_num: int = 12
+    dropout: float = 0.1
+    max_seq_length: int = 1024
+    embedding: tuple[str, ...] = ("word", "pos")
+    encoder: str = "transformer"
+    decoder: str | None = None
+    target: tuple[str, ...] = ("lm",)
+    mask: str = "causal"
+    layernorm_positioning: str = "pre"
+    layernorm: str = "normal"
+    layernorm_eps: float = 1e-6
+    feed_forward: str = "dense"
+    hidden_act: str = "gelu"
+    remove_transformer_bias: bool = False
+    remove_embedding_layernorm: bool = False
+    rotary_position_embedding: bool = False
+    rope_theta: float = 10000.0
+    tie_weights: bool = False
+    has_lmtarget_bias: bool = False
+    vocab_size: int | None = None  # None: taken from the tokenizer or the checkpoint
+    data_processor: str | None = None  # kept for TencentPretrain configs; the default for preprocess/pretrain
+    source: str | None = field(default=None, compare=False, repr=False)  # file it was read from, for messages
+
+    def __post_init__(self) -> None:
+        for name in ("embedding", "target"):  # JSON gives lists; keep the dataclass hashable and immutable
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        self._check()
+
+    # ----------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> ModelConfig:
+        """Build a config from a dict of JSON keys; unknown keys raise ConfigError naming them."""
+        where = f"{source}: " if source else ""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}a model config must be a JSON object, got {type(data).__name__}")
+        valid = {f.name for f in dataclasses.fields(cls)} - {"source"}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ConfigError(f"{where}unknown config key(s) {', '.join(map(repr, unknown))}; "
+                              f"valid keys: {', '.join(sorted(valid))}")
+        return cls(**data, source=source)
+
+    @classmethod
+    def from_json(cls, path: str | Path, **overrides: Any) -> ModelConfig:
+        """Read a TencentPretrain JSON config strictly; ``overrides`` replace keys after reading."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+        if isinstance(data, dict):
+            data.update(overrides)
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON keys and values, lists for sequences, without None-valued optional keys."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "source" or value is None:
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as TencentPretrain-style JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some keys changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------------------------------------ derived
+    @property
+    def kv_heads_num(self) -> int:
+        """Number of key/value heads (equals ``heads_num`` without grouped-query attention)."""
+        return self.local_kv_heads_num or self.heads_num
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.heads_num
+
+    # ----------------------------------------------------------------------------------------------- checking
+    def _check(self) -> None:
+        where = f"{self.source}: " if self.source else ""
+
+        def fail(message: str) -> None:
+            raise ConfigError(where + message)
+
+        for key in ("emb_size", "hidden_size", "feedforward_size", "heads_num", "layers_num", "max_seq_length"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                fail(f"{key} must be a positive integer, got {value!r}")
+        for key in ("remove_transformer_bias", "remove_embedding_layernorm", "rotary_position_embedding",
+                    "tie_weights", "has_lmtarget_bias"):
+            if not isinstance(getattr(self, key), bool):
+                fail(f"{key} must be true or false, got {getattr(self, key)!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            fail(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.hidden_size % self.heads_num:
+            fail(f"hidden_size {self.hidden_size} is not divisible by heads_num {self.heads_num}")
+        kv = self.kv_heads_num
+        if not isinstance(kv, int) or kv <= 0 or self.heads_num % kv:
+            fail(f"heads_num {self.heads_num} is not divisible by local_kv_heads_num {self.local_kv_heads_num!r}")
+        if self.emb_size != self.hidden_size:
+            fail(f"emb_size {self.emb_size} must equal hidden_size {self.hidden_size} "
+                 "(factorized embeddings are not supported)")
+        if self.rotary_position_embedding and self.head_dim % 2:
+            fail(f"rotary_position_embedding needs an even head size, got {self.head_dim}")
+        if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size <= 0):
+            fail(f"vocab_size must be a positive integer, got {self.vocab_size!r}")
+        if self.rope_theta <= 0:
+            fail(f"rope_theta must be positive, got {self.rope_theta!r}")
+        if self.layernorm_eps <= 0:
+            fail(f"layernorm_eps must be positive, got {self.layernorm_eps!r}")
+        if self.mask not in MASKS:
+            fail(f"unknown mask {self.mask!r}; known: {', '.join(MASKS)}")
+        if self.layernorm_positioning not in LAYERNORM_POSITIONS:
+            fail(f"unknown layernorm_positioning {self.layernorm_positioning!r}; known: {', '.join(LAYERNORM_POSITIONS)}")
+        if not self.embedding or self.embedding[0] != "word":
+            fail(f"embedding must start with 'word', got {list(self.embedding)}")
+        if self.decoder is not None:
+            fail(f"decoder {self.decoder!r}: encoder-decoder models are not supported yet; use \"decoder\": null")
+        checks = [(EMBEDDINGS, n) for n in self.embedding] + [(TARGETS, n) for n in self.target]
+        checks += [(ENCODERS, self.encoder), (NORMS, self.layernorm), (FEED_FORWARDS, self.feed_forward),
+                   (ACTIVATIONS, self.hidden_act)]
+        if self.data_processor is not None and len(DATA_PROCESSORS.names()):
+            checks.append((DATA_PROCESSORS, self.data_processor))
+        for registry, name in checks:
+            if name not in registry:
+                fail(f"unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}")

@@ -1,0 +1,73 @@
+"""The transformer encoder: a stack of layers, rotary tables, the attention mask and the final norm."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from tencentpretrain.config import ModelConfig
+from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.layers.rope import RotaryEmbedding
+from tencentpretrain.layers.transformer import TransformerLayer
+from tencentpretrain.registry import ENCODERS, NORMS
+
+
+@ENCODERS.register("transformer")
+class TransformerEncoder(nn.Module):
+    """``layers_num`` transformer layers (``encoder.transformer.{i}``) and, with pre-norm, a final
+    ``encoder.layer_norm``. Decoder-only models use it with ``mask: causal``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.causal = config.mask == "causal"
+        self.transformer = nn.ModuleList(TransformerLayer(config) for _ in range(config.layers_num))
+        self.layer_norm = None
+        if config.layernorm_positioning == "pre":
+            self.layer_norm = NORMS.get(config.layernorm)(config.hidden_size, eps=config.layernorm_eps)
+        self.rotary = None
+        if config.rotary_position_embedding:
+            self.rotary = RotaryEmbedding(config.head_dim, 2 * config.max_seq_length, config.rope_theta)
+        self.checkpoint_activations = False  # set by training; recomputes each layer in the backward pass
+
+    def forward(self, emb: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """Encode ``emb`` (B, T, hidden).
+
+        Args:
+            emb: embedded input.
+            positions: (B, T) or (T,) absolute positions, used by the rotary embedding.
+            padding_mask: (B, S) bool, True for real tokens, over cached plus new positions; None when
+                there is no padding.
+            cache: keys and values of earlier positions (generation), advanced by T on return.
+        """
+        length = emb.shape[1]
+        past = cache.length if cache is not None else 0
+        mask = self._mask(length, past, padding_mask, emb.device)
+        is_causal = self.causal and mask is None and past == 0
+        rotary = self.rotary(positions) if self.rotary is not None else None
+        hidden = emb
+        for i, layer in enumerate(self.transformer):
+            if self.checkpoint_activations and self.training:
+                hidden = checkpoint(layer, hidden, rotary, mask, is_causal,
+                                                           use_reentrant=False)
+            else:
+                hidden = layer(hidden, rotary, mask, is_causal, cache, i)
+        if cache is not None:
+            cache.advance(length)
+        return self.layer_norm(hidden) if self.layer_norm is not None else hidden
+
+    def _mask(self, length: int, past: int, padding_mask: torch.Tensor | None,
+              device: torch.device) -> torch.Tensor | None:
+        """Boolean (B|1, 1, T, S) mask, or None when SDPA's is_causal (or no mask at all) is exact."""
+        if padding_mask is None and (past == 0 or length == 1 or not self.causal):
+            return None
+        total = past + length
+        mask = torch.ones(length, total, dtype=torch.bool, device=device)
+        if self.causal:
+            mask = torch.tril(mask, diagonal=past)  # query i sees keys up to past + i
+        mask = mask[None, None]  # (1, 1, T, S)
+        if padding_mask is not None:
+            mask = mask & padding_mask[:, None, None, :total]
+            mask = mask | ~mask.any(-1, keepdim=True)  # a pad query attends everywhere instead of NaN
+        return mask

@@ -1,0 +1,10 @@
+"""Building blocks shared by the model parts. Importing this package registers the norms,
+feed-forward layers and activations."""
+
+from tencentpretrain.layers import activations, feed_forward, norm  # noqa: F401  (registration)
+from tencentpretrain.layers.attention import MultiHeadedAttention
+from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.layers.rope import RotaryEmbedding, apply_rotary
+from tencentpretrain.layers.transformer import TransformerLayer
+
+__all__ = ["KVCache", "MultiHeadedAttention", "RotaryEmbedding", "TransformerLayer", "apply_rotary"]

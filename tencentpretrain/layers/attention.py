@@ -1,0 +1,62 @@
+"""Multi-head self-attention with grouped-query heads, rotary positions and an optional KV cache."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.layers.rope import apply_rotary
+
+
+class MultiHeadedAttention(nn.Module):
+    """Self-attention through ``F.scaled_dot_product_attention``.
+
+    Parameter names follow TencentPretrain: ``linear_layers.{0,1,2}`` project to query, key and value and
+    ``final_linear`` projects back. With grouped-query attention the key and value projections have
+    ``kv_heads_num * head_dim`` outputs and each key/value head serves ``heads_num / kv_heads_num`` query heads.
+    """
+
+    def __init__(self, hidden_size: int, heads_num: int, kv_heads_num: int, dropout: float, bias: bool = True):
+        super().__init__()
+        self.heads_num = heads_num
+        self.kv_heads_num = kv_heads_num
+        self.head_dim = hidden_size // heads_num
+        kv_size = kv_heads_num * self.head_dim
+        self.linear_layers = nn.ModuleList([
+            nn.Linear(hidden_size, hidden_size, bias=bias),
+            nn.Linear(hidden_size, kv_size, bias=bias),
+            nn.Linear(hidden_size, kv_size, bias=bias),
+        ])
+        self.final_linear = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None, is_causal: bool = False,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """Attend over ``x`` (B, T, hidden).
+
+        Args:
+            x: the normalised hidden states.
+            rotary: cos and sin from ``RotaryEmbedding`` for these positions, or None without rotary embedding.
+            mask: boolean (B, 1, T, S), True where a query may attend a key; None when ``is_causal`` says it all.
+            is_causal: use SDPA's own causal masking (no cache offset, no padding).
+            cache: keys and values of earlier positions, updated in place.
+            layer: this layer's index in ``cache``.
+        """
+        batch, length, _ = x.shape
+        q = self.linear_layers[0](x).view(batch, length, self.heads_num, self.head_dim)
+        k = self.linear_layers[1](x).view(batch, length, self.kv_heads_num, self.head_dim)
+        v = self.linear_layers[2](x).view(batch, length, self.kv_heads_num, self.head_dim)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, kv_heads, S, head_dim)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.kv_heads_num != self.heads_num,
+        )  # (B, heads, T, head_dim)
+        return self.final_linear(out.transpose(1, 2).reshape(batch, length, -1))

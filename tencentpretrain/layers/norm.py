@@ -1,0 +1,38 @@
+"""Normalisation layers by name (the ``layernorm`` key), with TencentPretrain's parameter names."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tencentpretrain.registry import NORMS
+
+
+@NORMS.register("normal")
+class LayerNorm(nn.Module):
+    """Standard layer normalisation (biased variance, eps inside the square root, as GPT-2 and BERT).
+
+    Parameters are called ``gamma`` and ``beta`` as in TencentPretrain checkpoints.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(hidden_size))
+        self.beta = nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.gamma.shape, self.gamma, self.beta, self.eps)
+
+
+@NORMS.register("rms")
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation (LLaMA), computed in float32 and cast back before the scale."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x.float(), self.weight.shape, eps=self.eps)  # (..., hidden)
+        return self.weight * normed.to(x.dtype)

@@ -1,0 +1,53 @@
+"""Rotary position embedding in the layout of Meta's LLaMA and TencentPretrain.
+
+Each head's features are rotated in interleaved pairs ``(x[2i], x[2i+1])`` by angle ``pos * theta^(-2i/d)``.
+transformers' Llama rotates halves ``(x[i], x[i+d/2])`` instead; the checkpoint conversion permutes the q/k
+projection rows between the two layouts (``tencentpretrain.convert.llama.permute_rotary``).
+"""
+
+import torch
+from torch import nn
+
+
+class RotaryEmbedding(nn.Module):
+    """Cos/sin tables computed once, kept as non-persistent buffers, grown on demand.
+
+    Args:
+        head_dim: width of one attention head (even).
+        max_positions: positions to precompute.
+        theta: the rotary base (10000 for LLaMA, 500000 for Llama-3).
+    """
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float = 10000.0):
+        super().__init__()
+        self.head_dim = head_dim
+        self.theta = theta
+        cos, sin = self._tables(max_positions)
+        self.register_buffer("cos", cos, persistent=False)  # (positions, head_dim / 2)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _tables(self, positions: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
+        inv_freq = 1.0 / (self.theta**exponents)  # (head_dim / 2,)
+        angles = torch.outer(torch.arange(positions, device=device).float(), inv_freq)  # (positions, head_dim / 2)
+        return angles.cos(), angles.sin()
+
+    def reset(self, device: torch.device | str = "cpu") -> None:
+        """Recompute the tables on ``device`` (they are not saved in checkpoints)."""
+        self.cos, self.sin = self._tables(self.cos.shape[0], torch.device(device))
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cos and sin for ``positions`` (B, T) or (T,), shaped to broadcast over (B, T, heads, head_dim / 2)."""
+        needed = int(positions.max()) + 1
+        if needed > self.cos.shape[0]:
+            self.cos, self.sin = self._tables(max(needed, 2 * self.cos.shape[0]), self.cos.device)
+        cos, sin = self.cos[positions], self.sin[positions]  # (B, T, head_dim / 2) or (T, head_dim / 2)
+        return cos.unsqueeze(-2), sin.unsqueeze(-2)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved feature pairs of ``x`` (B, T, heads, head_dim) by the given angles."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # (B, T, heads, head_dim / 2, 2)
+    even, odd = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return rotated.flatten(-2).to(x.dtype)

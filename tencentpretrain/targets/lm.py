@@ -1,0 +1,46 @@
+"""The language-model target: next-token prediction with an ignore index and a loss mask."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tencentpretrain.config import ModelConfig
+from tencentpretrain.registry import TARGETS
+
+IGNORE_INDEX = -100
+
+
+@TARGETS.register("lm")
+class LmTarget(nn.Module):
+    """Projects hidden states to the vocabulary (``target.lm.output_layer``) and scores next tokens."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.output_layer = nn.Linear(config.hidden_size, vocab_size, bias=config.has_lmtarget_bias)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, hidden) -> (B, T, vocab)."""
+        return self.output_layer(hidden)
+
+    def forward(self, hidden: torch.Tensor, tgt: torch.Tensor,
+                loss_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean cross-entropy over the positions that count.
+
+        Args:
+            hidden: (B, T, hidden) encoder output.
+            tgt: (B, T) the token that should follow each position; ``IGNORE_INDEX`` where none should.
+            loss_mask: (B, T) optional, nonzero where the loss counts (e.g. the response of an instruction).
+
+        Returns:
+            The loss and its metrics: ``loss`` (detached) and ``tokens`` (how many positions counted).
+        """
+        if loss_mask is not None:
+            tgt = tgt.masked_fill(loss_mask == 0, IGNORE_INDEX)
+        logits = self.logits(hidden)  # (B, T, vocab)
+        loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=IGNORE_INDEX,
+                                   reduction="sum")
+        tokens = (tgt != IGNORE_INDEX).sum()
+        loss = loss_sum / tokens.clamp(min=1)
+        return loss, {"loss": loss.detach(), "tokens": tokens}

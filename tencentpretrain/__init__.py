@@ -8,7 +8,15 @@ tokenizers, templates). The main entry points:
 - ``load_model(config_path, model_path, device="cpu")``: a model filled from a ``.bin`` or ``.safetensors``.
 """
 
-from tencentpretrain import decoders, embeddings, encoders, layers, targets  # noqa: F401  (registration)
+from tencentpretrain import (  # noqa: F401  (registration)
+    data,
+    decoders,
+    embeddings,
+    encoders,
+    layers,
+    targets,
+    tokenizers,
+)
 from tencentpretrain.checkpoint import CheckpointError, load_model, load_state_dict
 from tencentpretrain.config import ConfigError, ModelConfig
 from tencentpretrain.model import Model, build_model

@@ -1,0 +1,10 @@
+"""Tokenizers (``--tokenizer``). Importing this package registers them."""
+
+from tencentpretrain.tokenizers.sentencepiece import (
+    SPECIAL_TOKENS,
+    SentencePieceTokenizer,
+    file_fingerprint,
+    read_special_tokens,
+)
+
+__all__ = ["SPECIAL_TOKENS", "SentencePieceTokenizer", "file_fingerprint", "read_special_tokens"]

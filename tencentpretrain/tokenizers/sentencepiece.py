@@ -1,0 +1,110 @@
+"""SentencePiece tokenizer (LLaMA's), with special tokens read from the model and overridable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from tencentpretrain.registry import TOKENIZERS
+
+SPECIAL_TOKENS = ("bos", "eos", "pad", "unk")
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 of a file's bytes, the identity of a tokenizer recorded in datasets and checked by training."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_special_tokens(path: str | Path) -> dict[str, int | str]:
+    """Read a special-tokens JSON file: ``{"bos": "<s>", "eos": 2, "pad": "<unk>"}`` (pieces or ids).
+
+    TencentPretrain's ``*_special_tokens_map.json`` keys (``pad_token``, ``unk_token``, ``cls_token``,
+    ``sep_token``) are accepted too and read as pad, unk, bos and eos.
+    """
+    aliases = {"pad_token": "pad", "unk_token": "unk", "cls_token": "bos", "sep_token": "eos",
+               "bos_token": "bos", "eos_token": "eos", "mask_token": None}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read special tokens from {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: special tokens must be a JSON object")
+    out = {}
+    for key, value in data.items():
+        name = aliases.get(key, key)
+        if name is None:
+            continue
+        if name not in SPECIAL_TOKENS:
+            raise ValueError(f"{path}: unknown special token {key!r}; known: {', '.join(SPECIAL_TOKENS)}")
+        out[name] = value
+    return out
+
+
+@TOKENIZERS.register("sentencepiece")
+class SentencePieceTokenizer:
+    """Encodes text with a SentencePiece model.
+
+    Args:
+        model_path: the ``.model`` file (``--spm_model_path``).
+        special_tokens: overrides for ``bos``/``eos``/``pad``/``unk``, each a piece or an id. Without an
+            override each comes from the model; a model without a pad piece (LLaMA) pads with ``unk``.
+    """
+
+    def __init__(self, model_path: str | Path, special_tokens: dict[str, int | str] | None = None):
+        import sentencepiece
+
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"SentencePiece model not found: {self.model_path}")
+        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(self.model_path))
+        self.vocab_size = self.sp.get_piece_size()
+        ids = {"bos": self.sp.bos_id(), "eos": self.sp.eos_id(), "pad": self.sp.pad_id(), "unk": self.sp.unk_id()}
+        for name, value in (special_tokens or {}).items():
+            if name not in SPECIAL_TOKENS:
+                raise ValueError(f"unknown special token {name!r}; known: {', '.join(SPECIAL_TOKENS)}")
+            ids[name] = self._to_id(name, value)
+        if ids["pad"] < 0:
+            ids["pad"] = ids["unk"]
+        for name, value in ids.items():
+            if not 0 <= value < self.vocab_size:
+                raise ValueError(f"{self.model_path}: the model defines no {name} token; give one with a "
+                                 "special-tokens override")
+        self.bos_id, self.eos_id, self.pad_id, self.unk_id = ids["bos"], ids["eos"], ids["pad"], ids["unk"]
+
+    def _to_id(self, name: str, value: int | str) -> int:
+        if isinstance(value, int):
+            return value
+        piece_id = self.sp.piece_to_id(value)
+        if piece_id == self.sp.unk_id() and value != self.sp.id_to_piece(self.sp.unk_id()):
+            raise ValueError(f"special token {name}={value!r} is not a piece of {self.model_path}")
+        return piece_id
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """The special token ids by name."""
+        return {"bos": self.bos_id, "eos": self.eos_id, "pad": self.pad_id, "unk": self.unk_id}
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the model file."""
+        return file_fingerprint(self.model_path)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, without bos/eos."""
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of several texts at once (SentencePiece's batched C++ path)."""
+        return self.sp.encode(texts)
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids``."""
+        return self.sp.decode(ids)
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self.sp.id_to_piece(token_id)

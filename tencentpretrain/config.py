@@ -154,7 +154,8 @@ class ModelConfig:
         if self.mask not in MASKS:
             fail(f"unknown mask {self.mask!r}; known: {', '.join(MASKS)}")
         if self.layernorm_positioning not in LAYERNORM_POSITIONS:
-            fail(f"unknown layernorm_positioning {self.layernorm_positioning!r}; known: {', '.join(LAYERNORM_POSITIONS)}")
+            fail(f"unknown layernorm_positioning {self.layernorm_positioning!r}; "
+                 f"known: {', '.join(LAYERNORM_POSITIONS)}")
         if not self.embedding or self.embedding[0] != "word":
             fail(f"embedding must start with 'word', got {list(self.embedding)}")
         if self.decoder is not None:

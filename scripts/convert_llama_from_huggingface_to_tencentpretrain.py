@@ -1,0 +1,17 @@
+"""Convert a Hugging Face LLaMA directory (config.json + safetensors or bin, single or sharded) to TencentPretrain."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tencentpretrain.convert import load_hf_llama  # noqa: E402
+from tencentpretrain.convert.cli import to_tencentpretrain  # noqa: E402
+
+
+def main(argv=None) -> int:
+    return to_tencentpretrain(load_hf_llama, __doc__, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Convert Meta's original LLaMA checkpoint (params.json + consolidated.*.pth, one or several files)
+to TencentPretrain."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tencentpretrain.convert import load_meta_llama  # noqa: E402
+from tencentpretrain.convert.cli import to_tencentpretrain  # noqa: E402
+
+
+def main(argv=None) -> int:
+    return to_tencentpretrain(load_meta_llama, __doc__, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The command lines of ``scripts/convert_*.py``: thin wrappers over the key maps."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from tencentpretrain.checkpoint import CheckpointError, check_state_dict, load_state_dict, save_state_dict
+from tencentpretrain.config import ConfigError, ModelConfig
+from tencentpretrain.convert.hf_io import ConversionError
+from tencentpretrain.model import build_model
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ZOO = Path(__file__).resolve().parents[2] / "models"
+
+
+def _check(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> None:
+    with torch.device("meta"):
+        model = build_model(config, state["embedding.word.embedding.weight"].shape[0])
+    check_state_dict(model, state, source)
+
+
+def to_tencentpretrain(load: Callable[[str], tuple[ModelConfig, dict]], description: str, argv=None) -> int:
+    """CLI: read a foreign checkpoint with ``load`` and write a TencentPretrain ``.bin``/``.safetensors``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--input_model_path", required=True, help="the checkpoint directory (or a file in it)")
+    parser.add_argument("--output_model_path", required=True, help="TencentPretrain .bin or .safetensors to write")
+    parser.add_argument("--output_config_path", help="also write the matching TencentPretrain JSON config here")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast weights (default: keep the checkpoint's)")
+    parser.add_argument("--type", help="model size such as 7B; accepted for compatibility, sizes come from the "
+                                       "checkpoint's own config")
+    args = parser.parse_args(argv)
+    return _run(lambda: _to_ours(load, args))
+
+
+def _to_ours(load, args) -> None:
+    config, state = load(args.input_model_path)
+    if args.dtype:
+        state = {k: v.to(DTYPES[args.dtype]) for k, v in state.items()}
+    _check(config, state, args.input_model_path)
+    save_state_dict(state, args.output_model_path)
+    if args.output_config_path:
+        config.save(args.output_config_path)
+    print(f"wrote {args.output_model_path} ({len(state)} tensors, {config.layers_num} layers, "
+          f"hidden {config.hidden_size}, vocab {state['embedding.word.embedding.weight'].shape[0]})")
+
+
+def from_tencentpretrain(save: Callable[..., None], description: str, family: str, argv=None, **save_options) -> int:
+    """CLI: read a TencentPretrain checkpoint and its config, write a Hugging Face directory with ``save``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--input_model_path", required=True, help="TencentPretrain .bin or .safetensors")
+    parser.add_argument("--config_path", help=f"its JSON config (default: models/{family}/<type>_config.json)")
+    parser.add_argument("--output_model_path", required=True, help="the Hugging Face directory to write")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast weights (default: keep the checkpoint's)")
+    parser.add_argument("--max_shard_size", default="5GB", help="largest safetensors shard, e.g. 5GB or 500MB")
+    parser.add_argument("--type", help="model size such as 7B, to pick a config from models/ without --config_path")
+    if "spm_model_path" in save_options:
+        parser.add_argument("--spm_model_path", help="SentencePiece model to ship as the HF tokenizer")
+    args = parser.parse_args(argv)
+    return _run(lambda: _from_ours(save, args, family))
+
+
+def _from_ours(save, args, family: str) -> None:
+    config_path = args.config_path
+    if config_path is None:
+        if args.type is None:
+            raise ConfigError("give --config_path (or --type to use a config from models/)")
+        config_path = ZOO / family / f"{args.type.lower()}_config.json"
+    config = ModelConfig.from_json(config_path)
+    state = load_state_dict(args.input_model_path)
+    _check(config, state, args.input_model_path)
+    extra = {"spm_model_path": args.spm_model_path} if hasattr(args, "spm_model_path") else {}
+    save(state, config, args.output_model_path, max_shard_size=args.max_shard_size,
+         dtype=DTYPES[args.dtype] if args.dtype else None, **extra)
+    print(f"wrote {args.output_model_path}")
+
+
+def _run(job: Callable[[], None]) -> int:
+    try:
+        job()
+    except (ConversionError, CheckpointError, ConfigError, FileNotFoundError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,131 @@
+"""Reading and writing Hugging Face checkpoint directories, one shard at a time."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message names the file, key or tensor."""
+
+
+def read_hf_config(hf_dir: str | Path) -> dict:
+    """The ``config.json`` of a Hugging Face model directory."""
+    path = Path(hf_dir) / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"{hf_dir}: no config.json; pass a Hugging Face model directory")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConversionError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+
+
+def weight_shards(hf_dir: str | Path) -> list[Path]:
+    """The weight files of a directory: single file or the shards listed by an index, safetensors first."""
+    hf_dir = Path(hf_dir)
+    for single in WEIGHT_FILES:
+        index = hf_dir / f"{single}.index.json"
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (json.JSONDecodeError, KeyError) as err:
+                raise ConversionError(f"{index}: not a weight index ({err})") from None
+            shards = [hf_dir / name for name in dict.fromkeys(weight_map.values())]
+            missing = [str(s) for s in shards if not s.is_file()]
+            if missing:
+                raise ConversionError(f"{index} lists shards that do not exist: {', '.join(missing)}")
+            return shards
+        if (hf_dir / single).is_file():
+            return [hf_dir / single]
+    raise ConversionError(f"{hf_dir}: no model.safetensors, pytorch_model.bin or an index of their shards")
+
+
+def iter_shard_tensors(shard: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs of one shard; .bin shards are memory-mapped, not read whole."""
+    if shard.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(shard), framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+    else:
+        state = torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+        yield from state.items()
+
+
+def iter_hf_tensors(hf_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of a Hugging Face directory, shard after shard."""
+    for shard in weight_shards(hf_dir):
+        yield from iter_shard_tensors(shard)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``, moved into place only if the block succeeds.
+
+    An existing directory at ``path`` is replaced only after the new one is complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def parse_size(size: str | int) -> int:
+    """'5GB', '500MB', '2GiB' or a number of bytes."""
+    if isinstance(size, int):
+        return size
+    text = size.strip().upper()
+    units = {"GIB": 2**30, "MIB": 2**20, "KIB": 2**10, "GB": 10**9, "MB": 10**6, "KB": 10**3, "B": 1}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+def save_sharded_safetensors(state: dict[str, torch.Tensor], out_dir: Path, max_shard_size: str | int = "5GB") -> None:
+    """Write ``state`` as ``model.safetensors`` or as shards with ``model.safetensors.index.json``."""
+    from safetensors.torch import save_file
+
+    limit = parse_size(max_shard_size)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor.contiguous()
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out_dir / filename), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, filename))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")

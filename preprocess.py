@@ -1,0 +1,92 @@
+"""Preprocess a corpus into a binary dataset directory (docs/dataset_format.md).
+
+    python preprocess.py --corpus_path corpus.txt --spm_model_path tokenizer.model --dataset_path dataset \
+        --data_processor lm --seq_length 512 --processes_num 8
+    python preprocess.py --corpus_path alpaca.json --spm_model_path tokenizer.model --dataset_path sft \
+        --data_processor alpaca --seq_length 512 --processes_num 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tencentpretrain.data import CorpusError, DatasetError, ProcessorSpec, build_dataset
+from tencentpretrain.data.corpus import resolve_format
+from tencentpretrain.data.processors import TAILS
+from tencentpretrain.registry import DATA_PROCESSORS, TEMPLATES, TOKENIZERS
+from tencentpretrain.tokenizers import SPECIAL_TOKENS, read_special_tokens
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus_path", required=True, help="The corpus: text (one document a line), JSONL or JSON.")
+    parser.add_argument("--dataset_path", default="dataset", help="The dataset directory to write.")
+    parser.add_argument("--spm_model_path", required=True, help="The SentencePiece tokenizer model.")
+    parser.add_argument("--tokenizer", choices=TOKENIZERS.names(), default="sentencepiece")
+    parser.add_argument("--data_processor", choices=DATA_PROCESSORS.names(), default="lm")
+    parser.add_argument("--seq_length", type=int, default=128, help="Tokens a sample feeds the model (plus one).")
+    parser.add_argument("--corpus_format", choices=("auto", "text", "jsonl", "json"), default="auto",
+                        help="auto: a JSON array if the file starts with '[', JSONL if it starts with '{' and is "
+                             "named *.json/*.jsonl, else text (lm reads text/jsonl, alpaca json/jsonl).")
+    parser.add_argument("--json_format_corpus", action="store_true", help="TencentPretrain's flag: --corpus_format "
+                        "jsonl.")
+    parser.add_argument("--tail", choices=TAILS, default="drop", help="lm: drop the last partial sample, or keep it "
+                        "padded (the padding never counts in the loss).")
+    parser.add_argument("--template", choices=TEMPLATES.names(), default="alpaca", help="alpaca: the prompt template.")
+    for name in SPECIAL_TOKENS:
+        parser.add_argument(f"--{name}_token", help=f"The {name} token, a piece or an id (default: the model's).")
+    parser.add_argument("--special_tokens_path", help='JSON file of special tokens, e.g. {"pad": "<unk>"}; the '
+                        "--*_token flags override it.")
+    parser.add_argument("--processes_num", type=int, default=1, help="Worker processes.")
+    parser.add_argument("--chunk_size", type=int, default=1024, help="Records per worker task.")
+    parser.add_argument("--skip_invalid", action="store_true", help="Skip and count invalid records instead of "
+                        "stopping at the first.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing dataset directory.")
+    return parser
+
+
+def special_tokens(args: argparse.Namespace) -> tuple[tuple[str, int | str], ...]:
+    """Overrides from --special_tokens_path, then the --*_token flags; all-digit values are ids."""
+    tokens = read_special_tokens(args.special_tokens_path) if args.special_tokens_path else {}
+    for name in SPECIAL_TOKENS:
+        value = getattr(args, f"{name}_token")
+        if value is not None:
+            tokens[name] = int(value) if value.isdigit() else value
+    return tuple(sorted(tokens.items()))
+
+
+def make_spec(args: argparse.Namespace) -> ProcessorSpec:
+    """The processor spec the command line describes (the corpus format resolved)."""
+    if args.seq_length < 4:
+        raise ValueError(f"--seq_length must be at least 4, got {args.seq_length}")
+    requested = "jsonl" if args.json_format_corpus else args.corpus_format
+    allowed = DATA_PROCESSORS.get(args.data_processor).formats
+    return ProcessorSpec(
+        processor=args.data_processor, tokenizer=args.tokenizer, tokenizer_path=args.spm_model_path,
+        special_tokens=special_tokens(args), seq_length=args.seq_length,
+        corpus_format=resolve_format(args.corpus_path, requested, allowed), tail=args.tail, template=args.template,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run preprocessing; returns the dataset metadata. Bad input exits with status 1 and a message."""
+    args = build_parser().parse_args(argv)
+    try:
+        report = build_dataset(make_spec(args), args.corpus_path, args.dataset_path,
+                               processes_num=args.processes_num, chunk_size=args.chunk_size,
+                               skip_invalid=args.skip_invalid, overwrite=args.overwrite)
+    except (CorpusError, DatasetError, FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
+        print(f"preprocess.py: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    counts = report["counts"]
+    print(f"wrote {args.dataset_path}: {counts['samples']} samples, {counts['tokens']} tokens from "
+          f"{counts['documents']} documents in {report['seconds']:.1f}s "
+          f"({counts['tokens'] / max(report['seconds'], 1e-9):,.0f} tokens/s)")
+    print(json.dumps(counts, sort_keys=True))
+    return report
+
+
+if __name__ == "__main__":
+    main()

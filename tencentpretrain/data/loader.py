@@ -1,0 +1,124 @@
+"""The training data loader: sharded, reshuffled every epoch, infinite, and exactly resumable.
+
+Sharding rule: epoch ``e`` uses the permutation ``numpy.random.default_rng([seed, e]).permutation(N)``
+(``arange(N)`` without shuffle). It is lengthened to a multiple of the global batch ``world_size *
+batch_size`` by repeating its own first entries (like torch's DistributedSampler), so every rank gets the same
+number of full batches and every sample is seen at least once per epoch; at most ``global batch - 1`` samples
+are seen twice. Global batch ``b`` is ``perm[b * W * B:(b + 1) * W * B]``, and rank ``r`` takes its slice
+``[r * B:(r + 1) * B]``: ranks never overlap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tencentpretrain.targets import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch for one rank.
+
+    Attributes:
+        src: (B, seq_length) input ids, ``tokens[:-1]``.
+        tgt: (B, seq_length) target ids, ``tokens[1:]``, IGNORE_INDEX where the loss must not count.
+        tokens: real (non-pad) tokens in ``src``.
+        epoch: the epoch this batch belongs to.
+        index: the batch number within the epoch (per rank).
+    """
+
+    src: torch.Tensor
+    tgt: torch.Tensor
+    tokens: int
+    epoch: int
+    index: int
+
+
+class DataLoader:
+    """Infinite iterator of :class:`Batch` over a :class:`~tencentpretrain.data.BinaryDataset`.
+
+    Args:
+        dataset: anything with ``len``, ``ds[i] -> (tokens, loss_mask)`` and ``ds.length(i)``.
+        batch_size: samples per batch on this rank.
+        rank: this rank.
+        world_size: number of ranks sharing the data.
+        seed: shuffling seed (with the epoch number).
+        shuffle: permute each epoch; otherwise samples go in order.
+    """
+
+    def __init__(self, dataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 7,
+                 shuffle: bool = True):
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad loader settings: batch_size={batch_size}, rank={rank}, world_size={world_size}")
+        if len(dataset) < 1:
+            raise ValueError("the dataset has no samples")
+        self.dataset, self.batch_size, self.rank, self.world_size = dataset, batch_size, rank, world_size
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.index = 0, 0
+        self._order: tuple[int, np.ndarray] | None = None
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches per epoch on each rank (the last global batch is completed by wrapping around)."""
+        return -(-len(self.dataset) // self.global_batch_size)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The sample indices of ``epoch`` for every rank: (batches_per_epoch * world_size * batch_size,)."""
+        n = len(self.dataset)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        return np.resize(perm, self.batches_per_epoch * self.global_batch_size)  # resize repeats from the start
+
+    def rank_indices(self, epoch: int, index: int) -> np.ndarray:
+        """The samples of batch ``index`` of ``epoch`` on this rank: (batch_size,)."""
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, self.epoch_order(epoch))
+        start = index * self.global_batch_size + self.rank * self.batch_size
+        return self._order[1][start:start + self.batch_size]
+
+    def collate(self, indices: np.ndarray, epoch: int, index: int) -> Batch:
+        """Build the batch of the given samples."""
+        seq_length = self.dataset.seq_length
+        tokens = np.empty((len(indices), seq_length + 1), dtype=np.int64)
+        tgt_mask = np.ones((len(indices), seq_length), dtype=np.bool_)
+        real = 0
+        for row, i in enumerate(indices):
+            tokens[row], mask = self.dataset[int(i)]
+            if mask is not None:
+                tgt_mask[row] = mask
+            real += min(self.dataset.length(int(i)), seq_length)
+        src = torch.from_numpy(tokens[:, :-1].copy())  # (B, seq_length)
+        tgt = torch.from_numpy(np.where(tgt_mask, tokens[:, 1:], IGNORE_INDEX))  # (B, seq_length)
+        return Batch(src=src, tgt=tgt, tokens=real, epoch=epoch, index=index)
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            epoch, index = self.epoch, self.index
+            batch = self.collate(self.rank_indices(epoch, index), epoch, index)
+            self.index += 1
+            if self.index == self.batches_per_epoch:
+                self.epoch, self.index = self.epoch + 1, 0
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the next batch comes from, and the settings that must match to resume."""
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "shuffle": self.shuffle,
+                "batch_size": self.batch_size, "world_size": self.world_size, "samples": len(self.dataset)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume so that the next batch is the one that would have come after ``state`` was taken."""
+        mine = self.state_dict()
+        for key in ("seed", "shuffle", "batch_size", "world_size", "samples"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"cannot resume the data loader: {key} was {state.get(key)!r}, now {mine[key]!r}")
+        if not 0 <= state["index"] < self.batches_per_epoch or state["epoch"] < 0:
+            raise ValueError(f"cannot resume the data loader: position {state['epoch']}/{state['index']} is invalid")
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])

@@ -1,0 +1,206 @@
+"""Data processors (``--data_processor``): records of a corpus -> token ids of training samples.
+
+A processor runs in the workers: :meth:`encode` turns one chunk of records into an :class:`Encoded` block of
+numpy arrays. Everything a worker needs is in a small frozen :class:`ProcessorSpec`; each worker builds its
+processor (and tokenizer) once from it, through :func:`build_processor`'s cache.
+
+- ``lm``: each document becomes ``bos + tokens + eos``; documents are packed back to back into one stream
+  that is cut into samples of ``seq_length + 1`` tokens (:meth:`LmProcessor.pack`).
+- ``alpaca``: each instruction becomes one sample ``bos + prompt + response + eos`` whose loss covers only
+  the response and its eos.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from itertools import chain
+
+import numpy as np
+
+from tencentpretrain.data.corpus import Record, RecordError, decode_text, parse_json
+from tencentpretrain.data.corpus import field as record_field
+from tencentpretrain.registry import DATA_PROCESSORS, TEMPLATES, TOKENIZERS
+
+TAILS = ("drop", "pad")
+
+
+@dataclass(frozen=True)
+class ProcessorSpec:
+    """What a worker needs to rebuild a processor: picklable, hashable, a few hundred bytes.
+
+    Attributes:
+        processor: the DATA_PROCESSORS name.
+        tokenizer: the TOKENIZERS name.
+        tokenizer_path: the tokenizer model file.
+        special_tokens: overrides as ``(("bos", "<s>"), ...)`` pairs.
+        seq_length: a sample has ``seq_length + 1`` tokens (inputs and shifted targets).
+        corpus_format: ``text``, ``jsonl`` or ``json`` (resolved, not ``auto``).
+        tail: lm only: what to do with the last partial sample (``drop`` or ``pad``).
+        template: alpaca only: the TEMPLATES name.
+    """
+
+    processor: str
+    tokenizer: str
+    tokenizer_path: str
+    special_tokens: tuple[tuple[str, int | str], ...]
+    seq_length: int
+    corpus_format: str
+    tail: str = "drop"
+    template: str = "alpaca"
+
+
+@dataclass
+class Encoded:
+    """One chunk of records, encoded.
+
+    Attributes:
+        tokens: int32 ids, the chunk's documents (lm) or samples (alpaca) back to back.
+        lengths: alpaca: tokens per sample; None for lm, whose stream is cut by :meth:`LmProcessor.pack`.
+        loss_start: alpaca: per sample, the first target position whose loss counts (= prompt tokens kept).
+        documents: records turned into tokens.
+        errors: ``(line_no, message)`` of invalid records, in file order.
+        empty: blank documents, left out.
+        truncated: samples cut to fit ``seq_length + 1``.
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray | None = None
+    loss_start: np.ndarray | None = None
+    documents: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    empty: int = 0
+    truncated: int = 0
+
+
+@functools.cache
+def build_processor(spec: ProcessorSpec):
+    """The processor for ``spec``, built once per process (the tokenizer model is loaded once)."""
+    tokenizer = TOKENIZERS.get(spec.tokenizer)(spec.tokenizer_path, dict(spec.special_tokens) or None)
+    return DATA_PROCESSORS.get(spec.processor)(spec, tokenizer)
+
+
+def encode_chunk(spec: ProcessorSpec, records: list[Record]) -> Encoded:
+    """Worker entry point: encode one chunk of records."""
+    return build_processor(spec).encode(records)
+
+
+def flatten(docs: list[list[int]], bos: int | None = None, eos: int | None = None) -> np.ndarray:
+    """Concatenate token lists into one int32 array, each optionally wrapped in bos/eos."""
+    head, tail = ([] if bos is None else [bos]), ([] if eos is None else [eos])
+    total = sum(map(len, docs)) + len(docs) * (len(head) + len(tail))
+    parts = chain.from_iterable(chain(head, doc, tail) for doc in docs)
+    return np.fromiter(parts, dtype=np.int32, count=total)
+
+
+@DATA_PROCESSORS.register("lm")
+class LmProcessor:
+    """Language-model pretraining: documents packed back to back, cut every ``seq_length + 1`` tokens.
+
+    A document is one line of a text corpus (stripped; TencentPretrain's convention) or the ``text`` field of
+    one JSONL record. Blank documents are left out and counted as ``empty``.
+    """
+
+    formats = ("text", "jsonl")
+    packs_stream = True  # documents form one stream that pack() cuts into samples
+
+    def __init__(self, spec: ProcessorSpec, tokenizer):
+        self.spec, self.tokenizer = spec, tokenizer
+
+    def document(self, payload) -> str:
+        """The text of one record."""
+        if self.spec.corpus_format == "text":
+            return decode_text(payload).strip()
+        return record_field(parse_json(payload), "text")
+
+    def encode(self, records: list[Record]) -> Encoded:
+        texts, errors, empty = [], [], 0
+        for line_no, payload in records:
+            try:
+                text = self.document(payload)
+            except RecordError as err:
+                errors.append((line_no, str(err)))
+                continue
+            if text.strip():
+                texts.append(text)
+            else:
+                empty += 1
+        docs = self.tokenizer.encode_batch(texts) if texts else []
+        tokens = flatten(docs, self.tokenizer.bos_id, self.tokenizer.eos_id)
+        return Encoded(tokens=tokens, documents=len(texts), errors=errors, empty=empty)
+
+    def pack(self, total_tokens: int) -> np.ndarray:
+        """Sample offsets (``samples + 1`` of them) cutting a stream of ``total_tokens`` tokens.
+
+        Full samples have ``seq_length + 1`` tokens. The remaining tail is dropped (``--tail drop``) or kept as
+        a last, shorter sample that the reader pads (``--tail pad``); a tail of a single token has no target
+        and is always dropped.
+        """
+        stride = self.spec.seq_length + 1
+        offsets = np.arange(total_tokens // stride + 1, dtype=np.uint64) * stride
+        if self.spec.tail == "pad" and total_tokens - int(offsets[-1]) >= 2:
+            offsets = np.append(offsets, np.uint64(total_tokens))
+        return offsets
+
+
+@DATA_PROCESSORS.register("alpaca")
+class AlpacaProcessor:
+    """Instruction tuning: one ``{"instruction", "input", "output"}`` record -> one sample.
+
+    Sample: ``bos + prompt + response + eos``, where the prompt is ``TEMPLATES[template].render(instruction,
+    input)`` and the response is ``output``. Literal two-character ``\\n`` escapes in the fields read as
+    newlines. The loss covers the response and its eos only.
+
+    Truncation, when the sample exceeds ``seq_length + 1`` tokens: of the ``seq_length - 1`` tokens between
+    bos and eos, the prompt keeps its last ``max(room - len(response), room // 2)`` tokens at most (its end,
+    which carries the template's response marker), the response keeps its first tokens in the remaining room,
+    and eos always ends the sample. Such samples are counted as ``truncated``.
+    """
+
+    formats = ("json", "jsonl")
+    packs_stream = False  # encode() gives whole samples
+
+    def __init__(self, spec: ProcessorSpec, tokenizer):
+        self.spec, self.tokenizer = spec, tokenizer
+        self.template = TEMPLATES.get(spec.template)
+
+    def fields(self, payload) -> tuple[str, str]:
+        """(prompt, response) of one record."""
+        record = parse_json(payload)
+        instruction, output = record_field(record, "instruction"), record_field(record, "output")
+        input_text = record_field(record, "input", required=False)
+        instruction, input_text, output = (s.replace("\\n", "\n") for s in (instruction, input_text, output))
+        return self.template.render(instruction, input_text), output
+
+    def encode(self, records: list[Record]) -> Encoded:
+        prompts, responses, errors = [], [], []
+        for line_no, payload in records:
+            try:
+                prompt, response = self.fields(payload)
+            except RecordError as err:
+                errors.append((line_no, str(err)))
+                continue
+            prompts.append(prompt)
+            responses.append(response)
+        if not prompts:
+            return Encoded(tokens=np.zeros(0, np.int32), lengths=np.zeros(0, np.int64),
+                           loss_start=np.zeros(0, np.int64), errors=errors)
+        fitted = [self.fit(p, r) for p, r in zip(self.tokenizer.encode_batch(prompts),
+                                                  self.tokenizer.encode_batch(responses))]
+        samples = [[*p, *r] for p, r, _ in fitted]
+        return Encoded(
+            tokens=flatten(samples, self.tokenizer.bos_id, self.tokenizer.eos_id),
+            lengths=np.fromiter((len(s) + 2 for s in samples), np.int64, len(samples)),
+            loss_start=np.fromiter((len(p) for p, _, _ in fitted), np.int64, len(samples)),
+            documents=len(samples),
+            errors=errors,
+            truncated=sum(cut for _, _, cut in fitted),
+        )
+
+    def fit(self, prompt: list[int], response: list[int]) -> tuple[list[int], list[int], bool]:
+        """Prompt and response cut to fit between bos and eos in ``seq_length + 1`` tokens."""
+        room = self.spec.seq_length - 1
+        if len(prompt) + len(response) <= room:
+            return prompt, response, False
+        keep = min(len(prompt), max(room - len(response), room // 2))
+        return prompt[len(prompt) - keep:], response[:room - keep], True

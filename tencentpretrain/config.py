@@ -163,7 +163,7 @@ class ModelConfig:
         checks = [(EMBEDDINGS, n) for n in self.embedding] + [(TARGETS, n) for n in self.target]
         checks += [(ENCODERS, self.encoder), (NORMS, self.layernorm), (FEED_FORWARDS, self.feed_forward),
                    (ACTIVATIONS, self.hidden_act)]
-        if self.data_processor is not None and len(DATA_PROCESSORS.names()):
+        if self.data_processor is not None:
             checks.append((DATA_PROCESSORS, self.data_processor))
         for registry, name in checks:
             if name not in registry:

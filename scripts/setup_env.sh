@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv with a CPU build of PyTorch and this package installed editable with its extras.
+# Usage: bash scripts/setup_env.sh            (VENV=path to use another location)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# CPU torch first: a plain `torch` requirement with nothing installed would pull a multi-GB CUDA build.
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    $PIP install "torch==2.13.0" || $PIP install torch --index-url https://download.pytorch.org/whl/cpu
+fi
+$PIP install -e ".[test,deepspeed,logging]"

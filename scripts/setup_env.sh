@@ -9,8 +9,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
-# CPU torch first: a plain `torch` requirement with nothing installed would pull a multi-GB CUDA build.
+# Torch first (TORCH_SPEC, default the CPU build torch==2.13.0): a plain `torch` requirement with nothing
+# installed would pull a multi-GB CUDA build. A torch already in the venv (e.g. a CUDA build you chose) is kept.
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-    $PIP install "torch==2.13.0" || $PIP install torch --index-url https://download.pytorch.org/whl/cpu
+    $PIP install "${TORCH_SPEC:-torch==2.13.0}"
 fi
 $PIP install -e ".[test,deepspeed,logging]"

@@ -1,0 +1,35 @@
+"""Shared fixtures: ``tiny_spm``, a small SentencePiece model trained once per test session."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+WORDS = ("the model reads tokens and learns to predict the next one from data "
+         "instruction input output response train loss batch epoch sample "
+         "数据 模型 训练 语言 中文 文本 指令 回答 问题 学习").split()
+
+
+def generated_lines(count: int, seed: int = 0) -> list[str]:
+    """``count`` random sentences over a small mixed English/Chinese vocabulary."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 15))) for _ in range(count)]
+
+
+@pytest.fixture(scope="session")
+def tiny_spm(tmp_path_factory) -> Path:
+    """Path of a 400-piece BPE SentencePiece model (LLaMA-like: identity normalisation, byte fallback,
+    so newlines survive; unk 0, bos 1, eos 2, pad 3)."""
+    import sentencepiece
+
+    folder = tmp_path_factory.mktemp("tiny_spm")
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(generated_lines(400)) + "\n", encoding="utf-8")
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(folder / "tiny"), vocab_size=400, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, hard_vocab_limit=False, minloglevel=2,
+    )
+    return folder / "tiny.model"

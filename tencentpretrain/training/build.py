@@ -1,0 +1,220 @@
+"""``setup()`` (options, distributed init, seed) and ``build()`` (data, model, engine, resume) of a training run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tencentpretrain.checkpoint import check_state_dict, load_state_dict
+from tencentpretrain.config import ModelConfig
+from tencentpretrain.data import BinaryDataset, DataLoader
+from tencentpretrain.model import build_model
+from tencentpretrain.tokenizers.sentencepiece import SentencePieceTokenizer, file_fingerprint
+from tencentpretrain.training import checkpointing
+from tencentpretrain.training.deepspeed_engine import init_partitioned, load_partitioned
+from tencentpretrain.training.engine import DistInfo, Engine, PlainEngine
+from tencentpretrain.training.logging import TrainLogger, flops_per_token, matmul_params, measure_matmul_peak
+from tencentpretrain.training.optim import build_adamw, build_scheduler, param_groups, warmup_steps_of
+from tencentpretrain.training.options import TrainOptions, parse_options
+
+
+class SetupError(ValueError):
+    """Data, tokenizer, config and checkpoint that do not belong together; the message names what differs."""
+
+
+@dataclass
+class Run:
+    """Everything ``train()`` needs; ``start_step`` and ``skipped_steps`` come from the resumed state."""
+
+    opts: TrainOptions
+    dist: DistInfo
+    config: ModelConfig
+    engine: Engine
+    loader: DataLoader
+    dev_dataset: BinaryDataset | None
+    logger: TrainLogger
+    flops_per_token: float
+    peak_flops: float
+    start_step: int = 0
+    skipped_steps: int = 0
+
+
+def note(message: str) -> None:
+    """A message for the user, printed once (by rank 0)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[pretrain] {message}", file=sys.stderr, flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (every device) alike on every rank."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup(argv: list[str] | None = None) -> tuple[TrainOptions, DistInfo]:
+    """Parse the command line, join the process group (torchrun / deepspeed launchers), seed."""
+    opts = parse_options(argv)
+    info = init_distributed(opts)
+    seed_everything(opts.seed)
+    return opts, info
+
+
+def init_distributed(opts: TrainOptions) -> DistInfo:
+    """Join the process group the launcher describes (env RANK/WORLD_SIZE/LOCAL_RANK); none for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", opts.local_rank or 0))
+    cuda = torch.cuda.is_available()
+    device = torch.device(opts.device) if opts.device else torch.device(f"cuda:{local}" if cuda else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = opts.backend or ("nccl" if device.type == "cuda" else "gloo")
+    if opts.deepspeed:
+        import deepspeed
+
+        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        deepspeed.init_distributed(dist_backend=backend)
+    elif world > 1:
+        dist.init_process_group(backend)
+    if opts.world_size and opts.world_size != world:
+        note(f"--world_size {opts.world_size} ignored: the launcher started {world} process(es)")
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_dataset(dataset: BinaryDataset, opts: TrainOptions, config: ModelConfig, vocab_size: int) -> None:
+    """Refuse a dataset made with another tokenizer, vocabulary, processor or a too long sequence length."""
+    meta, where = dataset.meta, f"dataset {opts.dataset_path}"
+    if int(meta["vocab_size"]) != vocab_size:
+        source = f"config {opts.config_path}" + (f", tokenizer {opts.spm_model_path}" if opts.spm_model_path else "")
+        raise SetupError(f"{where} was made with vocab_size {meta['vocab_size']}, the model has {vocab_size} "
+                         f"({source})")
+    if opts.spm_model_path:
+        mine = file_fingerprint(opts.spm_model_path)
+        if meta.get("tokenizer_fingerprint") != mine:
+            raise SetupError(f"{where} was tokenized with another tokenizer: its fingerprint is "
+                             f"{meta.get('tokenizer_fingerprint')}, {opts.spm_model_path} has {mine}")
+    if opts.data_processor and meta.get("data_processor") != opts.data_processor:
+        raise SetupError(f"{where} was made by data processor {meta.get('data_processor')!r}, "
+                         f"--data_processor says {opts.data_processor!r}")
+    if dataset.seq_length > config.max_seq_length:
+        raise SetupError(f"{where} has seq_length {dataset.seq_length} > max_seq_length {config.max_seq_length} "
+                         f"of {opts.config_path}")
+
+
+def vocab_size_of(opts: TrainOptions, config: ModelConfig, dataset: BinaryDataset) -> int:
+    """The model's vocabulary: the config's, else the tokenizer's, else the dataset's (all must agree)."""
+    if config.vocab_size is not None:
+        size = config.vocab_size
+    elif opts.spm_model_path:
+        size = SentencePieceTokenizer(opts.spm_model_path).vocab_size
+    else:
+        size = int(dataset.meta["vocab_size"])
+    check_dataset(dataset, opts, config, size)
+    return size
+
+
+def build_model_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, context, info: DistInfo):
+    """The model, partitioned under ``context`` (ZeRO-3) or whole, filled from ``--pretrained_model_path`` or
+    initialised N(0, 0.02); then activation checkpointing, LoRA and freezing as asked."""
+    state = None
+    if opts.pretrained_model_path and not resuming(opts):
+        state = load_state_dict(opts.pretrained_model_path)  # memory-mapped: pages are read when copied
+        with torch.device("meta"):
+            check_state_dict(build_model(config, vocab_size), state, source=opts.pretrained_model_path)
+    with context:
+        model = build_model(config, vocab_size)
+    (load_partitioned(model, state, info) if state is not None else init_partitioned(model))
+    del state
+    model.encoder.checkpoint_activations = opts.activation_checkpointing
+    if opts.use_lora:
+        from tencentpretrain.training.lora import apply_lora
+
+        with context:
+            apply_lora(model, opts.lora_r, opts.lora_alpha, opts.lora_dropout, opts.lora_target_modules,
+                       opts.lora_train_modules)
+    elif opts.freeze_patterns:
+        from tencentpretrain.training.lora import freeze_parameters
+
+        note(f"froze {len(freeze_parameters(model, opts.freeze_patterns))} parameter tensors")
+    return model
+
+
+def resuming(opts: TrainOptions) -> bool:
+    return opts.resume or opts.resume_from_checkpoint is not None
+
+
+def build_engine(opts: TrainOptions, model: torch.nn.Module, ds_config: dict | None, info: DistInfo) -> Engine:
+    """DeepSpeed's engine with ``--deepspeed``, else the plain (one process or DDP) engine."""
+    groups = param_groups(model, opts.weight_decay)
+    warmup = warmup_steps_of(opts.warmup, opts.total_steps)
+
+    def scheduler_fn(optimizer):
+        return build_scheduler(optimizer, opts.scheduler, warmup, opts.total_steps)
+
+    betas = (opts.adam_beta1, opts.adam_beta2)
+    if ds_config is None:
+        model.to(info.device)
+        optimizer = build_adamw(groups, opts.learning_rate, betas, opts.adam_eps, info.device)
+        return PlainEngine(model, optimizer, scheduler_fn(optimizer), info, opts.precision, opts.accumulation_steps,
+                           opts.max_grad_norm)
+    from tencentpretrain.training.deepspeed_engine import DeepSpeedEngine
+
+    optimizer = None if "optimizer" in ds_config else build_adamw(groups, opts.learning_rate, betas, opts.adam_eps,
+                                                                   info.device)
+    return DeepSpeedEngine(model, optimizer, scheduler_fn, ds_config, groups, info)
+
+
+def build(opts: TrainOptions, info: DistInfo) -> Run:
+    """Check data against config and tokenizer, build model and engine, resume when asked."""
+    overrides = {"dropout": opts.dropout} if opts.dropout is not None else {}
+    config = ModelConfig.from_json(opts.config_path, **overrides)
+    dataset = BinaryDataset(opts.dataset_path)
+    vocab_size = vocab_size_of(opts, config, dataset)
+    dev = BinaryDataset(opts.dev_dataset_path) if opts.dev_dataset_path else None
+    if dev is not None and int(dev.meta["vocab_size"]) != vocab_size:
+        raise SetupError(f"dev dataset {opts.dev_dataset_path} has vocab_size {dev.meta['vocab_size']}, "
+                         f"the model {vocab_size}")
+    ds_config, context = None, contextlib.nullcontext()
+    if opts.deepspeed:
+        from tencentpretrain.training.deepspeed_engine import deepspeed_config, partitioned_build
+
+        ds_config = deepspeed_config(opts, info.device.type == "cuda", note)
+        context = partitioned_build(ds_config, opts.enable_zero3)
+    model = build_model_state(opts, config, vocab_size, context, info)
+    engine = build_engine(opts, model, ds_config, info)
+    loader = DataLoader(dataset, opts.batch_size, info.rank, info.world_size, seed=opts.seed, shuffle=True)
+    start_step, skipped = resume(opts, engine, loader, info) if resuming(opts) else (0, 0)
+    logger = TrainLogger(opts.log_file, opts.tensorboard_dir, info.is_main, start_step)
+    fpt = flops_per_token(config, matmul_params(model), dataset.seq_length)
+    peak = opts.peak_flops or measure_matmul_peak(info.device)
+    return Run(opts, info, config, engine, loader, dev, logger, fpt, peak, start_step, skipped)
+
+
+def resume(opts: TrainOptions, engine: Engine, loader: DataLoader, info: DistInfo) -> tuple[int, int]:
+    """Load the latest (or the given) training state; returns (step, skipped steps so far)."""
+    directory = checkpointing.latest_state(opts.resume_from_checkpoint or checkpointing.state_root(
+        opts.output_model_path))
+    engine.load(Path(directory))
+    state = checkpointing.load_rank_state(Path(directory), info.rank)
+    loader.load_state_dict(state["loader"])
+    note(f"resumed from {directory} at step {state['step']}")
+    return int(state["step"]), int(state.get("skipped_steps", 0))
+

@@ -1,0 +1,134 @@
+"""Which files a run writes, and writing them so that a kill at any moment leaves the previous ones usable.
+
+For ``--output_model_path models/llama_zh_7b``:
+
+- ``models/llama_zh_7b-<step>``: the consolidated model every ``--save_checkpoint_steps`` (TencentPretrain's name;
+  a ``torch.save`` state dict with ``model.state_dict()`` names, like a ``.bin``);
+- ``models/llama_zh_7b.bin``: the consolidated model at the end of training (the next stage's
+  ``--pretrained_model_path``);
+- ``models/llama_zh_7b/<step>/``: the full training state (engine files, plus ``rank<r>.pt`` per rank: step, data
+  position, RNG), and ``models/llama_zh_7b/latest`` naming the newest complete one;
+- with ``--use_lora``: ``models/llama_zh_7b-lora-<step>.bin`` / ``models/llama_zh_7b-lora.bin`` (the adapter) and
+  their ``.lora.json`` settings; the consolidated files then hold the merged weights.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tencentpretrain.checkpoint import atomic_path, save_state_dict
+
+LATEST = "latest"
+
+
+def step_model_path(output: str, step: int) -> Path:
+    """The consolidated model written at ``step``: ``<output>-<step>``."""
+    return Path(f"{output}-{step}")
+
+
+def final_model_path(output: str) -> Path:
+    """The consolidated model written at the end: ``<output>.bin``."""
+    return Path(f"{output}.bin")
+
+
+def adapter_path(output: str, step: int | None = None) -> Path:
+    """The LoRA adapter: ``<output>-lora-<step>.bin``, or ``<output>-lora.bin`` at the end."""
+    return Path(f"{output}-lora-{step}.bin" if step is not None else f"{output}-lora.bin")
+
+
+def state_root(output: str) -> Path:
+    """The directory of training states: ``<output>/``."""
+    return Path(output)
+
+
+def staging_dir(output: str, step: int) -> Path:
+    """Where the state of ``step`` is written before it is renamed to ``<output>/<step>``."""
+    return state_root(output) / f".tmp-{step}"
+
+
+def publish_state(output: str, step: int) -> Path:
+    """Rename the staged state of ``step`` into place and point ``latest`` at it (rank 0 only)."""
+    root, final = state_root(output), state_root(output) / str(step)
+    if final.exists():  # the same step saved again after a resume: move the old one aside first
+        old = root / f".old-{step}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(staging_dir(output, step), final)
+    with atomic_path(root / LATEST) as tmp:
+        tmp.write_text(f"{step}\n")
+    return final
+
+
+def latest_state(directory: str | Path) -> Path:
+    """The newest complete training state under ``directory`` (a run's ``<output>/``) or ``directory`` itself.
+
+    Raises:
+        FileNotFoundError: there is none, naming where it looked.
+    """
+    directory = Path(directory)
+    if (directory / "rank0.pt").is_file():
+        return directory
+    pointer = directory / LATEST
+    if not pointer.is_file():
+        raise FileNotFoundError(f"no training state to resume from: {pointer} does not exist")
+    state = directory / pointer.read_text().strip()
+    if not (state / "rank0.pt").is_file():
+        raise FileNotFoundError(f"{pointer} names {state}, which has no rank0.pt")
+    return state
+
+
+def publish_model(state: dict[str, torch.Tensor], output: str, step: int, final: bool) -> None:
+    """Write the consolidated model as ``<output>-<step>``, and as ``<output>.bin`` when ``final``."""
+    step_path = step_model_path(output, step)
+    save_state_dict(state, step_path)
+    if final:
+        link_or_copy(step_path, final_model_path(output))
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Make ``target`` hold ``source``'s content (a hard link when possible), replacing it atomically."""
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
+def rng_state() -> dict:
+    """Every random generator the loop draws from (Python, NumPy, torch CPU and CUDA)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_rank_state(directory: Path, rank: int, state: dict) -> None:
+    """Write one rank's loop state (step, data position, RNG, counters) into a staged directory."""
+    torch.save({**state, "rng": rng_state()}, directory / f"rank{rank}.pt")
+
+
+def load_rank_state(directory: Path, rank: int) -> dict:
+    """Read what ``save_rank_state`` wrote for ``rank`` and restore the RNG from it."""
+    path = directory / f"rank{rank}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: was the state saved with another number of processes?")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    set_rng_state(state.pop("rng"))
+    return state

@@ -1,0 +1,204 @@
+"""The DeepSpeed side of the engine interface: run-time config, ZeRO-3 building and loading, consolidated saving.
+
+The DeepSpeed config file keeps what only DeepSpeed knows (ZeRO stage, offload, loss scaling); the entries that
+our flags also set are generated from the flags, so there is one source of truth: micro-batch size, accumulation,
+learning rate, gradient clipping, and the schedule (ours, from SCHEDULERS). Without CUDA the config is adapted to
+the CPU (no fp16/bf16, no pinned memory, no offload, torch AdamW instead of DeepSpeed's fused/CPU Adam), with a
+logged note for each change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tencentpretrain.training.engine import DistInfo, Engine, LossModule, StepResult
+from tencentpretrain.training.options import OptionsError, TrainOptions
+
+
+def deepspeed_config(opts: TrainOptions, on_cuda: bool, note: Callable[[str], None]) -> dict:
+    """The DeepSpeed config dict for this run: the file's content with our flags' entries written over it."""
+    path = Path(opts.deepspeed_config)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OptionsError(f"--deepspeed_config {path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise OptionsError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+    config = copy.deepcopy(config)
+    config.pop("train_batch_size", None)  # derived by DeepSpeed from the two below and the world size
+    config["train_micro_batch_size_per_gpu"] = opts.batch_size
+    config["gradient_accumulation_steps"] = opts.accumulation_steps
+    config["gradient_clipping"] = opts.max_grad_norm
+    if "scheduler" in config:
+        note(f"{path}: ignoring its \"scheduler\"; the schedule is --scheduler {opts.scheduler} with --warmup")
+        del config["scheduler"]
+    if "optimizer" in config:
+        config["optimizer"].setdefault("params", {})["lr"] = opts.learning_rate
+    _set_precision(config, opts, on_cuda, note)
+    if not on_cuda:
+        _adapt_to_cpu(config, path, note)
+    if not opts.enable_zero3 and config.get("zero_optimization", {}).get("stage") == 3:
+        note(f"{path}: ZeRO stage 3 without --enable_zero3: the model is built whole, then partitioned")
+    return config
+
+
+def _set_precision(config: dict, opts: TrainOptions, on_cuda: bool, note: Callable[[str], None]) -> None:
+    if opts.precision != "fp32":  # our flag wins over the file
+        config.setdefault("fp16", {})["enabled"] = opts.precision == "fp16"
+        config.setdefault("bf16", {})["enabled"] = opts.precision == "bf16"
+    if not on_cuda:
+        for key in ("fp16", "bf16"):
+            if config.get(key, {}).get("enabled"):
+                note(f"{key} disabled: no CUDA device, training in fp32")
+                config[key]["enabled"] = False
+
+
+def _adapt_to_cpu(config: dict, path: Path, note: Callable[[str], None]) -> None:
+    zero = config.get("zero_optimization", {})
+    for key in ("offload_param", "offload_optimizer"):
+        if key in zero:
+            note(f"{path}: dropping zero_optimization.{key}: the parameters already live in CPU memory")
+            del zero[key]
+    if "optimizer" in config:
+        note(f"{path}: its \"{config['optimizer'].get('type')}\" optimizer needs a compiled op; "
+             "using torch.optim.AdamW on the CPU")
+        del config["optimizer"]
+    config["zero_allow_untested_optimizer"] = True
+    config["zero_force_ds_cpu_optimizer"] = False
+    if config.get("flops_profiler", {}).get("enabled"):
+        note(f"{path}: flops_profiler disabled on the CPU")
+        config["flops_profiler"]["enabled"] = False
+
+
+def partitioned_build(config: dict, enabled: bool) -> contextlib.AbstractContextManager:
+    """The context to build the model in: ``deepspeed.zero.Init`` (partitioned as built) when ``enabled``."""
+    import deepspeed
+
+    return deepspeed.zero.Init(config_dict_or_path=config, enabled=enabled)
+
+
+def gathered(params: list[nn.Parameter], modifier_rank: int | None) -> contextlib.AbstractContextManager:
+    """Full values of ZeRO-3 partitioned ``params`` inside the block (a no-op for ordinary ones)."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
+
+
+def unique_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """Each parameter once (tied ones under their first name)."""
+    yield from model.named_parameters()
+
+
+class DeepSpeedEngine(Engine):
+    """``deepspeed.initialize`` around the model, with our optimizer (or the config's) and our schedule.
+
+    Args:
+        model: built under ``partitioned_build`` (ZeRO-3) or whole.
+        optimizer: a torch optimizer, or None to let DeepSpeed build the config's ``optimizer``.
+        scheduler_fn: builds the LR scheduler from the optimizer DeepSpeed ends up with.
+        config: the dict from ``deepspeed_config``.
+        groups: parameter groups (weight decay by rule).
+    """
+
+    def __init__(self, model: nn.Module, optimizer, scheduler_fn, config: dict, groups: list[dict],
+                 dist_info: DistInfo):
+        import deepspeed
+
+        self.model, self.dist = model, dist_info
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=LossModule(model), optimizer=optimizer, model_parameters=groups, config=config,
+            lr_scheduler=scheduler_fn)  # DeepSpeed steps the schedule after each optimizer step
+        self._boundary, self._poisoned, self._poisoned_window = True, False, False
+        for param in model.parameters():
+            if param.requires_grad:
+                param.register_hook(self._scrub)
+
+    def _scrub(self, grad: torch.Tensor) -> torch.Tensor:
+        """Zero the gradients of a micro-batch whose loss was not finite on some rank."""
+        return torch.zeros_like(grad) if self._poisoned else grad
+
+    def forward(self, src, tgt, boundary):
+        self._boundary = boundary
+        return self.ds(src.to(self.ds.device), tgt.to(self.ds.device))
+
+    def backward(self, loss):
+        self._poisoned = bool(self.dist.all_reduce_sum([0.0 if math.isfinite(loss.item()) else 1.0])[0])
+        self._poisoned_window |= self._poisoned
+        self.ds.backward(loss)
+        self._poisoned = False
+        if not self._boundary:
+            self.ds.step()  # DeepSpeed counts micro-steps in step(); it only updates at the boundary
+
+    def step(self) -> StepResult:
+        skipped, self._poisoned_window = self._poisoned_window, False
+        if skipped:  # the gradients are zeros; with lr 0 AdamW leaves the weights as they are
+            for group in self.optimizer.param_groups:
+                group["lr"] = 0.0
+        self.ds.step()  # then the schedule sets the next step's lr
+        norm = self.ds.get_global_grad_norm()
+        norm = float(norm) if norm is not None else math.nan
+        return StepResult(math.nan if skipped else norm, skipped)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def train(self, mode: bool = True) -> None:
+        self.ds.train(mode)
+
+    def consolidated_state_dict(self, dtype):
+        """Gather one parameter at a time; only rank 0 keeps a CPU copy (at ``dtype``)."""
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        state, cache = {}, {}
+        for name, tensor in self.model.state_dict().items():
+            param = params.get(name)
+            if param is None:  # a persistent buffer: never partitioned
+                state[name] = tensor.detach().to("cpu", dtype if tensor.is_floating_point() else tensor.dtype)
+                continue
+            if id(param) not in cache:
+                with gathered([param], modifier_rank=None):
+                    cache[id(param)] = param.detach().to("cpu", dtype).clone() if self.dist.is_main else None
+            state[name] = cache[id(param)]
+        return state if self.dist.is_main else None
+
+    def save(self, directory):
+        self.ds.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
+
+    def load(self, directory):
+        path, _ = self.ds.load_checkpoint(str(directory.parent), tag=directory.name, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"DeepSpeed found no checkpoint in {directory}")
+
+
+def load_partitioned(model: nn.Module, state: dict[str, torch.Tensor] | None, dist_info: DistInfo) -> None:
+    """Copy a full state dict into a (possibly ZeRO-3 partitioned) model, one parameter at a time.
+
+    Only rank 0 reads ``state`` (memory-mapped); each parameter is gathered, filled on rank 0 and re-partitioned,
+    so no rank holds more than one full parameter besides its partition.
+    """
+    for name, param in unique_parameters(model):
+        with gathered([param], modifier_rank=0), torch.no_grad():
+            if dist_info.is_main:
+                param.copy_(state[name].to(param.dtype))
+
+
+def init_partitioned(model: nn.Module, std: float = 0.02) -> None:
+    """TencentPretrain's initialisation, N(0, std) for matrices (vectors keep their defaults), rank 0's draw."""
+    for _, param in unique_parameters(model):
+        shape = param.ds_shape if hasattr(param, "ds_shape") else param.shape
+        if len(shape) < 2:
+            continue
+        with gathered([param], modifier_rank=0), torch.no_grad():
+            param.normal_(0.0, std)
+

@@ -1,0 +1,151 @@
+"""What the user sees: one progress line per report, a JSONL or CSV log, TensorBoard scalars, and the MFU estimate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from tencentpretrain.config import ModelConfig
+
+
+def flops_per_token(config: ModelConfig, matmul_params: int, seq_length: int) -> float:
+    """Training FLOPs per token: 6 per matmul weight, plus attention's score and value products (PaLM's estimate)."""
+    return 6.0 * matmul_params + 12.0 * config.layers_num * config.hidden_size * seq_length
+
+
+def matmul_params(model: torch.nn.Module) -> int:
+    """Weights that take part in a matmul per token: every parameter but the embedding lookup table(s)."""
+    total = 0
+    for name, param in model.named_parameters():  # tied weights are counted once: the LM head uses them
+        numel = param.ds_numel if hasattr(param, "ds_numel") else param.numel()
+        total += 0 if name.startswith("embedding.") and not _is_tied(model) else numel
+    return total
+
+
+def _is_tied(model: torch.nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return bool(config is not None and config.tie_weights)
+
+
+def measure_matmul_peak(device: torch.device, size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a square fp32 matmul on ``device``: the peak MFU is measured against."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b  # warm up
+    best = math.inf
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def format_eta(seconds: float) -> str:
+    """``1h02m03s`` style."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def progress_line(record: dict) -> str:
+    """One line: step, loss, perplexity, lr, grad norm, tokens/s, MFU, ETA (and skipped steps when any)."""
+    line = (f"| step {record['step']:>7d}/{record['total_steps']} | loss {record['loss']:.4f} "
+            f"| ppl {record['ppl']:9.2f} | lr {record['lr']:.3e} | grad norm {record['grad_norm']:.3f} "
+            f"| {record['tokens_per_s']:,.0f} tok/s | MFU {100 * record['mfu']:.1f}% | ETA {record['eta']}")
+    return line + (f" | skipped {record['skipped_steps']}" if record.get("skipped_steps") else "")
+
+
+class TrainLogger:
+    """Writes records on rank 0 only: to stdout, a ``.jsonl`` or ``.csv`` file, and TensorBoard when asked.
+
+    Args:
+        path: the log file; its suffix picks the format. Lines of steps after ``resume_step`` are dropped
+            (they belong to the part of a killed run that is being redone).
+        tensorboard_dir: where to write event files, or None.
+        enabled: False on ranks other than 0.
+        resume_step: the step training continues from (0 for a fresh run, which starts a new log).
+    """
+
+    def __init__(self, path: str | Path, tensorboard_dir: str | None, enabled: bool, resume_step: int = 0):
+        self.enabled, self.path = enabled, Path(path)
+        self.csv = self.path.suffix == ".csv"
+        self.tensorboard = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._truncate(resume_step)
+        if tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(tensorboard_dir, purge_step=resume_step + 1 if resume_step else None)
+
+    def _truncate(self, resume_step: int) -> None:
+        if not resume_step or not self.path.exists():
+            self.path.write_text("")
+            return
+        rows = [r for r in read_log(self.path) if r.get("step", 0) <= resume_step]
+        self.path.write_text("")
+        for row in rows:
+            self._write(row)
+
+    def log(self, record: dict, echo: bool = True) -> None:
+        """Append a record (a dict of scalars with a ``step``); print its progress line when ``echo``."""
+        if not self.enabled:
+            return
+        self._write(record)
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "total_steps"):
+                    self.tensorboard.add_scalar(f"{record.get('split', 'train')}/{key}", value, record["step"])
+            self.tensorboard.flush()
+        if echo:
+            print(progress_line(record) if record.get("split", "train") == "train" else
+                  f"| step {record['step']:>7d} | dev loss {record['loss']:.4f} | dev ppl {record['ppl']:.2f}",
+                  flush=True)
+
+    def _write(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8", newline="") as f:
+            if not self.csv:
+                f.write(json.dumps(record) + "\n")
+                return
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            if f.tell() == 0:
+                writer.writeheader()
+            writer.writerow(record)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+CSV_FIELDS = ["split", "step", "loss", "ppl", "lr", "grad_norm", "tokens_per_s", "mfu", "skipped_steps", "time"]
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The records of a ``.jsonl`` or ``.csv`` training log (numbers parsed back)."""
+    path = Path(path)
+    if path.suffix != ".csv":
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    with path.open(encoding="utf-8", newline="") as f:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text

@@ -1,0 +1,170 @@
+"""The training loop: lr -> forward -> backward -> step at the accumulation boundary -> log / eval / save.
+
+``main(argv)`` is what ``pretrain.py`` runs: ``setup()`` and ``build()`` (see build.py), then ``train()``.
+The loop talks to one engine interface, so it reads the same for one CPU process, DDP and DeepSpeed ZeRO-3.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from tencentpretrain.checkpoint import CheckpointError
+from tencentpretrain.config import ConfigError
+from tencentpretrain.data import DataLoader, DatasetError
+from tencentpretrain.training import checkpointing
+from tencentpretrain.training.build import Run, SetupError, build, note, setup
+from tencentpretrain.training.engine import DTYPES
+from tencentpretrain.training.logging import format_eta
+from tencentpretrain.training.options import OptionsError
+
+
+class TrainingStopped(RuntimeError):
+    """Training gave up: too many steps with a non-finite loss or gradient."""
+
+
+@dataclass
+class Window:
+    """Sums over the steps since the last report (this rank's; reduced over ranks when reported)."""
+
+    loss_sum: float = 0.0  # sum over counted targets of their loss
+    targets: float = 0.0  # counted targets
+    tokens: float = 0.0  # real (non-pad) input tokens
+    grad_norm_sum: float = 0.0
+    steps: int = 0
+    start: float = 0.0
+
+    def reset(self) -> None:
+        self.__init__(start=time.perf_counter())
+
+
+def train(run: Run) -> int:
+    """Train from ``run.start_step`` to ``--total_steps``; returns the last step reached."""
+    opts, engine = run.opts, run.engine
+    batches = iter(run.loader)
+    window, step, began = Window(start=time.perf_counter()), run.start_step, time.perf_counter()
+    engine.train()
+    while step < opts.total_steps:
+        for micro in range(opts.accumulation_steps):
+            batch = next(batches)
+            loss, metrics = engine.forward(batch.src, batch.tgt, boundary=micro == opts.accumulation_steps - 1)
+            engine.backward(loss)
+            targets = float(metrics["tokens"])
+            window.loss_sum += float(metrics["loss"]) * targets
+            window.targets += targets
+            window.tokens += batch.tokens
+        lr = engine.lr  # the rate this step is taken with
+        result = engine.step()
+        step += 1
+        window.steps += 1
+        if result.skipped:
+            run.skipped_steps += 1
+            note(f"step {step}: non-finite loss or gradient norm, step skipped "
+                 f"({run.skipped_steps}/{opts.max_skipped_steps})")
+            if run.skipped_steps > opts.max_skipped_steps:
+                raise TrainingStopped(f"stopped at step {step}: {run.skipped_steps} steps skipped for non-finite "
+                                      f"loss or gradients (--max_skipped_steps {opts.max_skipped_steps})")
+        else:
+            window.grad_norm_sum += result.grad_norm
+        if step % opts.report_steps == 0 or step == opts.total_steps:
+            report(run, window, step, lr, began)
+            window.reset()
+        if run.dev_dataset is not None and (step % opts.dev_every == 0 or step == opts.total_steps):
+            evaluate(run, step)
+        if step % opts.save_checkpoint_steps == 0 or step == opts.total_steps:
+            save(run, step, final=step == opts.total_steps)
+    return step
+
+
+def report(run: Run, window: Window, step: int, lr: float, began: float) -> None:
+    """Reduce the window over ranks and log one record (rank 0 prints it)."""
+    loss_sum, targets, tokens = run.dist.all_reduce_sum([window.loss_sum, window.targets, window.tokens])
+    elapsed = max(time.perf_counter() - window.start, 1e-9)
+    loss = loss_sum / max(targets, 1.0)
+    tokens_per_s = tokens / elapsed
+    done = step - run.start_step
+    eta = (time.perf_counter() - began) / done * (run.opts.total_steps - step)
+    record = {"split": "train", "step": step, "total_steps": run.opts.total_steps, "loss": loss,
+              "ppl": math.exp(min(loss, 50.0)), "lr": lr, "grad_norm": window.grad_norm_sum / max(window.steps, 1),
+              "tokens_per_s": tokens_per_s,
+              "mfu": run.flops_per_token * tokens_per_s / (run.peak_flops * run.dist.world_size),
+              "eta": format_eta(eta), "skipped_steps": run.skipped_steps, "time": time.time()}
+    run.logger.log(record)
+
+
+def evaluate(run: Run, step: int) -> float:
+    """Mean loss over ``--dev_batches`` batches of the dev set (the same batches every time)."""
+    loader = DataLoader(run.dev_dataset, run.opts.batch_size, run.dist.rank, run.dist.world_size, shuffle=False)
+    loss_sum = targets = 0.0
+    run.engine.train(False)
+    with torch.no_grad():
+        for _, batch in zip(range(run.opts.dev_batches), loader):
+            _, metrics = run.engine.forward(batch.src, batch.tgt, boundary=True)
+            loss_sum += float(metrics["loss"]) * float(metrics["tokens"])
+            targets += float(metrics["tokens"])
+    run.engine.train(True)
+    loss_sum, targets = run.dist.all_reduce_sum([loss_sum, targets])
+    loss = loss_sum / max(targets, 1.0)
+    run.logger.log({"split": "dev", "step": step, "loss": loss, "ppl": math.exp(min(loss, 50.0)),
+                    "time": time.time()})
+    return loss
+
+
+def save(run: Run, step: int, final: bool) -> None:
+    """Consolidated model (rank 0), then the full training state, staged and renamed into place."""
+    opts, info = run.opts, run.dist
+    state = run.engine.consolidated_state_dict(DTYPES[opts.save_dtype])  # collective under ZeRO-3
+    if info.is_main:
+        state = save_lora(run, state, step, final) if opts.use_lora else state
+        checkpointing.publish_model(state, opts.output_model_path, step, final)
+    del state
+    stage = checkpointing.staging_dir(opts.output_model_path, step)
+    if info.is_main:
+        shutil.rmtree(stage, ignore_errors=True)  # a save killed half-way
+        stage.mkdir(parents=True)
+    info.barrier()
+    run.engine.save(stage)
+    checkpointing.save_rank_state(stage, info.rank, {"step": step, "loader": run.loader.state_dict(),
+                                                      "skipped_steps": run.skipped_steps})
+    info.barrier()
+    if info.is_main:
+        checkpointing.publish_state(opts.output_model_path, step)
+    info.barrier()
+
+
+def save_lora(run: Run, state: dict, step: int, final: bool) -> dict:
+    """Write the adapter (``<output>-lora-<step>.bin``) and return the merged full state dict."""
+    from tencentpretrain.training.lora import lora_state_dict, merge_lora_state, save_adapter
+
+    adapter_names = set(lora_state_dict(run.engine.model))
+    adapter = {name: state[name] for name in adapter_names}
+    base = {name: tensor for name, tensor in state.items() if not name.endswith((".lora_A", ".lora_B"))}
+    if not any(hasattr(p, "ds_id") for p in run.engine.model.parameters()):  # whole model: its own writer
+        save_adapter(run.engine.model, checkpointing.adapter_path(run.opts.output_model_path, step))
+        if final:
+            save_adapter(run.engine.model, checkpointing.adapter_path(run.opts.output_model_path))
+    config = run.engine.model.lora_config
+    return merge_lora_state(base, adapter, config.rank, config.alpha)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``pretrain.py``: returns 0, or 1 with a message on stderr when the inputs are wrong or training
+    stopped."""
+    try:
+        opts, info = setup(argv)
+        run = build(opts, info)
+        try:
+            train(run)
+        finally:
+            run.logger.close()
+    except (SetupError, OptionsError, ConfigError, CheckpointError, DatasetError, FileNotFoundError,
+            TrainingStopped) as err:
+        print(f"pretrain: error: {err}", file=sys.stderr, flush=True)
+        return 1
+    note(f"done: {checkpointing.final_model_path(opts.output_model_path)}")
+    return 0

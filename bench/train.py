@@ -1,0 +1,177 @@
+"""Training speed: our model against transformers' LlamaForCausalLM, side by side in one run.
+
+Both models get the same architecture, the same weights (copied through our HF key map, so the first losses must
+agree), the same batches and the same ``torch.optim.AdamW`` settings. Rounds alternate which model goes first
+(AB, BA, AB, ...) so machine noise hits both; each side's tokens/s is the median over rounds. MFU is measured against
+the best FLOP/s of a large matmul timed on the same device in the same dtype.
+
+    python bench/train.py                                    # CPU, fp32, vocab 32000
+    python bench/train.py --vocab_size 4096                  # the transformer layers dominate instead of the head
+    python bench/train.py --device cuda --dtype bf16 --preset gpu_1b --batch_size 8 --seq_length 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from tencentpretrain import ModelConfig, build_model
+from tencentpretrain.convert.llama import LLAMA_ARCHITECTURE, config_to_hf, ours_to_hf
+from tencentpretrain.training.flops import measure_matmul_peak, mfu, model_flops_per_token
+
+PRESETS = {  # sizes only; the rest is LLaMA's architecture
+    "cpu": dict(hidden_size=512, feedforward_size=1376, heads_num=8, layers_num=4),
+    "gpu_1b": dict(hidden_size=2048, feedforward_size=5632, heads_num=16, layers_num=22, local_kv_heads_num=4),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="Model config JSON (a LLaMA architecture); overrides --preset.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="Built-in model size.")
+    parser.add_argument("--vocab_size", type=int, default=32000, help="Rows of the embedding and the LM head.")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--seq_length", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5, help="Alternating measurement rounds.")
+    parser.add_argument("--steps", type=int, default=2, help="Timed training steps per model per round.")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps per model first.")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                        help="Parameter and compute dtype of both models (bf16 only makes sense on a GPU).")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+    parser.add_argument("--adamw", choices=("default", "foreach", "fused"), default="default",
+                        help="torch.optim.AdamW implementation, the same for both models.")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def bench_config(args: argparse.Namespace) -> ModelConfig:
+    """The architecture to measure, with dropout off (transformers' Llama has none)."""
+    if args.config:
+        return ModelConfig.from_json(args.config, dropout=0.0, vocab_size=args.vocab_size,
+                                     max_seq_length=max(args.seq_length, 16))
+    return ModelConfig.from_dict({**LLAMA_ARCHITECTURE, **PRESETS[args.preset], "emb_size": PRESETS[args.preset][
+        "hidden_size"], "max_seq_length": args.seq_length, "vocab_size": args.vocab_size})
+
+
+def build_pair(config: ModelConfig, device: str, dtype: torch.dtype) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Our model and transformers' LlamaForCausalLM (sdpa, no KV cache) holding the same weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ours = build_model(config)
+    hf_config = LlamaConfig(**{**config_to_hf(config, config.vocab_size, torch.float32), "use_cache": False})
+    theirs = LlamaForCausalLM(hf_config)
+    theirs.load_state_dict(ours_to_hf(ours.state_dict(), config), strict=True)
+    theirs.config._attn_implementation = "sdpa"
+    return ours.to(device, dtype).train(), theirs.to(device, dtype).train()
+
+
+def make_optimizer(model: torch.nn.Module, kind: str) -> torch.optim.Optimizer:
+    options = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(kind, {})
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, **options)
+
+
+def step_fns(ours, theirs, adamw: str) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """One training step each, ``(src, tgt) -> loss``; transformers is given the already shifted targets."""
+    optimizers = {"ours": make_optimizer(ours, adamw), "transformers": make_optimizer(theirs, adamw)}
+
+    def train_step(name: str, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        def step(src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+            optimizers[name].zero_grad(set_to_none=True)
+            loss = forward(src, tgt)
+            loss.backward()
+            optimizers[name].step()
+            return loss.detach()
+
+        return step
+
+    return {
+        "ours": train_step("ours", lambda src, tgt: ours.loss(src, tgt)[0]),
+        "transformers": train_step("transformers", lambda src, tgt: theirs(
+            input_ids=src, labels=tgt, shift_labels=tgt, use_cache=False).loss),
+    }
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_steps(step, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
+    """Seconds for one step on each batch."""
+    synchronize(device)
+    start = time.perf_counter()
+    for src, tgt in batches:
+        step(src, tgt)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(steps: dict, batches: list, args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
+    """Tokens/s of each model in every round, the order alternating between rounds."""
+    tokens = args.batch_size * args.seq_length * len(batches)
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(args.rounds):
+        order = list(steps) if round_index % 2 == 0 else list(reversed(steps))
+        for name in order:
+            rates[name].append(tokens / timed_steps(steps[name], batches, device))
+        print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
+            f"{name} {rates[name][-1]:,.0f} tok/s" for name in steps), flush=True)
+    return rates
+
+
+def check_first_losses(steps: dict, src: torch.Tensor, tgt: torch.Tensor, dtype: torch.dtype) -> None:
+    """Both models start from the same weights: their first losses must agree (else the comparison is void)."""
+    losses = {name: float(step(src, tgt)) for name, step in steps.items()}
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    print("first-step loss: " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()))
+    if abs(losses["ours"] - losses["transformers"]) > tolerance * max(1.0, abs(losses["ours"])):
+        raise SystemExit(f"bench/train.py: error: first losses differ {losses}: the models do not compute the same")
+
+
+def report(rates: dict[str, list[float]], config: ModelConfig, args: argparse.Namespace, peak: float) -> None:
+    flops = model_flops_per_token(config, args.seq_length)
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    for name, rate in medians.items():
+        share = 100 * mfu(rate, flops, peak)
+        print(f"{name:>13}: {rate:,.0f} tokens/s (median of {len(rates[name])}), MFU {share:.1f}%")
+    ratios = [a / b for a, b in zip(rates["ours"], rates["transformers"], strict=True)]
+    print(f"ratio ours/transformers: {medians['ours'] / medians['transformers']:.3f} "
+          f"(per-round ratios: median {statistics.median(ratios):.3f}, min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print(f"model FLOPs/token {flops / 1e6:.1f} M; measured matmul peak {peak / 1e9:.1f} GFLOP/s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print tokens/s, the ratio and MFU."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    torch.manual_seed(args.seed)
+    config = bench_config(args)
+    ours, theirs = build_pair(config, args.device, dtype)
+    params = sum(p.numel() for p in ours.parameters())
+    print(f"config: hidden {config.hidden_size}, layers {config.layers_num}, heads {config.heads_num}/"
+          f"{config.kv_heads_num}, ffn {config.feedforward_size}, vocab {config.vocab_size}, {params / 1e6:.1f} M "
+          f"params; batch {args.batch_size} x seq {args.seq_length}; {args.device} {args.dtype}, "
+          f"{torch.get_num_threads()} threads, AdamW {args.adamw}; torch {torch.__version__}")
+    data = torch.randint(0, config.vocab_size, (args.steps + 1, args.batch_size, args.seq_length + 1), device=device)
+    batches = [(row[:, :-1].contiguous(), row[:, 1:].contiguous()) for row in data]
+    steps = step_fns(ours, theirs, args.adamw)
+    check_first_losses(steps, *batches[-1], dtype)
+    for _ in range(args.warmup - 1):
+        for step in steps.values():
+            step(*batches[-1])
+    rates = measure(steps, batches[:-1], args, device)
+    report(rates, config, args, measure_matmul_peak(device, dtype))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

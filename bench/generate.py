@@ -1,0 +1,170 @@
+"""Generation speed: our KV-cached engine against transformers' ``generate`` on the same weights, in one run.
+
+For each model size and batch size both implementations run the same left-padded prompts greedily (no eos, so
+every row makes exactly ``--new_tokens`` tokens). Reported per implementation, median of ``--repeats`` runs
+taken in alternation:
+
+- TTFT: time to first token, i.e. a call that generates one token (tokenise-free: prefill plus one step).
+- decode tok/s: ``B * (N - 1)`` tokens over (time of an N-token call - time of a 1-token call).
+
+Both use ``torch.set_num_threads(--threads)`` and fp32 on CPU. Run: ``python bench/generate.py``
+(``--sizes tiny`` for a quick look; ``--int8`` adds our int8 engine as a third column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tencentpretrain.config import ModelConfig
+from tencentpretrain.generation import Engine, quantize_int8
+from tencentpretrain.generation.engine import load_generation_model
+
+ROOT = Path(__file__).resolve().parents[1]
+LLAMA = {"embedding": ["word"], "encoder": "transformer", "target": ["lm"], "mask": "causal",
+         "layernorm_positioning": "pre", "layernorm": "rms", "feed_forward": "gated", "hidden_act": "silu",
+         "remove_transformer_bias": True, "remove_embedding_layernorm": True, "rotary_position_embedding": True,
+         "dropout": 0.0, "max_seq_length": 2048, "vocab_size": 32000}
+SIZES = {  # "tiny" is models/llama/tiny_config.json when it exists
+    "tiny": dict(LLAMA, emb_size=256, hidden_size=256, feedforward_size=688, heads_num=8, layers_num=4),
+    "100m": dict(LLAMA, emb_size=768, hidden_size=768, feedforward_size=2048, heads_num=12, local_kv_heads_num=4,
+                 layers_num=8),
+}
+
+
+def size_config(name: str) -> ModelConfig:
+    """The benchmark's config for a size name, with the LLaMA vocabulary."""
+    tiny_file = ROOT / "models" / "llama" / "tiny_config.json"
+    if name == "tiny" and tiny_file.is_file():
+        return ModelConfig.from_json(tiny_file, vocab_size=32000, dropout=0.0)
+    return ModelConfig.from_dict(SIZES[name], source=f"bench size {name}")
+
+
+def build_pair(config: ModelConfig, workdir: Path):
+    """A random transformers LlamaForCausalLM and our model converted from its saved directory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tencentpretrain.convert.llama import config_to_hf
+
+    hf_dict = config_to_hf(config, config.vocab_size, torch.float32)
+    hf_dict.update(initializer_range=0.2, eos_token_id=None)
+    hf = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in hf_dict.items() if k != "torch_dtype"})).eval()
+    hf.save_pretrained(workdir)
+    return hf, load_generation_model(workdir)
+
+
+def prompts_for(batch: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    """``batch`` prompts of 24 to 64 random tokens, each starting with bos (1)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(24, 65, (batch,), generator=g).tolist() if batch > 1 else [48]
+    return [[1] + torch.randint(3, vocab, (n - 1,), generator=g).tolist() for n in lengths]
+
+
+def hf_runner(hf, prompts: list[list[int]]):
+    """A function generating ``n`` tokens with transformers (left padding, greedy, KV cache)."""
+    width = max(map(len, prompts))
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p)
+        mask[row, width - len(p):] = 1
+
+    def run(n: int) -> list[list[int]]:
+        with torch.inference_mode():
+            out = hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                              pad_token_id=0, eos_token_id=None, use_cache=True)
+        return out[:, width:].tolist()
+
+    return run
+
+
+def ours_runner(engine: Engine, prompts: list[list[int]]):
+    """A function generating ``n`` tokens with our engine."""
+    return lambda n: engine.generate(prompts, n)
+
+
+def timed(run, n: int) -> float:
+    start = time.perf_counter()
+    run(n)
+    return time.perf_counter() - start
+
+
+def measure(runners: dict, batch: int, new_tokens: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median TTFT (s) and decode tokens/s of each runner, runs alternating between runners."""
+    for run in runners.values():  # warm-up
+        run(2)
+    first = {name: [] for name in runners}
+    full = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            first[name].append(timed(run, 1))
+            full[name].append(timed(run, new_tokens))
+    out = {}
+    for name in runners:
+        ttft, total = statistics.median(first[name]), statistics.median(full[name])
+        out[name] = (ttft, batch * (new_tokens - 1) / max(total - ttft, 1e-9))
+    return out
+
+
+def bench_size(name: str, args) -> list[str]:
+    """Table rows for one model size."""
+    config = size_config(name)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        hf, ours = build_pair(config, Path(tmp))
+    params = sum(p.numel() for p in ours.parameters()) / 1e6
+    engine = Engine(ours)
+    int8_engine = Engine(quantize_int8(load_copy(ours))) if args.int8 else None
+    for batch in args.batches:
+        prompts = prompts_for(batch, config.vocab_size)
+        runners = {"transformers": hf_runner(hf, prompts), "ours": ours_runner(engine, prompts)}
+        if int8_engine is not None:
+            runners["ours-int8"] = ours_runner(int8_engine, prompts)
+        same = runners["ours"](args.new_tokens) == runners["transformers"](args.new_tokens)
+        result = measure(runners, batch, args.new_tokens, args.repeats)
+        (hf_ttft, hf_tps), (our_ttft, our_tps) = result["transformers"], result["ours"]
+        row = (f"| {name} ({params:.0f}M) | {batch} | {hf_tps:.0f} | {our_tps:.0f} | **{our_tps / hf_tps:.2f}x** | "
+               f"{hf_ttft * 1e3:.1f} | {our_ttft * 1e3:.1f} | {hf_ttft / our_ttft:.2f}x | {same} |")
+        if int8_engine is not None:
+            row += f" {result['ours-int8'][1]:.0f} |"
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def load_copy(model):
+    """A deep copy of a model (quantisation replaces modules in place)."""
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "100m"], choices=sorted(SIZES))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--new_tokens", type=int, default=64, help="tokens generated per row in the timed runs")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (median reported)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for both implementations")
+    parser.add_argument("--int8", action="store_true", help="also time our engine with int8 weights")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    header = ("| model | batch | HF decode tok/s | ours decode tok/s | decode speed-up | HF TTFT ms | ours TTFT ms | "
+              "TTFT speed-up | same tokens |" + (" ours-int8 decode tok/s |" if args.int8 else ""))
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    rows = []
+    for name in args.sizes:
+        rows += bench_size(name, args)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

@@ -1,0 +1,210 @@
+"""The generation engine: batched prompts with left padding, one prefill, then token-by-token decoding over a
+preallocated KV cache. The CLI, the server, the benchmark and the tests all generate through ``Engine``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tencentpretrain.checkpoint import check_state_dict, load_model
+from tencentpretrain.config import ModelConfig
+from tencentpretrain.generation.sampling import SamplingParams, sample
+from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.model import Model, build_model, tie_weights
+
+
+@dataclass
+class Step:
+    """One decoding step of a batch.
+
+    Attributes:
+        tokens: (B,) the token chosen for each row (the pad id for rows finished earlier).
+        logits: (B, vocab) the logits the tokens were chosen from (before sampling filters).
+        finished: (B,) bool, rows that have ended (eos now or earlier, or stopped by the caller).
+    """
+
+    tokens: torch.Tensor
+    logits: torch.Tensor
+    finished: torch.Tensor
+
+
+class GenerationStream:
+    """Iterates over the decoding steps of one batch; ``stop(row)`` ends a row early (e.g. on a stop string).
+
+    Created by ``Engine.stream``; iterate it once.
+    """
+
+    def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                 sampling: SamplingParams, seed: int | None):
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.engine = engine
+        self.prompts = [list(p) for p in prompts]
+        self.max_new_tokens = max_new_tokens
+        self.sampling = sampling
+        self.finished = torch.zeros(len(prompts), dtype=torch.bool, device=engine.device)
+        self.generator = None
+        if seed is not None:
+            self.generator = torch.Generator(device=engine.device).manual_seed(seed)
+
+    def stop(self, row: int) -> None:
+        """Mark ``row`` finished: it is fed pad tokens from now on and the loop ends when all rows are."""
+        self.finished[row] = True
+
+    def __iter__(self) -> Iterator[Step]:
+        with torch.inference_mode():
+            yield from self._steps()
+
+    def _prefill_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids (B, T) and the real-token mask (B, T + max_new_tokens)."""
+        engine, lengths = self.engine, [len(p) for p in self.prompts]
+        width = max(lengths)
+        ids = torch.full((len(self.prompts), width), engine.pad_id, dtype=torch.long)
+        mask = torch.ones(len(self.prompts), width + self.max_new_tokens, dtype=torch.bool)
+        for row, prompt in enumerate(self.prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, :width - len(prompt)] = False
+        return ids.to(engine.device), mask.to(engine.device)
+
+    def _steps(self) -> Iterator[Step]:
+        engine, model = self.engine, self.engine.model
+        ids, mask = self._prefill_inputs()
+        batch, width = ids.shape
+        padded = not bool(mask.all())
+        padding_mask = mask if padded else None
+        positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)  # (B, T): real tokens count from 0
+        cache = engine.new_cache(batch, width + self.max_new_tokens - 1)
+        seen = self._seen(ids, mask[:, :width]) if self.sampling.penalized else None
+        hidden = model.encode(ids, positions, padding_mask, cache)  # (B, T, hidden)
+        logits = model.target["lm"].logits(hidden[:, -1:])[:, 0]  # (B, vocab): the last position only
+        next_positions = positions[:, -1:] + 1  # (B, 1)
+        for step in range(self.max_new_tokens):
+            tokens = sample(logits, self.sampling, seen, self.generator)  # (B,)
+            tokens = tokens.masked_fill(self.finished, engine.pad_id)
+            self.finished |= torch.isin(tokens, engine.eos_tensor)
+            yield Step(tokens, logits, self.finished.clone())
+            if step + 1 == self.max_new_tokens or bool(self.finished.all()):
+                return
+            if seen is not None:
+                seen.scatter_(1, tokens[:, None], True)
+            logits = model(tokens[:, None], next_positions, padding_mask, cache)[:, 0]  # (B, vocab)
+            next_positions += 1
+
+    def _seen(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """(B, vocab) bool: the prompt tokens, for the repetition penalty (padding excluded)."""
+        seen = torch.zeros(ids.shape[0], self.engine.model.vocab_size, dtype=torch.bool, device=ids.device)
+        return seen.scatter_(1, ids, real)
+
+
+class Engine:
+    """Generates token ids with a model.
+
+    Args:
+        model: a ``Model`` in eval mode (any dtype/device; the cache follows the word embedding's).
+        eos_ids: tokens that end a row (not included in the output of ``generate``).
+        pad_id: the token fed as left padding and after a row ends (never attended to).
+    """
+
+    def __init__(self, model: Model, eos_ids: Sequence[int] = (), pad_id: int = 0):
+        self.model = model.eval()
+        weight = model.embedding.word.embedding.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self.eos_ids = tuple(eos_ids)
+        self.eos_tensor = torch.tensor(self.eos_ids, dtype=torch.long, device=self.device)
+        self.pad_id = pad_id
+        if self.device.type == "cpu":
+            _column_major(model.target["lm"].output_layer)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    def new_cache(self, batch: int, length: int) -> KVCache:
+        """An empty cache for ``batch`` rows of up to ``length`` positions."""
+        config = self.config
+        return KVCache(config.layers_num, batch, config.kv_heads_num, length, config.head_dim,
+                       dtype=self.dtype, device=self.device)
+
+    def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+               sampling: SamplingParams = SamplingParams(), seed: int | None = None) -> GenerationStream:
+        """Decode a batch step by step.
+
+        Args:
+            prompts: token ids of each prompt (different lengths are left-padded).
+            max_new_tokens: most tokens to generate per row.
+            sampling: how to choose tokens (default greedy).
+            seed: seed of the sampling random generator (None: torch's global generator).
+        """
+        return GenerationStream(self, prompts, max_new_tokens, sampling, seed)
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                 sampling: SamplingParams = SamplingParams(), seed: int | None = None) -> list[list[int]]:
+        """The new token ids of each prompt, up to (not including) its first eos."""
+        outputs: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        for step in self.stream(prompts, max_new_tokens, sampling, seed):
+            for row, token in enumerate(step.tokens.tolist()):
+                if done[row]:
+                    continue
+                if token in self.eos_ids:
+                    done[row] = True
+                else:
+                    outputs[row].append(token)
+        return outputs
+
+
+def _column_major(linear: torch.nn.Module) -> None:
+    """Store a linear layer's (out, in) weight transposed in memory (same values, shape and parameter).
+
+    On CPU, ``x @ W.T`` for one row of ``x`` is several times faster when ``W.T`` is contiguous; for the LM head
+    (vocab x hidden) this is the largest single cost of a decoding step at batch 1.
+    """
+    weight = getattr(linear, "weight", None)
+    if isinstance(weight, torch.nn.Parameter) and weight.dim() == 2 and weight.is_contiguous():
+        weight.data = weight.data.t().contiguous().t()
+
+
+def load_generation_model(model_path: str | Path, config_path: str | Path | None = None,
+                          device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Model:
+    """Load a model for generation from a TencentPretrain checkpoint or a Hugging Face directory.
+
+    Args:
+        model_path: a ``.bin``/``.safetensors`` file (needs ``config_path``) or a Hugging Face LLaMA directory
+            (``config.json`` plus weights), converted on the fly.
+        config_path: the TencentPretrain JSON config of a checkpoint file; optional for a directory (whose own
+            config.json is used), where it must describe the same sizes.
+        device: where to put the model.
+        dtype: cast floating-point weights (default: keep the checkpoint's).
+    """
+    model_path = Path(model_path)
+    if not model_path.is_dir():
+        if config_path is None:
+            raise ValueError(f"{model_path}: a checkpoint file needs --config_path")
+        return load_model(config_path, model_path, device=device, dtype=dtype)
+    from tencentpretrain.convert import load_hf_llama
+
+    config, state = load_hf_llama(model_path)
+    if config_path is not None:
+        _check_same_architecture(ModelConfig.from_json(config_path), config)
+    with torch.device("meta"):
+        model = build_model(config, state["embedding.word.embedding.weight"].shape[0])
+    check_state_dict(model, state, source=str(model_path))
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_weights:
+        tie_weights(model)
+    model.reset_buffers()
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    return model.eval()
+
+
+def _check_same_architecture(given: ModelConfig, found: ModelConfig) -> None:
+    """Raise ValueError when a --config_path disagrees with a Hugging Face directory's config.json."""
+    keys = ("hidden_size", "feedforward_size", "heads_num", "kv_heads_num", "layers_num")
+    diff = [f"{k}: {getattr(given, k)} vs {getattr(found, k)}" for k in keys if getattr(given, k) != getattr(found, k)]
+    if diff:
+        raise ValueError(f"{given.source} disagrees with {found.source} ({'; '.join(diff)}); leave --config_path out")

@@ -1,0 +1,149 @@
+"""pretrain.py on one CPU process: learning, checkpoints that load, reproducibility, refusals, the NaN watchdog."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import sentencepiece
+import torch
+from conftest import generated_lines
+from train_support import load_script, losses, make_dataset, train_argv, write_config
+
+from tencentpretrain import build_model, load_model
+from tencentpretrain.checkpoint import save_state_dict
+from tencentpretrain.config import ModelConfig
+from tencentpretrain.training import build as build_module
+from tencentpretrain.training.loop import TrainingStopped, train
+
+PRETRAIN = load_script("pretrain")
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory, tiny_spm):
+    folder = tmp_path_factory.mktemp("train_single")
+    return folder, make_dataset(folder, tiny_spm), tiny_spm, write_config(folder)
+
+
+def run_in_process(argv):
+    """setup() + build() + train(), keeping the Run (and its in-memory model) for inspection."""
+    opts, info = build_module.setup(argv)
+    run = build_module.build(opts, info)
+    train(run)
+    run.logger.close()
+    return run
+
+
+def test_loss_falls_and_saved_model_gives_the_same_logits(setting):
+    folder, dataset, spm, config = setting
+    out = folder / "learn" / "model"
+    run = run_in_process(train_argv(dataset, spm, config, out, steps=200, save=100))
+    curve = losses(out.with_name("model-log.jsonl"))
+    assert sorted(curve) == list(range(1, 201))
+    assert curve[1] > 5.0  # ~ln(400) at the start
+    assert sum(curve[s] for s in range(181, 201)) / 20 < curve[1] - 2.0
+    for name in ("model-100", "model-200", "model.bin"):
+        assert (out.parent / name).is_file(), name
+    assert (out / "latest").read_text().strip() == "200"
+    loaded = load_model(config, out.with_name("model.bin"))
+    src = torch.randint(0, 400, (2, 16), generator=torch.Generator().manual_seed(0))
+    run.engine.model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(src), run.engine.model(src))
+
+
+def test_same_seed_same_losses_other_seed_other_losses(setting):
+    folder, dataset, spm, config = setting
+    curves = []
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        out = folder / f"seed_{name}" / "m"
+        assert PRETRAIN.main(train_argv(dataset, spm, config, out, "--seed", seed, steps=4, save=4)) == 0
+        curves.append(losses(out.with_name("m-log.jsonl")))
+    assert curves[0] == curves[1]
+    assert curves[0] != curves[2]
+
+
+def test_pretrained_weights_are_loaded_and_saved_back(setting):
+    folder, dataset, spm, config = setting
+    torch.manual_seed(3)
+    state = build_model(ModelConfig.from_json(config), 400).state_dict()
+    save_state_dict(state, folder / "start.bin")
+    out = folder / "chain" / "m"
+    argv = train_argv(dataset, spm, config, out, "--pretrained_model_path", str(folder / "start.bin"), steps=2,
+                      save=2, lr=0.0)
+    assert PRETRAIN.main(argv) == 0
+    saved = torch.load(out.with_name("m.bin"), weights_only=True)
+    assert saved.keys() == state.keys()
+    assert all(torch.equal(saved[k], state[k]) for k in state)
+
+
+def test_refuses_dataset_with_another_vocab_size(setting, tmp_path, capsys):
+    folder, dataset, spm, _ = setting
+    config = write_config(tmp_path, vocab_size=512)
+    assert PRETRAIN.main(train_argv(dataset, spm, config, tmp_path / "m")) == 1
+    err = capsys.readouterr().err
+    assert "vocab_size 400" in err and "512" in err
+    assert not (tmp_path / "m.bin").exists()
+
+
+def test_refuses_dataset_made_with_another_tokenizer(setting, tmp_path, capsys):
+    folder, dataset, _, config = setting
+    corpus = tmp_path / "other.txt"
+    corpus.write_text("\n".join(generated_lines(400, seed=5)) + "\n", encoding="utf-8")
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tmp_path / "other"), vocab_size=400, model_type="bpe", byte_fallback=True,
+        character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3, normalization_rule_name="identity",
+        hard_vocab_limit=False, minloglevel=2, seed_sentencepiece_size=1000, input_sentence_size=300)
+    assert PRETRAIN.main(train_argv(dataset, tmp_path / "other.model", config, tmp_path / "m")) == 1
+    err = capsys.readouterr().err
+    assert "fingerprint" in err and "other.model" in err
+
+
+def test_refuses_checkpoint_with_other_shapes(setting, tmp_path, capsys):
+    folder, dataset, spm, config = setting
+    small = ModelConfig.from_json(config).replace(hidden_size=32, emb_size=32, feedforward_size=88)
+    save_state_dict(build_model(small, 400).state_dict(), tmp_path / "small.bin")
+    argv = train_argv(dataset, spm, config, tmp_path / "m", "--pretrained_model_path", str(tmp_path / "small.bin"))
+    assert PRETRAIN.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "embedding.word.embedding.weight" in err and "[400, 32]" in err and "[400, 64]" in err
+
+
+def test_watchdog_skips_non_finite_steps_without_touching_weights(setting, tmp_path):
+    folder, dataset, spm, config = setting
+    opts, info = build_module.setup(train_argv(dataset, spm, config, tmp_path / "m", "--max_skipped_steps", "5",
+                                               steps=8, save=8))
+    run = build_module.build(opts, info)
+    calls = {"n": 0}
+
+    def poison(module, args, output):  # NaN activations in micro-batches 3 and 4
+        calls["n"] += 1
+        return output * math.nan if calls["n"] in (3, 4) else output
+
+    run.engine.model.embedding.register_forward_hook(poison)
+    step, results = run.engine.step, []
+
+    def checked_step():
+        before = [p.detach().clone() for p in run.engine.model.parameters()]
+        result = step()
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, run.engine.model.parameters()))
+        results.append((result.skipped, unchanged))
+        return result
+
+    run.engine.step = checked_step
+    train(run)
+    assert [skipped for skipped, _ in results] == [False, False, True, True, False, False, False, False]
+    assert all(unchanged == skipped for skipped, unchanged in results)
+    assert run.skipped_steps == 2
+    assert all(torch.isfinite(p).all() for p in run.engine.model.parameters())
+
+
+def test_watchdog_stops_after_too_many_skipped_steps(setting, tmp_path, capsys):
+    folder, dataset, spm, config = setting
+    argv = train_argv(dataset, spm, config, tmp_path / "m", "--max_skipped_steps", "2", steps=20, save=20, lr=math.inf)
+    assert PRETRAIN.main(argv) == 1
+    assert "--max_skipped_steps 2" in capsys.readouterr().err
+    assert not (tmp_path / "m.bin").exists()
+    with pytest.raises(TrainingStopped):
+        run = build_module.build(*build_module.setup(argv))
+        train(run)

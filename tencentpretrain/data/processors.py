@@ -86,11 +86,24 @@ def encode_chunk(spec: ProcessorSpec, records: list[Record]) -> Encoded:
 
 
 def flatten(docs: list[list[int]], bos: int | None = None, eos: int | None = None) -> np.ndarray:
-    """Concatenate token lists into one int32 array, each optionally wrapped in bos/eos."""
-    head, tail = ([] if bos is None else [bos]), ([] if eos is None else [eos])
-    total = sum(map(len, docs)) + len(docs) * (len(head) + len(tail))
-    parts = chain.from_iterable(chain(head, doc, tail) for doc in docs)
-    return np.fromiter(parts, dtype=np.int32, count=total)
+    """Concatenate token lists into one int32 array, each optionally wrapped in bos/eos.
+
+    One C-level pass over the ids (``np.fromiter``), then bos/eos scattered around them with numpy: the
+    per-document Python work is a ``len``.
+    """
+    lengths = np.fromiter(map(len, docs), np.int64, len(docs))
+    inner = np.fromiter(chain.from_iterable(docs), np.int32, int(lengths.sum()))
+    extra = (bos is not None) + (eos is not None)
+    if not extra or not len(docs):
+        return inner
+    ends = np.cumsum(lengths + extra)  # one past each wrapped document
+    out = np.empty(int(ends[-1]), np.int32)
+    body = np.ones(out.size, np.bool_)
+    for position, token in ((ends - lengths - extra, bos), (ends - 1, eos)):
+        if token is not None:
+            out[position], body[position] = token, False
+    out[body] = inner
+    return out
 
 
 @DATA_PROCESSORS.register("lm")

@@ -24,7 +24,7 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     weight = weight.detach().float()
     scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-8)  # (out,)
     scale = scale.to(torch.bfloat16).float()
-    quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)  # (out, in)
+    quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()  # (out, in)
     return quantized, scale
 
 

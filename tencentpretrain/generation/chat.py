@@ -1,0 +1,249 @@
+"""Text on top of the token engine: prompts through the training template, streamed text with stop strings,
+and multi-turn chat histories cut to fit the context.
+
+Prompts are tokenised as training saw them (the ``alpaca`` data processor): ``bos + encode(prompt)`` and, for a
+finished turn, ``bos + encode(prompt) + encode(response) + eos``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from tencentpretrain.generation.engine import Engine
+from tencentpretrain.generation.sampling import SamplingParams
+from tencentpretrain.registry import TEMPLATES
+
+REPLACEMENT = "\ufffd"  # what SentencePiece decodes an incomplete UTF-8 byte sequence to
+
+
+class TextStream:
+    """Turns one row's new tokens into text as it becomes final, and watches for stop strings.
+
+    Text is held back while it ends in an incomplete character or could be the start of a stop string.
+    The generated ids are decoded after the prompt's last token so a leading space is kept.
+
+    Args:
+        tokenizer: anything with ``decode(ids)``.
+        prefix: the last prompt token (decoded with the output, then cut off).
+        stop: strings that end the text (not included in it).
+    """
+
+    def __init__(self, tokenizer, prefix: int | None = None, stop: Sequence[str] = ()):
+        self.tokenizer = tokenizer
+        self.prefix = [] if prefix is None else [prefix]
+        self.skip = len(tokenizer.decode(self.prefix)) if self.prefix else 0
+        self.stop_strings = [s for s in stop if s]
+        self.ids: list[int] = []
+        self.text = ""  # final text so far (emitted)
+        self.stopped = False  # a stop string was found
+
+    def _decoded(self) -> str:
+        return self.tokenizer.decode(self.prefix + self.ids)[self.skip:]
+
+    def push(self, token: int) -> str:
+        """Add a token; return the text that became final (possibly empty)."""
+        if self.stopped:
+            return ""
+        self.ids.append(token)
+        full = self._decoded()
+        cut = self._stop_index(full)
+        if cut is not None:
+            self.stopped = True
+            return self._emit(full[:cut])
+        safe = full.rstrip(REPLACEMENT)
+        return self._emit(safe[:len(safe) - self._held(safe)])
+
+    def finish(self) -> str:
+        """The text still held back (the row ended): everything but a trailing incomplete character."""
+        if self.stopped:
+            return ""
+        return self._emit(self._decoded().rstrip(REPLACEMENT))
+
+    def _emit(self, upto: str) -> str:
+        new = upto[len(self.text):] if upto.startswith(self.text) else ""
+        self.text += new
+        return new
+
+    def _stop_index(self, full: str) -> int | None:
+        start = max(0, len(self.text) - max((len(s) for s in self.stop_strings), default=0))
+        found = [i for i in (full.find(s, start) for s in self.stop_strings) if i >= 0]
+        return min(found) if found else None
+
+    def _held(self, text: str) -> int:
+        """Length of the longest end of ``text`` that begins some stop string."""
+        best = 0
+        for stop in self.stop_strings:
+            for n in range(min(len(stop) - 1, len(text)), best, -1):
+                if stop.startswith(text[-n:]):
+                    best = n
+                    break
+        return best
+
+
+@dataclass
+class Completion:
+    """The result of one prompt: its text, why it ended ("stop" or "length") and token counts."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def stream_text(engine: Engine, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
+                seed: int | None = None) -> Iterator[tuple[int, str]]:
+    """Generate a batch and yield ``(row, new_text)`` pieces as they become final; then return the completions.
+
+    Use ``completions = yield from stream_text(...)`` or the ``generate_text`` wrapper.
+    """
+    streams = [TextStream(tokenizer, p[-1] if p else None, stop) for p in prompts]
+    counts, eos_hit = [0] * len(prompts), [False] * len(prompts)
+    run = engine.stream(prompts, max_new_tokens, sampling, seed)
+    for step in run:
+        for row, token in enumerate(step.tokens.tolist()):
+            if eos_hit[row] or streams[row].stopped:
+                continue
+            counts[row] += 1
+            if token in engine.eos_ids:
+                eos_hit[row] = True
+                continue
+            piece = streams[row].push(token)
+            if streams[row].stopped:
+                run.stop(row)
+            if piece:
+                yield row, piece
+    completions = []
+    for row, text_stream in enumerate(streams):
+        piece = text_stream.finish()
+        if piece:
+            yield row, piece
+        reason = "stop" if eos_hit[row] or text_stream.stopped else "length"
+        completions.append(Completion(text_stream.text, reason, len(prompts[row]), counts[row]))
+    return completions
+
+
+def generate_text(engine: Engine, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                  sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (), seed: int | None = None,
+                  on_text: Callable[[int, str], None] | None = None) -> list[Completion]:
+    """Generate a batch of completions, calling ``on_text(row, piece)`` for each piece of streamed text."""
+    pieces = stream_text(engine, tokenizer, prompts, max_new_tokens, sampling, stop, seed)
+    while True:
+        try:
+            row, piece = next(pieces)
+        except StopIteration as done:
+            return done.value
+        if on_text is not None:
+            on_text(row, piece)
+
+
+def encode_prompt(tokenizer, text: str, add_bos: bool = True) -> list[int]:
+    """``bos + encode(text)``."""
+    return ([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(text)
+
+
+def fit_prompt(ids: list[int], budget: int) -> list[int]:
+    """Keep the first token (bos) and the last ``budget - 1`` others when ``ids`` is longer than ``budget``."""
+    if budget < 1:
+        raise ValueError(f"no room for the prompt: budget {budget}")
+    return ids if len(ids) <= budget else ids[:1] + ids[len(ids) - budget + 1:]
+
+
+def chat_prompt(tokenizer, template: str, history: Sequence[tuple[str, str]], question: str, budget: int,
+                system: str = "") -> list[int]:
+    """Token ids of a conversation, rendered through a training template and cut to ``budget`` tokens.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        template: a name in ``TEMPLATES``.
+        history: earlier (question, answer) turns, oldest first; the oldest are dropped until the prompt fits.
+        question: the new user message.
+        budget: the most prompt tokens (context length minus room for the answer).
+        system: text put before the first kept question (on its own paragraph).
+
+    Returns:
+        ``[bos + prompt + answer + eos for each kept turn] + bos + prompt`` (the last prompt itself cut from the
+        left if even it alone does not fit).
+    """
+    render = TEMPLATES.get(template).render
+    for first in range(len(history) + 1):
+        kept: list[tuple[str, str | None]] = [*history[first:], (question, None)]
+        if system:
+            kept[0] = (f"{system}\n\n{kept[0][0]}", kept[0][1])
+        ids = [token for q, a in kept for token in _turn_ids(tokenizer, render(q), a)]
+        if len(ids) <= budget:
+            return ids
+    return fit_prompt(ids, budget)
+
+
+def _turn_ids(tokenizer, prompt: str, answer: str | None) -> list[int]:
+    ids = encode_prompt(tokenizer, prompt)
+    return ids if answer is None else ids + tokenizer.encode(answer) + [tokenizer.eos_id]
+
+
+def split_messages(messages: Sequence[dict]) -> tuple[str, list[tuple[str, str]], str]:
+    """OpenAI-style ``[{"role", "content"}]`` -> (system text, earlier (question, answer) turns, new question).
+
+    Raises:
+        ValueError: naming the message that breaks the expected order (system*, (user, assistant)*, user).
+    """
+    system, turns, pending = [], [], None
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ValueError(f"messages[{i}] must be an object with a string 'content'")
+        role, content = message.get("role"), message["content"]
+        if role == "system" and not turns and pending is None:
+            system.append(content)
+        elif role == "user" and pending is None:
+            pending = content
+        elif role == "assistant" and pending is not None:
+            turns.append((pending, content))
+            pending = None
+        else:
+            raise ValueError(f"messages[{i}]: unexpected role {role!r} here; expected system messages first, "
+                             "then user and assistant alternating, ending with user")
+    if pending is None:
+        raise ValueError("the last message must have role 'user'")
+    return "\n".join(system), turns, pending
+
+
+class ChatSession:
+    """A multi-turn conversation that remembers its turns.
+
+    Args:
+        engine: the generation engine.
+        tokenizer: the model's tokenizer.
+        template: a name in ``TEMPLATES`` (the one the model was fine-tuned with).
+        seq_length: context size: prompt plus answer never exceed it (oldest turns are dropped).
+        max_new_tokens: most tokens per answer.
+        sampling: how tokens are chosen.
+        stop: strings that end an answer.
+        system: optional text before the conversation.
+    """
+
+    def __init__(self, engine: Engine, tokenizer, template: str = "alpaca", seq_length: int = 2048,
+                 max_new_tokens: int = 512, sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
+                 system: str = ""):
+        if max_new_tokens >= seq_length:
+            raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in seq_length "
+                             f"{seq_length}")
+        TEMPLATES.get(template)
+        self.engine, self.tokenizer, self.template = engine, tokenizer, template
+        self.seq_length, self.max_new_tokens = seq_length, max_new_tokens
+        self.sampling, self.stop, self.system = sampling, tuple(stop), system
+        self.history: list[tuple[str, str]] = []
+
+    def reset(self) -> None:
+        """Forget the conversation."""
+        self.history.clear()
+
+    def ask(self, question: str, on_text: Callable[[str], None] | None = None, seed: int | None = None) -> str:
+        """Answer ``question`` in the context of the earlier turns, streaming pieces to ``on_text``."""
+        ids = chat_prompt(self.tokenizer, self.template, self.history, question,
+                          self.seq_length - self.max_new_tokens, self.system)
+        callback = None if on_text is None else (lambda _row, piece: on_text(piece))
+        (completion,) = generate_text(self.engine, self.tokenizer, [ids], self.max_new_tokens, self.sampling,
+                                      self.stop, seed, callback)
+        self.history.append((question, completion.text))
+        return completion.text

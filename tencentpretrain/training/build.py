@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import resource
 import socket
 import sys
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from tencentpretrain.model import build_model
 from tencentpretrain.tokenizers.sentencepiece import SentencePieceTokenizer, file_fingerprint
 from tencentpretrain.training import checkpointing
 from tencentpretrain.training.deepspeed_engine import init_partitioned, load_partitioned
-from tencentpretrain.training.engine import DistInfo, Engine, PlainEngine
-from tencentpretrain.training.logging import TrainLogger, flops_per_token, matmul_params, measure_matmul_peak
+from tencentpretrain.training.engine import DTYPES, DistInfo, Engine, PlainEngine
+from tencentpretrain.training.flops import measure_matmul_peak, model_flops_per_token
+from tencentpretrain.training.logging import TrainLogger
 from tencentpretrain.training.optim import build_adamw, build_scheduler, param_groups, warmup_steps_of
 from tencentpretrain.training.options import TrainOptions, parse_options
 
@@ -52,6 +54,11 @@ def note(message: str) -> None:
     """A message for the user, printed once (by rank 0)."""
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"[pretrain] {message}", file=sys.stderr, flush=True)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def seed_everything(seed: int) -> None:
@@ -198,13 +205,17 @@ def build(opts: TrainOptions, info: DistInfo) -> Run:
 
         ds_config = deepspeed_config(opts, info.device.type == "cuda", note)
         context = partitioned_build(ds_config, opts.enable_zero3)
+    rss_before = peak_rss_mib()
     model = build_model_state(opts, config, vocab_size, context, info)
+    print(f"[pretrain] rank {info.rank}: peak RSS {rss_before:.0f} MiB before building the model, "
+          f"{peak_rss_mib():.0f} MiB after loading it", file=sys.stderr, flush=True)
     engine = build_engine(opts, model, ds_config, info)
     loader = DataLoader(dataset, opts.batch_size, info.rank, info.world_size, seed=opts.seed, shuffle=True)
     start_step, skipped = resume(opts, engine, loader, info) if resuming(opts) else (0, 0)
     logger = TrainLogger(opts.log_file, opts.tensorboard_dir, info.is_main, start_step)
-    fpt = flops_per_token(config, matmul_params(model), dataset.seq_length)
-    peak = opts.peak_flops or measure_matmul_peak(info.device)
+    fpt = model_flops_per_token(config, dataset.seq_length, vocab_size)
+    peak_dtype = DTYPES[opts.precision] if info.device.type == "cuda" else torch.float32
+    peak = opts.peak_flops or measure_matmul_peak(info.device, peak_dtype)
     return Run(opts, info, config, engine, loader, dev, logger, fpt, peak, start_step, skipped)
 
 

@@ -1,52 +1,11 @@
-"""What the user sees: one progress line per report, a JSONL or CSV log, TensorBoard scalars, and the MFU estimate."""
+"""What the user sees: one progress line per report, a JSONL or CSV log, and TensorBoard scalars."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import time
 from pathlib import Path
-
-import torch
-
-from tencentpretrain.config import ModelConfig
-
-
-def flops_per_token(config: ModelConfig, matmul_params: int, seq_length: int) -> float:
-    """Training FLOPs per token: 6 per matmul weight, plus attention's score and value products (PaLM's estimate)."""
-    return 6.0 * matmul_params + 12.0 * config.layers_num * config.hidden_size * seq_length
-
-
-def matmul_params(model: torch.nn.Module) -> int:
-    """Weights that take part in a matmul per token: every parameter but the embedding lookup table(s)."""
-    total = 0
-    for name, param in model.named_parameters():  # tied weights are counted once: the LM head uses them
-        numel = param.ds_numel if hasattr(param, "ds_numel") else param.numel()
-        total += 0 if name.startswith("embedding.") and not _is_tied(model) else numel
-    return total
-
-
-def _is_tied(model: torch.nn.Module) -> bool:
-    config = getattr(model, "config", None)
-    return bool(config is not None and config.tie_weights)
-
-
-def measure_matmul_peak(device: torch.device, size: int = 1024, repeats: int = 5) -> float:
-    """FLOP/s of a square fp32 matmul on ``device``: the peak MFU is measured against."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    a @ b  # warm up
-    best = math.inf
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
 
 
 def format_eta(seconds: float) -> str:

@@ -1,0 +1,86 @@
+"""torchrun (DDP, gloo) and deepspeed ZeRO-3 on 2 CPU ranks: same losses as one process with the same global batch,
+consolidated outputs that load directly, and DeepSpeed resume."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from train_support import ROOT, losses, make_dataset, subprocess_env, train_argv, write_config
+
+from tencentpretrain import load_model
+
+pytestmark = pytest.mark.slow
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory, tiny_spm):
+    folder = tmp_path_factory.mktemp("train_dist")
+    dataset, config = make_dataset(folder, tiny_spm), write_config(folder)
+    single = folder / "single" / "m"  # the reference: one process, batch 8 = 2 ranks x 4
+    run([sys.executable, "pretrain.py"], train_argv(dataset, tiny_spm, config, single, steps=STEPS, save=2, batch=8))
+    return folder, dataset, tiny_spm, config, single
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(launcher: list[str], argv: list[str]) -> str:
+    proc = subprocess.run([*launcher, *argv], env=subprocess_env(), cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def assert_matches_single(out, single, tolerance: float) -> None:
+    mine, reference = losses(out.with_name("m-log.jsonl")), losses(single.with_name("m-log.jsonl"))
+    assert sorted(mine) == list(range(1, STEPS + 1))
+    assert all(abs(mine[s] - reference[s]) < tolerance for s in reference), (mine, reference)
+    a = torch.load(out.with_name("m.bin"), weights_only=True)
+    b = torch.load(single.with_name("m.bin"), weights_only=True)
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_torchrun_two_ranks_match_one_process(setting):
+    folder, dataset, spm, config, single = setting
+    out = folder / "ddp" / "m"
+    torchrun = [shutil.which("torchrun", path=subprocess_env()["PATH"]), "--standalone", "--nproc_per_node", "2"]
+    log = run(torchrun, ["pretrain.py", *train_argv(dataset, spm, config, out, "--world_size", "8", steps=STEPS,
+                                                     save=2, batch=4)])
+    assert "--world_size 8 ignored" in log
+    assert_matches_single(out, single, 1e-5)
+    model = load_model(config, out.with_name("m.bin"))
+    assert torch.isfinite(model(torch.tensor([[1, 5, 9]]))).all()
+    assert sorted(p.name for p in (out / "2").iterdir()) == ["engine.pt", "rank0.pt", "rank1.pt"]
+
+
+def test_deepspeed_zero3_two_ranks_consolidated_output_and_resume(setting):
+    folder, dataset, spm, config, single = setting
+    out = folder / "zero3" / "m"
+    deepspeed = [shutil.which("deepspeed", path=subprocess_env()["PATH"]), "--master_port", str(free_port()),
+                 "--num_gpus", "2", "pretrain.py"]
+    argv = train_argv(dataset, spm, config, out, "--deepspeed", "--enable_zero3", "--deepspeed_config",
+                      str(ROOT / "models" / "deepspeed_zero3_config.json"), steps=STEPS, save=2, batch=4)
+    log = run(deepspeed, argv)
+    assert "bf16 disabled: no CUDA device" in log or torch.cuda.is_available()
+    assert_matches_single(out, single, 1e-5)
+    model = load_model(config, out.with_name("m.bin"))  # consolidated: no zero_to_fp32 step
+    assert torch.isfinite(model(torch.tensor([[1, 5, 9]]))).all()
+
+    first = losses(out.with_name("m-log.jsonl"))
+    first_weights = torch.load(out.with_name("m.bin"), weights_only=True)
+    run(deepspeed[:2] + [str(free_port())] + deepspeed[3:], [*argv, "--resume_from_checkpoint", str(out / "2")])
+    again = losses(out.with_name("m-log.jsonl"))
+    assert sorted(again) == list(range(1, STEPS + 1))
+    assert all(abs(again[s] - first[s]) < 1e-5 for s in first)
+    weights = torch.load(out.with_name("m.bin"), weights_only=True)
+    assert all(torch.allclose(weights[k], first_weights[k], atol=1e-5) for k in weights)

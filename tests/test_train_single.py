@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -147,3 +148,51 @@ def test_watchdog_stops_after_too_many_skipped_steps(setting, tmp_path, capsys):
     with pytest.raises(TrainingStopped):
         run = build_module.build(*build_module.setup(argv))
         train(run)
+
+
+@pytest.fixture(scope="module")
+def start_checkpoint(setting):
+    folder, _, _, config = setting
+    torch.manual_seed(4)
+    state = build_model(ModelConfig.from_json(config), 400).state_dict()
+    save_state_dict(state, folder / "base.bin")
+    return folder / "base.bin", state
+
+
+def test_lora_run_writes_adapter_and_merged_checkpoint(setting, start_checkpoint):
+    folder, dataset, spm, config = setting
+    path, base = start_checkpoint
+    out = folder / "lora" / "m"
+    argv = train_argv(dataset, spm, config, out, "--pretrained_model_path", str(path), "--use_lora", "--lora_r", "4",
+                      "--lora_alpha", "8", "--lora_dropout", "0", steps=4, save=2, lr=1e-2)
+    assert PRETRAIN.main(argv) == 0
+    adapter = torch.load(out.with_name("m-lora.bin"), weights_only=True)
+    assert adapter and all(k.endswith((".lora_A", ".lora_B")) for k in adapter)
+    assert out.with_name("m-lora-2.bin").is_file() and out.with_name("m-lora.lora.json").is_file()
+    assert any(k.endswith(".lora_B") and v.abs().sum() > 0 for k, v in adapter.items())
+    merged = torch.load(out.with_name("m.bin"), weights_only=True)
+    assert merged.keys() == base.keys()
+    from tencentpretrain.training.lora import merge_lora_state
+
+    expected = merge_lora_state(base, adapter, 4, 8.0)
+    assert all(torch.equal(merged[k], expected[k]) for k in base)
+    changed = {k for k in base if not torch.equal(merged[k], base[k])}
+    assert changed and all("linear_layers" in k for k in changed)
+
+
+def test_frozen_parameters_stay_and_dev_loss_is_logged(setting, start_checkpoint):
+    folder, dataset, spm, config = setting
+    path, base = start_checkpoint
+    out = folder / "frozen" / "m"
+    argv = train_argv(dataset, spm, config, out, "--pretrained_model_path", str(path), "--freeze_patterns",
+                      "embedding.*", "encoder.transformer.0", "--dev_dataset_path", str(dataset), "--dev_steps", "2",
+                      "--dev_batches", "3", steps=4, save=4)
+    assert PRETRAIN.main(argv) == 0
+    merged = torch.load(out.with_name("m.bin"), weights_only=True)
+    frozen = [k for k in base if k.startswith(("embedding.", "encoder.transformer.0."))]
+    assert frozen and all(torch.equal(merged[k], base[k]) for k in frozen)
+    assert not torch.equal(merged["encoder.transformer.1.feed_forward.linear_1.weight"],
+                           base["encoder.transformer.1.feed_forward.linear_1.weight"])
+    records = [json.loads(line) for line in out.with_name("m-log.jsonl").read_text().splitlines()]
+    dev = [(r["step"], r["loss"]) for r in records if r["split"] == "dev"]
+    assert [s for s, _ in dev] == [2, 4] and dev[1][1] < dev[0][1]

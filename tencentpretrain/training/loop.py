@@ -6,6 +6,8 @@ The loop talks to one engine interface, so it reads the same for one CPU process
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import shutil
 import sys
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tencentpretrain.checkpoint import CheckpointError
+from tencentpretrain.checkpoint import CheckpointError, atomic_path, save_state_dict
 from tencentpretrain.config import ConfigError
 from tencentpretrain.data import DataLoader, DatasetError
 from tencentpretrain.training import checkpointing
@@ -138,17 +140,19 @@ def save(run: Run, step: int, final: bool) -> None:
 
 
 def save_lora(run: Run, state: dict, step: int, final: bool) -> dict:
-    """Write the adapter (``<output>-lora-<step>.bin``) and return the merged full state dict."""
-    from tencentpretrain.training.lora import lora_state_dict, merge_lora_state, save_adapter
+    """Write the adapter (``<output>-lora-<step>.bin``, and ``<output>-lora.bin`` when ``final``) with its settings
+    file, and return the merged full state dict for the consolidated checkpoint."""
+    from tencentpretrain.training.lora import adapter_config_path, lora_state_dict, merge_lora_state
 
-    adapter_names = set(lora_state_dict(run.engine.model))
-    adapter = {name: state[name] for name in adapter_names}
-    base = {name: tensor for name, tensor in state.items() if not name.endswith((".lora_A", ".lora_B"))}
-    if not any(hasattr(p, "ds_id") for p in run.engine.model.parameters()):  # whole model: its own writer
-        save_adapter(run.engine.model, checkpointing.adapter_path(run.opts.output_model_path, step))
-        if final:
-            save_adapter(run.engine.model, checkpointing.adapter_path(run.opts.output_model_path))
     config = run.engine.model.lora_config
+    adapter = {name: state[name] for name in lora_state_dict(run.engine.model)}
+    paths = [checkpointing.adapter_path(run.opts.output_model_path, step)]
+    paths += [checkpointing.adapter_path(run.opts.output_model_path)] if final else []
+    for path in paths:
+        with atomic_path(adapter_config_path(path)) as tmp:
+            tmp.write_text(json.dumps({"format": "tencentpretrain-lora", **dataclasses.asdict(config)}, indent=2))
+        save_state_dict(adapter, path)
+    base = {name: tensor for name, tensor in state.items() if not name.endswith((".lora_A", ".lora_B"))}
     return merge_lora_state(base, adapter, config.rank, config.alpha)
 
 

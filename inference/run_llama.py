@@ -22,42 +22,11 @@ import re
 import sys
 from pathlib import Path
 
-import torch
-
 from tencentpretrain.checkpoint import atomic_path
-from tencentpretrain.generation import Engine, SamplingParams, load_generation_model, quantize_int8
+from tencentpretrain.generation import Engine
 from tencentpretrain.generation.chat import ChatSession, encode_prompt, fit_prompt, generate_text
+from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args
 from tencentpretrain.registry import TEMPLATES
-from tencentpretrain.tokenizers import SentencePieceTokenizer
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Options shared by this script and the server: the model, tokenizer, device and sampling."""
-    group = parser.add_argument_group("model")
-    group.add_argument("--load_model_path", required=True,
-                       help="TencentPretrain .bin/.safetensors checkpoint, or a Hugging Face LLaMA directory")
-    group.add_argument("--config_path", help="model JSON config (required for a checkpoint file)")
-    group.add_argument("--spm_model_path", help="SentencePiece model (default: tokenizer.model of a HF directory)")
-    group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                       help="torch device (default: cuda when available, else cpu)")
-    group.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                       help="weight dtype (default: float32 on cpu, bfloat16 on cuda)")
-    group.add_argument("--int8", action="store_true",
-                       help="weight-only int8 linear layers, one scale per output channel (about 4x less memory)")
-    group = parser.add_argument_group("generation")
-    group.add_argument("--seq_length", type=int, default=512, help="context size: prompt plus new tokens")
-    group.add_argument("--max_new_tokens", type=int, default=256, help="most tokens generated per prompt")
-    group.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 means greedy")
-    group.add_argument("--top_k", type=int, default=40, help="sample among the k most likely tokens (0: all)")
-    group.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass (1.0: off)")
-    group.add_argument("--repetition_penalty", type=float, default=1.0, help="CTRL repetition penalty (1.0: off)")
-    group.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                       help="stop when this text is generated (repeatable); eos always stops")
-    group.add_argument("--seed", type=int, default=42, help="seed of the sampling random generator")
-    group.add_argument("--template", choices=TEMPLATES.names(), default="none",
-                       help="prompt template the model was fine-tuned with (none for a base model)")
 
 
 def build_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,30 +45,8 @@ def build_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--max_new_tokens must be in [1, --seq_length) = [1, {args.seq_length})")
     if args.batch_size < 1:
         parser.error("--batch_size must be >= 1")
-    try:
-        args.sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
-    except ValueError as err:
-        parser.error(str(err))
+    args.sampling = sampling_from_args(parser, args)
     return args
-
-
-def load_engine(args: argparse.Namespace) -> tuple[Engine, SentencePieceTokenizer]:
-    """The engine and tokenizer the options describe."""
-    spm = args.spm_model_path
-    if spm is None and Path(args.load_model_path).is_dir():
-        spm = Path(args.load_model_path) / "tokenizer.model"
-    if spm is None:
-        raise ValueError("--spm_model_path is required for a checkpoint file")
-    tokenizer = SentencePieceTokenizer(spm)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if args.device == "cpu" else torch.bfloat16)
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
-    model = load_generation_model(args.load_model_path, args.config_path, device=args.device, dtype=dtype)
-    if model.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"{spm} has {tokenizer.vocab_size} pieces but the model only {model.vocab_size} rows")
-    if args.int8:
-        quantize_int8(model)
-    return Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id), tokenizer
 
 
 def read_prompts(path: str | Path) -> list[str]:

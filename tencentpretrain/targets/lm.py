@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tencentpretrain.config import ModelConfig
+from tencentpretrain.layers.cross_entropy import linear_cross_entropy
 from tencentpretrain.registry import TARGETS
 
 IGNORE_INDEX = -100
@@ -38,9 +39,21 @@ class LmTarget(nn.Module):
         """
         if loss_mask is not None:
             tgt = tgt.masked_fill(loss_mask == 0, IGNORE_INDEX)
-        logits = self.logits(hidden)  # (B, T, vocab)
-        loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=IGNORE_INDEX,
-                                   reduction="sum")
+        loss_sum = self._loss_sum(hidden.flatten(0, 1), tgt.flatten())
         tokens = (tgt != IGNORE_INDEX).sum()
         loss = loss_sum / tokens.clamp(min=1)
         return loss, {"loss": loss.detach(), "tokens": tokens}
+
+    def _loss_sum(self, hidden: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of (N, hidden) states against (N,) targets.
+
+        A plain ``nn.Linear`` head goes through the chunked ``linear_cross_entropy`` (no full logits tensor);
+        a wrapped head (LoRA), a ZeRO-3 partitioned weight or autocast take the unfused path.
+        """
+        head = self.output_layer
+        weight = head.weight
+        fusable = type(head) is nn.Linear and not hasattr(weight, "ds_id") and not torch.is_autocast_enabled(
+            hidden.device.type)
+        if fusable:
+            return linear_cross_entropy(hidden, weight, head.bias, tgt, IGNORE_INDEX)
+        return F.cross_entropy(self.logits(hidden).float(), tgt, ignore_index=IGNORE_INDEX, reduction="sum")

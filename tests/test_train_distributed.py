@@ -84,3 +84,19 @@ def test_deepspeed_zero3_two_ranks_consolidated_output_and_resume(setting):
     assert all(abs(again[s] - first[s]) < 1e-5 for s in first)
     weights = torch.load(out.with_name("m.bin"), weights_only=True)
     assert all(torch.allclose(weights[k], first_weights[k], atol=1e-5) for k in weights)
+
+
+def test_deepspeed_watchdog_skips_then_stops(setting):
+    folder, dataset, spm, config, _ = setting
+    out = folder / "zero3_nan" / "m"
+    command = [shutil.which("deepspeed", path=subprocess_env()["PATH"]), "--master_port", str(free_port()),
+               "--num_gpus", "2", "pretrain.py", *train_argv(dataset, spm, config, out, "--deepspeed", "--enable_zero3",
+                                                             "--deepspeed_config",
+                                                             str(ROOT / "models" / "deepspeed_zero3_config.json"),
+                                                             "--max_skipped_steps", "2", steps=10, save=10,
+                                                             batch=4, lr=float("inf"))]
+    proc = subprocess.run(command, env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    assert "--max_skipped_steps 2" in proc.stdout + proc.stderr
+    assert "step 2: non-finite loss" in proc.stdout + proc.stderr
+    assert not out.with_name("m.bin").exists()

@@ -78,11 +78,16 @@ def load_model(config_path: str | Path | ModelConfig, model_path: str | Path, de
         The model in eval mode; ``model(ids)`` gives logits (B, T, vocab).
     """
     config = config_path if isinstance(config_path, ModelConfig) else ModelConfig.from_json(config_path)
-    state = load_state_dict(model_path)
-    vocab = config.vocab_size or vocab_size_of(state)
+    return model_from_state(config, load_state_dict(model_path), str(model_path), device, dtype)
+
+
+def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], source: str = "checkpoint",
+                     device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Model:
+    """Build the model on the meta device and adopt the tensors of ``state`` (checked first; nothing is copied
+    beyond what ``device``/``dtype`` require). Returns it in eval mode."""
     with torch.device("meta"):
-        model = build_model(config, vocab)
-    check_state_dict(model, state, source=str(model_path))
+        model = build_model(config, config.vocab_size or vocab_size_of(state))
+    check_state_dict(model, state, source=source)
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_weights:
         tie_weights(model)

@@ -18,6 +18,7 @@ from tencentpretrain.convert.hf_io import (
     iter_hf_tensors,
     read_hf_config,
     save_sharded_safetensors,
+    with_tied_head,
 )
 from tencentpretrain.convert.keymap import fill, invert, match, rename
 
@@ -112,9 +113,7 @@ def hf_to_ours(tensors, config: ModelConfig) -> dict[str, torch.Tensor]:
                 out[target.replace(FUSED_QKV, str(i))] = part.contiguous()
         else:
             out[target] = tensor.contiguous()
-    if config.tie_weights and "target.lm.output_layer.weight" not in out:
-        out["target.lm.output_layer.weight"] = out["embedding.word.embedding.weight"]
-    return out
+    return with_tied_head(out, config)
 
 
 def ours_to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:

@@ -19,6 +19,13 @@ class ConversionError(ValueError):
     """A checkpoint that cannot be converted; the message names the file, key or tensor."""
 
 
+def with_tied_head(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """Add the LM head as the word embedding itself when the config ties them and the checkpoint left it out."""
+    if config.tie_weights and "target.lm.output_layer.weight" not in state:
+        state["target.lm.output_layer.weight"] = state["embedding.word.embedding.weight"]
+    return state
+
+
 def read_hf_config(hf_dir: str | Path) -> dict:
     """The ``config.json`` of a Hugging Face model directory."""
     path = Path(hf_dir) / "config.json"

@@ -19,6 +19,7 @@ from tencentpretrain.convert.hf_io import (
     iter_hf_tensors,
     read_hf_config,
     save_sharded_safetensors,
+    with_tied_head,
 )
 from tencentpretrain.convert.keymap import invert, match, rename
 
@@ -130,9 +131,7 @@ def hf_to_ours(tensors, config: ModelConfig) -> dict[str, torch.Tensor]:
         elif template == KEY:
             tensor = permute_rotary(tensor, config.kv_heads_num, to_hf=False)
         out[rename(name, HF_TO_OURS)] = tensor
-    if config.tie_weights and "target.lm.output_layer.weight" not in out:
-        out["target.lm.output_layer.weight"] = out["embedding.word.embedding.weight"]
-    return out
+    return with_tied_head(out, config)
 
 
 def ours_to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:

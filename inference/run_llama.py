@@ -30,6 +30,7 @@ from tencentpretrain.registry import TEMPLATES
 
 
 def build_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse and check the options; ``args.sampling`` holds the sampling settings."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
     group = parser.add_argument_group("input and output")
@@ -41,6 +42,8 @@ def build_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.interactive and not (args.test_path and args.prediction_path):
         parser.error("give --test_path and --prediction_path, or --interactive")
+    if args.test_path and not args.interactive and not Path(args.test_path).is_file():
+        parser.error(f"--test_path {args.test_path}: no such file")
     if args.max_new_tokens < 1 or args.max_new_tokens >= args.seq_length:
         parser.error(f"--max_new_tokens must be in [1, --seq_length) = [1, {args.seq_length})")
     if args.batch_size < 1:

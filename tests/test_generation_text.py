@@ -193,6 +193,12 @@ def test_run_llama_bad_input(tiny_checkpoint, tiny_spm, tmp_path):
     base = ["--load_model_path", str(checkpoint), "--spm_model_path", str(tiny_spm), "--test_path", "x",
             "--prediction_path", str(tmp_path / "out.txt")]
     with pytest.raises(SystemExit) as err:
+        run_llama.main(base)  # no such --test_path
+    assert err.value.code == 2
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello\n", encoding="utf-8")
+    base[base.index("x")] = str(prompts)
+    with pytest.raises(SystemExit) as err:
         run_llama.main(base)  # no --config_path for a checkpoint file
     assert "config_path" in str(err.value)
     with pytest.raises(SystemExit) as err:

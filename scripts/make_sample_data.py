@@ -1,4 +1,4 @@
-"""Write the small sample the project ships (examples/corpus.txt, examples/instructions.json).
+"""Write the small sample the project ships (examples/: corpus, instructions, prompts and questions).
 
 The text is generated here from templates: simple arithmetic, the order of days and months, and short
 colour/animal sentences, so a tiny model can visibly learn it in a few minutes on a CPU. Deterministic.
@@ -63,6 +63,8 @@ def main(argv=None) -> None:
     (out / "instructions.json").write_text(json.dumps(items, indent=1) + "\n", encoding="utf-8")
     prompts = ["Monday comes before", "Three plus four equals", "After March comes", "The red fox walked to the"]
     (out / "prompts.txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    questions = ["What is two plus five?", "What is six plus three?", "Write a sentence about a white owl."]
+    (out / "questions.txt").write_text("\n".join(questions) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

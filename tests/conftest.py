@@ -22,14 +22,9 @@ def generated_lines(count: int, seed: int = 0) -> list[str]:
 def tiny_spm(tmp_path_factory) -> Path:
     """Path of a 400-piece BPE SentencePiece model (LLaMA-like: identity normalisation, byte fallback,
     so newlines survive; unk 0, bos 1, eos 2, pad 3)."""
-    import sentencepiece
+    from tencentpretrain.tokenizers.train import train_sentencepiece
 
     folder = tmp_path_factory.mktemp("tiny_spm")
     corpus = folder / "corpus.txt"
     corpus.write_text("\n".join(generated_lines(400)) + "\n", encoding="utf-8")
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(folder / "tiny"), vocab_size=400, model_type="bpe",
-        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3,
-        normalization_rule_name="identity", remove_extra_whitespaces=False, hard_vocab_limit=False, minloglevel=2,
-    )
-    return folder / "tiny.model"
+    return train_sentencepiece(corpus, folder / "tiny", vocab_size=400)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The main job end to end on the sample the project ships (examples/), on the CPU, in a few minutes:
+# tokenizer -> preprocess (lm) -> pretrain a tiny LLaMA -> preprocess (alpaca) -> instruction-tune it
+# -> convert to Hugging Face and back -> generate. Everything is written under quickstart_out/ (or $OUT).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+PY=.venv/bin/python
+OUT=${OUT:-quickstart_out}
+CONFIG=models/llama/tiny_config.json
+mkdir -p "$OUT"
+set -x
+$PY scripts/train_tokenizer.py --corpus_path examples/corpus.txt --model_prefix "$OUT/tokenizer" --vocab_size 512
+
+$PY preprocess.py --corpus_path examples/corpus.txt --spm_model_path "$OUT/tokenizer.model" \
+    --dataset_path "$OUT/dataset_lm" --data_processor lm --seq_length 128 --processes_num 2 --overwrite
+$PY pretrain.py --dataset_path "$OUT/dataset_lm" --spm_model_path "$OUT/tokenizer.model" --config_path $CONFIG \
+    --output_model_path "$OUT/tiny_llama" --data_processor lm --total_steps 400 --save_checkpoint_steps 400 \
+    --batch_size 16 --learning_rate 3e-3 --warmup 0.05 --scheduler cosine --report_steps 50
+
+$PY preprocess.py --corpus_path examples/instructions.json --spm_model_path "$OUT/tokenizer.model" \
+    --dataset_path "$OUT/dataset_alpaca" --data_processor alpaca --seq_length 256 --overwrite
+$PY pretrain.py --dataset_path "$OUT/dataset_alpaca" --spm_model_path "$OUT/tokenizer.model" --config_path $CONFIG \
+    --pretrained_model_path "$OUT/tiny_llama.bin" --output_model_path "$OUT/tiny_llama_chat" \
+    --data_processor alpaca --total_steps 150 --save_checkpoint_steps 150 --batch_size 16 --learning_rate 1e-3 \
+    --warmup 0.05 --report_steps 50
+
+$PY scripts/convert_llama_from_tencentpretrain_to_huggingface.py --input_model_path "$OUT/tiny_llama_chat.bin" \
+    --config_path $CONFIG --spm_model_path "$OUT/tokenizer.model" --output_model_path "$OUT/tiny_llama_chat_hf"
+
+$PY inference/run_llama.py --load_model_path "$OUT/tiny_llama.bin" --config_path $CONFIG \
+    --spm_model_path "$OUT/tokenizer.model" --test_path examples/prompts.txt \
+    --prediction_path "$OUT/predictions.txt" --max_new_tokens 24 --temperature 0
+$PY inference/run_llama.py --load_model_path "$OUT/tiny_llama_chat_hf" --template alpaca \
+    --test_path examples/questions.txt --prediction_path "$OUT/answers.txt" --max_new_tokens 24 --temperature 0

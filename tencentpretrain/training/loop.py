@@ -22,6 +22,7 @@ from tencentpretrain.data import DataLoader, DatasetError
 from tencentpretrain.training import checkpointing
 from tencentpretrain.training.build import Run, SetupError, build, note, setup
 from tencentpretrain.training.engine import DTYPES
+from tencentpretrain.training.flops import measure_matmul_peak
 from tencentpretrain.training.logging import format_eta
 from tencentpretrain.training.options import OptionsError
 
@@ -91,10 +92,15 @@ def report(run: Run, window: Window, step: int, lr: float, began: float) -> None
     tokens_per_s = tokens / elapsed
     done = step - run.start_step
     eta = (time.perf_counter() - began) / done * (run.opts.total_steps - step)
+    world = run.dist.world_size
+    if run.opts.peak_flops is None and run.flops_per_token * tokens_per_s > run.peak_flops * world:
+        # The start-up measurement ran while the machine was busy: measure the peak again rather than show MFU > 1.
+        dtype = DTYPES[run.opts.precision] if run.dist.device.type == "cuda" else torch.float32
+        run.peak_flops = max(run.peak_flops, measure_matmul_peak(run.dist.device, dtype))
     record = {"split": "train", "step": step, "total_steps": run.opts.total_steps, "loss": loss,
               "ppl": math.exp(min(loss, 50.0)), "lr": lr, "grad_norm": window.grad_norm_sum / max(window.steps, 1),
               "tokens_per_s": tokens_per_s,
-              "mfu": run.flops_per_token * tokens_per_s / (run.peak_flops * run.dist.world_size),
+              "mfu": run.flops_per_token * tokens_per_s / (run.peak_flops * world),
               "eta": format_eta(eta), "skipped_steps": run.skipped_steps, "time": time.time()}
     run.logger.log(record)
 

@@ -1,7 +1,9 @@
 """Training speed: our model against transformers' LlamaForCausalLM, side by side in one run.
 
 Both models get the same architecture, the same weights (copied through our HF key map, so the first losses must
-agree), the same batches and the same ``torch.optim.AdamW`` settings. Rounds alternate which model goes first
+agree) and the same batches. By default each trains as its users would run it: ours with the optimizer pretrain.py
+builds (fused AdamW where the device has one), transformers' with a plain ``torch.optim.AdamW``; ``--adamw`` gives
+both the same implementation instead, to compare the models alone. Rounds alternate which model goes first
 (AB, BA, AB, ...) so machine noise hits both; each side's tokens/s is the median over rounds. MFU is measured against
 the best FLOP/s of a large matmul timed on the same device in the same dtype.
 
@@ -23,6 +25,7 @@ import torch
 from tencentpretrain import ModelConfig, build_model
 from tencentpretrain.convert.llama import LLAMA_ARCHITECTURE, config_to_hf, ours_to_hf
 from tencentpretrain.training.flops import measure_matmul_peak, mfu, model_flops_per_token
+from tencentpretrain.training.optim import build_adamw, param_groups
 
 PRESETS = {  # sizes only; the rest is LLaMA's architecture
     "cpu": dict(hidden_size=512, feedforward_size=1376, heads_num=8, layers_num=4),
@@ -45,8 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
                         help="Parameter and compute dtype of both models (bf16 only makes sense on a GPU).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
-    parser.add_argument("--adamw", choices=("default", "foreach", "fused"), default="default",
-                        help="torch.optim.AdamW implementation, the same for both models.")
+    parser.add_argument("--adamw", choices=("as-used", "default", "foreach", "fused"), default="as-used",
+                        help="as-used: ours with the framework's optimizer (fused AdamW where the device has it), "
+                             "transformers with a plain torch.optim.AdamW; otherwise this AdamW for both.")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -77,9 +81,18 @@ def make_optimizer(model: torch.nn.Module, kind: str) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, **options)
 
 
+def framework_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer pretrain.py builds: decay groups by rule, fused AdamW where the device has it."""
+    device = next(model.parameters()).device
+    return build_adamw(param_groups(model, 0.01), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, device=device)
+
+
 def step_fns(ours, theirs, adamw: str) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
     """One training step each, ``(src, tgt) -> loss``; transformers is given the already shifted targets."""
-    optimizers = {"ours": make_optimizer(ours, adamw), "transformers": make_optimizer(theirs, adamw)}
+    if adamw == "as-used":
+        optimizers = {"ours": framework_optimizer(ours), "transformers": make_optimizer(theirs, "default")}
+    else:
+        optimizers = {"ours": make_optimizer(ours, adamw), "transformers": make_optimizer(theirs, adamw)}
 
     def train_step(name: str, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
         def step(src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:

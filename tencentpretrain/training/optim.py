@@ -80,7 +80,11 @@ def _ndim(param: torch.Tensor) -> int:
 
 def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
                 device: torch.device) -> torch.optim.AdamW:
-    """``torch.optim.AdamW``, fused where the device supports it, else the foreach implementation."""
-    fused_ok = device.type in ("cuda", "xpu", "mps") and "fused" in inspect.signature(torch.optim.AdamW).parameters
-    kind = {"fused": True} if fused_ok else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kind)
+    """``torch.optim.AdamW`` with its fused kernel where the device has one (CUDA, and CPUs since torch 2.4:
+    several times faster than the per-tensor loop), else the foreach implementation."""
+    if "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type in ("cuda", "xpu", "mps", "cpu"):
+        try:
+            return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
+        except RuntimeError:  # this torch has no fused kernel for the device
+            pass
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)

@@ -104,6 +104,9 @@ class GenerationStream:
 class Engine:
     """Generates token ids with a model.
 
+    On CPU the engine stores the model's linear weights column-major, in place (same values, shapes and
+    parameters; see ``_column_major``): one-row products, the whole of decoding at batch 1, run faster that way.
+
     Args:
         model: a ``Model`` in eval mode (any dtype/device; the cache follows the word embedding's).
         eos_ids: tokens that end a row (not included in the output of ``generate``).
@@ -118,7 +121,9 @@ class Engine:
         self.eos_tensor = torch.tensor(self.eos_ids, dtype=torch.long, device=self.device)
         self.pad_id = pad_id
         if self.device.type == "cpu":
-            _column_major(model.target["lm"].output_layer)
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear):
+                    _column_major(module)
 
     @property
     def config(self) -> ModelConfig:
@@ -161,8 +166,8 @@ class Engine:
 def _column_major(linear: torch.nn.Module) -> None:
     """Store a linear layer's (out, in) weight transposed in memory (same values, shape and parameter).
 
-    On CPU, ``x @ W.T`` for one row of ``x`` is several times faster when ``W.T`` is contiguous; for the LM head
-    (vocab x hidden) this is the largest single cost of a decoding step at batch 1.
+    On CPU (MKL), ``x @ W.T`` for one row of ``x`` is up to 5x faster when ``W.T`` is contiguous (the LM head,
+    vocab x hidden, gains most) and no slower for a few rows or a long prompt (measured: docs/benchmarks.md).
     """
     weight = getattr(linear, "weight", None)
     if isinstance(weight, torch.nn.Parameter) and weight.dim() == 2 and weight.is_contiguous():

@@ -1,12 +1,14 @@
-"""Peak memory per rank while loading a pretrained checkpoint: torchrun (whole model on every rank) against
-deepspeed ZeRO-3 (built partitioned under ``deepspeed.zero.Init``, filled one gathered parameter at a time from
-rank 0's memory-mapped file), both on 2 CPU ranks, in one run.
+"""Memory per rank while loading a pretrained checkpoint: torchrun (whole model on every rank) against deepspeed
+ZeRO-3 (built partitioned under ``deepspeed.zero.Init``, each parameter scattered from rank 0's memory-mapped file
+straight into the ranks' partitions), both on 2 CPU ranks, in one run.
 
-    python bench/train_memory.py                       # ~170M-parameter LLaMA, vocab 32000
+    python bench/train_memory.py                       # 165M-parameter LLaMA, vocab 32000
     python bench/train_memory.py --layers_num 4 --hidden_size 512
 
-Each rank prints its peak RSS (``getrusage``) before building the model and after loading it; this script collects
-those lines and prints the per-rank figures and the ratio. One training step follows (``--total_steps 1``).
+Each rank runs ``pretrain.py``'s setup and build, then one training step, with ``TP_MEMORY_TRACE=1``: after each
+stage (imports, process group, data, model built, weights loaded, engine with optimizer, first step) it prints the
+peak RSS during the stage (``VmHWM``, reset between stages) and the resident set after it (anonymous / file pages).
+This script launches the workers (``--worker``), collects those lines and prints the table and the ratios.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import torch
 
 from tencentpretrain import ModelConfig, build_model
 from tencentpretrain.checkpoint import save_state_dict
+from tencentpretrain.training.build import MemoryTrace
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA = {"embedding": ["word"], "remove_transformer_bias": True, "remove_embedding_layernorm": True,
          "rotary_position_embedding": True, "encoder": "transformer", "feed_forward": "gated", "mask": "causal",
          "layernorm_positioning": "pre", "layernorm": "rms", "target": ["lm"], "hidden_act": "silu", "dropout": 0.0}
-LINE = re.compile(r"rank (\d+): peak RSS (\d+) MiB before building the model, (\d+) MiB after loading it")
+LINE = re.compile(r"rank (\d+) memory after (.+?): peak (\d+) MiB, resident (\d+) MiB \(anon (\d+), file (\d+)\)")
 
 
 def parse_args(argv):
@@ -66,27 +69,73 @@ def prepare(folder: Path, args) -> tuple[Path, Path, Path]:
     return config_path, folder / "pretrained.bin", folder / "dataset"
 
 
-def launch(kind: str, folder: Path, config: Path, pretrained: Path, dataset: Path) -> list[tuple[int, int, int]]:
+def launch(kind: str, folder: Path, config: Path, pretrained: Path, dataset: Path) -> dict:
+    """Run the workers; {rank: [(stage, peak, resident, anon, file), ...]} in stage order."""
     port = _free_port()
-    common = ["pretrain.py", "--config_path", str(config), "--pretrained_model_path", str(pretrained),
-              "--dataset_path", str(dataset), "--output_model_path", str(folder / kind / "m"), "--total_steps", "1",
-              "--batch_size", "1", "--peak_flops", "1e12"]
+    common = [str(Path(__file__).resolve()), "--worker", "--config_path", str(config), "--pretrained_model_path",
+              str(pretrained), "--dataset_path", str(dataset), "--output_model_path", str(folder / kind / "m"),
+              "--total_steps", "1", "--batch_size", "1", "--peak_flops", "1e12"]
     if kind == "zero3":
         command = ["deepspeed", "--master_port", str(port), "--num_gpus", "2", *common, "--deepspeed",
                    "--enable_zero3", "--deepspeed_config", str(ROOT / "models" / "deepspeed_zero3_config.json")]
     else:
         command = ["torchrun", "--nproc_per_node", "2", "--master_port", str(port), *common]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TP_MEMORY_TRACE": "1"}
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{kind} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return sorted((int(r), int(b), int(a)) for r, b, a in LINE.findall(proc.stdout + proc.stderr))
+    rows: dict[int, list] = {}
+    for rank, stage, *figures in LINE.findall(proc.stdout + proc.stderr):
+        rows.setdefault(int(rank), []).append((stage, *map(int, figures)))
+    return dict(sorted(rows.items()))
+
+
+def worker(argv: list[str]) -> None:
+    """One rank: pretrain.py's setup and build, then one optimizer step, marking the memory after each stage."""
+    trace = MemoryTrace(int(os.environ.get("RANK", "0")))
+    trace.mark("imports")
+    from tencentpretrain.training.build import build, setup
+
+    opts, info = setup(argv)
+    trace.mark("joining the process group")
+    run = build(opts, info, trace)
+    batch = next(iter(run.loader))
+    run.engine.train()
+    loss, _ = run.engine.forward(batch.src, batch.tgt, boundary=True)
+    run.engine.backward(loss)
+    run.engine.step()
+    trace.mark("the first training step")
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def report(results: dict) -> None:
+    print("| engine | rank | stage | peak during (MiB) | resident after (MiB) | anon | file |")
+    print("|---|---|---|---|---|---|---|")
+    for kind, ranks in results.items():
+        for rank, stages in ranks.items():
+            for stage, peak, resident, anon, file in stages:
+                print(f"| {kind} | {rank} | {stage} | {peak} | {resident} | {anon} | {file} |")
+    print()
+    print("| engine | rank | resident before building (MiB) | peak building + loading | growth | "
+          "anon growth after loading | engine (optimizer) peak | first step peak |")
+    print("|---|---|---|---|---|---|---|---|")
+    growth = {}
+    for kind, ranks in results.items():
+        for rank, stages in ranks.items():
+            by = {stage: figures for stage, *figures in stages}
+            base = by["reading the data and config"]
+            loaded = by.get("loading the weights")
+            peak = max(by["building the model"][0], loaded[0])
+            growth[kind] = max(growth.get(kind, 0), peak - base[1])
+            print(f"| {kind} | {rank} | {base[1]} | {peak} | {peak - base[1]} | {loaded[2] - base[2]} | "
+                  f"{by['building the engine (optimizer)'][0]} | {by['the first training step'][0]} |")
+    print(f"max growth per rank while building + loading: ddp {growth['ddp']} MiB, zero3 {growth['zero3']} MiB, "
+          f"ratio ddp/zero3 {growth['ddp'] / max(growth['zero3'], 1):.2f}x")
 
 
 def main(argv=None) -> None:
@@ -99,16 +148,12 @@ def main(argv=None) -> None:
         results = {kind: launch(kind, folder, config, pretrained, dataset) for kind in ("ddp", "zero3")}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print("| engine | rank | peak RSS before build (MiB) | peak RSS after loading (MiB) | growth (MiB) |")
-    print("|---|---|---|---|---|")
-    for kind, rows in results.items():
-        for rank, before, after in rows:
-            print(f"| {kind} | {rank} | {before} | {after} | {after - before} |")
-    growth = {kind: max(a - b for _, b, a in rows) for kind, rows in results.items()}
-    print(f"max growth per rank: ddp {growth['ddp']} MiB, zero3 {growth['zero3']} MiB, "
-          f"ratio ddp/zero3 {growth['ddp'] / max(growth['zero3'], 1):.2f}x")
+    report(results)
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main()
+    if "--worker" in sys.argv:
+        worker([a for a in sys.argv[1:] if a != "--worker"])
+    else:
+        main()

@@ -5,17 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import resource
+import re
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from tencentpretrain.checkpoint import check_state_dict, load_state_dict
+from tencentpretrain.checkpoint import CheckpointError, check_state_dict, load_state_dict
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.data import BinaryDataset, DataLoader
 from tencentpretrain.model import build_model
@@ -56,9 +56,31 @@ def note(message: str) -> None:
         print(f"[pretrain] {message}", file=sys.stderr, flush=True)
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+@dataclass
+class MemoryTrace:
+    """Per-stage memory of this process (Linux), printed by every rank when ``TP_MEMORY_TRACE=1``.
+
+    ``mark(stage)`` prints the peak resident set since the previous mark (``VmHWM``, which it then resets by
+    writing 5 to ``/proc/self/clear_refs``) and the resident set now, split into anonymous memory (tensors, heap)
+    and file pages (mapped libraries, a memory-mapped checkpoint: page cache, shared and reclaimable).
+    """
+
+    rank: int = 0
+    enabled: bool = field(default_factory=lambda: os.environ.get("TP_MEMORY_TRACE", "") not in ("", "0"))
+
+    def mark(self, stage: str) -> None:
+        if not self.enabled:
+            return
+        try:
+            status = open("/proc/self/status", encoding="ascii").read()
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+                refs.write("5")
+        except OSError:
+            return
+        mib = {key: int(re.search(rf"^{key}:\s+(\d+) kB", status, re.M).group(1)) // 1024
+               for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
+        print(f"[pretrain] rank {self.rank} memory after {stage}: peak {mib['VmHWM']} MiB, resident {mib['VmRSS']} "
+              f"MiB (anon {mib['RssAnon']}, file {mib['RssFile']})", file=sys.stderr, flush=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -138,18 +160,24 @@ def vocab_size_of(opts: TrainOptions, config: ModelConfig, dataset: BinaryDatase
     return size
 
 
-def build_model_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, context, info: DistInfo):
+def build_model_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, context, info: DistInfo,
+                      trace: MemoryTrace | None = None):
     """The model, partitioned under ``context`` (ZeRO-3) or whole, filled from ``--pretrained_model_path`` or
-    initialised N(0, 0.02); then activation checkpointing, LoRA and freezing as asked."""
-    state = None
-    if opts.pretrained_model_path and not resuming(opts):
-        state = load_state_dict(opts.pretrained_model_path)  # memory-mapped: pages are read when copied
-        with torch.device("meta"):
-            check_state_dict(build_model(config, vocab_size), state, source=opts.pretrained_model_path)
-    with context:
-        model = build_model(config, vocab_size)
-    (load_partitioned(model, state, info) if state is not None else init_partitioned(model))
-    del state
+    initialised N(0, 0.02); then activation checkpointing, LoRA and freezing as asked.
+
+    Only rank 0 opens the pretrained checkpoint (memory-mapped); the other ranks receive their slices (ZeRO-3) or
+    rank 0's weights when the engine is built (DDP, DeepSpeed's broadcast).
+    """
+    trace = trace or MemoryTrace(info.rank, enabled=False)
+    pretrained = bool(opts.pretrained_model_path) and not resuming(opts)
+    state = pretrained_state(opts, config, vocab_size, info) if pretrained else None  # None on ranks > 0
+    with heap_policy(opts):
+        with context:
+            model = build_model(config, vocab_size)
+        trace.mark("building the model")
+        (load_partitioned(model, state, info) if pretrained else init_partitioned(model))
+        del state
+    trace.mark("loading the weights" if pretrained else "initialising")
     model.encoder.checkpoint_activations = opts.activation_checkpointing
     if opts.use_lora:
         from tencentpretrain.training.lora import apply_lora
@@ -162,6 +190,38 @@ def build_model_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, 
 
         note(f"froze {len(freeze_parameters(model, opts.freeze_patterns))} parameter tensors")
     return model
+
+
+def pretrained_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, info: DistInfo):
+    """Rank 0 memory-maps ``--pretrained_model_path`` and checks it against the config; other ranks get None.
+
+    Raises:
+        CheckpointError: on every rank (rank 0's message) when the checkpoint does not fit.
+    """
+    state, error = None, None
+    if info.is_main:
+        try:
+            state = load_state_dict(opts.pretrained_model_path)  # memory-mapped: pages are read when copied
+            with torch.device("meta"):
+                check_state_dict(build_model(config, vocab_size), state, source=opts.pretrained_model_path)
+        except CheckpointError as err:
+            error = str(err)
+    if info.world_size > 1 and dist.is_initialized():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise CheckpointError(error)
+    return state
+
+
+def heap_policy(opts: TrainOptions):
+    """``steady_heap`` (see deepspeed_engine.py) around a ZeRO-3 build and load; nothing otherwise."""
+    if not (opts.deepspeed and opts.enable_zero3):
+        return contextlib.nullcontext()
+    from tencentpretrain.training.deepspeed_engine import steady_heap
+
+    return steady_heap()
 
 
 def resuming(opts: TrainOptions) -> bool:
@@ -189,8 +249,12 @@ def build_engine(opts: TrainOptions, model: torch.nn.Module, ds_config: dict | N
     return DeepSpeedEngine(model, optimizer, scheduler_fn, ds_config, groups, info)
 
 
-def build(opts: TrainOptions, info: DistInfo) -> Run:
-    """Check data against config and tokenizer, build model and engine, resume when asked."""
+def build(opts: TrainOptions, info: DistInfo, trace: MemoryTrace | None = None) -> Run:
+    """Check data against config and tokenizer, build model and engine, resume when asked.
+
+    ``trace`` (default: one enabled by ``TP_MEMORY_TRACE=1``) marks the memory after each stage.
+    """
+    trace = trace or MemoryTrace(info.rank)
     overrides = {"dropout": opts.dropout} if opts.dropout is not None else {}
     config = ModelConfig.from_json(opts.config_path, **overrides)
     dataset = BinaryDataset(opts.dataset_path)
@@ -205,11 +269,10 @@ def build(opts: TrainOptions, info: DistInfo) -> Run:
 
         ds_config = deepspeed_config(opts, info.device.type == "cuda", note)
         context = partitioned_build(ds_config, opts.enable_zero3)
-    rss_before = peak_rss_mib()
-    model = build_model_state(opts, config, vocab_size, context, info)
-    print(f"[pretrain] rank {info.rank}: peak RSS {rss_before:.0f} MiB before building the model, "
-          f"{peak_rss_mib():.0f} MiB after loading it", file=sys.stderr, flush=True)
+    trace.mark("reading the data and config")
+    model = build_model_state(opts, config, vocab_size, context, info, trace)
     engine = build_engine(opts, model, ds_config, info)
+    trace.mark("building the engine (optimizer)")
     loader = DataLoader(dataset, opts.batch_size, info.rank, info.world_size, seed=opts.seed, shuffle=True)
     start_step, skipped = resume(opts, engine, loader, info) if resuming(opts) else (0, 0)
     logger = TrainLogger(opts.log_file, opts.tensorboard_dir, info.is_main, start_step)

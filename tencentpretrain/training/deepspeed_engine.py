@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import ctypes.util
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -83,6 +85,39 @@ def partitioned_build(config: dict, enabled: bool) -> contextlib.AbstractContext
     import deepspeed
 
     return deepspeed.zero.Init(config_dict_or_path=config, enabled=enabled)
+
+
+@contextlib.contextmanager
+def steady_heap(during: int = 128 * 1024, after: int = 32 * 2**20) -> Iterator[None]:
+    """glibc only: while building and loading a partitioned model, serve every allocation above ``during`` bytes
+    with its own mmap, so that each freed full parameter goes straight back to the OS.
+
+    Without it glibc raises its mmap threshold to the size of the first freed block (up to 32 MiB), later full
+    parameters come from the heap, and the holes they leave stay resident: ~one extra largest parameter of peak
+    RSS per rank. Afterwards the threshold is fixed at ``after`` (the most glibc's own rule would reach; trim
+    threshold twice that, as glibc pairs them) and free heap memory is returned with ``malloc_trim``.
+    """
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, during)
+    try:
+        yield
+    finally:
+        libc.mallopt(m_mmap_threshold, after)
+        libc.mallopt(m_trim_threshold, 2 * after)
+        libc.malloc_trim(0)
+
+
+def _glibc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
 
 
 def gathered(params: list[nn.Parameter], modifier_rank: int | None) -> contextlib.AbstractContextManager:
@@ -184,21 +219,79 @@ class DeepSpeedEngine(Engine):
 def load_partitioned(model: nn.Module, state: dict[str, torch.Tensor] | None, dist_info: DistInfo) -> None:
     """Copy a full state dict into a (possibly ZeRO-3 partitioned) model, one parameter at a time.
 
-    Only rank 0 reads ``state`` (memory-mapped); each parameter is gathered, filled on rank 0 and re-partitioned,
-    so no rank holds more than one full parameter besides its partition.
+    Only rank 0 reads ``state`` (memory-mapped; the other ranks may pass None). A ZeRO-3 parameter is scattered
+    straight into the ranks' partitions: no rank, rank 0 included, ever holds the gathered parameter, and a rank
+    other than 0 receives only its own slice. Layouts the scatter does not cover (NVMe offload, quantised or
+    secondary partitions, partition groups smaller than the world) fall back to gather, fill on rank 0,
+    re-partition. Ordinary parameters are filled on rank 0 only: DDP and DeepSpeed broadcast rank 0's weights.
     """
     for name, param in unique_parameters(model):
+        full = state[name] if dist_info.is_main else None
+        if _scatterable(param):
+            _scatter_into_partition(param, full)
+            continue
         with gathered([param], modifier_rank=0), torch.no_grad():
             if dist_info.is_main:
-                param.copy_(state[name].to(param.dtype))
+                param.copy_(full.to(param.dtype))
 
 
 def init_partitioned(model: nn.Module, std: float = 0.02) -> None:
-    """TencentPretrain's initialisation, N(0, std) for matrices (vectors keep their defaults), rank 0's draw."""
+    """TencentPretrain's initialisation, N(0, std) for matrices (vectors keep their defaults), rank 0's draw.
+
+    A ZeRO-3 parameter is drawn whole on rank 0 (the same numbers as one process with the same seed) and
+    scattered into the partitions, as in ``load_partitioned``.
+    """
     for _, param in unique_parameters(model):
         shape = param.ds_shape if hasattr(param, "ds_shape") else param.shape
         if len(shape) < 2:
             continue
+        if _scatterable(param):
+            full = None
+            if _partition_rank(param) == 0:
+                full = torch.empty(shape, dtype=param.ds_tensor.dtype, device=param.ds_tensor.device)
+                full.normal_(0.0, std)
+            _scatter_into_partition(param, full)
+            continue
         with gathered([param], modifier_rank=0), torch.no_grad():
             param.normal_(0.0, std)
 
+
+def _scatterable(param: nn.Parameter) -> bool:
+    """A ZeRO-3 parameter whose partition is a plain in-memory tensor over the whole world."""
+    if not hasattr(param, "ds_id"):
+        return False
+    from deepspeed import comm
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    part = param.ds_tensor
+    return (param.ds_status == ZeroParamStatus.NOT_AVAILABLE and part is not None and part.final_location is None
+            and getattr(param, "ds_secondary_tensor", None) is None and not hasattr(part, "ds_quant_scale")
+            and comm.get_world_size(group=param.ds_process_group) == comm.get_world_size())
+
+
+def _partition_rank(param: nn.Parameter) -> int:
+    from deepspeed import comm
+
+    return comm.get_rank(group=param.ds_process_group)
+
+
+@torch.no_grad()
+def _scatter_into_partition(param: nn.Parameter, full: torch.Tensor | None) -> None:
+    """Rank 0 of the partition group sends each rank its slice of ``full`` (None elsewhere) into ``ds_tensor``.
+
+    DeepSpeed's layout: the flattened parameter, zero-padded to ``world * part`` elements, rank r holding
+    ``[r * part, (r + 1) * part)``. Rank 0 sends views of ``full`` (copies only for a padded last slice, or when
+    the dtype or device differs: at most one parameter); the others receive only their ``part`` elements.
+    """
+    from deepspeed import comm
+
+    group, part = param.ds_process_group, param.ds_tensor
+    size, chunks = part.numel(), None
+    if full is not None:
+        if full.numel() != param.ds_numel:
+            raise ValueError(f"parameter {param.ds_shape}: got a tensor of {full.numel()} elements")
+        flat = full.detach().reshape(-1).to(device=part.device, dtype=part.dtype)
+        chunks = list(flat.split(size))
+        chunks += [flat.new_zeros(size) for _ in range(comm.get_world_size(group=group) - len(chunks))]
+        chunks = [c if c.numel() == size else torch.cat([c, c.new_zeros(size - c.numel())]) for c in chunks]
+    comm.scatter(part, chunks, src=comm.get_global_rank(group, 0), group=group)

@@ -203,3 +203,13 @@ def test_checkpoint_file_loads_like_the_directory(pair, tmp_path):
         assert Engine(loaded).generate(PROMPTS[:2], 8) == Engine(ours).generate(PROMPTS[:2], 8)
     with pytest.raises(ValueError, match="config_path"):
         load_generation_model(tmp_path / "model.bin")
+
+
+def test_greedy_matches_torch_argmax_including_ties():
+    from tencentpretrain.generation.sampling import greedy
+
+    logits = torch.randn(8, 1000, generator=torch.Generator().manual_seed(0))
+    logits[3, 10] = logits[3, 500] = logits[3].max() + 1  # a tie: the first maximum wins in both
+    assert torch.equal(greedy(logits), logits.argmax(-1))
+    assert greedy(logits)[3] == 10 and greedy(logits).dtype == torch.long
+    assert torch.equal(greedy(logits[:, ::2]), logits[:, ::2].argmax(-1))  # non-contiguous view

@@ -22,11 +22,13 @@ import re
 import sys
 from pathlib import Path
 
-from tencentpretrain.checkpoint import atomic_path
-from tencentpretrain.generation import Engine
-from tencentpretrain.generation.chat import ChatSession, encode_prompt, fit_prompt, generate_text
-from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args
-from tencentpretrain.registry import TEMPLATES
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from tencentpretrain.checkpoint import atomic_path  # noqa: E402
+from tencentpretrain.generation import Engine  # noqa: E402
+from tencentpretrain.generation.chat import ChatSession, encode_prompt, fit_prompt, generate_text  # noqa: E402
+from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args  # noqa: E402
+from tencentpretrain.registry import TEMPLATES  # noqa: E402
 
 
 def build_args(argv: list[str] | None) -> argparse.Namespace:

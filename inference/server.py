@@ -19,10 +19,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
-from tencentpretrain.generation import Engine, SamplingParams
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from tencentpretrain.generation import Engine, SamplingParams  # noqa: E402
 from tencentpretrain.generation.chat import chat_prompt, encode_prompt, fit_prompt, split_messages, stream_text
-from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args
+from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args  # noqa: E402
 
 MAX_BODY = 16 << 20
 

@@ -129,3 +129,15 @@ def test_vocab_size_disagreement_is_refused():
     config = ModelConfig.from_dict({**LLAMA, "vocab_size": 100})
     with pytest.raises(ValueError, match="vocab_size 100 .* disagrees with the tokenizer's 120"):
         build_model(config, 120)
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    import os
+
+    from tencentpretrain.checkpoint import save_state_dict
+
+    save_state_dict({"w": torch.zeros(2)}, tmp_path / "m.bin")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["m.bin"]

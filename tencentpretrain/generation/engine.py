@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from tencentpretrain.checkpoint import check_state_dict, load_model
+from tencentpretrain.checkpoint import load_model, model_from_state
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation.sampling import SamplingParams, sample
 from tencentpretrain.layers.kv_cache import KVCache
-from tencentpretrain.model import Model, build_model, tie_weights
+from tencentpretrain.model import Model
 
 
 @dataclass
@@ -196,15 +196,7 @@ def load_generation_model(model_path: str | Path, config_path: str | Path | None
     config, state = load_hf_llama(model_path)
     if config_path is not None:
         _check_same_architecture(ModelConfig.from_json(config_path), config)
-    with torch.device("meta"):
-        model = build_model(config, state["embedding.word.embedding.weight"].shape[0])
-    check_state_dict(model, state, source=str(model_path))
-    model.load_state_dict(state, strict=False, assign=True)
-    if config.tie_weights:
-        tie_weights(model)
-    model.reset_buffers()
-    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-    return model.eval()
+    return model_from_state(config, state, str(model_path), device, dtype)
 
 
 def _check_same_architecture(given: ModelConfig, found: ModelConfig) -> None:

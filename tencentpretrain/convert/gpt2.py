@@ -20,7 +20,7 @@ from tencentpretrain.convert.hf_io import (
     save_sharded_safetensors,
     with_tied_head,
 )
-from tencentpretrain.convert.keymap import fill, invert, match, rename
+from tencentpretrain.convert.keymap import fill, invert, match, renamed
 
 _LAYER = "encoder.transformer.{}."
 HF_TO_OURS = {
@@ -99,14 +99,8 @@ def config_to_hf(config: ModelConfig, vocab_size: int, dtype: torch.dtype) -> di
 def hf_to_ours(tensors, config: ModelConfig) -> dict[str, torch.Tensor]:
     """Rename (name, tensor) pairs from transformers' GPT-2 to ours: transpose Conv1D, split c_attn."""
     out = {}
-    for name, tensor in tensors:
-        if name.endswith(HF_IGNORED):
-            continue
-        found = match(name, HF_TO_OURS)
-        if found is None:
-            raise ConversionError(f"unexpected tensor {name} in the GPT-2 checkpoint")
-        target = rename(name, HF_TO_OURS)
-        if name.endswith(CONV1D):
+    for template, target, tensor in renamed(tensors, HF_TO_OURS, "the GPT-2 checkpoint", HF_IGNORED):
+        if template.endswith(CONV1D):
             tensor = tensor.t()
         if FUSED_QKV in target:
             for i, part in enumerate(tensor.chunk(3, dim=0)):

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import torch
 
+from tencentpretrain.convert.keymap import ConversionError  # noqa: F401  (re-exported)
+
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted; the message names the file, key or tensor."""
 
 
 def with_tied_head(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:

@@ -7,9 +7,16 @@ template a name matches and fills the other side; ``invert(mapping)`` gives the 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from functools import cache
 
+import torch
+
 LAYER = "{}"
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message names the file, key or tensor."""
 
 
 @cache
@@ -46,3 +53,17 @@ def invert(mapping: dict[str, str]) -> dict[str, str]:
     if len(inverted) != len(mapping):
         raise ValueError("key map is not one-to-one")
     return inverted
+
+
+def renamed(tensors: Iterable[tuple[str, torch.Tensor]], mapping: dict[str, str], where: str,
+            ignored: tuple[str, ...] = ()) -> Iterator[tuple[str, str, torch.Tensor]]:
+    """``(template, new_name, tensor)`` for each (name, tensor) pair, the template being the one the old name
+    matched; names ending with one of ``ignored`` are skipped, any other unknown name raises ConversionError."""
+    for name, tensor in tensors:
+        if name.endswith(ignored):
+            continue
+        found = match(name, mapping)
+        if found is None:
+            raise ConversionError(f"unexpected tensor {name} in {where}")
+        template, layer = found
+        yield template, fill(mapping[template], layer), tensor

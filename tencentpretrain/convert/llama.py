@@ -21,7 +21,7 @@ from tencentpretrain.convert.hf_io import (
     save_sharded_safetensors,
     with_tied_head,
 )
-from tencentpretrain.convert.keymap import invert, match, rename
+from tencentpretrain.convert.keymap import invert, renamed
 
 HF_TO_OURS = {
     "model.embed_tokens.weight": "embedding.word.embedding.weight",
@@ -116,37 +116,26 @@ def config_to_hf(config: ModelConfig, vocab_size: int, dtype: torch.dtype, bos_i
     }
 
 
+def _rotary(hf_template: str, tensor: torch.Tensor, config: ModelConfig, to_hf: bool) -> torch.Tensor:
+    """Permute the q and k projections between the rotary layouts; other tensors pass unchanged."""
+    if hf_template == QUERY:
+        return permute_rotary(tensor, config.heads_num, to_hf)
+    if hf_template == KEY:
+        return permute_rotary(tensor, config.kv_heads_num, to_hf)
+    return tensor
+
+
 def hf_to_ours(tensors, config: ModelConfig) -> dict[str, torch.Tensor]:
     """Rename (name, tensor) pairs from transformers to ours, un-permuting q and k."""
-    out = {}
-    for name, tensor in tensors:
-        if name.endswith(HF_IGNORED):
-            continue
-        found = match(name, HF_TO_OURS)
-        if found is None:
-            raise ConversionError(f"unexpected tensor {name} in the Hugging Face checkpoint")
-        template, _ = found
-        if template == QUERY:
-            tensor = permute_rotary(tensor, config.heads_num, to_hf=False)
-        elif template == KEY:
-            tensor = permute_rotary(tensor, config.kv_heads_num, to_hf=False)
-        out[rename(name, HF_TO_OURS)] = tensor
+    out = {name: _rotary(template, tensor, config, to_hf=False)
+           for template, name, tensor in renamed(tensors, HF_TO_OURS, "the Hugging Face checkpoint", HF_IGNORED)}
     return with_tied_head(out, config)
 
 
 def ours_to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """Rename our state dict to transformers' names, permuting q and k."""
-    out = {}
-    for name, tensor in state.items():
-        hf_name = rename(name, OURS_TO_HF)
-        if hf_name is None:
-            raise ConversionError(f"unexpected tensor {name} in the TencentPretrain checkpoint")
-        template, _ = match(hf_name, HF_TO_OURS)
-        if template == QUERY:
-            tensor = permute_rotary(tensor, config.heads_num, to_hf=True)
-        elif template == KEY:
-            tensor = permute_rotary(tensor, config.kv_heads_num, to_hf=True)
-        out[hf_name] = tensor
+    out = {name: _rotary(OURS_TO_HF[template], tensor, config, to_hf=True)
+           for template, name, tensor in renamed(state.items(), OURS_TO_HF, "the TencentPretrain checkpoint")}
     if config.tie_weights:
         out.pop("lm_head.weight", None)
     return out

@@ -100,3 +100,21 @@ def test_deepspeed_watchdog_skips_then_stops(setting):
     assert "--max_skipped_steps 2" in proc.stdout + proc.stderr
     assert "step 2: non-finite loss" in proc.stdout + proc.stderr
     assert not out.with_name("m.bin").exists()
+
+
+def test_lora_under_zero3_matches_one_process(setting):
+    folder, dataset, spm, config, _ = setting
+    lora = ("--use_lora", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0", "--lora_target_modules",
+            "linear_layers.*")  # no dropout: its masks differ between one batch of 8 and two of 4
+    single = folder / "lora_single" / "m"
+    run([sys.executable, "pretrain.py"], train_argv(dataset, spm, config, single, *lora, steps=STEPS, save=STEPS,
+                                                    batch=8))
+    out = folder / "lora_zero3" / "m"
+    deepspeed = [shutil.which("deepspeed", path=subprocess_env()["PATH"]), "--master_port", str(free_port()),
+                 "--num_gpus", "2", "pretrain.py"]
+    run(deepspeed, train_argv(dataset, spm, config, out, *lora, "--deepspeed", "--enable_zero3", "--deepspeed_config",
+                              str(ROOT / "models" / "deepspeed_zero3_config.json"), steps=STEPS, save=STEPS, batch=4))
+    assert_matches_single(out, single, 1e-5)
+    adapter = torch.load(out.with_name("m-lora.bin"), weights_only=True)
+    assert adapter and all(".lora_" in name for name in adapter)
+    assert torch.isfinite(load_model(config, out.with_name("m.bin"))(torch.tensor([[1, 5, 9]]))).all()

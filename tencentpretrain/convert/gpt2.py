@@ -15,6 +15,8 @@ from tencentpretrain.config import ModelConfig
 from tencentpretrain.convert.hf_io import (
     ConversionError,
     atomic_dir,
+    check_architecture,
+    check_hf_config,
     iter_hf_tensors,
     read_hf_config,
     save_sharded_safetensors,
@@ -57,11 +59,7 @@ ACTIVATIONS = {"gelu_new": "gelu_fast", "gelu_pytorch_tanh": "gelu_fast", "gelu"
 
 def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     """Our ModelConfig from a transformers ``GPT2Config`` dict."""
-    if hf.get("model_type", "gpt2") != "gpt2":
-        raise ConversionError(f"{source}: model_type {hf.get('model_type')!r} is not gpt2")
-    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
-        if hf.get(flag):
-            raise ConversionError(f"{source}: {flag}=true is not supported")
+    check_hf_config(hf, source, "gpt2", ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"))
     act = hf.get("activation_function", "gelu_new")
     if act not in ACTIVATIONS:
         raise ConversionError(f"{source}: activation_function {act!r} is not supported; known: {list(ACTIVATIONS)}")
@@ -78,10 +76,7 @@ def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
 
 def config_to_hf(config: ModelConfig, vocab_size: int, dtype: torch.dtype) -> dict:
     """A transformers ``GPT2Config`` dict for our config."""
-    for key, value in GPT2_ARCHITECTURE.items():
-        ours = getattr(config, key)
-        if key != "data_processor" and (list(ours) if isinstance(ours, tuple) else ours) != value:
-            raise ConversionError(f"{config.source or 'config'}: {key}={ours!r} is not GPT-2's {value!r}")
+    check_architecture(config, GPT2_ARCHITECTURE, "GPT-2")
     act = {"gelu_fast": "gelu_new", "gelu": "gelu", "relu": "relu"}.get(config.hidden_act)
     if act is None:
         raise ConversionError(f"hidden_act {config.hidden_act!r} has no GPT-2 equivalent")

@@ -24,6 +24,24 @@ def with_tied_head(state: dict[str, torch.Tensor], config) -> dict[str, torch.Te
     return state
 
 
+def check_hf_config(hf: dict, source: str, model_type: str, unsupported: tuple[str, ...]) -> None:
+    """Refuse a transformers config of another model type or with a flag set that our parts do not implement."""
+    if hf.get("model_type", model_type) != model_type:
+        raise ConversionError(f"{source}: model_type {hf.get('model_type')!r} is not {model_type}")
+    for flag in unsupported:
+        if hf.get(flag):
+            raise ConversionError(f"{source}: {flag}=true is not supported for {model_type} conversion")
+
+
+def check_architecture(config, fixed: dict, family: str, free: tuple[str, ...] = ("data_processor",)) -> None:
+    """Refuse a config whose fixed keys (all of ``fixed`` but ``free``) differ from the family's architecture."""
+    for key, value in fixed.items():
+        ours = getattr(config, key)
+        if key not in free and (list(ours) if isinstance(ours, tuple) else ours) != value:
+            raise ConversionError(f"{config.source or 'config'}: {key}={ours!r} is not a {family} architecture "
+                                  f"({family} has {value!r})")
+
+
 def read_hf_config(hf_dir: str | Path) -> dict:
     """The ``config.json`` of a Hugging Face model directory."""
     path = Path(hf_dir) / "config.json"

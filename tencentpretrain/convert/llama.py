@@ -16,6 +16,8 @@ from tencentpretrain.config import ModelConfig
 from tencentpretrain.convert.hf_io import (
     ConversionError,
     atomic_dir,
+    check_architecture,
+    check_hf_config,
     iter_hf_tensors,
     read_hf_config,
     save_sharded_safetensors,
@@ -75,11 +77,7 @@ def _rope_theta(hf: dict) -> float:
 
 def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     """Our ModelConfig from a transformers ``LlamaConfig`` dict."""
-    if hf.get("model_type", "llama") != "llama":
-        raise ConversionError(f"{source}: model_type {hf.get('model_type')!r} is not llama")
-    for flag in ("attention_bias", "mlp_bias"):
-        if hf.get(flag):
-            raise ConversionError(f"{source}: {flag}=true is not supported for LLaMA conversion")
+    check_hf_config(hf, source, "llama", ("attention_bias", "mlp_bias"))
     heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
     if head_dim * heads != hf["hidden_size"]:
@@ -98,11 +96,7 @@ def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
 
 def config_to_hf(config: ModelConfig, vocab_size: int, dtype: torch.dtype, bos_id: int = 1, eos_id: int = 2) -> dict:
     """A transformers ``LlamaConfig`` dict for our config."""
-    for key, value in LLAMA_ARCHITECTURE.items():
-        ours = getattr(config, key)
-        if key not in ("dropout", "data_processor") and (list(ours) if isinstance(ours, tuple) else ours) != value:
-            raise ConversionError(f"{config.source or 'config'}: {key}={ours!r} is not a LLaMA architecture "
-                                  f"(LLaMA has {value!r})")
+    check_architecture(config, LLAMA_ARCHITECTURE, "LLaMA", free=("dropout", "data_processor"))
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "hidden_size": config.hidden_size, "intermediate_size": config.feedforward_size,

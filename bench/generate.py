@@ -23,7 +23,7 @@ import torch
 
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine, quantize_int8
-from tencentpretrain.generation.engine import load_generation_model
+from tencentpretrain.generation.engine import left_pad, load_generation_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA = {"embedding": ["word"], "encoder": "transformer", "target": ["lm"], "mask": "causal",
@@ -67,12 +67,8 @@ def prompts_for(batch: int, vocab: int, seed: int = 0) -> list[list[int]]:
 
 def hf_runner(hf, prompts: list[list[int]]):
     """A function generating ``n`` tokens with transformers (left padding, greedy, KV cache)."""
-    width = max(map(len, prompts))
-    ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
+    ids, real = left_pad(prompts, pad_id=0)
+    mask, width = real.long(), ids.shape[1]
 
     def run(n: int) -> list[list[int]]:
         with torch.inference_mode():

@@ -62,14 +62,8 @@ class GenerationStream:
 
     def _prefill_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids (B, T) and the real-token mask (B, T + max_new_tokens)."""
-        engine, lengths = self.engine, [len(p) for p in self.prompts]
-        width = max(lengths)
-        ids = torch.full((len(self.prompts), width), engine.pad_id, dtype=torch.long)
-        mask = torch.ones(len(self.prompts), width + self.max_new_tokens, dtype=torch.bool)
-        for row, prompt in enumerate(self.prompts):
-            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, :width - len(prompt)] = False
-        return ids.to(engine.device), mask.to(engine.device)
+        ids, mask = left_pad(self.prompts, self.engine.pad_id, extra=self.max_new_tokens)
+        return ids.to(self.engine.device), mask.to(self.engine.device)
 
     def _steps(self) -> Iterator[Step]:
         engine, model = self.engine, self.engine.model
@@ -161,6 +155,18 @@ class Engine:
                 else:
                     outputs[row].append(token)
         return outputs
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (B, T) with each prompt right-aligned behind ``pad_id``, and the bool real-token mask
+    (B, T + extra), ``extra`` positions for tokens yet to come counted as real."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.ones(len(prompts), width + extra, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, :width - len(prompt)] = False
+    return ids, mask
 
 
 def _column_major(linear: torch.nn.Module) -> None:

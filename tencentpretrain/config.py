@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tencentpretrain.jsonfile import read_json
 from tencentpretrain.registry import ACTIVATIONS, DATA_PROCESSORS, EMBEDDINGS, ENCODERS, FEED_FORWARDS, NORMS, TARGETS
 
 MASKS = ("causal", "fully_visible")
@@ -79,12 +80,7 @@ class ModelConfig:
     def from_json(cls, path: str | Path, **overrides: Any) -> ModelConfig:
         """Read a TencentPretrain JSON config strictly; ``overrides`` replace keys after reading."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+        data = read_json(path, ConfigError, missing=f"config file not found: {path}")
         if isinstance(data, dict):
             data.update(overrides)
         return cls.from_dict(data, source=str(path))

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from tencentpretrain.convert.keymap import ConversionError  # noqa: F401  (re-exported)
+from tencentpretrain.jsonfile import read_json
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -47,10 +48,7 @@ def read_hf_config(hf_dir: str | Path) -> dict:
     path = Path(hf_dir) / "config.json"
     if not path.is_file():
         raise ConversionError(f"{hf_dir}: no config.json; pass a Hugging Face model directory")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+    return read_json(path, ConversionError)
 
 
 def weight_shards(hf_dir: str | Path) -> list[Path]:

@@ -7,7 +7,6 @@ them. Meta's rotary layout is ours, so nothing is permuted.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from tencentpretrain.config import ModelConfig
 from tencentpretrain.convert.hf_io import ConversionError
 from tencentpretrain.convert.keymap import match, rename
 from tencentpretrain.convert.llama import LLAMA_ARCHITECTURE
+from tencentpretrain.jsonfile import read_json
 
 META_TO_OURS = {
     "tok_embeddings.weight": "embedding.word.embedding.weight",
@@ -71,10 +71,7 @@ def config_from_meta(params: dict, vocab_size: int, feedforward_size: int, sourc
 def load_meta_llama(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read a Meta checkpoint (one or several model-parallel files) as our config and state dict."""
     params_path, shard_paths = meta_files(path)
-    try:
-        params = json.loads(params_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{params_path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+    params = read_json(params_path, ConversionError)
     shards = [torch.load(p, map_location="cpu", weights_only=True, mmap=True) for p in shard_paths]
     state = {}
     for name in shards[0]:

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from tencentpretrain.jsonfile import read_json
+
 FORMAT_NAME = "tencentpretrain-binary"
 FORMAT_VERSION = 1
 META_FILE, TOKENS_FILE, INDEX_FILE, LOSS_START_FILE = "meta.json", "tokens.bin", "index.bin", "loss_start.bin"
@@ -182,10 +184,7 @@ def read_meta(path: Path) -> dict[str, Any]:
     meta_path = path / META_FILE
     if not path.is_dir():
         raise DatasetError(f"{path}: dataset directory not found (run preprocess.py first)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise DatasetError(f"{meta_path}: cannot read dataset metadata: {err}") from None
+    meta = read_json(meta_path, DatasetError, missing=f"{meta_path}: dataset metadata not found")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise DatasetError(f"{meta_path}: not a {FORMAT_NAME} dataset (an old pickled dataset.pt? re-run preprocess)")
     if meta.get("format_version") != FORMAT_VERSION:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
+from tencentpretrain.jsonfile import read_json
 from tencentpretrain.registry import TOKENIZERS
 
 SPECIAL_TOKENS = ("bos", "eos", "pad", "unk")
@@ -28,10 +28,7 @@ def read_special_tokens(path: str | Path) -> dict[str, int | str]:
     """
     aliases = {"pad_token": "pad", "unk_token": "unk", "cls_token": "bos", "sep_token": "eos",
                "bos_token": "bos", "eos_token": "eos", "mask_token": None}
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read special tokens from {path}: {err}") from None
+    data = read_json(path, ValueError, missing=f"special tokens file not found: {path}")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: special tokens must be a JSON object")
     out = {}

@@ -10,10 +10,8 @@ logged note for each change.
 from __future__ import annotations
 
 import contextlib
-import copy
 import ctypes
 import ctypes.util
-import json
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tencentpretrain.jsonfile import read_json
 from tencentpretrain.training.engine import DistInfo, Engine, LossModule, StepResult
 from tencentpretrain.training.options import OptionsError, TrainOptions
 
@@ -28,13 +27,7 @@ from tencentpretrain.training.options import OptionsError, TrainOptions
 def deepspeed_config(opts: TrainOptions, on_cuda: bool, note: Callable[[str], None]) -> dict:
     """The DeepSpeed config dict for this run: the file's content with our flags' entries written over it."""
     path = Path(opts.deepspeed_config)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise OptionsError(f"--deepspeed_config {path} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise OptionsError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
-    config = copy.deepcopy(config)
+    config = read_json(path, OptionsError, missing=f"--deepspeed_config {path} does not exist")
     config.pop("train_batch_size", None)  # derived by DeepSpeed from the two below and the world size
     config["train_micro_batch_size_per_gpu"] = opts.batch_size
     config["gradient_accumulation_steps"] = opts.accumulation_steps

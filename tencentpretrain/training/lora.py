@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tencentpretrain.checkpoint import atomic_path, load_state_dict, save_state_dict
+from tencentpretrain.jsonfile import read_json
 
 LORA_SUFFIXES = (".lora_A", ".lora_B")
 
@@ -251,10 +252,7 @@ def read_adapter_config(adapter_path: str | Path) -> LoraConfig:
     if not path.is_file():
         raise LoraError(f"LoRA settings not found: {path} (written by save_adapter next to {adapter_path}); "
                         "pass the rank and alpha explicitly instead")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise LoraError(f"{path}: not valid JSON: {err}") from err
+    data = read_json(path, LoraError)
     data.pop("format", None)
     known = {f.name for f in dataclasses.fields(LoraConfig)}
     unknown = sorted(set(data) - known)

@@ -24,6 +24,7 @@ import torch
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine, quantize_int8
 from tencentpretrain.generation.engine import left_pad, load_generation_model
+from tencentpretrain.generation.layout import LAYOUTS, weight_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA = {"embedding": ["word"], "encoder": "transformer", "target": ["lm"], "mask": "causal",
@@ -114,9 +115,10 @@ def bench_size(name: str, args) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         hf, ours = build_pair(config, Path(tmp))
     params = sum(p.numel() for p in ours.parameters()) / 1e6
-    engine = Engine(ours)
     int8_engine = Engine(quantize_int8(load_copy(ours))) if args.int8 else None
     for batch in args.batches:
+        layout = weight_layout(args.layout, batch)
+        engine = Engine(load_copy(ours), layout=layout, batch_size=batch)
         prompts = prompts_for(batch, config.vocab_size)
         runners = {"transformers": hf_runner(hf, prompts), "ours": ours_runner(engine, prompts)}
         if int8_engine is not None:
@@ -124,8 +126,9 @@ def bench_size(name: str, args) -> list[str]:
         same = runners["ours"](args.new_tokens) == runners["transformers"](args.new_tokens)
         result = measure(runners, batch, args.new_tokens, args.repeats)
         (hf_ttft, hf_tps), (our_ttft, our_tps) = result["transformers"], result["ours"]
-        row = (f"| {name} ({params:.0f}M) | {batch} | {hf_tps:.0f} | {our_tps:.0f} | **{our_tps / hf_tps:.2f}x** | "
-               f"{hf_ttft * 1e3:.1f} | {our_ttft * 1e3:.1f} | {hf_ttft / our_ttft:.2f}x | {same} |")
+        row = (f"| {name} ({params:.0f}M) | {batch} | {layout} | {hf_tps:.0f} | {our_tps:.0f} | "
+               f"**{our_tps / hf_tps:.2f}x** | {hf_ttft * 1e3:.1f} | {our_ttft * 1e3:.1f} | "
+               f"{hf_ttft / our_ttft:.2f}x | {same} |")
         if int8_engine is not None:
             row += f" {result['ours-int8'][1]:.0f} |"
         print(row, flush=True)
@@ -148,11 +151,13 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per implementation (fastest reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both implementations")
     parser.add_argument("--int8", action="store_true", help="also time our engine with int8 weights")
+    parser.add_argument("--layout", choices=("auto",) + LAYOUTS, default="auto",
+                        help="our engine's weight layout (auto: as inference/run_llama.py picks for the batch size)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    header = ("| model | batch | HF decode tok/s | ours decode tok/s | decode speed-up | HF TTFT ms | ours TTFT ms | "
-              "TTFT speed-up | same tokens |" + (" ours-int8 decode tok/s |" if args.int8 else ""))
+    header = ("| model | batch | our layout | HF decode tok/s | ours decode tok/s | decode speed-up | HF TTFT ms | "
+              "ours TTFT ms | TTFT speed-up | same tokens |" + (" ours-int8 decode tok/s |" if args.int8 else ""))
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     rows = []

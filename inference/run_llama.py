@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None, read=input):
     """Entry point; returns the generated texts (file mode) or the chat session (interactive)."""
     args = build_args(argv)
     try:
-        engine, tokenizer = load_engine(args)
+        engine, tokenizer = load_engine(args, 1 if args.interactive else args.batch_size)
     except (ValueError, FileNotFoundError, KeyError) as err:
         sys.exit(f"error: {err}")
     if args.interactive:

@@ -12,6 +12,7 @@ import torch
 from tencentpretrain.checkpoint import save_state_dict
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine
+from tencentpretrain.generation import layout as layout_module
 from tencentpretrain.generation.chat import (
     ChatSession,
     TextStream,
@@ -20,6 +21,7 @@ from tencentpretrain.generation.chat import (
     generate_text,
     split_messages,
 )
+from tencentpretrain.generation.layout import packing_available
 from tencentpretrain.model import build_model
 from tencentpretrain.registry import TEMPLATES
 from tencentpretrain.tokenizers import SentencePieceTokenizer
@@ -167,6 +169,22 @@ def test_run_llama_file_mode(tiny_checkpoint, tiny_spm, tmp_path):
     assert out.read_text(encoding="utf-8").splitlines()[2] == run_llama.escape(expected.text)
     sampled = run_llama.main(common[:-3] + ["--temperature", "1.0", "--seed", "1", "--quiet"])
     assert sampled == run_llama.main(common[:-3] + ["--temperature", "1.0", "--seed", "1", "--quiet"])
+
+
+@pytest.mark.skipif(not packing_available(), reason="this PyTorch build has no oneDNN")
+def test_run_llama_weight_layouts_agree(tiny_checkpoint, tiny_spm, tmp_path, monkeypatch):
+    """--weight_layout packed/both (every layer packed) write what the column-major default writes."""
+    config, checkpoint, _ = tiny_checkpoint
+    run_llama = load_script("run_llama")
+    monkeypatch.setattr(layout_module, "PACK_MIN_WEIGHTS", 0)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the model reads\n数据 模型\nline one\n", encoding="utf-8")
+    common = ["--load_model_path", str(checkpoint), "--config_path", str(config), "--spm_model_path", str(tiny_spm),
+              "--test_path", str(prompts), "--prediction_path", str(tmp_path / "out.txt"), "--seq_length", "64",
+              "--max_new_tokens", "12", "--temperature", "0", "--quiet", "--batch_size", "3"]
+    expected = run_llama.main(common + ["--weight_layout", "column"])
+    assert run_llama.main(common) == expected  # auto: packed for --batch_size 3
+    assert run_llama.main(common + ["--weight_layout", "both"]) == expected
 
 
 def test_run_llama_interactive(tiny_checkpoint, tiny_spm, capsys):

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from tencentpretrain.generation.engine import Engine, load_generation_model
+from tencentpretrain.generation.layout import LAYOUTS, weight_layout
 from tencentpretrain.generation.quant import quantize_int8
 from tencentpretrain.generation.sampling import SamplingParams
 from tencentpretrain.registry import TEMPLATES
@@ -29,6 +30,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="weight dtype (default: float32 on cpu, bfloat16 on cuda)")
     group.add_argument("--int8", action="store_true",
                        help="weight-only int8 linear layers, one scale per output channel (about 4x less memory)")
+    group.add_argument("--weight_layout", choices=("auto",) + LAYOUTS, default="auto",
+                       help="how float32 CPU weights are laid out for speed: column (fastest for one prompt at a "
+                            "time), packed (oneDNN, fastest for batches), both (fastest for either, more memory); "
+                            "auto: packed when --batch_size > 1, else column (docs/inference.md)")
     group = parser.add_argument_group("generation")
     group.add_argument("--seq_length", type=int, default=512, help="context size: prompt plus new tokens")
     group.add_argument("--max_new_tokens", type=int, default=256, help="most tokens generated per prompt")
@@ -44,8 +49,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 
-def load_engine(args: argparse.Namespace) -> tuple[Engine, SentencePieceTokenizer]:
-    """The engine and tokenizer the options describe."""
+def load_engine(args: argparse.Namespace, batch_size: int = 1) -> tuple[Engine, SentencePieceTokenizer]:
+    """The engine and tokenizer the options describe, for generating ``batch_size`` prompts at a time."""
     spm = args.spm_model_path
     if spm is None and Path(args.load_model_path).is_dir():
         spm = Path(args.load_model_path) / "tokenizer.model"
@@ -60,7 +65,10 @@ def load_engine(args: argparse.Namespace) -> tuple[Engine, SentencePieceTokenize
         raise ValueError(f"{spm} has {tokenizer.vocab_size} pieces but the model only {model.vocab_size} rows")
     if args.int8:
         quantize_int8(model)
-    return Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id), tokenizer
+    layout = weight_layout(args.weight_layout, batch_size, args.device, dtype)
+    engine = Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id, layout=layout,
+                    batch_size=batch_size)
+    return engine, tokenizer
 
 
 def sampling_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> SamplingParams:

@@ -8,7 +8,8 @@ runs taken in alternation (the machine is shared: the minimum is the least distu
 - decode tok/s: ``B * (N - 1)`` tokens over (time of an N-token call - time of a 1-token call).
 
 Both use ``torch.set_num_threads(--threads)`` and fp32 on CPU. Run: ``python bench/generate.py``
-(``--sizes tiny`` for a quick look; ``--int8`` adds our int8 engine as a third column).
+(``--sizes tiny`` for a quick look; ``--int8`` adds our int8 engine as a third column; ``--layout column packed``
+times our engine with each weight layout, one row each, against transformers afresh).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine, quantize_int8
 from tencentpretrain.generation.engine import left_pad, load_generation_model
-from tencentpretrain.generation.layout import LAYOUTS, weight_layout
+from tencentpretrain.generation.layout import LAYOUTS, packing_available, weight_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA = {"embedding": ["word"], "encoder": "transformer", "target": ["lm"], "mask": "causal",
@@ -117,23 +118,28 @@ def bench_size(name: str, args) -> list[str]:
     params = sum(p.numel() for p in ours.parameters()) / 1e6
     int8_engine = Engine(quantize_int8(load_copy(ours))) if args.int8 else None
     for batch in args.batches:
-        layout = weight_layout(args.layout, batch)
-        engine = Engine(load_copy(ours), layout=layout, batch_size=batch)
-        prompts = prompts_for(batch, config.vocab_size)
-        runners = {"transformers": hf_runner(hf, prompts), "ours": ours_runner(engine, prompts)}
-        if int8_engine is not None:
-            runners["ours-int8"] = ours_runner(int8_engine, prompts)
-        same = runners["ours"](args.new_tokens) == runners["transformers"](args.new_tokens)
-        result = measure(runners, batch, args.new_tokens, args.repeats)
-        (hf_ttft, hf_tps), (our_ttft, our_tps) = result["transformers"], result["ours"]
-        row = (f"| {name} ({params:.0f}M) | {batch} | {layout} | {hf_tps:.0f} | {our_tps:.0f} | "
-               f"**{our_tps / hf_tps:.2f}x** | {hf_ttft * 1e3:.1f} | {our_ttft * 1e3:.1f} | "
-               f"{hf_ttft / our_ttft:.2f}x | {same} |")
-        if int8_engine is not None:
-            row += f" {result['ours-int8'][1]:.0f} |"
-        print(row, flush=True)
-        rows.append(row)
+        for choice in args.layout:
+            rows.append(bench_row(name, params, hf, ours, int8_engine, batch, weight_layout(choice, batch), args))
     return rows
+
+
+def bench_row(name: str, params: float, hf, ours, int8_engine, batch: int, layout: str, args) -> str:
+    """One table row: transformers against a copy of our model in ``layout`` (and ``int8_engine``), one batch."""
+    engine = Engine(load_copy(ours), layout=layout, batch_size=batch)
+    prompts = prompts_for(batch, ours.vocab_size)
+    runners = {"transformers": hf_runner(hf, prompts), "ours": ours_runner(engine, prompts)}
+    if int8_engine is not None:
+        runners["ours-int8"] = ours_runner(int8_engine, prompts)
+    same = runners["ours"](args.new_tokens) == runners["transformers"](args.new_tokens)
+    result = measure(runners, batch, args.new_tokens, args.repeats)
+    (hf_ttft, hf_tps), (our_ttft, our_tps) = result["transformers"], result["ours"]
+    row = (f"| {name} ({params:.0f}M) | {batch} | {layout} | {hf_tps:.0f} | {our_tps:.0f} | "
+           f"**{our_tps / hf_tps:.2f}x** | {hf_ttft * 1e3:.1f} | {our_ttft * 1e3:.1f} | "
+           f"{hf_ttft / our_ttft:.2f}x | {same} |")
+    if int8_engine is not None:
+        row += f" {result['ours-int8'][1]:.0f} |"
+    print(row, flush=True)
+    return row
 
 
 def load_copy(model):
@@ -151,9 +157,12 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per implementation (fastest reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both implementations")
     parser.add_argument("--int8", action="store_true", help="also time our engine with int8 weights")
-    parser.add_argument("--layout", choices=("auto",) + LAYOUTS, default="auto",
-                        help="our engine's weight layout (auto: as inference/run_llama.py picks for the batch size)")
+    parser.add_argument("--layout", nargs="+", choices=("auto",) + LAYOUTS, default=["auto"],
+                        help="our engine's weight layouts, one row each (auto: as inference/run_llama.py picks for "
+                             "the batch size)")
     args = parser.parse_args(argv)
+    if not packing_available() and {"packed", "both"} & set(args.layout):
+        parser.error("this PyTorch build has no oneDNN: only --layout column (or auto) can run")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     header = ("| model | batch | our layout | HF decode tok/s | ours decode tok/s | decode speed-up | HF TTFT ms | "

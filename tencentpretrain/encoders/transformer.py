@@ -63,6 +63,8 @@ class TransformerEncoder(nn.Module):
         if padding_mask is None and (past == 0 or length == 1 or not self.causal):
             return None
         total = past + length
+        if length == 1 and past > 0 and padding_mask is not None:  # one decoded token, a real query: a view
+            return padding_mask[:, None, None, :total]
         mask = torch.ones(length, total, dtype=torch.bool, device=device)
         if self.causal:
             mask = torch.tril(mask, diagonal=past)  # query i sees keys up to past + i

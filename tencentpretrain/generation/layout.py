@@ -3,8 +3,10 @@
 MKL and oneDNN reach very different speeds on the small matrix products of decoding, depending on how the
 weight is stored and on how many rows the input has (figures: docs/benchmarks.md, "Generation"):
 
-- ``column``: the (out, in) weight stored transposed, in place (same parameter, shape and values). Fastest for
-  one row at a time, i.e. decoding at batch 1 (the LM head up to 5x faster than row-major); no extra memory.
+- ``column``: each (out, in) weight with at least as many outputs as inputs stored transposed, in place (same
+  parameter, shape and values); wider ones (the FFN down projection, GQA's key/value projections) stay row-major.
+  Fastest for one row at a time, i.e. decoding at batch 1: the LM head runs up to 5x faster column-major, the
+  down projection 1.25x faster row-major (weights streamed from memory, docs/benchmarks.md); no extra memory.
 - ``packed``: the weights of the large layers (``PACK_MIN_WEIGHTS`` or more) reordered once into oneDNN's blocked
   format and multiplied by oneDNN; the small ones column-major. For a few rows (decoding a batch of 8) oneDNN is
   1.1-1.5x faster than MKL on a large weight, as fast on a long prompt, but slower for one row; each oneDNN call
@@ -64,9 +66,11 @@ class PackedLinear(nn.Module):
 
 
 def column_major(linear: nn.Module) -> None:
-    """Store a linear layer's (out, in) weight transposed in memory (same values, shape and parameter)."""
+    """Store a linear layer's (out, in) weight transposed in memory (same values, shape and parameter) when
+    out >= in; a wider weight is left row-major, which MKL multiplies faster by one row."""
     weight = getattr(linear, "weight", None)
-    if isinstance(weight, nn.Parameter) and weight.dim() == 2 and weight.is_contiguous():
+    if (isinstance(weight, nn.Parameter) and weight.dim() == 2 and weight.is_contiguous()
+            and weight.shape[0] >= weight.shape[1]):
         weight.data = weight.data.t().contiguous().t()
 
 

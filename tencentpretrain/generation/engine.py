@@ -100,8 +100,8 @@ class Engine:
     """Generates token ids with a model.
 
     On CPU the engine lays out the model's linear weights in place for speed (``generation/layout.py``): by
-    default column-major (same values, shapes and parameters), fastest for decoding one prompt at a time;
-    ``layout="packed"`` is about twice as fast for batches of prompts.
+    default ``column`` (tall weights column-major; same values, shapes and parameters), fastest for decoding one
+    prompt at a time; ``layout="packed"`` (oneDNN) is faster for batches of prompts.
 
     Args:
         model: a ``Model`` in eval mode (any dtype/device; the cache follows the word embedding's).

@@ -120,8 +120,7 @@ class Engine:
         self.eos_ids = tuple(eos_ids)
         self.eos_tensor = torch.tensor(self.eos_ids, dtype=torch.long, device=self.device)
         self.pad_id = pad_id
-        self.layout = layout if self.device.type == "cpu" else None
-        if self.layout is not None:
+        if self.device.type == "cpu":
             apply_layout(model, layout, batch_size)
         elif layout != "column":
             raise ValueError(f"weight layout {layout!r} is for CPU; the model is on {self.device}")

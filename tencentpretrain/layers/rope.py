@@ -36,6 +36,14 @@ class RotaryEmbedding(nn.Module):
         """Recompute the tables on ``device`` (they are not saved in checkpoints)."""
         self.cos, self.sin = self._tables(self.cos.shape[0], torch.device(device))
 
+    def _apply(self, fn, recurse=True):
+        """Moves follow the model, casts do not: the tables stay float32 (``model.to(torch.bfloat16)`` would
+        otherwise round them, and the complex rotation has no bfloat16 kernel)."""
+        super()._apply(fn, recurse)
+        if self.cos.dtype != torch.float32:
+            self.reset(self.cos.device)
+        return self
+
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cos and sin for ``positions`` (B, T) or (T,), shaped to broadcast over (B, T, heads, head_dim / 2)."""
         needed = int(positions.max()) + 1

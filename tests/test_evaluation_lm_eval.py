@@ -33,10 +33,11 @@ metric_list:
 
 
 def documents() -> list[str]:
-    """Short and long documents (one window, exactly one, several), Chinese, digits, punctuation, a newline."""
+    """Short and long documents (one window, several), Chinese, digits, punctuation, a newline, a periodic one."""
     rng = random.Random(7)
     docs = [" ".join(rng.choice(WORDS) for _ in range(n)) for n in (2, 9, 40, 75)]
-    docs += ["数据模型训练，语言 3.14 and the 2026 epoch!", "the loss\nof the model  reads tokens 中文文本"]
+    docs += ["数据模型训练，语言 3.14 and the 2026 epoch!", "the loss\nof the model  reads tokens 中文文本",
+             "数据 模型 训练 and learns " * 10]
     return docs
 
 
@@ -69,7 +70,7 @@ def run_lm_eval(model, tmp_path, monkeypatch) -> dict:
 
     out = lm_eval.simple_evaluate(
         model="hf", model_args={"pretrained": str(model.hf_dir), "dtype": "float32", "max_length": SEQ_LENGTH,
-                                "add_bos_token": False},
+                                "add_bos_token": False, "logits_cache": False},
         tasks=["tp_local_perplexity"], task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
         batch_size=4, device="cpu", verbosity="ERROR")
     return out["results"]["tp_local_perplexity"]

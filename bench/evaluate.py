@@ -82,6 +82,7 @@ def bench_size(name: str, args) -> str:
     config = size_config(name)
     with tempfile.TemporaryDirectory() as tmp:
         hf, ours = build_pair(config, Path(tmp))
+    params = sum(p.numel() for p in hf.parameters()) / 1e6  # before packing drops the dense weights of ours
     engine = Engine(ours, layout=weight_layout("auto", args.batch_size), batch_size=args.batch_size)  # as load_engine
     docs, source = documents(args.tokens, config.vocab_size)
     windows = [w for doc in docs for w in rolling_windows(doc, 1, args.seq_length)]
@@ -97,7 +98,6 @@ def bench_size(name: str, args) -> str:
             seconds, nll[key] = timed(run)
             times[key].append(seconds)
     hf_tps, our_tps = (scored / min(times[key]) for key in ("transformers", "ours"))
-    params = sum(p.numel() for p in ours.parameters() if p is not None) / 1e6
     diff = abs(nll["ours"] - nll["transformers"]) / abs(nll["transformers"])
     row = (f"| {name} ({params:.0f}M) | {args.seq_length} | {args.batch_size} | {scored} ({source}) | {hf_tps:.0f} | "
            f"{our_tps:.0f} | **{our_tps / hf_tps:.2f}x** | {diff:.1e} |")

@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     check_args(parser, args)
     try:
         engine, tokenizer = load_engine(args, args.batch_size)
+    except InputError:
+        raise
     except (ValueError, FileNotFoundError, KeyError) as err:
         raise InputError(f"--load_model_path {args.load_model_path}: {err}") from None
     results = TASKS[args.task](args, engine.model, tokenizer)

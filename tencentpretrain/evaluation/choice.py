@@ -96,7 +96,7 @@ class SubjectResult:
 
 
 class ChoiceScorer:
-    """Turns questions into prompts and candidate token ids, and reads the model's answers.
+    """Turns a question into its prompt (token ids, bos first) and the token ids of the four letters.
 
     Args:
         tokenizer: has ``encode``, ``bos_id`` and ``pad_id``.

@@ -24,10 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 from tencentpretrain.cli import InputError, run_cli  # noqa: E402
 from tencentpretrain.evaluation.choice import CHOICE_TOKENS, PROMPT_STYLES  # noqa: E402
-from tencentpretrain.evaluation.run import run_choice, run_perplexity, write_json  # noqa: E402
+from tencentpretrain.evaluation.run import (  # noqa: E402
+    read_choice_inputs,
+    read_perplexity_inputs,
+    run_choice,
+    run_perplexity,
+    write_json,
+)
 from tencentpretrain.generation.options import add_load_args, load_engine  # noqa: E402
 
-TASKS = {"perplexity": run_perplexity, "choice": run_choice}
+TASKS = {"perplexity": (read_perplexity_inputs, run_perplexity), "choice": (read_choice_inputs, run_choice)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,13 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
+    read, run = TASKS[args.task]
+    inputs = read(args)  # a malformed file stops the run before the model is loaded
     try:
         engine, tokenizer = load_engine(args, args.batch_size)
     except InputError:
         raise
     except (ValueError, FileNotFoundError, KeyError) as err:
         raise InputError(f"--load_model_path {args.load_model_path}: {err}") from None
-    results = TASKS[args.task](args, engine.model, tokenizer)
+    results = run(args, engine.model, tokenizer, inputs)
     if args.output_path:
         write_json(args.output_path, results)
     return 0

@@ -277,9 +277,24 @@ def test_command_reports_bad_input_without_traceback_or_output(model, tmp_path, 
     err = capsys.readouterr().err
     assert status == 1 and f"{bad}:2: answer 'X'" in err and "Traceback" not in err
     assert not out.exists()
+    status = run_cli(evaluate, ["--task", "choice", "--load_model_path", str(tmp_path / "absent.bin"), "--test_path",
+                                str(bad)], prog="evaluate.py")  # files are read before the model is loaded
+    assert status == 1 and f"{bad}:2: answer 'X'" in capsys.readouterr().err
     status = run_cli(evaluate, ["--task", "choice", *model.model_flags(), "--test_path", str(DATA / "ceval" / "val"),
                                 "--dev_path", str(DATA / "mmlu" / "dev"), "--shots", "1"], prog="evaluate.py")
     assert status == 1 and "no dev file for subject 'computer_network'" in capsys.readouterr().err
     status = run_cli(evaluate, ["--task", "perplexity", *model.model_flags(), "--corpus_path", str(bad),
                                 "--seq_length", "100000"], prog="evaluate.py")
     assert status == 1 and "--seq_length 100000 exceeds the model's max_seq_length 1024" in capsys.readouterr().err
+
+
+def test_corpus_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("  first doc \n\n\tsecond\n", encoding="utf-8")
+    assert read_documents(tmp_path / "a.txt") == ["first doc", "second"]  # stripped lines, blank ones skipped
+    (tmp_path / "a.jsonl").write_text('{"text": " kept as is\\n"}\n{"text": ""}\n', encoding="utf-8")
+    assert read_documents(tmp_path / "a.jsonl") == [" kept as is\n"]
+    (tmp_path / "a.json").write_text('[{"text": "one"},\n {"text": "two"}]', encoding="utf-8")
+    assert read_documents(tmp_path / "a.json") == ["one", "two"]
+    (tmp_path / "b.json").write_text('[{"text": "one"},\n {"text": 2}]', encoding="utf-8")
+    with pytest.raises(EvaluationInputError, match="b.json:2: key 'text' must be a string"):
+        read_documents(tmp_path / "b.json")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
 from tencentpretrain.checkpoint import atomic_path
 from tencentpretrain.cli import InputError
 from tencentpretrain.evaluation.choice import ChoiceScorer, evaluate_subject, summarize
 from tencentpretrain.evaluation.perplexity import evaluate_perplexity
-from tencentpretrain.evaluation.readers import read_choice_file, read_documents, subject_files
+from tencentpretrain.evaluation.readers import Question, read_choice_file, read_documents, subject_files
 from tencentpretrain.jsonfile import read_json
 from tencentpretrain.model import Model
 
@@ -24,28 +25,45 @@ def context_length(args: argparse.Namespace, model: Model) -> int:
     return args.seq_length
 
 
-def run_perplexity(args: argparse.Namespace, model: Model, tokenizer) -> dict:
-    """Score ``--corpus_path``; print the figures; return them with the settings."""
-    documents = read_documents(args.corpus_path, args.corpus_format)
+def read_perplexity_inputs(args: argparse.Namespace) -> list[str]:
+    """The documents of ``--corpus_path`` (read before the model is loaded, so a bad file fails fast)."""
+    return read_documents(args.corpus_path, args.corpus_format)
+
+
+def run_perplexity(args: argparse.Namespace, model: Model, tokenizer, documents: list[str]) -> dict:
+    """Score the documents; print the figures; return them with the settings."""
     result = evaluate_perplexity(model, tokenizer, documents, context_length(args, model), args.batch_size)
     figures = result.to_dict()
     print_table(["quantity", "value"], [[name, _fmt(value)] for name, value in figures.items()])
     return {"task": "perplexity", "model": args.load_model_path, "corpus": args.corpus_path, **figures}
 
 
-def run_choice(args: argparse.Namespace, model: Model, tokenizer) -> dict:
-    """Answer every subject of ``--test_path``; print accuracies; return them with the predictions."""
+@dataclass(frozen=True)
+class ChoiceInputs:
+    """What ``--task choice`` reads: questions and examples by subject, the names in the prompts, categories."""
+
+    questions: dict[str, list[Question]]
+    examples: dict[str, list[Question]]
+    names: dict[str, str]
+    categories: dict[str, str]
+
+
+def read_choice_inputs(args: argparse.Namespace) -> ChoiceInputs:
+    """Every file ``--task choice`` needs, read and checked before the model is loaded."""
     tests = subject_files(args.test_path, "--test_path")
-    examples = read_examples(args, list(tests))
+    questions = {subject: read_choice_file(path, need_answers=False) for subject, path in tests.items()}
     names, categories = subject_names(args.subject_mapping, args.prompt_language)
+    names = {subject: names.get(subject, subject.replace("_", " ")) for subject in tests}
+    return ChoiceInputs(questions, read_examples(args, list(tests)), names, categories)
+
+
+def run_choice(args: argparse.Namespace, model: Model, tokenizer, inputs: ChoiceInputs) -> dict:
+    """Answer every subject; print accuracies; return them with the predictions."""
     scorer = ChoiceScorer(tokenizer, args.prompt_language, args.choice_token, context_length(args, model))
-    results = []
-    for subject, path in tests.items():
-        questions = read_choice_file(path, need_answers=False)
-        display = names.get(subject, subject.replace("_", " "))
-        results.append(evaluate_subject(model, scorer, subject, questions, examples.get(subject, []), display,
-                                        args.batch_size))
-    averages = summarize(results, categories)
+    results = [evaluate_subject(model, scorer, subject, questions, inputs.examples.get(subject, []),
+                                inputs.names[subject], args.batch_size)
+               for subject, questions in inputs.questions.items()]
+    averages = summarize(results, inputs.categories)
     rows = [[r.name, len(r.predictions), _fmt(r.accuracy)] for r in results]
     rows += [[f"average ({group}, macro / micro)", a["questions"], f"{_fmt(a['macro_accuracy'])} / "
               f"{_fmt(a['micro_accuracy'])}"] for group, a in averages.items()]

@@ -13,7 +13,6 @@ from evaluation_support import script_main, tiny_model
 from tencentpretrain.evaluation.perplexity import rolling_windows
 
 lm_eval = pytest.importorskip("lm_eval")
-pytest.importorskip("accelerate", reason="lm_eval's hf backend imports accelerate (pip install 'lm-eval[hf]')")
 
 SEQ_LENGTH = 16
 TASK = """task: tp_local_perplexity
@@ -59,6 +58,7 @@ def model(tmp_path_factory, tiny_spm):
 
 
 def run_lm_eval(model, tmp_path, monkeypatch) -> dict:
+    pytest.importorskip("accelerate", reason="lm_eval's hf backend imports accelerate (pip install -e .[eval])")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))

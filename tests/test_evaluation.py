@@ -117,6 +117,7 @@ def test_ceval_predictions_match_transformers(model, hf, tmp_path):
                 for s, name in names.items()}
     answers = {s: {r["id"]: r["answer"] for r in csv_rows(DATA / "ceval" / "val" / f"{s}_val.csv")} for s in names}
     check_against_transformers(result, expected, answers)
+    assert [result["subjects"][s]["prefix_shared"] for s in names] == [5, 4]  # header and examples computed once
     assert set(result["categories"]) == {"STEM", "Humanities"}
     assert json.loads((tmp_path / "sub.json").read_text(encoding="utf-8")) == expected
 
@@ -156,6 +157,20 @@ def test_examples_are_dropped_to_fit_seq_length(model, tmp_path):
                         "--dev_path", str(DATA / "ceval" / "dev"), "--shots", "3", "--seq_length", "160")
     subject = result["subjects"]["computer_network"]
     assert 0 < subject["shots_reduced"] and subject["truncated"] == 0
+    assert subject["prefix_shared"] == 5 - subject["shots_reduced"]
+
+
+def test_shared_prefix_gives_the_logits_of_whole_prompts(model):
+    from tencentpretrain.evaluation.scoring import next_token_logits, next_token_logits_after_prefix
+    from tencentpretrain.generation import load_generation_model
+
+    ours = load_generation_model(model.checkpoint, model.config)
+    prefix = [1, 20, 21, 22, 23, 24, 25]
+    suffixes = [[30], [31, 32, 33], [34, 35], [36, 37, 38, 39, 40, 41]]  # one token, several, padded in a batch
+    candidates = [[5, 6, 7, 8]] * len(suffixes)
+    whole = next_token_logits(ours, [prefix + s for s in suffixes], candidates, batch_size=1, pad_id=0)
+    after = next_token_logits_after_prefix(ours, prefix, suffixes, candidates, batch_size=3, pad_id=0)
+    assert torch.allclose(torch.tensor(after), torch.tensor(whole), atol=1e-4)
 
 
 @pytest.mark.skipif(not (SHARED / "tokenizers" / "llama_tokenizer.model").exists(), reason="../shared is absent")

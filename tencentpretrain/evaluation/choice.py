@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from tencentpretrain.cli import InputError
 from tencentpretrain.evaluation.readers import LETTERS, Question
-from tencentpretrain.evaluation.scoring import next_token_logits
+from tencentpretrain.evaluation.scoring import next_token_logits, next_token_logits_after_prefix
 from tencentpretrain.model import Model
 
 CHOICE_TOKENS = ("continuation", "standalone")
@@ -73,6 +73,7 @@ class SubjectResult:
         answers: question id -> correct letter (absent for questions without one).
         shots_reduced: questions whose prompt kept fewer examples than asked, to fit ``seq_length``.
         truncated: questions cut to their last ``seq_length`` tokens even without examples.
+        prefix_shared: questions whose header and examples were computed once for the subject.
     """
 
     name: str
@@ -80,6 +81,7 @@ class SubjectResult:
     answers: dict[str, str] = field(default_factory=dict)
     shots_reduced: int = 0
     truncated: int = 0
+    prefix_shared: int = 0
 
     @property
     def correct(self) -> int:
@@ -92,7 +94,7 @@ class SubjectResult:
     def to_dict(self) -> dict:
         return {"questions": len(self.predictions), "answered": len(self.answers), "correct": self.correct,
                 "accuracy": self.accuracy, "shots_reduced": self.shots_reduced, "truncated": self.truncated,
-                "predictions": self.predictions}
+                "prefix_shared": self.prefix_shared, "predictions": self.predictions}
 
 
 class ChoiceScorer:
@@ -144,6 +146,13 @@ class ChoiceScorer:
         return [self.tokenizer.bos_id, *ids][-self.seq_length:], self.letter_ids(text, ids), kept, cut
 
 
+    def shared_prefix(self, examples: Sequence[Question], subject: str) -> list[int]:
+        """The ids (bos first) of the header and all ``examples``: the start of every prompt that keeps them all,
+        wherever the tokenizer cuts the question after them the same way (checked per prompt)."""
+        shots = "".join(format_question(example, self.style, with_answer=True) for example in examples)
+        return [self.tokenizer.bos_id, *self.tokenizer.encode(self.style.header.format(subject=subject) + shots)]
+
+
 def evaluate_subject(model: Model, scorer: ChoiceScorer, name: str, questions: Sequence[Question],
                      examples: Sequence[Question], display_name: str, batch_size: int = 1) -> SubjectResult:
     """Answer every question of a subject.
@@ -159,13 +168,18 @@ def evaluate_subject(model: Model, scorer: ChoiceScorer, name: str, questions: S
     """
     result = SubjectResult(name)
     prompts, candidates = [], []
-    for question in questions:
+    prefix = scorer.shared_prefix(examples, display_name) if examples else []
+    shared = []  # prompts that start with the whole prefix: the prefix runs once for all of them
+    for index, question in enumerate(questions):
         ids, letter_ids, kept, cut = scorer.prepare(question, examples, display_name)
         prompts.append(ids)
         candidates.append(letter_ids)
         result.shots_reduced += kept < len(examples)
         result.truncated += cut
-    logits = next_token_logits(model, prompts, candidates, batch_size, scorer.tokenizer.pad_id, desc=name)
+        if prefix and len(ids) > len(prefix) and ids[:len(prefix)] == prefix:
+            shared.append(index)
+    result.prefix_shared = len(shared)
+    logits = score_prompts(model, prompts, candidates, prefix, shared, batch_size, scorer.tokenizer.pad_id, name)
     for question, scores in zip(questions, logits):
         if question.id in result.predictions:
             raise InputError(f"subject {name}: question id {question.id!r} appears twice (line {question.line})")
@@ -173,6 +187,25 @@ def evaluate_subject(model: Model, scorer: ChoiceScorer, name: str, questions: S
         if question.answer is not None:
             result.answers[question.id] = question.answer
     return result
+
+
+def score_prompts(model: Model, prompts: list[list[int]], candidates: list[list[int]], prefix: list[int],
+                  shared: list[int], batch_size: int, pad_id: int, desc: str) -> list[list[float]]:
+    """The candidates' logits after every prompt; the prompts listed in ``shared`` start with ``prefix``, which
+    runs once for them (the same logits as whole prompts, to rounding)."""
+    out: list[list[float]] = [[] for _ in prompts]
+    alone = sorted(set(range(len(prompts))) - set(shared))
+    if shared:
+        found = next_token_logits_after_prefix(model, prefix, [prompts[i][len(prefix):] for i in shared],
+                                               [candidates[i] for i in shared], batch_size, pad_id, desc)
+        for index, scores in zip(shared, found):
+            out[index] = scores
+    if alone:
+        found = next_token_logits(model, [prompts[i] for i in alone], [candidates[i] for i in alone], batch_size,
+                                  pad_id, desc)
+        for index, scores in zip(alone, found):
+            out[index] = scores
+    return out
 
 
 def summarize(results: Sequence[SubjectResult], categories: dict[str, str] | None = None) -> dict:

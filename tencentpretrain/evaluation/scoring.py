@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.model import Model
 
 HEAD_CHUNK = 4096  # positions projected to the vocabulary at once (bounds the float32 logits' memory)
@@ -108,6 +109,47 @@ def next_token_logits(model: Model, prompts: Sequence[Sequence[int]], candidates
                         disable=None):
         hidden = model.encode(right_pad([prompts[i] for i in indices], pad_id, device))  # (B, T, H)
         last = torch.stack([hidden[row, len(prompts[i]) - 1] for row, i in enumerate(indices)])  # (B, H)
+        logits = head.logits(last).float()  # (B, vocab)
+        for row, index in enumerate(indices):
+            out[index] = logits[row, list(candidates[index])].tolist()
+    return out
+
+
+@torch.inference_mode()
+def next_token_logits_after_prefix(model: Model, prefix: Sequence[int], suffixes: Sequence[Sequence[int]],
+                                   candidates: Sequence[Sequence[int]], batch_size: int, pad_id: int,
+                                   desc: str = "prompts") -> list[list[float]]:
+    """As ``next_token_logits`` for the prompts ``prefix + suffix``, running the shared prefix once.
+
+    The prefix's keys and values are computed once and copied into every row of each batch's cache; only the
+    suffixes (right-padded, at positions ``len(prefix)`` on) go through the model per batch.
+
+    Args:
+        model: the model, in eval mode.
+        prefix: the token ids every prompt starts with (bos included if wanted; at least one token).
+        suffixes: the rest of each prompt (at least one token each).
+        candidates: for each prompt, the token ids whose logits are wanted.
+        batch_size: prompts per forward pass.
+        pad_id: the padding token.
+        desc: the progress bar's label.
+    """
+    config, device = model.config, model_device(model)
+    dtype = model.embedding.word.embedding.weight.dtype
+    longest = max(len(suffix) for suffix in suffixes)
+    shared = KVCache(config.layers_num, 1, config.kv_heads_num, len(prefix), config.head_dim, dtype, device)
+    model.encode(right_pad([prefix], pad_id, device), cache=shared)
+    head, out = model.target["lm"], [[] for _ in suffixes]
+    for indices in tqdm(length_batches([len(s) for s in suffixes], batch_size), desc=desc, unit="batch",
+                        disable=None):
+        cache = KVCache(config.layers_num, len(indices), config.kv_heads_num, len(prefix) + longest,
+                        config.head_dim, dtype, device)
+        cache.keys[:, :, :, :len(prefix)] = shared.keys  # (layers, B, kv_heads, P, head_dim), broadcast over B
+        cache.values[:, :, :, :len(prefix)] = shared.values
+        cache.length = len(prefix)
+        ids = right_pad([suffixes[i] for i in indices], pad_id, device)  # (B, T)
+        positions = torch.arange(len(prefix), len(prefix) + ids.shape[1], device=device)  # (T,)
+        hidden = model.encode(ids, positions, cache=cache)  # (B, T, H)
+        last = torch.stack([hidden[row, len(suffixes[i]) - 1] for row, i in enumerate(indices)])  # (B, H)
         logits = head.logits(last).float()  # (B, vocab)
         for row, index in enumerate(indices):
             out[index] = logits[row, list(candidates[index])].tolist()

@@ -18,7 +18,8 @@ Which token stands for a letter (``choice_token``):
   languages).
 
 When the examples make a prompt longer than ``seq_length``, examples are dropped from the end until it fits (as
-MMLU's evaluation does); a question that does not fit even alone keeps its last ``seq_length`` tokens.
+MMLU's evaluation does); a question that does not fit even alone keeps its last ``seq_length`` tokens. The header
+and examples, the same for every question of a subject, run through the model once (a shared-prefix KV cache).
 """
 
 from __future__ import annotations

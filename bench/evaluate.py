@@ -171,7 +171,7 @@ def bench_choice(name: str, args) -> str:
     same = len({tuple(a) for a in answers.values()}) == 1
     tokens = sum(map(len, prompts)) / len(prompts)
     row = (f"| {name} ({params:.0f}M) | {args.shots} | {len(questions)} ({tokens:.0f} tokens each) | {args.batch_size} "
-           f"| {rates[0]:.1f} | {rates[1]:.1f} | {rates[2]:.1f} | **{rates[2] / rates[0]:.2f}x** | {same} |")
+           f"| {rates[0]:.3g} | {rates[1]:.3g} | {rates[2]:.3g} | **{rates[2] / rates[0]:.2f}x** | {same} |")
     print(row, flush=True)
     return row
 

@@ -224,17 +224,20 @@ def test_perplexity_matches_transformers_in_one_window(model, hf, tmp_path):
     assert got["token_perplexity"] == pytest.approx(math.exp(nll / tokens), rel=1e-5)
 
 
-def test_perplexity_does_not_depend_on_the_batch(model, tmp_path):
+def test_perplexity_does_not_depend_on_the_batch_or_the_format(model, tmp_path):
+    """Batch 1 and 4 of our checkpoint, and the Hugging Face export loaded alone (its tokenizer.model used)."""
     corpus = tmp_path / "docs.jsonl"
     texts = ["the model reads tokens " * n for n in (1, 7, 30)] + ["数据 模型 训练 " * 12]
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     results = []
-    for batch in ("1", "4"):
-        out = tmp_path / f"b{batch}.json"
-        assert evaluate(["--task", "perplexity", *model.model_flags(), "--corpus_path", str(corpus), "--seq_length",
-                         "16", "--batch_size", batch, "--output_path", str(out)]) == 0
+    for batch, flags in (("1", model.model_flags()), ("4", model.model_flags()),
+                         ("3", ["--load_model_path", str(model.hf_dir), "--device", "cpu"])):
+        out = tmp_path / f"b{len(results)}.json"
+        assert evaluate(["--task", "perplexity", *flags, "--corpus_path", str(corpus), "--seq_length", "16",
+                         "--batch_size", batch, "--output_path", str(out)]) == 0
         results.append(json.loads(out.read_text(encoding="utf-8")))
     assert results[0]["nll"] == pytest.approx(results[1]["nll"], rel=1e-6)
+    assert results[0]["nll"] == pytest.approx(results[2]["nll"], rel=1e-5)
     assert results[0]["tokens"] > 3 * 16
 
 

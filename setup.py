@@ -11,5 +11,6 @@ setup(
         "deepspeed": ["deepspeed>=0.14"],
         "test": ["pytest", "transformers>=4.40", "openai", "ruff"],
         "logging": ["tensorboard", "matplotlib"],
+        "eval": ["lm-eval>=0.4.2", "accelerate>=0.26"],  # lm-evaluation-harness and its hf backend
     },
 )

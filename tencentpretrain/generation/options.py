@@ -19,6 +19,14 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """The model, tokenizer, device and sampling options (``args.sampling`` is built by ``sampling_from_args``)."""
+    add_load_args(parser)
+    _add_generation_args(parser)
+
+
+def add_load_args(parser: argparse.ArgumentParser) -> None:
+    """The options ``load_engine`` reads to load a model and its tokenizer: path, config, tokenizer, device, dtype,
+    int8 and weight layout (evaluation uses these alone; the seed defaults to None, i.e. untouched)."""
+    parser.set_defaults(seed=None)
     group = parser.add_argument_group("model")
     group.add_argument("--load_model_path", required=True,
                        help="TencentPretrain .bin/.safetensors checkpoint, or a Hugging Face LLaMA directory")
@@ -34,6 +42,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="how float32 CPU weights are laid out for speed: column (fastest for one prompt at a "
                             "time), packed (oneDNN, fastest for batches), both (fastest for either, more memory); "
                             "auto: packed when --batch_size > 1, else column (docs/inference.md)")
+
+
+def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
     group.add_argument("--seq_length", type=int, default=512, help="context size: prompt plus new tokens")
     group.add_argument("--max_new_tokens", type=int, default=256, help="most tokens generated per prompt")

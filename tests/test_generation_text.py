@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tencentpretrain.checkpoint import save_state_dict
+from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine
 from tencentpretrain.generation import layout as layout_module
@@ -216,9 +217,8 @@ def test_run_llama_bad_input(tiny_checkpoint, tiny_spm, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("hello\n", encoding="utf-8")
     base[base.index("x")] = str(prompts)
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(InputError, match="config_path"):
         run_llama.main(base)  # no --config_path for a checkpoint file
-    assert "config_path" in str(err.value)
     with pytest.raises(SystemExit) as err:
         run_llama.main(base + ["--config_path", str(config), "--top_p", "0"])
     assert err.value.code == 2

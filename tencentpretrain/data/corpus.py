@@ -15,15 +15,17 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from tencentpretrain.cli import InputError
+
 FORMATS = ("text", "jsonl", "json")
 Record = tuple[int, Any]  # (1-based line number, payload)
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """Bad input that stops preprocessing; the message names the file and line."""
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """One bad record (raised in workers, reported with its line number or skipped by ``--skip_invalid``)."""
 
 

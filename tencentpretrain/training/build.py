@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from tencentpretrain.checkpoint import CheckpointError, check_state_dict, load_state_dict
+from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.data import BinaryDataset, DataLoader
 from tencentpretrain.model import build_model
@@ -29,7 +30,7 @@ from tencentpretrain.training.optim import build_adamw, build_scheduler, param_g
 from tencentpretrain.training.options import TrainOptions, parse_options
 
 
-class SetupError(ValueError):
+class SetupError(InputError):
     """Data, tokenizer, config and checkpoint that do not belong together; the message names what differs."""
 
 

@@ -62,7 +62,7 @@ def safetensors_error(path: str | Path, err: Exception) -> CheckpointError:
 def _read_torch(path: Path, size: int) -> dict[str, torch.Tensor]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zip-format file (legacy torch.save, or not torch.save at all): no mmap
+    except (RuntimeError, OSError):  # not a zip-format file (legacy torch.save, or damaged): try without mmap
         pass
     except pickle.UnpicklingError as err:
         raise _unpickling_error(path, err) from None

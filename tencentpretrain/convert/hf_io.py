@@ -35,6 +35,15 @@ def check_hf_config(hf: dict, source: str, model_type: str, unsupported: tuple[s
             raise ConversionError(f"{source}: {flag}=true is not supported for {model_type} conversion")
 
 
+def require_ints(hf: dict, source: str, keys: tuple[str, ...]) -> None:
+    """Refuse a transformers config that lacks one of ``keys`` or has a non-integer there."""
+    bad = [key for key in keys if not isinstance(hf.get(key), int) or isinstance(hf.get(key), bool)
+           or hf[key] <= 0]
+    if bad:
+        raise ConversionError(f"{source}: missing or non-positive-integer {', '.join(bad)}; is it the config.json "
+                              "of a Hugging Face model?")
+
+
 def check_architecture(config, fixed: dict, family: str, free: tuple[str, ...] = ("data_processor",)) -> None:
     """Refuse a config whose fixed keys (all of ``fixed`` but ``free``) differ from the family's architecture."""
     for key, value in fixed.items():

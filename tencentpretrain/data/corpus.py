@@ -46,6 +46,8 @@ def resolve_format(path: str | Path, requested: str, allowed: tuple[str, ...]) -
     ``{`` and is named ``*.json``/``*.jsonl``, and ``text`` otherwise; the first allowed format wins
     when the guess is not allowed.
     """
+    if Path(path).is_dir():
+        raise CorpusError(f"{path}: is a directory, expected a corpus file")
     if not Path(path).is_file():
         raise CorpusError(f"{path}: corpus not found")
     if requested != "auto":

@@ -54,11 +54,15 @@ def _load_processor(path: Path):
         raise TokenizerError(f"{path}: is a directory, expected a SentencePiece .model file")
     if not path.is_file():
         raise TokenizerError(f"SentencePiece model not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise TokenizerError(f"{path}: empty file (0 bytes), not a SentencePiece model")
     try:
         return sentencepiece.SentencePieceProcessor(model_file=str(path))
     except (RuntimeError, OSError) as err:
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TokenizerError(f"{path}: not a SentencePiece model ({path.stat().st_size} bytes; {detail})") from None
+        detail = "unreadable model data" if "parse ModelProto" in str(err) else \
+            (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TokenizerError(f"{path}: not a SentencePiece model ({size} bytes; {detail})") from None
 
 
 @TOKENIZERS.register("sentencepiece")

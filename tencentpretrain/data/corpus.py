@@ -107,6 +107,11 @@ def field(record: Any, key: str, required: bool = True) -> str:
     value = record[key]
     if not isinstance(value, str):
         raise RecordError(f"key {key!r} must be a string, got {type(value).__name__}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:  # a JSON escape of half a surrogate pair, e.g. "\ud800"
+            raise RecordError(f"key {key!r} holds an unpaired surrogate {value[err.start]!a}, not text") from None
     return value
 
 

@@ -113,6 +113,16 @@ def run_file(args: argparse.Namespace, engine: Engine, tokenizer, prompts: list[
     return outputs
 
 
+def warn_if_cut(args: argparse.Namespace, tokenizer, question: str) -> None:
+    """Chat drops the oldest turns to fit; a message too long even alone loses its start: say how much."""
+    budget = args.seq_length - args.max_new_tokens
+    tokens = len(encode_prompt(tokenizer, TEMPLATES.get(args.template).render(question)))
+    if tokens > budget:
+        print(f"(your message has {tokens} tokens with the template; its first {tokens - budget} are cut to fit "
+              f"--seq_length {args.seq_length} - --max_new_tokens {args.max_new_tokens})", file=sys.stderr,
+              flush=True)
+
+
 def run_interactive(args: argparse.Namespace, engine: Engine, tokenizer, read=input) -> ChatSession:
     """Chat on the terminal until ``/exit`` or end of input."""
     session = ChatSession(engine, tokenizer, args.template, args.seq_length, args.max_new_tokens, args.sampling,
@@ -129,6 +139,7 @@ def run_interactive(args: argparse.Namespace, engine: Engine, tokenizer, read=in
             session.reset()
             continue
         if question:
+            warn_if_cut(args, tokenizer, question)
             print("Assistant: ", end="", flush=True)
             session.ask(question, on_text=lambda piece: print(piece, end="", flush=True), seed=None)
             print(flush=True)

@@ -264,3 +264,18 @@ def test_run_llama_names_the_line_that_is_not_utf8(tmp_path):
     prompts.write_bytes(b"fine\n" + "数据".encode() + b"\nbad \xff byte\n")
     with pytest.raises(InputError, match=rf"--test_path {prompts}: not UTF-8 at line 3"):
         load_script("run_llama").read_prompts(prompts)
+
+
+def test_chat_says_when_a_message_alone_is_cut(tiny_spm, capsys):
+    import argparse
+
+    run_llama = load_script("run_llama")
+    args = argparse.Namespace(seq_length=200, max_new_tokens=8, template="alpaca")
+    tokenizer = SentencePieceTokenizer(tiny_spm)
+    run_llama.warn_if_cut(args, tokenizer, "short")
+    assert capsys.readouterr().err == ""
+    long_message = " ".join(generated_lines(30, seed=2))
+    tokens = len(encode_prompt(tokenizer, TEMPLATES.get("alpaca").render(long_message)))
+    run_llama.warn_if_cut(args, tokenizer, long_message)
+    assert tokens > 192
+    assert f"has {tokens} tokens with the template; its first {tokens - 192} are cut" in capsys.readouterr().err

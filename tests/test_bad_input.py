@@ -14,8 +14,8 @@ another reason (rows with ``serves=True`` run until stopped and skip that run).
 
 All cases run in one subprocess (``tests/cli_driver.py``: each script run as ``__main__`` with its output captured at
 the file-descriptor level, torch imported once); ``test_entry_points_in_their_own_process`` runs one case per
-script as a real ``python script.py`` for fidelity, and ``test_torchrun_ranks_end_cleanly`` a bad checkpoint under
-torchrun.
+script as a real ``python script.py`` for fidelity, and ``test_launched_ranks_end_cleanly`` a bad checkpoint under
+torchrun and deepspeed.
 
 To add a command: append a ``Command`` to ``COMMANDS`` naming its script, each input flag with its kind and the good
 artefact (a key of ``GOOD``, built by ``build_good``; add one there if needed), its output flags and any other
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -407,20 +408,31 @@ def test_debug_shows_the_traceback(table):
         assert f"error: --input_model_path {case.broken}: empty file" in proc.stderr
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
-def test_torchrun_ranks_end_cleanly(table):
-    """Under torchrun a bad --pretrained_model_path (read by rank 0 only) ends the run with the message; torchrun
-    then prints its own launcher report (ChildFailedError), which is not ours to change."""
-    torchrun = shutil.which("torchrun", path=subprocess_env()["PATH"])
-    if torchrun is None:
-        pytest.skip("torchrun not installed")
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_launched_ranks_end_cleanly(table, launcher):
+    """Under torchrun or deepspeed (ZeRO-3) a bad --pretrained_model_path, read by rank 0 only, ends the run with the
+    message on rank 0's stderr; the launcher then adds its own failure report, which is not ours to change."""
+    program = shutil.which(launcher, path=subprocess_env()["PATH"])
+    if program is None:
+        pytest.skip(f"{launcher} not installed")
     cases, _ = table
     case = cases["pretrain-pretrained_model_path-truncated_bin"]
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(ROOT / "pretrain.py"), *case.argv],
-                          cwd=ROOT, env=driver_env(), capture_output=True, text=True, timeout=300)
+    if launcher == "torchrun":
+        command = [program, "--standalone", "--nproc_per_node", "2", str(ROOT / "pretrain.py"), *case.argv]
+    else:
+        command = [program, "--master_port", str(free_port()), "--num_gpus", "2", str(ROOT / "pretrain.py"),
+                   *case.argv, "--deepspeed", "--enable_zero3", "--deepspeed_config",
+                   str(ROOT / "models" / "deepspeed_zero3_config.json")]
+    proc = subprocess.run(command, cwd=ROOT, env=driver_env(), capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
-    # rank 0 reads the checkpoint and tells rank 1; torchrun stops the other rank as soon as one has exited
     assert f"pretrain.py: error: --pretrained_model_path {case.broken}: truncated" in output, output
     assert 'File "' + str(ROOT) not in output, output  # no traceback through our code on any rank
     assert not any(case.out_dir.iterdir())

@@ -69,33 +69,35 @@ class Command:
     serves: bool = False
 
 
-MODEL = {"--load_model_path": ("checkpoint", "checkpoint"), "--config_path": ("config", "config"),
+MODEL = {"--load_model_path": ("checkpoint", "checkpoint"), "--config_path": ("json", "config"),
          "--spm_model_path": ("spm", "spm")}
 GENERATE = ("--seq_length", "24", "--max_new_tokens", "4", "--temperature", "0", "--quiet")
 
 COMMANDS = [
     Command("preprocess_lm", "preprocess.py",
-            {"--corpus_path": ("corpus", "corpus"), "--spm_model_path": ("spm", "spm")},
+            {"--corpus_path": ("corpus", "corpus"), "--spm_model_path": ("spm", "spm"),
+             "--special_tokens_path": ("json", "special_tokens")},
             {"--dataset_path": "dataset"}, ("--seq_length", "16")),
     Command("preprocess_alpaca", "preprocess.py",
             {"--corpus_path": ("alpaca", "alpaca"), "--spm_model_path": ("spm", "spm")},
             {"--dataset_path": "dataset"}, ("--data_processor", "alpaca", "--seq_length", "32")),
     Command("pretrain", "pretrain.py",
             {"--dataset_path": ("dataset", "dataset"), "--spm_model_path": ("spm", "spm"),
-             "--config_path": ("config", "config"), "--pretrained_model_path": ("checkpoint", "checkpoint")},
+             "--config_path": ("json", "config"), "--pretrained_model_path": ("checkpoint", "checkpoint"),
+             "--dev_dataset_path": ("dataset", "dataset")},
             {"--output_model_path": "m"},
             ("--total_steps", "1", "--save_checkpoint_steps", "1", "--batch_size", "2", "--peak_flops", "1e12")),
     Command("convert_llama_hf_to_tp", "scripts/convert_llama_from_huggingface_to_tencentpretrain.py",
             {"--input_model_path": ("hf_dir", "hf_llama")}, {"--output_model_path": "llama.bin"}),
     Command("convert_llama_tp_to_hf", "scripts/convert_llama_from_tencentpretrain_to_huggingface.py",
-            {"--input_model_path": ("checkpoint", "checkpoint"), "--config_path": ("config", "config"),
+            {"--input_model_path": ("checkpoint", "checkpoint"), "--config_path": ("json", "config"),
              "--spm_model_path": ("spm", "spm")}, {"--output_model_path": "hf"}),
     Command("convert_llama_meta_to_tp", "scripts/convert_llama_to_tencentpretrain.py",
             {"--input_model_path": ("meta_dir", "meta_llama")}, {"--output_model_path": "llama.bin"}),
     Command("convert_gpt2_hf_to_tp", "scripts/convert_gpt2_from_huggingface_to_tencentpretrain.py",
             {"--input_model_path": ("hf_dir", "hf_gpt2")}, {"--output_model_path": "gpt2.bin"}),
     Command("convert_gpt2_tp_to_hf", "scripts/convert_gpt2_from_tencentpretrain_to_huggingface.py",
-            {"--input_model_path": ("checkpoint", "gpt2"), "--config_path": ("config", "gpt2_config")},
+            {"--input_model_path": ("checkpoint", "gpt2"), "--config_path": ("json", "gpt2_config")},
             {"--output_model_path": "hf"}),
     Command("merge_lora", "scripts/merge_lora.py",
             {"--base_model_path": ("checkpoint", "checkpoint"), "--lora_model_path": ("checkpoint", "adapter")},
@@ -211,7 +213,7 @@ BROKEN: dict[str, dict[str, Callable[[dict, Path], Path]]] = {
         "zero_byte_model": lambda src, d: zero_bytes(d, "tokenizer.model"),
         "directory": lambda src, d: directory(d, "tokenizer.model"),
     },
-    "config": {
+    "json": {  # a JSON object file: a model config, special tokens
         "json_list": lambda src, d: text_file(d, "config.json", b'[{"emb_size": 64}]\n'),
         "invalid_json": lambda src, d: text_file(d, "config.json", b'{"emb_size": 64,\n'),
         "not_utf8": lambda src, d: text_file(d, "config.json", b'{"emb_size": 64,\n "x": "\xff"}\n'),
@@ -286,6 +288,7 @@ def build_good(folder: Path, spm: Path) -> dict[str, Path]:
     good["corpus"] = text_file(folder, "corpus.txt", ("\n".join(generated_lines(200)) + "\n").encode())
     records = [{"instruction": line, "input": "", "output": line[::-1]} for line in generated_lines(20, seed=3)]
     good["alpaca"] = text_file(folder, "alpaca.json", json.dumps(records, ensure_ascii=False, indent=1).encode())
+    good["special_tokens"] = text_file(folder, "tokens.json", b'{"pad": "<unk>"}')
     good["prompts"] = text_file(folder, "prompts.txt", "the model\n数据 模型\n".encode())
     good["log"] = text_file(folder, "log.jsonl", b"".join(
         json.dumps({"split": "train", "step": s, "loss": 5.0 / s}).encode() + b"\n" for s in range(1, 5)))

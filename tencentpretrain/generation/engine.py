@@ -124,7 +124,7 @@ class Engine:
         if self.device.type == "cpu":
             apply_layout(model, layout, batch_size)
         elif layout != "column":
-            raise ValueError(f"weight layout {layout!r} is for CPU; the model is on {self.device}")
+            raise InputError(f"weight layout {layout!r} is for CPU; the model is on {self.device}")
 
     @property
     def config(self) -> ModelConfig:

@@ -17,9 +17,9 @@ the file-descriptor level, torch imported once); ``test_entry_points_in_their_ow
 script as a real ``python script.py`` for fidelity, and ``test_launched_ranks_end_cleanly`` a bad checkpoint under
 torchrun and deepspeed.
 
-To add a command: append a ``Command`` to ``COMMANDS`` naming its script, each input flag with its kind and the good
-artefact (a key of ``GOOD``, built by ``build_good``; add one there if needed), its output flags and any other
-flags. To add a kind of broken file: add a builder to ``BROKEN[kind]``.
+To add a command: append a ``Command`` to ``COMMANDS`` naming its script, each input flag with its kind (a key of
+``BROKEN``) and its good artefact (a key of the dict ``build_good`` returns; add one there if needed), its output
+flags and any other flags. To add a kind of broken file: add a builder to ``BROKEN[kind]``.
 """
 
 from __future__ import annotations

@@ -137,6 +137,7 @@ class BinaryDataset:
         self.seq_length = self.meta["seq_length"]
         self.pad_id = self.meta["special_tokens"]["pad"]
         self._open()
+        _check_offsets(self.offsets, self.seq_length + 1, self.path / INDEX_FILE)
 
     def _open(self) -> None:
         dtype = np.dtype(self.meta["token_dtype"])
@@ -144,10 +145,8 @@ class BinaryDataset:
         if samples < 1:
             raise DatasetError(f"{self.path / META_FILE}: the dataset has no samples")
         self.offsets = _memmap(self.path / INDEX_FILE, np.uint64, samples + 1)
-        lengths = np.diff(self.offsets.astype(np.int64))  # 8 bytes a sample: cheap even for large datasets
-        if int(self.offsets[0]) != 0 or (lengths < 0).any() or (lengths > self.seq_length + 1).any():
-            raise DatasetError(f"{self.path / INDEX_FILE}: corrupt index (offsets must start at 0 and grow by at "
-                               f"most seq_length + 1 = {self.seq_length + 1} tokens a sample)")
+        if int(self.offsets[0]) != 0:
+            raise DatasetError(f"{self.path / INDEX_FILE}: corrupt index (first offset is not 0)")
         self.tokens = _memmap(self.path / TOKENS_FILE, dtype, int(self.offsets[-1]))
         has_mask = (self.path / LOSS_START_FILE).exists()
         self.loss_start = _memmap(self.path / LOSS_START_FILE, np.uint32, samples) if has_mask else None
@@ -218,6 +217,16 @@ def _check_meta_types(meta: dict[str, Any], meta_path: Path) -> None:
         problems.append(f"counts must hold the number of samples, got {counts!r}")
     if problems:
         raise DatasetError(f"{meta_path}: {'; '.join(problems)}; the metadata is corrupt (re-run preprocess.py)")
+
+
+def _check_offsets(offsets: np.ndarray, most: int, path: Path, block: int = 1 << 20) -> None:
+    """Sample lengths must be in ``[0, most]``; read block by block, so memory stays small for any dataset."""
+    for start in range(0, len(offsets) - 1, block):
+        lengths = np.diff(offsets[start:start + block + 1].astype(np.int64))
+        if (lengths < 0).any() or (lengths > most).any():
+            sample = start + int(np.flatnonzero((lengths < 0) | (lengths > most))[0])
+            raise DatasetError(f"{path}: corrupt index: sample {sample} has {int(lengths[sample - start])} tokens; "
+                               f"a sample has 0 to seq_length + 1 = {most}")
 
 
 def _memmap(path: Path, dtype: np.dtype, count: int) -> np.memmap:

@@ -36,13 +36,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import generated_lines
-from train_support import MICRO_LLAMA, ROOT, make_dataset, subprocess_env, write_config
+from train_support import MICRO_LLAMA, ROOT, make_dataset, subprocess_env, train_argv, write_config
 
 from tencentpretrain import ModelConfig, build_model
 from tencentpretrain.checkpoint import save_state_dict
 from tencentpretrain.convert import save_hf_gpt2, save_hf_llama
 from tencentpretrain.convert.keymap import invert, rename
 from tencentpretrain.convert.meta import META_TO_OURS
+from tencentpretrain.training.loop import main as pretrain
 from tencentpretrain.training.lora import apply_lora, save_adapter
 
 VOCAB = 400  # the tiny_spm fixture's
@@ -87,6 +88,11 @@ COMMANDS = [
              "--dev_dataset_path": ("dataset", "dataset")},
             {"--output_model_path": "m"},
             ("--total_steps", "1", "--save_checkpoint_steps", "1", "--batch_size", "2", "--peak_flops", "1e12")),
+    Command("pretrain_resume", "pretrain.py",
+            {"--dataset_path": ("dataset", "dataset"), "--spm_model_path": ("spm", "spm"),
+             "--config_path": ("json", "config"), "--resume_from_checkpoint": ("state", "state")},
+            {"--output_model_path": "m"},
+            ("--total_steps", "2", "--save_checkpoint_steps", "1", "--batch_size", "2", "--peak_flops", "1e12")),
     Command("convert_llama_hf_to_tp", "scripts/convert_llama_from_huggingface_to_tencentpretrain.py",
             {"--input_model_path": ("hf_dir", "hf_llama")}, {"--output_model_path": "llama.bin"}),
     Command("convert_llama_tp_to_hf", "scripts/convert_llama_from_tencentpretrain_to_huggingface.py",
@@ -167,7 +173,8 @@ def broken_dataset(source: Path, folder: Path, damage: Callable[[Path], None]) -
 
 
 def broken_hf_dir(source: Path, folder: Path, damage: Callable[[Path], Path]) -> tuple[Path, Path]:
-    """A copy of the model directory ``source`` with one file damaged: (the directory, the damaged file)."""
+    """A copy of the directory ``source`` (a model, a training state) with one file damaged: (the directory, the
+    damaged file)."""
     path = folder / source.name
     shutil.copytree(source, path)
     return path, damage(path)
@@ -236,6 +243,12 @@ BROKEN: dict[str, dict[str, Callable[[dict, Path], Path]]] = {
         "params_json_list": lambda src, d: broken_hf_dir(
             src, d, lambda p: text_file(p, "params.json", b"[64, 4, 2]")),
     },
+    "state": {  # a training-state directory <output>/<step>/ (plain engine)
+        "truncated_engine": lambda src, d: broken_hf_dir(src, d, lambda p: truncated(p / "engine.pt", p)),
+        "truncated_rank_state": lambda src, d: broken_hf_dir(src, d, lambda p: truncated(p / "rank0.pt", p)),
+        "random_bytes_rank_state": lambda src, d: broken_hf_dir(src, d, lambda p: random_bytes(p, "rank0.pt")),
+        "empty_directory": lambda src, d: directory(d, src.name),
+    },
     "corpus": {
         "not_utf8": lambda src, d: text_file(d, "corpus.txt", NOT_UTF8),
         "directory": lambda src, d: directory(d, "corpus.txt"),
@@ -285,6 +298,8 @@ def build_good(folder: Path, spm: Path) -> dict[str, Path]:
     good["adapter"] = folder / "lora.bin"
     save_adapter(llama, good["adapter"])
     good["dataset"] = make_dataset(folder, spm, lines=100, seq_length=16)
+    pretrain(train_argv(good["dataset"], spm, good["config"], folder / "run" / "m", steps=1, save=1, batch=2))
+    good["state"] = folder / "run" / "m" / "1"
     good["corpus"] = text_file(folder, "corpus.txt", ("\n".join(generated_lines(200)) + "\n").encode())
     records = [{"instruction": line, "input": "", "output": line[::-1]} for line in generated_lines(20, seed=3)]
     good["alpaca"] = text_file(folder, "alpaca.json", json.dumps(records, ensure_ascii=False, indent=1).encode())

@@ -290,10 +290,12 @@ def build(opts: TrainOptions, info: DistInfo, trace: MemoryTrace | None = None) 
 
 def resume(opts: TrainOptions, engine: Engine, loader: DataLoader, info: DistInfo) -> tuple[int, int]:
     """Load the latest (or the given) training state; returns (step, skipped steps so far)."""
-    directory = checkpointing.latest_state(opts.resume_from_checkpoint or checkpointing.state_root(
-        opts.output_model_path))
-    engine.load(Path(directory))
-    state = checkpointing.load_rank_state(Path(directory), info.rank)
+    flag = "--resume_from_checkpoint" if opts.resume_from_checkpoint else "--resume"
+    where = opts.resume_from_checkpoint or checkpointing.state_root(opts.output_model_path)
+    with naming(flag, where):
+        directory = checkpointing.latest_state(where)
+        engine.load(Path(directory))
+        state = checkpointing.load_rank_state(Path(directory), info.rank)
     loader.load_state_dict(state["loader"])
     note(f"resumed from {directory} at step {state['step']}")
     return int(state["step"]), int(state.get("skipped_steps", 0))

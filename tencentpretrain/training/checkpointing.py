@@ -78,7 +78,8 @@ def latest_state(directory: str | Path) -> Path:
         return directory
     pointer = directory / LATEST
     if not pointer.is_file():
-        raise CheckpointError(f"no training state to resume from: {pointer} does not exist")
+        raise CheckpointError(f"no training state to resume from in {directory}: neither a rank0.pt nor a "
+                              f"{LATEST} pointer ({pointer} does not exist)")
     state = directory / pointer.read_text().strip()
     if not (state / "rank0.pt").is_file():
         raise CheckpointError(f"{pointer} names {state}, which has no rank0.pt")
@@ -139,6 +140,6 @@ def read_state_file(path: Path, device, weights_only: bool = True):
     """``torch.load`` of a training-state file; CheckpointError naming it when it is truncated or corrupt."""
     try:
         return torch.load(path, map_location=device, weights_only=weights_only)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:200]
         raise CheckpointError(f"{path}: truncated or corrupt training state ({detail})") from None

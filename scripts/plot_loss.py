@@ -32,7 +32,7 @@ def curves(path: Path) -> dict[str, tuple[list[int], list[float]]]:
     for record in read_log(path):
         step, loss = record.get("step"), record.get("loss")
         if not isinstance(step, int) or isinstance(step, bool) or not isinstance(loss, (int, float)):
-            raise InputError(f"{path}: record {record!r} has no integer \"step\" and numeric \"loss\"")
+            raise InputError(f"{path}: record {str(record)[:100]} has no integer \"step\" and numeric \"loss\"")
         steps, values = out.setdefault(str(record.get("split", "train")), ([], []))
         steps.append(step)
         values.append(float(loss))

@@ -35,7 +35,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a .bin or .safetensors checkpoint file")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{path}: checkpoint not found")
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint; was it copied or written completely?")

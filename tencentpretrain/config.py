@@ -82,7 +82,7 @@ class ModelConfig:
     def from_json(cls, path: str | Path, **overrides: Any) -> ModelConfig:
         """Read a TencentPretrain JSON config strictly; ``overrides`` replace keys after reading."""
         path = Path(path)
-        data = read_json_object(path, ConfigError, missing=f"config file not found: {path}", what="a model config")
+        data = read_json_object(path, ConfigError, missing=f"{path}: config file not found", what="a model config")
         return cls.from_dict({**data, **overrides}, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

@@ -214,17 +214,20 @@ BROKEN: dict[str, dict[str, Callable[[dict, Path], Path]]] = {
         "list_pickle_bin": lambda src, d: list_pickle(d),
         "garbled_safetensors": lambda src, d: garbled_safetensors(src, d),
         "directory": lambda src, d: directory(d, "model.bin"),
+        "missing": lambda src, d: d / "model.bin",
     },
     "spm": {
         "random_bytes_model": lambda src, d: random_bytes(d, "tokenizer.model"),
         "zero_byte_model": lambda src, d: zero_bytes(d, "tokenizer.model"),
         "directory": lambda src, d: directory(d, "tokenizer.model"),
+        "missing": lambda src, d: d / "tokenizer.model",
     },
     "json": {  # a JSON object file: a model config, special tokens
         "json_list": lambda src, d: text_file(d, "config.json", b'[{"emb_size": 64}]\n'),
         "invalid_json": lambda src, d: text_file(d, "config.json", b'{"emb_size": 64,\n'),
         "not_utf8": lambda src, d: text_file(d, "config.json", b'{"emb_size": 64,\n "x": "\xff"}\n'),
         "directory": lambda src, d: directory(d, "config.json"),
+        "missing": lambda src, d: d / "config.json",
     },
     "dataset": {
         "truncated_tokens": lambda src, d: broken_dataset(src, d, lambda p: truncate_file(p / "tokens.bin")),

@@ -33,7 +33,7 @@ def read_special_tokens(path: str | Path) -> dict[str, int | str]:
     """
     aliases = {"pad_token": "pad", "unk_token": "unk", "cls_token": "bos", "sep_token": "eos",
                "bos_token": "bos", "eos_token": "eos", "mask_token": None}
-    data = read_json_object(path, TokenizerError, missing=f"special tokens file not found: {path}",
+    data = read_json_object(path, TokenizerError, missing=f"{path}: special tokens file not found",
                             what="special tokens")
     out = {}
     for key, value in data.items():
@@ -53,7 +53,7 @@ def _load_processor(path: Path):
     if path.is_dir():
         raise TokenizerError(f"{path}: is a directory, expected a SentencePiece .model file")
     if not path.is_file():
-        raise TokenizerError(f"SentencePiece model not found: {path}")
+        raise TokenizerError(f"{path}: SentencePiece model not found")
     size = path.stat().st_size
     if size == 0:
         raise TokenizerError(f"{path}: empty file (0 bytes), not a SentencePiece model")

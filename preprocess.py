@@ -74,7 +74,8 @@ def make_spec(args: argparse.Namespace) -> ProcessorSpec:
 def main(argv: list[str] | None = None) -> dict:
     """Run preprocessing; returns the dataset metadata. Bad input raises an InputError (run_cli: status 1)."""
     args = build_parser().parse_args(argv)
-    with naming("--corpus_path", args.corpus_path), naming("--spm_model_path", args.spm_model_path):
+    with naming("--corpus_path", args.corpus_path), naming("--spm_model_path", args.spm_model_path), \
+            naming("--special_tokens_path", args.special_tokens_path):
         report = build_dataset(make_spec(args), args.corpus_path, args.dataset_path,
                                processes_num=args.processes_num, chunk_size=args.chunk_size,
                                skip_invalid=args.skip_invalid, overwrite=args.overwrite)

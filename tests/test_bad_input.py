@@ -6,7 +6,7 @@ command must:
 
 - exit with a non-zero status,
 - print no ``Traceback``,
-- name the broken file's path in its message,
+- name the broken file's path and the flag in its message,
 - leave nothing at its output paths (each case writes into an empty folder of its own, which must stay empty).
 
 Every row also runs once with all inputs good and must succeed (exit 0), so a case cannot pass by failing for
@@ -321,6 +321,7 @@ class Case:
     argv: list[str]
     out_dir: Path
     broken: Path | None  # the file the message must name; None: the all-good run
+    flag: str | None  # the flag given the broken file, which the message must name too
 
 
 def variants(command: Command) -> list[tuple[str, str | None, Callable | None]]:
@@ -345,7 +346,7 @@ def make_cases(good: dict[str, Path], root: Path) -> list[Case]:
                 argv += [flag, str(given if flag == broken_flag else good[artefact])]
             for flag, name in command.outputs.items():
                 argv += [flag, str(folder / "out" / name)]
-            cases.append(Case(case_id, command, argv + list(command.extra), folder / "out", broken))
+            cases.append(Case(case_id, command, argv + list(command.extra), folder / "out", broken, broken_flag))
     return cases
 
 
@@ -385,7 +386,7 @@ def test_command_against_broken_file(table, case_id):
         assert result["status"] == 0, output
         return
     assert result["status"] not in (0, "timeout"), output
-    assert str(case.broken) in output, output
+    assert str(case.broken) in output and f"{case.flag} " in output, output
     assert not any(case.out_dir.iterdir()), f"left behind: {sorted(p.name for p in case.out_dir.iterdir())}"
 
 

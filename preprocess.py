@@ -12,7 +12,8 @@ import argparse
 import json
 import sys
 
-from tencentpretrain.data import CorpusError, DatasetError, ProcessorSpec, build_dataset
+from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.data import ProcessorSpec, build_dataset
 from tencentpretrain.data.corpus import resolve_format
 from tencentpretrain.data.processors import TAILS
 from tencentpretrain.registry import DATA_PROCESSORS, TEMPLATES, TOKENIZERS
@@ -60,7 +61,7 @@ def special_tokens(args: argparse.Namespace) -> tuple[tuple[str, int | str], ...
 def make_spec(args: argparse.Namespace) -> ProcessorSpec:
     """The processor spec the command line describes (the corpus format resolved)."""
     if args.seq_length < 4:
-        raise ValueError(f"--seq_length must be at least 4, got {args.seq_length}")
+        raise InputError(f"--seq_length must be at least 4, got {args.seq_length}")
     requested = "jsonl" if args.json_format_corpus else args.corpus_format
     allowed = DATA_PROCESSORS.get(args.data_processor).formats
     return ProcessorSpec(
@@ -71,15 +72,13 @@ def make_spec(args: argparse.Namespace) -> ProcessorSpec:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run preprocessing; returns the dataset metadata. Bad input exits with status 1 and a message."""
+    """Run preprocessing; returns the dataset metadata. Bad input raises an InputError (run_cli: status 1)."""
     args = build_parser().parse_args(argv)
-    try:
+    with naming("--corpus_path", args.corpus_path), naming("--spm_model_path", args.spm_model_path), \
+            naming("--special_tokens_path", args.special_tokens_path):
         report = build_dataset(make_spec(args), args.corpus_path, args.dataset_path,
                                processes_num=args.processes_num, chunk_size=args.chunk_size,
                                skip_invalid=args.skip_invalid, overwrite=args.overwrite)
-    except (CorpusError, DatasetError, FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
-        print(f"preprocess.py: error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
     counts = report["counts"]
     print(f"wrote {args.dataset_path}: {counts['samples']} samples, {counts['tokens']} tokens from "
           f"{counts['documents']} documents in {report['seconds']:.1f}s "
@@ -89,4 +88,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sys
 
+from tencentpretrain.cli import run_cli
 from tencentpretrain.training.loop import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

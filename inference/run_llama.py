@@ -25,9 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 from tencentpretrain.checkpoint import atomic_path  # noqa: E402
+from tencentpretrain.cli import InputError, run_cli  # noqa: E402
 from tencentpretrain.generation import Engine  # noqa: E402
 from tencentpretrain.generation.chat import ChatSession, encode_prompt, fit_prompt, generate_text  # noqa: E402
 from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args  # noqa: E402
+from tencentpretrain.jsonfile import line_of  # noqa: E402
 from tencentpretrain.registry import TEMPLATES  # noqa: E402
 
 
@@ -45,7 +47,10 @@ def build_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.interactive and not (args.test_path and args.prediction_path):
         parser.error("give --test_path and --prediction_path, or --interactive")
     if args.test_path and not args.interactive and not Path(args.test_path).is_file():
-        parser.error(f"--test_path {args.test_path}: no such file")
+        parser.error(f"--test_path {args.test_path}: " + ("is a directory, expected a file of prompts"
+                                                          if Path(args.test_path).is_dir() else "no such file"))
+    if args.prediction_path and Path(args.prediction_path).is_dir():
+        parser.error(f"--prediction_path {args.prediction_path}: is a directory, expected a file to write")
     if args.max_new_tokens < 1 or args.max_new_tokens >= args.seq_length:
         parser.error(f"--max_new_tokens must be in [1, --seq_length) = [1, {args.seq_length})")
     if args.batch_size < 1:
@@ -55,9 +60,29 @@ def build_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """One prompt per line; a literal backslash-n is a newline and a doubled backslash a backslash."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    """One prompt per line; a literal backslash-n is a newline and a doubled backslash a backslash.
+
+    Raises:
+        InputError: naming ``--test_path`` and the line, when the file is not UTF-8.
+    """
+    raw = Path(path).read_bytes()
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise InputError(f"--test_path {path}: not UTF-8 at line {line_of(raw, err.start)}") from None
     return [re.sub(r"\\(\\|n)", lambda m: "\n" if m.group(1) == "n" else "\\", line) for line in lines]
+
+
+def fit_prompts(ids: list[list[int]], budget: int, first: int, args: argparse.Namespace) -> list[list[int]]:
+    """Cut over-long prompts to ``budget`` tokens (keeping bos and the end) and say so on stderr."""
+    fitted = [fit_prompt(p, budget) for p in ids]
+    for i, (before, after) in enumerate(zip(ids, fitted)):
+        if len(after) < len(before):
+            print(f"warning: prompt {first + i + 1} of {args.test_path} has {len(before)} tokens; cut "
+                  f"{len(before) - len(after)} from its start (kept bos and the last {budget - 1}) to fit "
+                  f"--seq_length {args.seq_length} - --max_new_tokens {args.max_new_tokens}", file=sys.stderr,
+                  flush=True)
+    return fitted
 
 
 def escape(text: str) -> str:
@@ -65,15 +90,16 @@ def escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def run_file(args: argparse.Namespace, engine: Engine, tokenizer) -> list[str]:
-    """Generate for every prompt of ``--test_path``; write ``--prediction_path`` atomically."""
+def run_file(args: argparse.Namespace, engine: Engine, tokenizer, prompts: list[str] | None = None) -> list[str]:
+    """Generate for every prompt of ``--test_path`` (or ``prompts``, read from it); write ``--prediction_path``
+    atomically."""
     template = TEMPLATES.get(args.template)
-    prompts = read_prompts(args.test_path)
+    prompts = read_prompts(args.test_path) if prompts is None else prompts
     budget = args.seq_length - args.max_new_tokens
     outputs = []
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start:start + args.batch_size]
-        ids = [fit_prompt(encode_prompt(tokenizer, template.render(p)), budget) for p in batch]
+        ids = fit_prompts([encode_prompt(tokenizer, template.render(p)) for p in batch], budget, start, args)
         stream_row = None if args.quiet or len(batch) > 1 else (lambda _row, piece: print(piece, end="", flush=True))
         if stream_row is not None:
             print(f"\n>>> {batch[0]}\n", flush=True)
@@ -85,6 +111,16 @@ def run_file(args: argparse.Namespace, engine: Engine, tokenizer) -> list[str]:
     with atomic_path(args.prediction_path) as tmp:
         tmp.write_text("".join(escape(text) + "\n" for text in outputs), encoding="utf-8")
     return outputs
+
+
+def warn_if_cut(args: argparse.Namespace, tokenizer, question: str) -> None:
+    """Chat drops the oldest turns to fit; a message too long even alone loses its start: say how much."""
+    budget = args.seq_length - args.max_new_tokens
+    tokens = len(encode_prompt(tokenizer, TEMPLATES.get(args.template).render(question)))
+    if tokens > budget:
+        print(f"(your message has {tokens} tokens with the template; its first {tokens - budget} are cut to fit "
+              f"--seq_length {args.seq_length} - --max_new_tokens {args.max_new_tokens})", file=sys.stderr,
+              flush=True)
 
 
 def run_interactive(args: argparse.Namespace, engine: Engine, tokenizer, read=input) -> ChatSession:
@@ -103,6 +139,7 @@ def run_interactive(args: argparse.Namespace, engine: Engine, tokenizer, read=in
             session.reset()
             continue
         if question:
+            warn_if_cut(args, tokenizer, question)
             print("Assistant: ", end="", flush=True)
             session.ask(question, on_text=lambda piece: print(piece, end="", flush=True), seed=None)
             print(flush=True)
@@ -110,16 +147,17 @@ def run_interactive(args: argparse.Namespace, engine: Engine, tokenizer, read=in
 
 
 def main(argv: list[str] | None = None, read=input):
-    """Entry point; returns the generated texts (file mode) or the chat session (interactive)."""
+    """Entry point; returns the generated texts (file mode) or the chat session (interactive).
+
+    Bad input raises an InputError (``run_cli`` prints it and exits with status 1).
+    """
     args = build_args(argv)
-    try:
-        engine, tokenizer = load_engine(args, 1 if args.interactive else args.batch_size)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        sys.exit(f"error: {err}")
+    prompts = None if args.interactive else read_prompts(args.test_path)  # before the slow model load
+    engine, tokenizer = load_engine(args, 1 if args.interactive else args.batch_size)
     if args.interactive:
         return run_interactive(args, engine, tokenizer, read)
-    return run_file(args, engine, tokenizer)
+    return run_file(args, engine, tokenizer, prompts)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
+from tencentpretrain.cli import run_cli  # noqa: E402
 from tencentpretrain.generation import Engine, SamplingParams  # noqa: E402
 from tencentpretrain.generation.chat import chat_prompt, encode_prompt, fit_prompt, split_messages, stream_text
 from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args  # noqa: E402
@@ -283,10 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     group.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     sampling = sampling_from_args(parser, args)
-    try:
-        engine, tokenizer = load_engine(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        sys.exit(f"error: {err}")
+    engine, tokenizer = load_engine(args)  # bad files: an InputError, reported by run_cli
     service = Service(engine, tokenizer, args.model_name, args.template, args.seq_length, args.max_new_tokens,
                       sampling, tuple(args.stop))
     server = make_server(service, args.host, args.port, args.verbose)
@@ -300,4 +298,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

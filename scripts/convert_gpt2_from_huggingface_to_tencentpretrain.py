@@ -5,6 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tencentpretrain.cli import run_cli  # noqa: E402
 from tencentpretrain.convert import load_hf_gpt2  # noqa: E402
 from tencentpretrain.convert.cli import to_tencentpretrain  # noqa: E402
 
@@ -14,4 +15,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tencentpretrain.cli import run_cli  # noqa: E402
 from tencentpretrain.convert import load_meta_llama  # noqa: E402
 from tencentpretrain.convert.cli import to_tencentpretrain  # noqa: E402
 
@@ -15,4 +16,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from tencentpretrain.checkpoint import CheckpointError, load_state_dict, save_state_dict
-from tencentpretrain.training.lora import LoraError, merge_lora_state, read_adapter_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from tencentpretrain.checkpoint import load_state_dict, save_state_dict  # noqa: E402
+from tencentpretrain.cli import naming, run_cli  # noqa: E402
+from tencentpretrain.training.lora import LoraError, merge_lora_state, read_adapter_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -26,20 +30,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def adapter_rank(adapter: dict) -> int:
+def adapter_rank(adapter: dict, source: str = "adapter") -> int:
     """The rank of an adapter's factors (rows of any ``lora_A``)."""
     ranks = {tensor.shape[0] for name, tensor in adapter.items() if name.endswith(".lora_A")}
     if len(ranks) != 1:
-        raise LoraError(f"adapter has {'no LoRA factors' if not ranks else f'mixed ranks {sorted(ranks)}'}")
+        raise LoraError(f"{source}: adapter has {'no LoRA factors' if not ranks else f'mixed ranks {sorted(ranks)}'}")
     return ranks.pop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the merge; returns the exit status (errors are printed to stderr)."""
+    """Run the merge; returns 0. Bad input raises an InputError (run_cli prints it, exit status 1)."""
     args = parse_args(argv)
-    try:
+    with naming("--lora_model_path", args.lora_model_path):
         adapter = load_state_dict(args.lora_model_path)
-        rank = adapter_rank(adapter)
+        rank = adapter_rank(adapter, args.lora_model_path)
         if args.lora_alpha is not None:
             alpha = args.lora_alpha
         else:
@@ -47,15 +51,14 @@ def main(argv: list[str] | None = None) -> int:
             if config.rank != rank:
                 raise LoraError(f"{args.lora_model_path}: settings say rank {config.rank}, tensors have {rank}")
             alpha = config.alpha
-        merged = merge_lora_state(load_state_dict(args.base_model_path), adapter, rank, alpha)
-        save_state_dict(merged, args.output_model_path)
-    except (LoraError, CheckpointError) as err:
-        print(f"merge_lora: error: {err}", file=sys.stderr)
-        return 1
+    with naming("--base_model_path", args.base_model_path):
+        base = load_state_dict(args.base_model_path)
+    merged = merge_lora_state(base, adapter, rank, alpha)
+    save_state_dict(merged, args.output_model_path)
     print(f"merged {sum(k.endswith('.lora_A') for k in adapter)} adapted layers (rank {rank}, alpha {alpha}) "
           f"into {args.output_model_path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -12,7 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from tencentpretrain.training.logging import read_log
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
+from tencentpretrain.training.logging import read_log  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,9 +30,12 @@ def curves(path: Path) -> dict[str, tuple[list[int], list[float]]]:
     """split -> (steps, losses) of one log."""
     out: dict[str, tuple[list[int], list[float]]] = {}
     for record in read_log(path):
-        steps, values = out.setdefault(record.get("split", "train"), ([], []))
-        steps.append(int(record["step"]))
-        values.append(float(record["loss"]))
+        step, loss = record.get("step"), record.get("loss")
+        if not isinstance(step, int) or isinstance(step, bool) or not isinstance(loss, (int, float)):
+            raise InputError(f"{path}: record {str(record)[:100]} has no integer \"step\" and numeric \"loss\"")
+        steps, values = out.setdefault(str(record.get("split", "train")), ([], []))
+        steps.append(step)
+        values.append(float(loss))
     return out
 
 
@@ -64,20 +70,19 @@ def plot(logs: list[Path], output: Path, title: str | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Returns 0, or 1 with a message when a log is missing or empty."""
+    """Returns 0; a missing, empty or malformed log raises an InputError (run_cli: status 1)."""
     args = parse_args(argv)
     logs = [Path(p) for p in args.log_path]
     for path in logs:
-        if not path.is_file():
-            print(f"plot_loss: error: {path} not found", file=sys.stderr)
-            return 1
-        if not any(curves(path).values()):
-            print(f"plot_loss: error: {path} has no records", file=sys.stderr)
-            return 1
+        with naming("--log_path", path):
+            if not path.exists():
+                raise InputError(f"{path} not found")
+            if not any(curves(path).values()):
+                raise InputError(f"{path} has no records")
     plot(logs, Path(args.output_path), args.title)
     print(f"wrote {args.output_path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

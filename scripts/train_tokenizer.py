@@ -6,6 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
+from tencentpretrain.data.corpus import first_invalid_utf8_line  # noqa: E402
 from tencentpretrain.tokenizers.train import train_sentencepiece  # noqa: E402
 
 
@@ -18,14 +20,19 @@ def main(argv=None) -> int:
     parser.add_argument("--character_coverage", type=float, default=1.0,
                         help="characters covered by pieces (0.9995 suits Chinese)")
     args = parser.parse_args(argv)
-    if not Path(args.corpus_path).is_file():
-        print(f"error: corpus not found: {args.corpus_path}", file=sys.stderr)
-        return 1
-    path = train_sentencepiece(args.corpus_path, args.model_prefix, args.vocab_size, args.model_type,
-                               args.character_coverage)
+    corpus = Path(args.corpus_path)
+    if not corpus.is_file():
+        raise InputError(f"--corpus_path {corpus}: " + ("is a directory, expected a text file" if corpus.is_dir()
+                                                         else "corpus not found"))
+    bad_line = first_invalid_utf8_line(corpus)
+    if bad_line:
+        raise InputError(f"--corpus_path {corpus}: not UTF-8 at line {bad_line}")
+    with naming("--corpus_path", args.corpus_path):
+        path = train_sentencepiece(args.corpus_path, args.model_prefix, args.vocab_size, args.model_type,
+                                   args.character_coverage)
     print(f"wrote {path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.model import Model, build_model, tie_weights
 
@@ -17,26 +20,89 @@ WORD_EMBEDDING = "embedding.word.embedding.weight"
 LM_HEAD = "target.lm.output_layer.weight"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that does not fit the model; the message names the file and the tensors."""
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or a ``torch.save`` file (memory-mapped, weights only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """Read a state dict from ``.safetensors`` or a ``torch.save`` file (memory-mapped, weights only).
 
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zip-format file (legacy torch.save): no mmap
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
+    Raises:
+        CheckpointError: naming the file, when it is missing, a directory, empty, truncated, corrupt, or holds
+            something other than a dict of named tensors.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a .bin or .safetensors checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint; was it copied or written completely?")
+    state = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path, size)
+    _check_tensors(path, state)
     return state
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise safetensors_error(path, err) from None
+
+
+def safetensors_error(path: str | Path, err: Exception) -> CheckpointError:
+    """The error for a ``.safetensors`` file that safetensors cannot open."""
+    return CheckpointError(f"{path}: truncated or corrupt safetensors file, header unreadable ({err})")
+
+
+def _read_torch(path: Path, size: int) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError):  # not a zip-format file (legacy torch.save, or damaged): try without mmap
+        pass
+    except pickle.UnpicklingError as err:
+        raise _unpickling_error(path, err) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise _unpickling_error(path, err) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+        if zipped:
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint: the zip archive written by torch.save "
+                                  f"is incomplete or damaged ({size} bytes; {_first_sentence(err)})") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (or a corrupt one): {_first_sentence(err)}") from None
+
+
+def _unpickling_error(path: Path, err: Exception) -> CheckpointError:
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if found:
+        return CheckpointError(f"{path}: not a state dict of tensors: it holds a Python object ({found.group(1)}) "
+                               "that is not loaded for safety (a pickled model or training state?); save "
+                               "model.state_dict() instead")
+    return CheckpointError(f"{path}: not a PyTorch checkpoint (or a corrupt one): unreadable pickle data")
+
+
+def _first_sentence(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:200]
+
+
+def _check_tensors(path: Path, state: object) -> None:
+    """Insist on a non-empty dict of name -> tensor, hinting where a wrapped state dict keeps its weights."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), found a {type(state).__name__}")
+    if not state:
+        raise CheckpointError(f"{path}: the state dict holds no tensors")
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            hint = f"; are the weights under {name!r}?" if isinstance(value, dict) else ""
+            raise CheckpointError(f"{path}: expected a state dict (name -> tensor), but {name!r} holds a "
+                                  f"{type(value).__name__}{hint}")
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -57,10 +123,10 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
         raise CheckpointError(f"{source} does not fit the model config:\n  {shown}")
 
 
-def vocab_size_of(state: dict[str, torch.Tensor]) -> int:
-    """The vocabulary size a state dict was trained with."""
-    if WORD_EMBEDDING not in state:
-        raise CheckpointError(f"checkpoint has no {WORD_EMBEDDING}; is it a TencentPretrain checkpoint?")
+def vocab_size_of(state: dict[str, torch.Tensor], source: str = "checkpoint") -> int:
+    """The vocabulary size a state dict was trained with (``source`` names it in the error)."""
+    if WORD_EMBEDDING not in state or state[WORD_EMBEDDING].dim() != 2:
+        raise CheckpointError(f"{source} has no 2-D {WORD_EMBEDDING}; is it a TencentPretrain checkpoint?")
     return state[WORD_EMBEDDING].shape[0]
 
 
@@ -86,7 +152,7 @@ def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], source
     """Build the model on the meta device and adopt the tensors of ``state`` (checked first; nothing is copied
     beyond what ``device``/``dtype`` require). Returns it in eval mode."""
     with torch.device("meta"):
-        model = build_model(config, config.vocab_size or vocab_size_of(state))
+        model = build_model(config, config.vocab_size or vocab_size_of(state, source))
     check_state_dict(model, state, source=source)
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_weights:

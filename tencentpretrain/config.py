@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tencentpretrain.jsonfile import read_json
+from tencentpretrain.cli import InputError
+from tencentpretrain.jsonfile import read_json_object
 from tencentpretrain.registry import ACTIVATIONS, DATA_PROCESSORS, EMBEDDINGS, ENCODERS, FEED_FORWARDS, NORMS, TARGETS
 
 MASKS = ("causal", "fully_visible")
 LAYERNORM_POSITIONS = ("pre", "post")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A model config that cannot describe a model; the message names the file and key."""
 
 
@@ -57,6 +58,7 @@ class ModelConfig:
     source: str | None = field(default=None, compare=False, repr=False)  # file it was read from, for messages
 
     def __post_init__(self) -> None:
+        self._check_types()
         for name in ("embedding", "target"):  # JSON gives lists; keep the dataclass hashable and immutable
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
@@ -80,10 +82,8 @@ class ModelConfig:
     def from_json(cls, path: str | Path, **overrides: Any) -> ModelConfig:
         """Read a TencentPretrain JSON config strictly; ``overrides`` replace keys after reading."""
         path = Path(path)
-        data = read_json(path, ConfigError, missing=f"config file not found: {path}")
-        if isinstance(data, dict):
-            data.update(overrides)
-        return cls.from_dict(data, source=str(path))
+        data = read_json_object(path, ConfigError, missing=f"{path}: config file not found", what="a model config")
+        return cls.from_dict({**data, **overrides}, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON keys and values, lists for sequences, without None-valued optional keys."""
@@ -115,6 +115,24 @@ class ModelConfig:
         return self.hidden_size // self.heads_num
 
     # ----------------------------------------------------------------------------------------------- checking
+    def _check_types(self) -> None:
+        """Every value has its field's JSON type (numbers, strings, lists of strings), so the rules can compare."""
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        def names(value: Any) -> bool:
+            return isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(v, str)
+                                                                                       for v in value))
+
+        kinds = {"float": (number, "a number"), "str": (lambda v: isinstance(v, str), "a string"),
+                 "str | None": (lambda v: v is None or isinstance(v, str), "a string or null"),
+                 "tuple[str, ...]": (names, "a list of strings")}
+        for f in dataclasses.fields(self):
+            check, kind = kinds.get(f.type, (None, ""))
+            if check is not None and f.name != "source" and not check(getattr(self, f.name)):
+                where = f"{self.source}: " if self.source else ""
+                raise ConfigError(f"{where}{f.name} must be {kind}, got {getattr(self, f.name)!r}")
+
     def _check(self) -> None:
         where = f"{self.source}: " if self.source else ""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tencentpretrain.config import ModelConfig
+from tencentpretrain.config import ConfigError, ModelConfig
 from tencentpretrain.embeddings import Embedding
 from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.layers.rope import RotaryEmbedding
@@ -71,9 +71,9 @@ def build_model(config: ModelConfig, vocab_size: int | None = None) -> Model:
     if vocab_size is None:
         vocab_size = config.vocab_size
     if vocab_size is None:
-        raise ValueError("vocabulary size unknown: set \"vocab_size\" in the config or pass a tokenizer")
+        raise ConfigError("vocabulary size unknown: set \"vocab_size\" in the config or pass a tokenizer")
     if config.vocab_size is not None and config.vocab_size != vocab_size:
-        raise ValueError(f"vocab_size {config.vocab_size} in {config.source or 'the config'} disagrees with "
+        raise ConfigError(f"vocab_size {config.vocab_size} in {config.source or 'the config'} disagrees with "
                          f"the tokenizer's {vocab_size}")
     model = Model(config, vocab_size)
     if config.tie_weights:

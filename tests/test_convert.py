@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from tencentpretrain import CheckpointError, load_model, load_state_dict
+from tencentpretrain.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -189,8 +190,8 @@ def test_config_that_does_not_fit_names_tensor_and_shapes(tmp_path, capsys):
     with pytest.raises(CheckpointError, match=r"tensor embedding.word.embedding.weight: checkpoint has shape "
                                               r"\[101, 64\], the model config expects \[101, 128\]"):
         load_model(wrong, tmp_path / "m.bin")
-    assert ours_to_hf(["--input_model_path", str(tmp_path / "m.bin"), "--config_path", str(wrong),
-                       "--output_model_path", str(tmp_path / "out")]) == 1
+    assert run_cli(ours_to_hf, ["--input_model_path", str(tmp_path / "m.bin"), "--config_path", str(wrong),
+                                "--output_model_path", str(tmp_path / "out")]) == 1
     assert "checkpoint has shape [101, 64]" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
@@ -202,7 +203,7 @@ def test_failed_conversion_leaves_no_output(tmp_path, capsys):
     state["model.layers.0.mlp.extra_proj.weight"] = torch.zeros(2, 2)
     save_file(state, str(tmp_path / "hf" / "model.safetensors"))
     out = tmp_path / "ours.bin"
-    assert hf_to_ours(["--input_model_path", str(tmp_path / "hf"), "--output_model_path", str(out)]) == 1
+    assert run_cli(hf_to_ours, ["--input_model_path", str(tmp_path / "hf"), "--output_model_path", str(out)]) == 1
     assert "unexpected tensor model.layers.0.mlp.extra_proj.weight" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [tmp_path / "hf"]
 
@@ -210,6 +211,6 @@ def test_failed_conversion_leaves_no_output(tmp_path, capsys):
 def test_missing_weights_are_reported(tmp_path, capsys):
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text(json.dumps(tiny_llama(*LLAMA_SHAPES["mha"]).config.to_dict()))
-    assert hf_to_ours(["--input_model_path", str(tmp_path / "hf"), "--output_model_path",
-                       str(tmp_path / "o.bin")]) == 1
+    assert run_cli(hf_to_ours, ["--input_model_path", str(tmp_path / "hf"), "--output_model_path",
+                                str(tmp_path / "o.bin")]) == 1
     assert "no model.safetensors, pytorch_model.bin" in capsys.readouterr().err

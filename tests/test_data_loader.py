@@ -116,3 +116,24 @@ def test_missing_corrupt_and_wrong_version_datasets_are_refused(lm, tmp_path):
         f.truncate(10)
     with pytest.raises(DatasetError, match="tokens.bin.*truncated"):
         BinaryDataset(lm.path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seq_length": "12"}, "seq_length must be a positive integer"),
+    ({"token_dtype": "float64"}, "token_dtype must be uint16 or uint32"),
+    ({"counts": {"samples": -1}}, "counts must hold the number of samples"),
+    ({"special_tokens": {"pad": None}}, "special_tokens must hold an integer pad id"),
+])
+def test_metadata_of_the_wrong_type_is_refused(lm, change, message):
+    meta = json.loads((lm.path / "meta.json").read_text())
+    (lm.path / "meta.json").write_text(json.dumps({**meta, **change}))
+    with pytest.raises(DatasetError, match=f"meta.json: {message}"):
+        BinaryDataset(lm.path)
+
+
+def test_index_that_disagrees_with_seq_length_is_refused(lm):
+    offsets = np.fromfile(lm.path / "index.bin", dtype=np.uint64)
+    offsets[1], offsets[2] = offsets[2], offsets[1]  # same size: sample 0 now too long, sample 1 negative
+    offsets.tofile(lm.path / "index.bin")
+    with pytest.raises(DatasetError, match=r"index.bin: corrupt index: sample 0 has 26 tokens; .* = 13"):
+        BinaryDataset(lm.path)

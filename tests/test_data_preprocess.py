@@ -11,6 +11,7 @@ import pytest
 import sentencepiece
 from conftest import generated_lines
 
+from tencentpretrain.cli import run_cli
 from tencentpretrain.data import BinaryDataset
 from tencentpretrain.registry import TEMPLATES
 
@@ -34,10 +35,8 @@ def preprocess(corpus: Path, spm: Path, out: Path, *extra: str) -> dict:
 
 
 def failing(capsys, *args) -> str:
-    """Run preprocess expecting exit status 1; the error message."""
-    with pytest.raises(SystemExit) as exc:
-        preprocess(*args)
-    assert exc.value.code == 1
+    """Run preprocess through run_cli expecting exit status 1; the error message."""
+    assert run_cli(lambda _argv: preprocess(*args), []) == 1
     return capsys.readouterr().err
 
 

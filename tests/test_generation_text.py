@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import generated_lines
 
 from tencentpretrain.checkpoint import save_state_dict
+from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine
 from tencentpretrain.generation import layout as layout_module
@@ -216,9 +218,8 @@ def test_run_llama_bad_input(tiny_checkpoint, tiny_spm, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("hello\n", encoding="utf-8")
     base[base.index("x")] = str(prompts)
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(InputError, match="config_path"):
         run_llama.main(base)  # no --config_path for a checkpoint file
-    assert "config_path" in str(err.value)
     with pytest.raises(SystemExit) as err:
         run_llama.main(base + ["--config_path", str(config), "--top_p", "0"])
     assert err.value.code == 2
@@ -235,3 +236,46 @@ def test_stream_with_the_llama_tokenizer():
     ids = tokenizer.encode(text)
     stream, pieces = stream_all(tokenizer, ids[1:], prefix=ids[0])
     assert tokenizer.decode(ids[:1]) + "".join(pieces) == tokenizer.decode(ids) == text
+
+
+def test_run_llama_says_how_many_tokens_it_cut(tiny_checkpoint, tiny_spm, tmp_path, capsys):
+    """A prompt longer than --seq_length - --max_new_tokens loses its start, and the user is told how much."""
+    config, checkpoint, model = tiny_checkpoint
+    run_llama = load_script("run_llama")
+    long_prompt = " ".join(generated_lines(6, seed=4))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"short\n{long_prompt}\n", encoding="utf-8")
+    tokenizer = SentencePieceTokenizer(tiny_spm)
+    ids = encode_prompt(tokenizer, long_prompt)
+    assert len(ids) > 24
+    texts = run_llama.main(["--load_model_path", str(checkpoint), "--config_path", str(config), "--spm_model_path",
+                            str(tiny_spm), "--test_path", str(prompts), "--prediction_path", str(tmp_path / "o.txt"),
+                            "--seq_length", "32", "--max_new_tokens", "8", "--temperature", "0", "--quiet"])
+    err = capsys.readouterr().err
+    assert f"prompt 2 of {prompts} has {len(ids)} tokens; cut {len(ids) - 24} from its start" in err
+    assert "prompt 1 " not in err
+    engine = Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id)
+    (expected,) = generate_text(engine, tokenizer, [ids[:1] + ids[-23:]], 8)  # bos and the last 23 tokens
+    assert texts[1] == expected.text
+
+
+def test_run_llama_names_the_line_that_is_not_utf8(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"fine\n" + "数据".encode() + b"\nbad \xff byte\n")
+    with pytest.raises(InputError, match=rf"--test_path {prompts}: not UTF-8 at line 3"):
+        load_script("run_llama").read_prompts(prompts)
+
+
+def test_chat_says_when_a_message_alone_is_cut(tiny_spm, capsys):
+    import argparse
+
+    run_llama = load_script("run_llama")
+    args = argparse.Namespace(seq_length=200, max_new_tokens=8, template="alpaca")
+    tokenizer = SentencePieceTokenizer(tiny_spm)
+    run_llama.warn_if_cut(args, tokenizer, "short")
+    assert capsys.readouterr().err == ""
+    long_message = " ".join(generated_lines(30, seed=2))
+    tokens = len(encode_prompt(tokenizer, TEMPLATES.get("alpaca").render(long_message)))
+    run_llama.warn_if_cut(args, tokenizer, long_message)
+    assert tokens > 192
+    assert f"has {tokens} tokens with the template; its first {tokens - 192} are cut" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from torch import nn
 
 from tencentpretrain import ModelConfig, build_model
 from tencentpretrain.checkpoint import load_state_dict, save_state_dict
+from tencentpretrain.cli import run_cli
 from tencentpretrain.training.lora import (
     LoraError,
     LoraLinear,
@@ -225,7 +226,7 @@ def test_merge_script_without_settings_needs_alpha(tmp_path, capsys):
     merge = load_script("merge_lora")
     argv = ["--base_model_path", str(tmp_path / "base.bin"), "--lora_model_path", str(tmp_path / "lora.bin"),
             "--output_model_path", str(tmp_path / "merged.bin")]
-    assert merge.main(argv) == 1
+    assert run_cli(merge.main, argv) == 1
     assert "lora.lora.json" in capsys.readouterr().err and not (tmp_path / "merged.bin").exists()
     assert merge.main(argv + ["--lora_alpha", "8"]) == 0
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from train_support import ROOT, load_script, losses, make_dataset, subprocess_env, train_argv, write_config
 
+from tencentpretrain.cli import run_cli
 from tencentpretrain.training import checkpointing
 from tencentpretrain.training.engine import PlainEngine
 
@@ -89,5 +90,5 @@ def test_kill_while_saving_leaves_the_previous_state_usable(setting, monkeypatch
 
 def test_resume_without_a_state_says_where_it_looked(setting, tmp_path, capsys):
     folder, dataset, spm, config = setting
-    assert PRETRAIN.main([*train_argv(dataset, spm, config, tmp_path / "m"), "--resume"]) == 1
+    assert run_cli(PRETRAIN.main, [*train_argv(dataset, spm, config, tmp_path / "m"), "--resume"]) == 1
     assert str(tmp_path / "m" / "latest") in capsys.readouterr().err

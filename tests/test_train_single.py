@@ -13,6 +13,7 @@ from train_support import load_script, losses, make_dataset, train_argv, write_c
 
 from tencentpretrain import build_model, load_model
 from tencentpretrain.checkpoint import save_state_dict
+from tencentpretrain.cli import run_cli
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.training import build as build_module
 from tencentpretrain.training.loop import TrainingStopped, train
@@ -81,7 +82,7 @@ def test_pretrained_weights_are_loaded_and_saved_back(setting):
 def test_refuses_dataset_with_another_vocab_size(setting, tmp_path, capsys):
     folder, dataset, spm, _ = setting
     config = write_config(tmp_path, vocab_size=512)
-    assert PRETRAIN.main(train_argv(dataset, spm, config, tmp_path / "m")) == 1
+    assert run_cli(PRETRAIN.main, train_argv(dataset, spm, config, tmp_path / "m")) == 1
     err = capsys.readouterr().err
     assert "vocab_size 400" in err and "512" in err
     assert not (tmp_path / "m.bin").exists()
@@ -95,7 +96,7 @@ def test_refuses_dataset_made_with_another_tokenizer(setting, tmp_path, capsys):
         input=str(corpus), model_prefix=str(tmp_path / "other"), vocab_size=400, model_type="bpe", byte_fallback=True,
         character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3, normalization_rule_name="identity",
         hard_vocab_limit=False, minloglevel=2, seed_sentencepiece_size=1000, input_sentence_size=300)
-    assert PRETRAIN.main(train_argv(dataset, tmp_path / "other.model", config, tmp_path / "m")) == 1
+    assert run_cli(PRETRAIN.main, train_argv(dataset, tmp_path / "other.model", config, tmp_path / "m")) == 1
     err = capsys.readouterr().err
     assert "fingerprint" in err and "other.model" in err
 
@@ -105,7 +106,7 @@ def test_refuses_checkpoint_with_other_shapes(setting, tmp_path, capsys):
     small = ModelConfig.from_json(config).replace(hidden_size=32, emb_size=32, feedforward_size=88)
     save_state_dict(build_model(small, 400).state_dict(), tmp_path / "small.bin")
     argv = train_argv(dataset, spm, config, tmp_path / "m", "--pretrained_model_path", str(tmp_path / "small.bin"))
-    assert PRETRAIN.main(argv) == 1
+    assert run_cli(PRETRAIN.main, argv) == 1
     err = capsys.readouterr().err
     assert "embedding.word.embedding.weight" in err and "[400, 32]" in err and "[400, 64]" in err
 
@@ -142,7 +143,7 @@ def test_watchdog_skips_non_finite_steps_without_touching_weights(setting, tmp_p
 def test_watchdog_stops_after_too_many_skipped_steps(setting, tmp_path, capsys):
     folder, dataset, spm, config = setting
     argv = train_argv(dataset, spm, config, tmp_path / "m", "--max_skipped_steps", "2", steps=20, save=20, lr=math.inf)
-    assert PRETRAIN.main(argv) == 1
+    assert run_cli(PRETRAIN.main, argv) == 1
     assert "--max_skipped_steps 2" in capsys.readouterr().err
     assert not (tmp_path / "m.bin").exists()
     with pytest.raises(TrainingStopped):

@@ -10,6 +10,8 @@ import torch
 from train_support import MICRO_LLAMA, load_script
 
 from tencentpretrain import ModelConfig, build_model
+from tencentpretrain.checkpoint import CheckpointError
+from tencentpretrain.cli import run_cli
 from tencentpretrain.registry import SCHEDULERS
 from tencentpretrain.training import checkpointing
 from tencentpretrain.training.deepspeed_engine import deepspeed_config
@@ -121,12 +123,13 @@ def test_plot_loss_draws_a_png(tmp_path, capsys):
     plot = load_script("scripts/plot_loss")
     assert plot.main(["--log_path", str(log), "--output_path", str(tmp_path / "loss.png")]) == 0
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert plot.main(["--log_path", str(tmp_path / "none.jsonl"), "--output_path", str(tmp_path / "x.png")]) == 1
+    missing = ["--log_path", str(tmp_path / "none.jsonl"), "--output_path", str(tmp_path / "x.png")]
+    assert run_cli(plot.main, missing) == 1
     assert "none.jsonl not found" in capsys.readouterr().err
 
 
 def test_latest_state_ignores_staged_and_names_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="latest"):
+    with pytest.raises(CheckpointError, match="latest"):
         checkpointing.latest_state(tmp_path)
     for step in (5, 10):
         stage = checkpointing.staging_dir(str(tmp_path), step)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from tencentpretrain.checkpoint import CheckpointError, check_state_dict, load_state_dict, save_state_dict
+from tencentpretrain.checkpoint import check_state_dict, load_state_dict, save_state_dict, vocab_size_of
+from tencentpretrain.cli import naming
 from tencentpretrain.config import ConfigError, ModelConfig
-from tencentpretrain.convert.hf_io import ConversionError
 from tencentpretrain.model import build_model
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -19,8 +18,8 @@ ZOO = Path(__file__).resolve().parents[2] / "models"
 
 
 def _check(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> None:
-    with torch.device("meta"):
-        model = build_model(config, state["embedding.word.embedding.weight"].shape[0])
+    with torch.device("meta"):  # the checkpoint's vocabulary: an extended one converts with the zoo config
+        model = build_model(config, vocab_size_of(state, source))
     check_state_dict(model, state, source)
 
 
@@ -34,11 +33,13 @@ def to_tencentpretrain(load: Callable[[str], tuple[ModelConfig, dict]], descript
     parser.add_argument("--type", help="model size such as 7B; accepted for compatibility, sizes come from the "
                                        "checkpoint's own config")
     args = parser.parse_args(argv)
-    return _run(lambda: _to_ours(load, args))
+    _to_ours(load, args)
+    return 0
 
 
 def _to_ours(load, args) -> None:
-    config, state = load(args.input_model_path)
+    with naming("--input_model_path", args.input_model_path):
+        config, state = load(args.input_model_path)
     if args.dtype:
         state = {k: v.to(DTYPES[args.dtype]) for k, v in state.items()}
     _check(config, state, args.input_model_path)
@@ -61,7 +62,8 @@ def from_tencentpretrain(save: Callable[..., None], description: str, family: st
     if "spm_model_path" in save_options:
         parser.add_argument("--spm_model_path", help="SentencePiece model to ship as the HF tokenizer")
     args = parser.parse_args(argv)
-    return _run(lambda: _from_ours(save, args, family))
+    _from_ours(save, args, family)
+    return 0
 
 
 def _from_ours(save, args, family: str) -> None:
@@ -70,20 +72,14 @@ def _from_ours(save, args, family: str) -> None:
         if args.type is None:
             raise ConfigError("give --config_path (or --type to use a config from models/)")
         config_path = ZOO / family / f"{args.type.lower()}_config.json"
-    config = ModelConfig.from_json(config_path)
-    state = load_state_dict(args.input_model_path)
-    _check(config, state, args.input_model_path)
-    extra = {"spm_model_path": args.spm_model_path} if hasattr(args, "spm_model_path") else {}
-    save(state, config, args.output_model_path, max_shard_size=args.max_shard_size,
-         dtype=DTYPES[args.dtype] if args.dtype else None, **extra)
+    with naming("--config_path", config_path):
+        config = ModelConfig.from_json(config_path)
+    with naming("--input_model_path", args.input_model_path):
+        state = load_state_dict(args.input_model_path)
+        _check(config, state, args.input_model_path)
+    spm = getattr(args, "spm_model_path", None)
+    extra = {"spm_model_path": spm} if hasattr(args, "spm_model_path") else {}
+    with naming("--spm_model_path", spm):
+        save(state, config, args.output_model_path, max_shard_size=args.max_shard_size,
+             dtype=DTYPES[args.dtype] if args.dtype else None, **extra)
     print(f"wrote {args.output_model_path}")
-
-
-def _run(job: Callable[[], None]) -> int:
-    try:
-        job()
-    except (ConversionError, CheckpointError, ConfigError, FileNotFoundError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    return 0

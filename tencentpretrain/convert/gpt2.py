@@ -19,6 +19,7 @@ from tencentpretrain.convert.hf_io import (
     check_hf_config,
     iter_hf_tensors,
     read_hf_config,
+    require_ints,
     save_sharded_safetensors,
     with_tied_head,
 )
@@ -60,6 +61,7 @@ ACTIVATIONS = {"gelu_new": "gelu_fast", "gelu_pytorch_tanh": "gelu_fast", "gelu"
 def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     """Our ModelConfig from a transformers ``GPT2Config`` dict."""
     check_hf_config(hf, source, "gpt2", ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"))
+    require_ints(hf, source, ("n_embd", "n_head", "n_layer", "n_positions", "vocab_size"))
     act = hf.get("activation_function", "gelu_new")
     if act not in ACTIVATIONS:
         raise ConversionError(f"{source}: activation_function {act!r} is not supported; known: {list(ACTIVATIONS)}")

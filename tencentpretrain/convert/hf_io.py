@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
+from tencentpretrain.checkpoint import load_state_dict, safetensors_error
 from tencentpretrain.convert.keymap import ConversionError  # noqa: F401  (re-exported)
-from tencentpretrain.jsonfile import read_json
+from tencentpretrain.jsonfile import read_json_object
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -34,6 +35,15 @@ def check_hf_config(hf: dict, source: str, model_type: str, unsupported: tuple[s
             raise ConversionError(f"{source}: {flag}=true is not supported for {model_type} conversion")
 
 
+def require_ints(hf: dict, source: str, keys: tuple[str, ...]) -> None:
+    """Refuse a transformers config that lacks one of ``keys`` or has a non-integer there."""
+    bad = [key for key in keys if not isinstance(hf.get(key), int) or isinstance(hf.get(key), bool)
+           or hf[key] <= 0]
+    if bad:
+        raise ConversionError(f"{source}: missing or non-positive-integer {', '.join(bad)}; is it the config.json "
+                              "of a Hugging Face model?")
+
+
 def check_architecture(config, fixed: dict, family: str, free: tuple[str, ...] = ("data_processor",)) -> None:
     """Refuse a config whose fixed keys (all of ``fixed`` but ``free``) differ from the family's architecture."""
     for key, value in fixed.items():
@@ -48,7 +58,7 @@ def read_hf_config(hf_dir: str | Path) -> dict:
     path = Path(hf_dir) / "config.json"
     if not path.is_file():
         raise ConversionError(f"{hf_dir}: no config.json; pass a Hugging Face model directory")
-    return read_json(path, ConversionError)
+    return read_json_object(path, ConversionError, what="a Hugging Face model config")
 
 
 def weight_shards(hf_dir: str | Path) -> list[Path]:
@@ -57,10 +67,9 @@ def weight_shards(hf_dir: str | Path) -> list[Path]:
     for single in WEIGHT_FILES:
         index = hf_dir / f"{single}.index.json"
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (json.JSONDecodeError, KeyError) as err:
-                raise ConversionError(f"{index}: not a weight index ({err})") from None
+            weight_map = read_json_object(index, ConversionError, what="a weight index").get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise ConversionError(f"{index}: not a weight index (no \"weight_map\" of tensor -> file name)")
             shards = [hf_dir / name for name in dict.fromkeys(weight_map.values())]
             missing = [str(s) for s in shards if not s.is_file()]
             if missing:
@@ -74,14 +83,17 @@ def weight_shards(hf_dir: str | Path) -> list[Path]:
 def iter_shard_tensors(shard: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs of one shard; .bin shards are memory-mapped, not read whole."""
     if shard.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(shard), framework="pt") as f:
+        try:
+            f = safe_open(str(shard), framework="pt")
+        except SafetensorError as err:
+            raise safetensors_error(shard, err) from None
+        with f:
             for name in f.keys():
                 yield name, f.get_tensor(name)
     else:
-        state = torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
-        yield from state.items()
+        yield from load_state_dict(shard).items()  # memory-mapped; a corrupt file is a CheckpointError
 
 
 def iter_hf_tensors(hf_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:

@@ -12,10 +12,12 @@ from functools import cache
 
 import torch
 
+from tencentpretrain.cli import InputError
+
 LAYER = "{}"
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
     """A checkpoint that cannot be converted; the message names the file, key or tensor."""
 
 

@@ -20,6 +20,7 @@ from tencentpretrain.convert.hf_io import (
     check_hf_config,
     iter_hf_tensors,
     read_hf_config,
+    require_ints,
     save_sharded_safetensors,
     with_tied_head,
 )
@@ -78,6 +79,8 @@ def _rope_theta(hf: dict) -> float:
 def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     """Our ModelConfig from a transformers ``LlamaConfig`` dict."""
     check_hf_config(hf, source, "llama", ("attention_bias", "mlp_bias"))
+    require_ints(hf, source, ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
+                              "vocab_size"))
     heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
     if head_dim * heads != hf["hidden_size"]:

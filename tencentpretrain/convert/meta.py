@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 
+from tencentpretrain.checkpoint import load_state_dict
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.convert.hf_io import ConversionError
 from tencentpretrain.convert.keymap import match, rename
 from tencentpretrain.convert.llama import LLAMA_ARCHITECTURE
-from tencentpretrain.jsonfile import read_json
+from tencentpretrain.jsonfile import read_json_object
 
 META_TO_OURS = {
     "tok_embeddings.weight": "embedding.word.embedding.weight",
@@ -71,8 +72,11 @@ def config_from_meta(params: dict, vocab_size: int, feedforward_size: int, sourc
 def load_meta_llama(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read a Meta checkpoint (one or several model-parallel files) as our config and state dict."""
     params_path, shard_paths = meta_files(path)
-    params = read_json(params_path, ConversionError)
-    shards = [torch.load(p, map_location="cpu", weights_only=True, mmap=True) for p in shard_paths]
+    params = read_json_object(params_path, ConversionError, what="Meta's params.json")
+    missing = [key for key in ("dim", "n_heads", "n_layers") if not isinstance(params.get(key), int)]
+    if missing:
+        raise ConversionError(f"{params_path}: missing or non-integer {', '.join(missing)}")
+    shards = [load_state_dict(p) for p in shard_paths]  # memory-mapped; a corrupt file is a CheckpointError
     state = {}
     for name in shards[0]:
         if name in META_IGNORED:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tencentpretrain.cli import InputError
 from tencentpretrain.jsonfile import read_json
 
 FORMAT_NAME = "tencentpretrain-binary"
@@ -28,7 +29,7 @@ FORMAT_VERSION = 1
 META_FILE, TOKENS_FILE, INDEX_FILE, LOSS_START_FILE = "meta.json", "tokens.bin", "index.bin", "loss_start.bin"
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset directory that is missing, corrupt, or of another format version."""
 
 
@@ -53,7 +54,7 @@ class DatasetWriter:
     def __init__(self, path: str | Path, vocab_size: int, overwrite: bool = False):
         self.path, self.vocab_size, self.overwrite = Path(path), vocab_size, overwrite
         if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} exists; pass --overwrite to replace it")
+            raise DatasetError(f"{self.path} exists; pass --overwrite to replace it")
         self.dtype = token_dtype(vocab_size)
         self.tokens_written = 0
 
@@ -133,21 +134,22 @@ class BinaryDataset:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.meta = read_meta(self.path)
-        self.seq_length = int(self.meta["seq_length"])
-        self.pad_id = int(self.meta["special_tokens"]["pad"])
+        self.seq_length = self.meta["seq_length"]
+        self.pad_id = self.meta["special_tokens"]["pad"]
         self._open()
+        _check_offsets(self.offsets, self.seq_length + 1, self.path / INDEX_FILE)
 
     def _open(self) -> None:
         dtype = np.dtype(self.meta["token_dtype"])
-        samples = int(self.meta["counts"]["samples"])
+        samples = self.meta["counts"]["samples"]
         if samples < 1:
             raise DatasetError(f"{self.path / META_FILE}: the dataset has no samples")
         self.offsets = _memmap(self.path / INDEX_FILE, np.uint64, samples + 1)
+        if int(self.offsets[0]) != 0:
+            raise DatasetError(f"{self.path / INDEX_FILE}: corrupt index (first offset is not 0)")
         self.tokens = _memmap(self.path / TOKENS_FILE, dtype, int(self.offsets[-1]))
         has_mask = (self.path / LOSS_START_FILE).exists()
         self.loss_start = _memmap(self.path / LOSS_START_FILE, np.uint32, samples) if has_mask else None
-        if int(self.offsets[0]) != 0:
-            raise DatasetError(f"{self.path / INDEX_FILE}: corrupt index (first offset is not 0)")
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "meta": self.meta, "seq_length": self.seq_length, "pad_id": self.pad_id}
@@ -182,6 +184,8 @@ class BinaryDataset:
 def read_meta(path: Path) -> dict[str, Any]:
     """The metadata of a dataset directory, checked for format and version."""
     meta_path = path / META_FILE
+    if path.is_file():
+        raise DatasetError(f"{path}: is a file, expected the dataset directory written by preprocess.py")
     if not path.is_dir():
         raise DatasetError(f"{path}: dataset directory not found (run preprocess.py first)")
     meta = read_json(meta_path, DatasetError, missing=f"{meta_path}: dataset metadata not found")
@@ -193,7 +197,36 @@ def read_meta(path: Path) -> dict[str, Any]:
     missing = [k for k in ("seq_length", "special_tokens", "counts", "token_dtype", "vocab_size") if k not in meta]
     if missing:
         raise DatasetError(f"{meta_path}: missing keys {', '.join(missing)}")
+    _check_meta_types(meta, meta_path)
     return meta
+
+
+def _check_meta_types(meta: dict[str, Any], meta_path: Path) -> None:
+    """The values the reader uses must have their types: counts and sizes integers, a known token dtype."""
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    special, counts = meta["special_tokens"], meta["counts"]
+    problems = [f"{key} must be a positive integer, got {meta[key]!r}" for key in ("seq_length", "vocab_size")
+                if not integer(meta[key]) or meta[key] < 1]
+    if meta["token_dtype"] not in ("uint16", "uint32"):
+        problems.append(f"token_dtype must be uint16 or uint32, got {meta['token_dtype']!r}")
+    if not isinstance(special, dict) or not integer(special.get("pad")):
+        problems.append(f"special_tokens must hold an integer pad id, got {special!r}")
+    if not isinstance(counts, dict) or not integer(counts.get("samples")) or counts["samples"] < 0:
+        problems.append(f"counts must hold the number of samples, got {counts!r}")
+    if problems:
+        raise DatasetError(f"{meta_path}: {'; '.join(problems)}; the metadata is corrupt (re-run preprocess.py)")
+
+
+def _check_offsets(offsets: np.ndarray, most: int, path: Path, block: int = 1 << 20) -> None:
+    """Sample lengths must be in ``[0, most]``; read block by block, so memory stays small for any dataset."""
+    for start in range(0, len(offsets) - 1, block):
+        lengths = np.diff(offsets[start:start + block + 1].astype(np.int64))
+        if (lengths < 0).any() or (lengths > most).any():
+            sample = start + int(np.flatnonzero((lengths < 0) | (lengths > most))[0])
+            raise DatasetError(f"{path}: corrupt index: sample {sample} has {int(lengths[sample - start])} tokens; "
+                               f"a sample has 0 to seq_length + 1 = {most}")
 
 
 def _memmap(path: Path, dtype: np.dtype, count: int) -> np.memmap:

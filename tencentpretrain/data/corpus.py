@@ -15,15 +15,17 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from tencentpretrain.cli import InputError
+
 FORMATS = ("text", "jsonl", "json")
 Record = tuple[int, Any]  # (1-based line number, payload)
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """Bad input that stops preprocessing; the message names the file and line."""
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """One bad record (raised in workers, reported with its line number or skipped by ``--skip_invalid``)."""
 
 
@@ -44,6 +46,8 @@ def resolve_format(path: str | Path, requested: str, allowed: tuple[str, ...]) -
     ``{`` and is named ``*.json``/``*.jsonl``, and ``text`` otherwise; the first allowed format wins
     when the guess is not allowed.
     """
+    if Path(path).is_dir():
+        raise CorpusError(f"{path}: is a directory, expected a corpus file")
     if not Path(path).is_file():
         raise CorpusError(f"{path}: corpus not found")
     if requested != "auto":
@@ -103,6 +107,11 @@ def field(record: Any, key: str, required: bool = True) -> str:
     value = record[key]
     if not isinstance(value, str):
         raise RecordError(f"key {key!r} must be a string, got {type(value).__name__}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:  # a JSON escape of half a surrogate pair, e.g. "\ud800"
+            raise RecordError(f"key {key!r} holds an unpaired surrogate {value[err.start]!a}, not text") from None
     return value
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tencentpretrain.cli import InputError
 from tencentpretrain.targets import IGNORE_INDEX
 
 
@@ -54,9 +55,9 @@ class DataLoader:
     def __init__(self, dataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 7,
                  shuffle: bool = True):
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"bad loader settings: batch_size={batch_size}, rank={rank}, world_size={world_size}")
+            raise InputError(f"bad loader settings: batch_size={batch_size}, rank={rank}, world_size={world_size}")
         if len(dataset) < 1:
-            raise ValueError("the dataset has no samples")
+            raise InputError("the dataset has no samples")
         self.dataset, self.batch_size, self.rank, self.world_size = dataset, batch_size, rank, world_size
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.index = 0, 0
@@ -118,7 +119,7 @@ class DataLoader:
         mine = self.state_dict()
         for key in ("seed", "shuffle", "batch_size", "world_size", "samples"):
             if state.get(key) != mine[key]:
-                raise ValueError(f"cannot resume the data loader: {key} was {state.get(key)!r}, now {mine[key]!r}")
+                raise InputError(f"cannot resume the data loader: {key} was {state.get(key)!r}, now {mine[key]!r}")
         if not 0 <= state["index"] < self.batches_per_epoch or state["epoch"] < 0:
-            raise ValueError(f"cannot resume the data loader: position {state['epoch']}/{state['index']} is invalid")
+            raise InputError(f"cannot resume the data loader: position {state['epoch']}/{state['index']} is invalid")
         self.epoch, self.index = int(state["epoch"]), int(state["index"])

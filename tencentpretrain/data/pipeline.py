@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from tencentpretrain.cli import InputError
 from tencentpretrain.data.binary import DatasetWriter
 from tencentpretrain.data.corpus import CorpusError, read_chunks
 from tencentpretrain.data.processors import Encoded, ProcessorSpec, build_processor, encode_chunk
@@ -47,10 +48,10 @@ def build_dataset(spec: ProcessorSpec, corpus_path: str | Path, dataset_path: st
 
     Raises:
         CorpusError: bad input (file and line in the message); nothing is left at ``dataset_path``.
-        FileExistsError: ``dataset_path`` exists and not ``overwrite``.
+        DatasetError: ``dataset_path`` exists and not ``overwrite``.
     """
     if processes_num < 1 or chunk_size < 1:
-        raise ValueError(f"processes_num and chunk_size must be >= 1, got {processes_num} and {chunk_size}")
+        raise InputError(f"--processes_num and --chunk_size must be >= 1, got {processes_num} and {chunk_size}")
     processor = build_processor(spec)  # fails early on a bad tokenizer or special token
     writer = DatasetWriter(dataset_path, processor.tokenizer.vocab_size, overwrite=overwrite)
     start, counts = time.perf_counter(), Counter()

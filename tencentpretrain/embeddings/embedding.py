@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.layers.norm import LayerNorm
 from tencentpretrain.registry import EMBEDDINGS
@@ -33,8 +34,8 @@ class PositionEmbedding(nn.Module):
     def forward(self, src: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         limit = self.embedding.num_embeddings
         if int(positions.max()) >= limit:
-            raise ValueError(f"position {int(positions.max())} is beyond max_seq_length {limit} "
-                             "of the learned position embedding")
+            raise InputError(f"position {int(positions.max())} is beyond max_seq_length {limit} "
+                             "of the learned position embedding (a shorter --seq_length fits)")
         return self.embedding(positions).expand(src.shape[0], -1, -1)  # (B, T, emb)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from tencentpretrain.checkpoint import load_model, model_from_state
+from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation.layout import apply_layout
 from tencentpretrain.generation.sampling import SamplingParams, sample
@@ -123,7 +124,7 @@ class Engine:
         if self.device.type == "cpu":
             apply_layout(model, layout, batch_size)
         elif layout != "column":
-            raise ValueError(f"weight layout {layout!r} is for CPU; the model is on {self.device}")
+            raise InputError(f"weight layout {layout!r} is for CPU; the model is on {self.device}")
 
     @property
     def config(self) -> ModelConfig:
@@ -188,9 +189,11 @@ def load_generation_model(model_path: str | Path, config_path: str | Path | None
         dtype: cast floating-point weights (default: keep the checkpoint's).
     """
     model_path = Path(model_path)
+    if not model_path.exists():
+        raise InputError(f"{model_path}: no such checkpoint file or Hugging Face directory")
     if not model_path.is_dir():
         if config_path is None:
-            raise ValueError(f"{model_path}: a checkpoint file needs --config_path")
+            raise InputError(f"{model_path}: a checkpoint file needs --config_path")
         return load_model(config_path, model_path, device=device, dtype=dtype)
     from tencentpretrain.convert import load_hf_llama
 
@@ -201,8 +204,8 @@ def load_generation_model(model_path: str | Path, config_path: str | Path | None
 
 
 def _check_same_architecture(given: ModelConfig, found: ModelConfig) -> None:
-    """Raise ValueError when a --config_path disagrees with a Hugging Face directory's config.json."""
+    """Raise InputError when a --config_path disagrees with a Hugging Face directory's config.json."""
     keys = ("hidden_size", "feedforward_size", "heads_num", "kv_heads_num", "layers_num")
     diff = [f"{k}: {getattr(given, k)} vs {getattr(found, k)}" for k in keys if getattr(given, k) != getattr(found, k)]
     if diff:
-        raise ValueError(f"{given.source} disagrees with {found.source} ({'; '.join(diff)}); leave --config_path out")
+        raise InputError(f"{given.source} disagrees with {found.source} ({'; '.join(diff)}); leave --config_path out")

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tencentpretrain.cli import InputError
+
 LAYOUTS = ("column", "packed", "both")
 PACK_MIN_WEIGHTS = 1 << 19  # where oneDNN overtakes MKL at 2-8 rows on a 1-thread AMD EPYC (docs/benchmarks.md)
 
@@ -83,15 +85,15 @@ def apply_layout(model: nn.Module, layout: str, rows: int = 8) -> None:
         rows: the batch size ``packed``/``both`` are tuned for.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown weight layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        raise InputError(f"unknown weight layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if layout != "column" and not packing_available():
-        raise ValueError(f"weight layout {layout!r} needs PyTorch with oneDNN (mkldnn), which this build lacks; "
+        raise InputError(f"weight layout {layout!r} needs PyTorch with oneDNN (mkldnn), which this build lacks; "
                          "use 'column'")
     targets = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if layout != "column":
         for name, module in targets:
             if module.weight.device.type != "cpu" or module.weight.dtype != torch.float32:
-                raise ValueError(f"weight layout {layout!r} is for float32 weights on CPU; {name}.weight is "
+                raise InputError(f"weight layout {layout!r} is for float32 weights on CPU; {name}.weight is "
                                  f"{module.weight.dtype} on {module.weight.device}")
     for name, module in targets:
         if layout == "column" or type(module) is not nn.Linear or module.weight.numel() < PACK_MIN_WEIGHTS:

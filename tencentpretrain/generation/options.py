@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from tencentpretrain.cli import InputError, naming
 from tencentpretrain.generation.engine import Engine, load_generation_model
 from tencentpretrain.generation.layout import LAYOUTS, weight_layout
 from tencentpretrain.generation.quant import quantize_int8
@@ -66,14 +67,16 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1) -> tuple[Engine, 
     if spm is None and Path(args.load_model_path).is_dir():
         spm = Path(args.load_model_path) / "tokenizer.model"
     if spm is None:
-        raise ValueError("--spm_model_path is required for a checkpoint file")
-    tokenizer = SentencePieceTokenizer(spm)
+        raise InputError("--spm_model_path is required for a checkpoint file")
+    with naming("--spm_model_path", spm):
+        tokenizer = SentencePieceTokenizer(spm)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if args.device == "cpu" else torch.bfloat16)
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    model = load_generation_model(args.load_model_path, args.config_path, device=args.device, dtype=dtype)
+    with naming("--load_model_path", args.load_model_path), naming("--config_path", args.config_path):
+        model = load_generation_model(args.load_model_path, args.config_path, device=args.device, dtype=dtype)
     if model.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"{spm} has {tokenizer.vocab_size} pieces but the model only {model.vocab_size} rows")
+        raise InputError(f"{spm} has {tokenizer.vocab_size} pieces but the model only {model.vocab_size} rows")
     if args.int8:
         quantize_int8(model)
     layout = weight_layout(args.weight_layout, batch_size, args.device, dtype)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from tencentpretrain.jsonfile import read_json
+from tencentpretrain.cli import InputError
+from tencentpretrain.jsonfile import read_json_object
 from tencentpretrain.registry import TOKENIZERS
 
 SPECIAL_TOKENS = ("bos", "eos", "pad", "unk")
+
+
+class TokenizerError(InputError):
+    """A tokenizer model or special-token setting that cannot be used; the message names the file."""
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -28,18 +33,36 @@ def read_special_tokens(path: str | Path) -> dict[str, int | str]:
     """
     aliases = {"pad_token": "pad", "unk_token": "unk", "cls_token": "bos", "sep_token": "eos",
                "bos_token": "bos", "eos_token": "eos", "mask_token": None}
-    data = read_json(path, ValueError, missing=f"special tokens file not found: {path}")
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: special tokens must be a JSON object")
+    data = read_json_object(path, TokenizerError, missing=f"{path}: special tokens file not found",
+                            what="special tokens")
     out = {}
     for key, value in data.items():
         name = aliases.get(key, key)
         if name is None:
             continue
         if name not in SPECIAL_TOKENS:
-            raise ValueError(f"{path}: unknown special token {key!r}; known: {', '.join(SPECIAL_TOKENS)}")
+            raise TokenizerError(f"{path}: unknown special token {key!r}; known: {', '.join(SPECIAL_TOKENS)}")
         out[name] = value
     return out
+
+
+def _load_processor(path: Path):
+    """A SentencePieceProcessor for ``path``; TokenizerError naming the file when it is not a model."""
+    import sentencepiece
+
+    if path.is_dir():
+        raise TokenizerError(f"{path}: is a directory, expected a SentencePiece .model file")
+    if not path.is_file():
+        raise TokenizerError(f"{path}: SentencePiece model not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise TokenizerError(f"{path}: empty file (0 bytes), not a SentencePiece model")
+    try:
+        return sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as err:
+        detail = "unreadable model data" if "parse ModelProto" in str(err) else \
+            (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TokenizerError(f"{path}: not a SentencePiece model ({size} bytes; {detail})") from None
 
 
 @TOKENIZERS.register("sentencepiece")
@@ -53,23 +76,19 @@ class SentencePieceTokenizer:
     """
 
     def __init__(self, model_path: str | Path, special_tokens: dict[str, int | str] | None = None):
-        import sentencepiece
-
         self.model_path = Path(model_path)
-        if not self.model_path.is_file():
-            raise FileNotFoundError(f"SentencePiece model not found: {self.model_path}")
-        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(self.model_path))
+        self.sp = _load_processor(self.model_path)
         self.vocab_size = self.sp.get_piece_size()
         ids = {"bos": self.sp.bos_id(), "eos": self.sp.eos_id(), "pad": self.sp.pad_id(), "unk": self.sp.unk_id()}
         for name, value in (special_tokens or {}).items():
             if name not in SPECIAL_TOKENS:
-                raise ValueError(f"unknown special token {name!r}; known: {', '.join(SPECIAL_TOKENS)}")
+                raise TokenizerError(f"unknown special token {name!r}; known: {', '.join(SPECIAL_TOKENS)}")
             ids[name] = self._to_id(name, value)
         if ids["pad"] < 0:
             ids["pad"] = ids["unk"]
         for name, value in ids.items():
             if not 0 <= value < self.vocab_size:
-                raise ValueError(f"{self.model_path}: the model defines no {name} token; give one with a "
+                raise TokenizerError(f"{self.model_path}: the model defines no {name} token; give one with a "
                                  "special-tokens override")
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = ids["bos"], ids["eos"], ids["pad"], ids["unk"]
 
@@ -78,7 +97,7 @@ class SentencePieceTokenizer:
             return value
         piece_id = self.sp.piece_to_id(value)
         if piece_id == self.sp.unk_id() and value != self.sp.id_to_piece(self.sp.unk_id()):
-            raise ValueError(f"special token {name}={value!r} is not a piece of {self.model_path}")
+            raise TokenizerError(f"special token {name}={value!r} is not a piece of {self.model_path}")
         return piece_id
 
     @property

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
+
+from tencentpretrain.tokenizers.sentencepiece import TokenizerError
 
 
 def train_sentencepiece(corpus_path: str | Path, model_prefix: str | Path, vocab_size: int,
@@ -25,11 +30,21 @@ def train_sentencepiece(corpus_path: str | Path, model_prefix: str | Path, vocab
 
     prefix = Path(model_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus_path), model_prefix=str(prefix), vocab_size=vocab_size, model_type=model_type,
-        byte_fallback=True, split_digits=True, character_coverage=character_coverage,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=3, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        hard_vocab_limit=False, input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
-        max_sentence_length=1 << 16, minloglevel=2,
-    )
-    return prefix.with_suffix(".model")
+    staging = Path(tempfile.mkdtemp(prefix=f".{prefix.name}.", suffix=".tmp", dir=prefix.parent))
+    try:  # trained aside, moved into place only when both files are complete
+        try:
+            sentencepiece.SentencePieceTrainer.train(
+                input=str(corpus_path), model_prefix=str(staging / prefix.name), vocab_size=vocab_size,
+                model_type=model_type, byte_fallback=True, split_digits=True, character_coverage=character_coverage,
+                unk_id=0, bos_id=1, eos_id=2, pad_id=3, normalization_rule_name="identity",
+                remove_extra_whitespaces=False, hard_vocab_limit=False, input_sentence_size=input_sentence_size,
+                shuffle_input_sentence=True, max_sentence_length=1 << 16, minloglevel=2,
+            )
+        except RuntimeError as err:
+            detail = "no sentences in it" if "sentences_.empty()" in str(err) else str(err).strip()
+            raise TokenizerError(f"{corpus_path}: SentencePiece training failed: {detail}") from None
+        for suffix in (".vocab", ".model"):
+            os.replace(staging / f"{prefix.name}{suffix}", prefix.with_name(prefix.name + suffix))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return prefix.with_name(prefix.name + ".model")

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from tencentpretrain.checkpoint import CheckpointError, check_state_dict, load_state_dict
+from tencentpretrain.cli import InputError, naming
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.data import BinaryDataset, DataLoader
 from tencentpretrain.model import build_model
@@ -29,7 +30,7 @@ from tencentpretrain.training.optim import build_adamw, build_scheduler, param_g
 from tencentpretrain.training.options import TrainOptions, parse_options
 
 
-class SetupError(ValueError):
+class SetupError(InputError):
     """Data, tokenizer, config and checkpoint that do not belong together; the message names what differs."""
 
 
@@ -201,9 +202,10 @@ def pretrained_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, i
     state, error = None, None
     if info.is_main:
         try:
-            state = load_state_dict(opts.pretrained_model_path)  # memory-mapped: pages are read when copied
-            with torch.device("meta"):
-                check_state_dict(build_model(config, vocab_size), state, source=opts.pretrained_model_path)
+            with naming("--pretrained_model_path", opts.pretrained_model_path):
+                state = load_state_dict(opts.pretrained_model_path)  # memory-mapped: pages are read when copied
+                with torch.device("meta"):
+                    check_state_dict(build_model(config, vocab_size), state, source=opts.pretrained_model_path)
         except CheckpointError as err:
             error = str(err)
     if info.world_size > 1 and dist.is_initialized():
@@ -256,10 +258,14 @@ def build(opts: TrainOptions, info: DistInfo, trace: MemoryTrace | None = None) 
     """
     trace = trace or MemoryTrace(info.rank)
     overrides = {"dropout": opts.dropout} if opts.dropout is not None else {}
-    config = ModelConfig.from_json(opts.config_path, **overrides)
-    dataset = BinaryDataset(opts.dataset_path)
-    vocab_size = vocab_size_of(opts, config, dataset)
-    dev = BinaryDataset(opts.dev_dataset_path) if opts.dev_dataset_path else None
+    with naming("--config_path", opts.config_path):
+        config = ModelConfig.from_json(opts.config_path, **overrides)
+    with naming("--dataset_path", opts.dataset_path):
+        dataset = BinaryDataset(opts.dataset_path)
+    with naming("--spm_model_path", opts.spm_model_path):
+        vocab_size = vocab_size_of(opts, config, dataset)
+    with naming("--dev_dataset_path", opts.dev_dataset_path):
+        dev = BinaryDataset(opts.dev_dataset_path) if opts.dev_dataset_path else None
     if dev is not None and int(dev.meta["vocab_size"]) != vocab_size:
         raise SetupError(f"dev dataset {opts.dev_dataset_path} has vocab_size {dev.meta['vocab_size']}, "
                          f"the model {vocab_size}")
@@ -284,10 +290,12 @@ def build(opts: TrainOptions, info: DistInfo, trace: MemoryTrace | None = None) 
 
 def resume(opts: TrainOptions, engine: Engine, loader: DataLoader, info: DistInfo) -> tuple[int, int]:
     """Load the latest (or the given) training state; returns (step, skipped steps so far)."""
-    directory = checkpointing.latest_state(opts.resume_from_checkpoint or checkpointing.state_root(
-        opts.output_model_path))
-    engine.load(Path(directory))
-    state = checkpointing.load_rank_state(Path(directory), info.rank)
+    flag = "--resume_from_checkpoint" if opts.resume_from_checkpoint else "--resume"
+    where = opts.resume_from_checkpoint or checkpointing.state_root(opts.output_model_path)
+    with naming(flag, where):
+        directory = checkpointing.latest_state(where)
+        engine.load(Path(directory))
+        state = checkpointing.load_rank_state(Path(directory), info.rank)
     loader.load_state_dict(state["loader"])
     note(f"resumed from {directory} at step {state['step']}")
     return int(state["step"]), int(state.get("skipped_steps", 0))

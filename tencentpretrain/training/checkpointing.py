@@ -15,6 +15,7 @@ For ``--output_model_path models/llama_zh_7b``:
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tencentpretrain.checkpoint import atomic_path, save_state_dict
+from tencentpretrain.checkpoint import CheckpointError, atomic_path, save_state_dict
 
 LATEST = "latest"
 
@@ -70,17 +71,18 @@ def latest_state(directory: str | Path) -> Path:
     """The newest complete training state under ``directory`` (a run's ``<output>/``) or ``directory`` itself.
 
     Raises:
-        FileNotFoundError: there is none, naming where it looked.
+        CheckpointError: there is none, naming where it looked.
     """
     directory = Path(directory)
     if (directory / "rank0.pt").is_file():
         return directory
     pointer = directory / LATEST
     if not pointer.is_file():
-        raise FileNotFoundError(f"no training state to resume from: {pointer} does not exist")
+        raise CheckpointError(f"no training state to resume from in {directory}: neither a rank0.pt nor a "
+                              f"{LATEST} pointer ({pointer} does not exist)")
     state = directory / pointer.read_text().strip()
     if not (state / "rank0.pt").is_file():
-        raise FileNotFoundError(f"{pointer} names {state}, which has no rank0.pt")
+        raise CheckpointError(f"{pointer} names {state}, which has no rank0.pt")
     return state
 
 
@@ -128,7 +130,16 @@ def load_rank_state(directory: Path, rank: int) -> dict:
     """Read what ``save_rank_state`` wrote for ``rank`` and restore the RNG from it."""
     path = directory / f"rank{rank}.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} missing: was the state saved with another number of processes?")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+        raise CheckpointError(f"{path} missing: was the state saved with another number of processes?")
+    state = read_state_file(path, "cpu", weights_only=False)
     set_rng_state(state.pop("rng"))
     return state
+
+
+def read_state_file(path: Path, device, weights_only: bool = True):
+    """``torch.load`` of a training-state file; CheckpointError naming it when it is truncated or corrupt."""
+    try:
+        return torch.load(path, map_location=device, weights_only=weights_only)
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:200]
+        raise CheckpointError(f"{path}: truncated or corrupt training state ({detail})") from None

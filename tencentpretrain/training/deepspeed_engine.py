@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tencentpretrain.jsonfile import read_json
+from tencentpretrain.checkpoint import CheckpointError
+from tencentpretrain.jsonfile import read_json_object
 from tencentpretrain.training.engine import DistInfo, Engine, LossModule, StepResult
 from tencentpretrain.training.options import OptionsError, TrainOptions
 
@@ -27,7 +28,8 @@ from tencentpretrain.training.options import OptionsError, TrainOptions
 def deepspeed_config(opts: TrainOptions, on_cuda: bool, note: Callable[[str], None]) -> dict:
     """The DeepSpeed config dict for this run: the file's content with our flags' entries written over it."""
     path = Path(opts.deepspeed_config)
-    config = read_json(path, OptionsError, missing=f"--deepspeed_config {path} does not exist")
+    config = read_json_object(path, OptionsError, missing=f"--deepspeed_config {path} does not exist",
+                              what="a DeepSpeed config")
     config.pop("train_batch_size", None)  # derived by DeepSpeed from the two below and the world size
     config["train_micro_batch_size_per_gpu"] = opts.batch_size
     config["gradient_accumulation_steps"] = opts.accumulation_steps
@@ -206,7 +208,7 @@ class DeepSpeedEngine(Engine):
         path, _ = self.ds.load_checkpoint(str(directory.parent), tag=directory.name, load_optimizer_states=True,
                                           load_lr_scheduler_states=True)
         if path is None:
-            raise FileNotFoundError(f"DeepSpeed found no checkpoint in {directory}")
+            raise CheckpointError(f"DeepSpeed found no checkpoint in {directory} (was it saved without --deepspeed?)")
 
 
 def load_partitioned(model: nn.Module, state: dict[str, torch.Tensor] | None, dist_info: DistInfo) -> None:

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tencentpretrain.checkpoint import CheckpointError
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -177,7 +179,12 @@ class PlainEngine(Engine):
                        directory / "engine.pt")
 
     def load(self, directory):
-        state = torch.load(directory / "engine.pt", map_location=self.dist.device, weights_only=True)
+        from tencentpretrain.training.checkpointing import read_state_file
+
+        path = directory / "engine.pt"
+        if not path.is_file():
+            raise CheckpointError(f"{path} missing: was the state saved by another engine (with --deepspeed)?")
+        state = read_state_file(path, self.dist.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

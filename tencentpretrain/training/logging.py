@@ -7,6 +7,9 @@ import json
 import math
 from pathlib import Path
 
+from tencentpretrain.cli import InputError
+from tencentpretrain.jsonfile import line_of
+
 
 def format_eta(seconds: float) -> str:
     """``1h02m03s`` style."""
@@ -94,10 +97,27 @@ CSV_FIELDS = ["split", "step", "loss", "ppl", "lr", "grad_norm", "tokens_per_s",
 def read_log(path: str | Path) -> list[dict]:
     """The records of a ``.jsonl`` or ``.csv`` training log (numbers parsed back)."""
     path = Path(path)
-    if path.suffix != ".csv":
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    with path.open(encoding="utf-8", newline="") as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a training log file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 at line {line_of(raw, err.start)}") from None
+    if path.suffix == ".csv":
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(text.splitlines())]
+    records = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}:{line_no}: not a JSON log record ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path}:{line_no}: not a JSON log record (a JSON object)")
+        records.append(record)
+    return records
 
 
 def _number(text: str):

@@ -10,25 +10,24 @@ import dataclasses
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
-from tencentpretrain.checkpoint import CheckpointError, atomic_path, save_state_dict
-from tencentpretrain.config import ConfigError
-from tencentpretrain.data import DataLoader, DatasetError
+from tencentpretrain.checkpoint import atomic_path, save_state_dict
+from tencentpretrain.cli import InputError
+from tencentpretrain.data import DataLoader
 from tencentpretrain.training import checkpointing
-from tencentpretrain.training.build import Run, SetupError, build, note, setup
+from tencentpretrain.training.build import Run, build, note, setup
 from tencentpretrain.training.engine import DTYPES
 from tencentpretrain.training.flops import measure_matmul_peak
 from tencentpretrain.training.logging import format_eta
-from tencentpretrain.training.options import OptionsError
 
 
-class TrainingStopped(RuntimeError):
-    """Training gave up: too many steps with a non-finite loss or gradient."""
+class TrainingStopped(InputError):
+    """Training gave up: too many steps with a non-finite loss or gradient (the settings or data need a change;
+    reported like bad input, with the flag to adjust)."""
 
 
 @dataclass
@@ -163,18 +162,17 @@ def save_lora(run: Run, state: dict, step: int, final: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``pretrain.py``: returns 0, or 1 with a message on stderr when the inputs are wrong or training
-    stopped."""
+    """Run ``pretrain.py``; returns 0.
+
+    Bad input raises an :class:`~tencentpretrain.cli.InputError` (``run_cli`` prints it and exits 1). Under
+    torchrun/DeepSpeed every rank reaches the same error: all ranks read the same config, dataset and tokenizer,
+    and only rank 0 reads ``--pretrained_model_path`` but broadcasts its verdict (``build.pretrained_state``).
+    """
+    opts, info = setup(argv)
+    run = build(opts, info)
     try:
-        opts, info = setup(argv)
-        run = build(opts, info)
-        try:
-            train(run)
-        finally:
-            run.logger.close()
-    except (SetupError, OptionsError, ConfigError, CheckpointError, DatasetError, FileNotFoundError,
-            TrainingStopped) as err:
-        print(f"pretrain: error: {err}", file=sys.stderr, flush=True)
-        return 1
+        train(run)
+    finally:
+        run.logger.close()
     note(f"done: {checkpointing.final_model_path(opts.output_model_path)}")
     return 0

@@ -32,12 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tencentpretrain.checkpoint import atomic_path, load_state_dict, save_state_dict
-from tencentpretrain.jsonfile import read_json
+from tencentpretrain.cli import InputError
+from tencentpretrain.jsonfile import read_json_object
 
 LORA_SUFFIXES = (".lora_A", ".lora_B")
 
 
-class LoraError(ValueError):
+class LoraError(InputError):
     """Bad LoRA settings, a pattern that matches nothing, or an adapter that does not fit its base model."""
 
 
@@ -252,7 +253,7 @@ def read_adapter_config(adapter_path: str | Path) -> LoraConfig:
     if not path.is_file():
         raise LoraError(f"LoRA settings not found: {path} (written by save_adapter next to {adapter_path}); "
                         "pass the rank and alpha explicitly instead")
-    data = read_json(path, LoraError)
+    data = read_json_object(path, LoraError, what="LoRA settings")
     data.pop("format", None)
     known = {f.name for f in dataclasses.fields(LoraConfig)}
     unknown = sorted(set(data) - known)

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from tencentpretrain.cli import InputError
 from tencentpretrain.registry import SCHEDULERS
 
 
@@ -51,7 +52,7 @@ def cosine_schedule(step: int, warmup_steps: int, total_steps: int) -> float:
 def warmup_steps_of(warmup: float, total_steps: int) -> int:
     """TencentPretrain's ``--warmup``: a fraction of ``total_steps`` when below 1, else a number of steps."""
     if warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {warmup}")
+        raise InputError(f"--warmup must be >= 0, got {warmup}")
     return int(total_steps * warmup) if warmup < 1 else int(warmup)
 
 
@@ -66,7 +67,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Trainable parameters in two groups: matrices (``dim >= 2``) decay, vectors (norms, biases) do not."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("no trainable parameters: every parameter is frozen")
+        raise InputError("no trainable parameters: every parameter is frozen")
     decay = [p for p in params if _ndim(p) >= 2]
     no_decay = [p for p in params if _ndim(p) < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

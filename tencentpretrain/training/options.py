@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 
 import tencentpretrain.data  # noqa: F401  (registers the data processors)
+from tencentpretrain.cli import InputError
 from tencentpretrain.registry import DATA_PROCESSORS, SCHEDULERS
 from tencentpretrain.training import optim  # noqa: F401  (registers the schedulers)
 
@@ -25,7 +26,7 @@ def _opt(default, help: str, choices=None, **extra):
     return field(default=default, metadata={"help": help, "choices": choices, **extra})
 
 
-class OptionsError(ValueError):
+class OptionsError(InputError):
     """Run settings that contradict each other; the message names the flags."""
 
 

@@ -117,6 +117,10 @@ COMMANDS = [
             {"--load_model_path": ("hf_dir", "hf_llama"), "--test_path": ("prompts", "prompts")},
             {"--prediction_path": "out.txt"}, GENERATE),
     Command("server", "inference/server.py", MODEL, {}, ("--port", "0"), serves=True),
+    Command("evaluate_perplexity", "scripts/evaluate.py", {**MODEL, "--corpus_path": ("corpus", "corpus")},
+            {"--output_path": "ppl.json"}, ("--task", "perplexity", "--seq_length", "16", "--batch_size", "2")),
+    Command("evaluate_choice", "scripts/evaluate.py", {**MODEL, "--test_path": ("choice", "choice")},
+            {"--output_path": "choice.json"}, ("--task", "choice", "--shots", "0")),
 ]
 
 
@@ -265,6 +269,12 @@ BROKEN: dict[str, dict[str, Callable[[dict, Path], Path]]] = {
         "not_utf8": lambda src, d: text_file(d, "prompts.txt", NOT_UTF8),
         "directory": lambda src, d: directory(d, "prompts.txt"),
     },
+    "choice": {  # a C-Eval CSV file
+        "not_utf8": lambda src, d: text_file(d, src.name, b"id,question,A,B,C,D,answer\n0,q\xff,a,b,c,d,A\n"),
+        "wrong_header": lambda src, d: text_file(d, src.name, b"id,question,A,B,answer\n0,q,a,b,A\n"),
+        "answer_not_a_letter": lambda src, d: text_file(d, src.name, b"id,question,A,B,C,D,answer\n0,q,a,b,c,d,E\n"),
+        "zero_byte": lambda src, d: zero_bytes(d, src.name),
+    },
     "log": {
         "not_utf8": lambda src, d: text_file(d, "log.jsonl", b'{"step": 1, "loss": 2.0}\n\xff\n'),
         "truncated_record": lambda src, d: text_file(d, "log.jsonl", b'{"step": 1, "loss": 2.0}\n{"step": 2, "lo'),
@@ -308,6 +318,8 @@ def build_good(folder: Path, spm: Path) -> dict[str, Path]:
     good["alpaca"] = text_file(folder, "alpaca.json", json.dumps(records, ensure_ascii=False, indent=1).encode())
     good["special_tokens"] = text_file(folder, "tokens.json", b'{"pad": "<unk>"}')
     good["prompts"] = text_file(folder, "prompts.txt", "the model\n数据 模型\n".encode())
+    good["choice"] = text_file(folder, "computer_network_val.csv", "id,question,A,B,C,D,answer\n"
+                               "0,数据 模型,the,model,reads,tokens,B\n1,训练 语言,data,loss,batch,epoch,D\n".encode())
     good["log"] = text_file(folder, "log.jsonl", b"".join(
         json.dumps({"split": "train", "step": s, "loss": 5.0 / s}).encode() + b"\n" for s in range(1, 5)))
     return good

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 
 from tencentpretrain.checkpoint import atomic_path
-from tencentpretrain.cli import InputError
+from tencentpretrain.cli import InputError, naming
 from tencentpretrain.evaluation.choice import ChoiceScorer, evaluate_subject, summarize
 from tencentpretrain.evaluation.perplexity import evaluate_perplexity
 from tencentpretrain.evaluation.readers import Question, read_choice_file, read_documents, subject_files
@@ -27,7 +27,8 @@ def context_length(args: argparse.Namespace, model: Model) -> int:
 
 def read_perplexity_inputs(args: argparse.Namespace) -> list[str]:
     """The documents of ``--corpus_path`` (read before the model is loaded, so a bad file fails fast)."""
-    return read_documents(args.corpus_path, args.corpus_format)
+    with naming("--corpus_path", args.corpus_path):
+        return read_documents(args.corpus_path, args.corpus_format)
 
 
 def run_perplexity(args: argparse.Namespace, model: Model, tokenizer, documents: list[str]) -> dict:
@@ -50,9 +51,11 @@ class ChoiceInputs:
 
 def read_choice_inputs(args: argparse.Namespace) -> ChoiceInputs:
     """Every file ``--task choice`` needs, read and checked before the model is loaded."""
-    tests = subject_files(args.test_path, "--test_path")
-    questions = {subject: read_choice_file(path, need_answers=False) for subject, path in tests.items()}
-    names, categories = subject_names(args.subject_mapping, args.prompt_language)
+    with naming("--test_path", args.test_path):
+        tests = subject_files(args.test_path, "--test_path")
+        questions = {subject: read_choice_file(path, need_answers=False) for subject, path in tests.items()}
+    with naming("--subject_mapping", args.subject_mapping):
+        names, categories = subject_names(args.subject_mapping, args.prompt_language)
     names = {subject: names.get(subject, subject.replace("_", " ")) for subject in tests}
     return ChoiceInputs(questions, read_examples(args, list(tests)), names, categories)
 
@@ -86,7 +89,8 @@ def read_examples(args: argparse.Namespace, subjects: list[str]) -> dict:
         if subject not in files:
             raise InputError(f"--dev_path {args.dev_path}: no dev file for subject {subject!r} "
                              f"(expected {subject}_dev.csv)")
-        questions = read_choice_file(files[subject], need_answers=True)
+        with naming("--dev_path", args.dev_path):
+            questions = read_choice_file(files[subject], need_answers=True)
         if len(questions) < args.shots:
             raise InputError(f"--shots {args.shots}: {files[subject]} has only {len(questions)} questions")
         examples[subject] = questions[:args.shots]

@@ -8,6 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tencentpretrain.checkpoint import CheckpointError, save_state_dict  # noqa: E402
@@ -21,6 +23,8 @@ def main(argv=None) -> int:
     parser.add_argument("--input_model_path", required=True, help="the .gguf file")
     parser.add_argument("--output_model_path", required=True, help="TencentPretrain .bin or .safetensors to write")
     parser.add_argument("--output_config_path", help="also write the matching TencentPretrain JSON config here")
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"),
+                        help="cast every tensor (default: keep each as stored: f16 matrices of an f16 file, f32 norms)")
     args = parser.parse_args(argv)
     try:
         from tencentpretrain.convert.gguf import read_gguf
@@ -28,6 +32,9 @@ def main(argv=None) -> int:
         raise InputError("the gguf package is not installed: pip install -e .[gguf]") from None
     try:
         config, state, lossy = read_gguf(args.input_model_path)
+        if args.dtype:
+            dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+            state = {name: tensor.to(dtype) for name, tensor in state.items()}
         save_state_dict(state, args.output_model_path)
     except (ConversionError, CheckpointError, ConfigError) as err:
         raise InputError(str(err)) from err

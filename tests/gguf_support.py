@@ -101,7 +101,17 @@ def merge_tokenizers(base: Path, extra: Path, out: Path) -> Path:
 
 
 def train_tiny(config: ModelConfig, ids: list[list[int]], vocab: int, steps: int = 300, seed: int = 0):
-    """A model of ``config`` trained for ``steps`` Adam steps on the token rows ``ids`` (next-token loss)."""
+    """A model of ``config`` trained for ``steps`` Adam steps on the token rows ``ids`` (next-token loss), on one
+    thread (a tiny model on a shared machine trains many times faster so)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(config, ids, vocab, steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: ModelConfig, ids: list[list[int]], vocab: int, steps: int, seed: int):
     from tencentpretrain.model import build_model
 
     torch.manual_seed(seed)

@@ -179,7 +179,8 @@ def test_chat_template_renders_our_prompt(tiny_spm):
 
     tokenizer = SentencePieceTokenizer(tiny_spm)
     messages = [{"role": "system", "content": "the model"}, {"role": "user", "content": "train the model"},
-                {"role": "assistant", "content": "data and 模型 训练"}, {"role": "user", "content": "中文 文本 loss"}]
+                {"role": "assistant", "content": "data and 模型 训练"}, {"role": "user", "content": "中文 文本 loss"},
+                {"role": "assistant", "content": ""}, {"role": "user", "content": " model  loss"}]
 
     def raise_exception(message):
         raise ValueError(message)
@@ -193,8 +194,8 @@ def test_chat_template_renders_our_prompt(tiny_spm):
             ids.append(tokenizer.sp.piece_to_id(part))
         elif part:
             ids += tokenizer.sp.encode(part)  # SentencePiece's dummy prefix: llama.cpp's space after a special
-    want = chat_prompt(tokenizer, "alpaca", [("train the model", "data and 模型 训练")], "中文 文本 loss", 10_000,
-                       system="the model")
+    history = [("train the model", "data and 模型 训练"), ("中文 文本 loss", "")]
+    want = chat_prompt(tokenizer, "alpaca", history, " model  loss", 10_000, system="the model")
     assert ids == want
     with pytest.raises(ValueError, match="unexpected role assistant"):
         template.render(messages=messages[:1] + messages[2:], bos_token="<s>", eos_token="</s>",

@@ -110,8 +110,10 @@ def chat_template(template: Template, add_space_prefix: bool = True) -> str:
     System messages (before the first user message) are joined by newlines and put, followed by a blank line,
     before the first question; each question is rendered through ``template`` without an input and follows
     ``bos_token``; each answer follows its prompt (after a space when SentencePiece adds one before a text, since
-    ours encodes prompt and answer apart) and ends with ``eos_token``. Roles out of order raise, as ours do.
-    llama.cpp tokenises the rendered text with special tokens parsed, so ``bos_token``/``eos_token`` become ids.
+    ours encodes prompt and answer apart; an empty answer is no tokens) and ends with ``eos_token``. Roles out of
+    order raise, as ours do. llama.cpp tokenises the rendered text with special tokens parsed, so ``bos_token``
+    and ``eos_token`` become their ids. The last prompt already ends with the response header, so
+    ``add_generation_prompt`` changes nothing; history is not cut to fit the context, as ours is.
     """
     marker = "\x00"
     before, after = template.without_input.format(instruction=marker).split(marker)
@@ -130,7 +132,7 @@ def chat_template(template: Template, add_space_prefix: bool = True) -> str:
         "{{ bos_token ~ " + _literal(before) + " ~ question ~ " + _literal(after) + " }}",
         "{%- set ns.turn = ns.turn + 1 -%}",
         "{%- elif message['role'] == 'assistant' and ns.turn % 2 == 1 -%}",
-        "{{ " + _literal(gap) + " ~ message['content'] ~ eos_token }}",
+        "{{ ((" + _literal(gap) + " ~ message['content']) if message['content'] else '') ~ eos_token }}",
         "{%- set ns.turn = ns.turn + 1 -%}",
         "{%- else -%}",
         "{{ raise_exception('unexpected role ' ~ message['role'] ~ ': expected system messages first, then user "

@@ -242,3 +242,18 @@ def test_trained_model_answers_as_ours(trained, tiny_spm):
                 assert got == want
             else:  # 8 bits: the same answer, or the same start
                 assert got[:8] == want[:8], (got, want)
+
+
+def test_bench_generate_llama_cpp_side():
+    """bench/generate.py --llama_cpp runs, and llama.cpp's f32 greedy tokens equal ours on the benchmark weights."""
+    import importlib.util
+
+    from gguf_support import ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_generate", ROOT / "bench" / "generate.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--sizes", "tiny", "--batches", "1", "--new_tokens", "4", "--repeats", "1", "--llama_cpp",
+                       "--llama_cpp_threads", "1"])
+    cells = [row.strip("|").split("|") for row in rows]
+    assert len(rows) == 2 and cells[1][1].strip() == "1" and cells[1][-1].strip() == "True"

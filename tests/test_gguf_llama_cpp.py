@@ -257,3 +257,30 @@ def test_bench_generate_llama_cpp_side():
                        "--llama_cpp_threads", "1"])
     cells = [row.strip("|").split("|") for row in rows]
     assert len(rows) == 2 and cells[1][1].strip() == "1" and cells[1][-1].strip() == "True"
+
+
+def test_run_llama_cpp_answers_as_run_llama(trained, tiny_spm, tmp_path):
+    """inference/run_llama_cpp.py on the GGUF writes the answers inference/run_llama.py writes (as quickstart.sh)."""
+    import importlib.util
+
+    from gguf_support import ROOT
+
+    def main_of(name):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "inference" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main
+
+    folder, config_path, model_path, _ = trained
+    gguf_path = to_gguf(model_path, config_path, tiny_spm, tmp_path / "chat.gguf", "f32", "--template", "alpaca")
+    questions = tmp_path / "questions.txt"
+    questions.write_text("train the model\n中文 模型 数据\nthe loss of 数据\\nand 文本\n", encoding="utf-8")
+    common = ["--test_path", str(questions), "--max_new_tokens", "24", "--temperature", "0", "--seq_length", "256"]
+    main_of("run_llama")(["--load_model_path", str(model_path), "--config_path", str(config_path), "--spm_model_path",
+                          str(tiny_spm), "--template", "alpaca", "--prediction_path", str(tmp_path / "ours.txt"),
+                          "--quiet", *common])
+    assert main_of("run_llama_cpp")(["--load_model_path", str(gguf_path), "--threads", "1", "--prediction_path",
+                                     str(tmp_path / "theirs.txt"), *common]) == 0
+    ours = (tmp_path / "ours.txt").read_text(encoding="utf-8")
+    assert ours.count("\n") == 3 and ours.strip()
+    assert (tmp_path / "theirs.txt").read_text(encoding="utf-8") == ours

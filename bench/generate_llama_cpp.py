@@ -3,7 +3,8 @@ on the same weights, batch 1, at each thread count: f32 against our fp32 and q8_
 
 Our model is written to GGUF with our own exporter (``tencentpretrain.convert.gguf``), so both sides run identical
 weights; llama.cpp generates greedily through ``Llama.generate`` (its sampler, Python loop included), ours through
-``Engine.generate``. TTFT and decode tokens/s are measured as in ``bench/generate.py`` (fastest of the repeats).
+``Engine.generate``; both keep the key/value cache in f32. TTFT and decode tokens/s are measured as in
+``bench/generate.py`` (fastest of the repeats).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+F32 = 0  # GGML_TYPE_F32: the key/value cache in f32 as ours (llama.cpp's default f16 cache rounds the attention)
 HEADER = ("| model | threads | llama.cpp f32 tok/s | ours fp32 tok/s | f32: llama.cpp / ours | llama.cpp q8_0 tok/s | "
           "ours int8 tok/s | 8-bit: llama.cpp / ours | TTFT ms llama.cpp f32 / ours fp32 / llama.cpp q8_0 / ours "
           "int8 | same tokens f32 |")
@@ -46,7 +48,7 @@ def llama_cpp_runner(path: Path, prompt: list[int], threads: int, context: int):
     import llama_cpp
 
     model = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
-                            n_batch=context, verbose=False)
+                            n_batch=context, type_k=F32, type_v=F32, verbose=False)
 
     def run(n: int) -> list[list[int]]:
         out = []

@@ -39,6 +39,8 @@ def build_args(argv):
     parser.add_argument("--repetition_penalty", type=float, default=1.0, help="repetition penalty (1.0: off)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the sampler")
     parser.add_argument("--threads", type=int, help="CPU threads (default: llama.cpp's choice)")
+    parser.add_argument("--kv_cache_type", choices=("f16", "f32"), default="f16",
+                        help="key/value cache type: llama.cpp's default f16, or f32 as our engine keeps it")
     return parser.parse_args(argv)
 
 
@@ -52,8 +54,9 @@ def main(argv=None) -> int:
         if not Path(path).is_file():
             raise InputError(f"{flag} {path}: no such file")
     try:
+        cache = {"f16": 1, "f32": 0}[args.kv_cache_type]  # GGML_TYPE_F16, GGML_TYPE_F32
         model = llama_cpp.Llama(model_path=args.load_model_path, n_ctx=args.seq_length, n_threads=args.threads,
-                                seed=args.seed, verbose=False)
+                                seed=args.seed, type_k=cache, type_v=cache, verbose=False)
     except ValueError as err:
         raise InputError(f"--load_model_path {args.load_model_path}: llama.cpp cannot load it ({err})") from None
     chat = "tokenizer.chat_template" in model.metadata and not args.raw

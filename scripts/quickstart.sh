@@ -42,7 +42,7 @@ if $PY -c "import gguf, llama_cpp" 2>/dev/null; then
         --config_path $CONFIG --spm_model_path "$OUT/tokenizer.model" --output_model_path "$OUT/tiny_llama_chat.gguf" \
         --outtype f32 --template alpaca
     $PY inference/run_llama_cpp.py --load_model_path "$OUT/tiny_llama_chat.gguf" --test_path examples/questions.txt \
-        --prediction_path "$OUT/answers_llama_cpp.txt" --max_new_tokens 24 --temperature 0
+        --prediction_path "$OUT/answers_llama_cpp.txt" --max_new_tokens 24 --temperature 0 --kv_cache_type f32
     cmp "$OUT/answers.txt" "$OUT/answers_llama_cpp.txt"
     { set +x; } 2>/dev/null
     echo "llama.cpp answers as ours: $OUT/answers_llama_cpp.txt"

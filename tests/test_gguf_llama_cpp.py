@@ -233,24 +233,22 @@ def test_chat_template_renders_our_prompt(trained, tiny_spm):
 
 
 def test_trained_model_answers_as_ours(trained, tiny_spm):
+    """Multi-turn chat through create_chat_completion gives our ChatSession's greedy answers (f32 weights)."""
     folder, config_path, model_path, ours = trained
     tokenizer = SentencePieceTokenizer(tiny_spm)
-    for outtype in ("f32", "q8_0"):
-        model = llama(to_gguf(model_path, config_path, tiny_spm, folder / f"chat-{outtype}.gguf", outtype,
-                              "--template", "alpaca"))
-        session = ChatSession(Engine(ours, eos_ids=[tokenizer.eos_id]), tokenizer, "alpaca", seq_length=CTX,
-                              max_new_tokens=24)
-        for question in ("train the model", "中文 模型 数据", "the loss of 数据"):
-            want = session.ask(question)
-            messages = [m for q, a in session.history[:-1] for m in ({"role": "user", "content": q},
-                                                                     {"role": "assistant", "content": a})]
-            reply = model.create_chat_completion(messages + [{"role": "user", "content": question}],
-                                                 max_tokens=24, temperature=0.0)
-            got = reply["choices"][0]["message"]["content"]
-            if outtype == "f32":
-                assert got == want
-            else:  # 8 bits: the same answer, or the same start
-                assert got[:8] == want[:8], (got, want)
+    model = llama(to_gguf(model_path, config_path, tiny_spm, folder / "chat-f32.gguf", "f32", "--template", "alpaca"))
+    session = ChatSession(Engine(ours, eos_ids=[tokenizer.eos_id]), tokenizer, "alpaca", seq_length=CTX,
+                          max_new_tokens=24)
+    answers = []
+    for question in ("train the model", "中文 模型 数据", "the loss of 数据"):
+        messages = [m for q, a in session.history for m in ({"role": "user", "content": q},
+                                                             {"role": "assistant", "content": a})]
+        want = session.ask(question)
+        reply = model.create_chat_completion(messages + [{"role": "user", "content": question}], max_tokens=24,
+                                             temperature=0.0)
+        answers.append(reply["choices"][0]["message"]["content"])
+        assert answers[-1] == want
+    assert any(answers)
 
 
 def test_bench_generate_llama_cpp_side():

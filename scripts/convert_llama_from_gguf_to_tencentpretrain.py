@@ -23,6 +23,8 @@ def main(argv=None) -> int:
     parser.add_argument("--input_model_path", required=True, help="the .gguf file")
     parser.add_argument("--output_model_path", required=True, help="TencentPretrain .bin or .safetensors to write")
     parser.add_argument("--output_config_path", help="also write the matching TencentPretrain JSON config here")
+    parser.add_argument("--output_spm_model_path",
+                        help="also write the file's vocabulary as a SentencePiece model (BPE, as llama.cpp uses it)")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"),
                         help="cast every tensor (default: keep each as stored: f16 matrices of an f16 file, f32 norms)")
     args = parser.parse_args(argv)
@@ -35,6 +37,8 @@ def main(argv=None) -> int:
         if args.dtype:
             dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
             state = {name: tensor.to(dtype) for name, tensor in state.items()}
+        if args.output_spm_model_path:
+            write_tokenizer(args.input_model_path, args.output_spm_model_path)
         save_state_dict(state, args.output_model_path)
     except (ConversionError, CheckpointError, ConfigError) as err:
         raise InputError(str(err)) from err
@@ -45,6 +49,17 @@ def main(argv=None) -> int:
     print(f"wrote {args.output_model_path} ({len(state)} tensors, {config.layers_num} layers, hidden "
           f"{config.hidden_size}, vocab {state['embedding.word.embedding.weight'].shape[0]})")
     return 0
+
+
+def write_tokenizer(gguf_path, spm_path) -> None:
+    from gguf import GGUFReader
+
+    from tencentpretrain.checkpoint import atomic_path
+    from tencentpretrain.convert.gguf_vocab import sentencepiece_from_gguf
+
+    with atomic_path(spm_path) as tmp:
+        pieces = sentencepiece_from_gguf(GGUFReader(gguf_path), tmp)
+    print(f"wrote {spm_path} ({pieces} pieces)")
 
 
 if __name__ == "__main__":

@@ -282,3 +282,31 @@ def test_extended_vocabulary_is_exported_in_order(tmp_path, tiny_spm):
     vocab = read_vocabulary(merged, size)
     assert vocab.tokens[:400] == read_vocabulary(tiny_spm, 400).tokens
     assert vocab.scores[400:] == [0.0] * (size - 400) and set(vocab.types[400:]) == {1}
+
+
+def test_tokenizer_back_from_gguf_encodes_as_the_original(tmp_path, tiny_spm):
+    import sentencepiece
+
+    from tencentpretrain.tokenizers.train import train_sentencepiece
+
+    corpus = tmp_path / "zh.txt"
+    corpus.write_text("\n".join(["今天天气很好 我们去公园散步", "机器学习 深度学习 自然语言处理"] * 50) + "\n",
+                      encoding="utf-8")
+    merged = merge_tokenizers(tiny_spm, train_sentencepiece(corpus, tmp_path / "zh", vocab_size=300),
+                              tmp_path / "merged.model")
+    rows = SentencePieceTokenizer(merged).vocab_size + 5
+    config = tiny_config("mha", rows)
+    model, cfg = write_checkpoint(tmp_path / "m", config, random_state(config, rows))
+    path = to_gguf(model, cfg, merged, tmp_path / "m.gguf", "f32")
+    back = script("convert_llama_from_gguf_to_tencentpretrain")
+    assert back(["--input_model_path", str(path), "--output_model_path", str(tmp_path / "back.bin"),
+                 "--output_spm_model_path", str(tmp_path / "back.model")]) == 0
+    original = sentencepiece.SentencePieceProcessor(model_file=str(merged))
+    rebuilt = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "back.model"))
+    assert rebuilt.get_piece_size() == original.get_piece_size()
+    assert [rebuilt.id_to_piece(i) for i in range(rebuilt.get_piece_size())] == [
+        original.id_to_piece(i) for i in range(original.get_piece_size())]
+    texts = ["the model reads 机器学习 and 今天天气很好", "  spaced\nlines 123 🦙", "中文 文本 训练"]
+    assert [rebuilt.encode(t) for t in texts] == [original.encode(t) for t in texts]
+    assert (rebuilt.bos_id(), rebuilt.eos_id(), rebuilt.unk_id(), rebuilt.pad_id()) == (
+        original.bos_id(), original.eos_id(), original.unk_id(), original.pad_id())

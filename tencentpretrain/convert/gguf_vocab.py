@@ -145,3 +145,36 @@ def chat_template(template: Template, add_space_prefix: bool = True) -> str:
 def _literal(text: str) -> str:
     """A Jinja string literal for ``text`` (JSON's escapes are Jinja's)."""
     return json.dumps(text, ensure_ascii=False)
+
+
+def sentencepiece_from_gguf(reader, out_path: str | Path) -> int:
+    """Write the SentencePiece model of a GGUF file's ``llama`` vocabulary (a BPE model, identity normalisation,
+    byte fallback when it has byte pieces, as llama.cpp tokenises); return the number of pieces.
+
+    Unused ``[PAD<i>]`` rows past the tokenizer are left out. Raises ConversionError for another tokenizer model.
+    """
+    from sentencepiece import sentencepiece_model_pb2
+
+    def value(key, default=None):
+        field = reader.get_field(key)
+        return default if field is None else field.contents()
+
+    if value("tokenizer.ggml.model") != "llama":
+        raise ConversionError(f"the GGUF vocabulary is {value('tokenizer.ggml.model')!r}, not SentencePiece's llama")
+    tokens, scores = value("tokenizer.ggml.tokens"), value("tokenizer.ggml.scores")
+    types = value("tokenizer.ggml.token_type")
+    while tokens and types[-1] == UNUSED and tokens[-1].startswith("[PAD"):
+        tokens, scores, types = tokens[:-1], scores[:-1], types[:-1]
+    proto = sentencepiece_model_pb2.ModelProto()
+    for token, score, kind in zip(tokens, scores, types):
+        proto.pieces.add(piece=token.replace(" ", SPACE) if kind == USER_DEFINED else token, score=score, type=kind)
+    spec = proto.trainer_spec
+    spec.model_type, spec.vocab_size, spec.byte_fallback = BPE, len(tokens), BYTE in types
+    spec.unk_id, spec.bos_id = value("tokenizer.ggml.unknown_token_id", 0), value("tokenizer.ggml.bos_token_id", 1)
+    spec.eos_id, spec.pad_id = value("tokenizer.ggml.eos_token_id", 2), value("tokenizer.ggml.padding_token_id", -1)
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = bool(value("tokenizer.ggml.add_space_prefix", True))
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    proto.normalizer_spec.escape_whitespaces = True
+    Path(out_path).write_bytes(proto.SerializeToString())
+    return len(tokens)

@@ -11,6 +11,6 @@ setup(
         "deepspeed": ["deepspeed>=0.14"],
         "test": ["pytest", "transformers>=4.40", "openai", "ruff"],
         "logging": ["tensorboard", "matplotlib"],
-        "gguf": ["gguf>=0.10"],
+        "gguf": ["gguf>=0.19"],
     },
 )

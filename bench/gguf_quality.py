@@ -3,16 +3,19 @@
     python bench/gguf_quality.py --load_model_path model.bin --config_path cfg.json --spm_model_path tok.model \\
         --text_path held_out.txt [--outtypes f32 f16 q8_0 q4_0] [--context 512] [--prompts 16] [--new_tokens 32]
 
-The model (a checkpoint or a Hugging Face directory) is exported with ``scripts/convert_llama_from_tencentpretrain_
+Our own ``--int8`` engine is measured the same way for comparison. The model (a checkpoint or a Hugging Face
+directory) is exported with ``scripts/convert_llama_from_tencentpretrain_
 to_gguf.py`` once per outtype and run by llama.cpp through llama-cpp-python. Perplexity: the text's lines, each as
 ``bos + encode(line)``, joined and cut into windows of ``--context`` tokens, every token after the first of a window
 scored. Greedy agreement: from the first 8 tokens of ``--prompts`` lines, ``--new_tokens`` greedy tokens of llama.cpp
 and of our model; reported is the mean length of their common start over ``--new_tokens`` (1.0: identical).
+llama.cpp keeps its key/value cache in f32 here, as ours, so that only the weights differ.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import tempfile
@@ -24,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tencentpretrain.generation import Engine  # noqa: E402
+from tencentpretrain.generation import Engine, quantize_int8  # noqa: E402
 from tencentpretrain.generation.engine import load_generation_model  # noqa: E402
 from tencentpretrain.tokenizers import SentencePieceTokenizer  # noqa: E402
 
@@ -82,10 +85,19 @@ def main(argv=None) -> list[str]:
         ours_ppl = math.exp(sum(nll(ours(torch.tensor([c]))[0].numpy(), c) for c in chunks)
                             / sum(len(c) - 1 for c in chunks))
     ours_greedy = Engine(ours).generate(prompts, args.new_tokens)
+    int8 = quantize_int8(copy.deepcopy(ours))
+    with torch.no_grad():
+        int8_ppl = math.exp(sum(nll(int8(torch.tensor([c]))[0].numpy(), c) for c in chunks)
+                            / sum(len(c) - 1 for c in chunks))
+    int8_agree = np.mean([common_start(a, b) / args.new_tokens
+                          for a, b in zip(Engine(int8).generate(prompts, args.new_tokens), ours_greedy)])
     convert = _script("convert_llama_from_tencentpretrain_to_gguf")
     rows = [f"| ours (PyTorch fp32) | - | {ours_ppl:.4f} | - | 1.00 |"]
     print(f"{sum(len(c) for c in chunks)} tokens in {len(chunks)} windows; {len(prompts)} prompts")
-    print("| weights | GGUF size | perplexity | vs ours | greedy agreement |\n|---|---|---|---|---|\n" + rows[0])
+    rows.append(f"| ours --int8 (PyTorch) | - | {int8_ppl:.4f} | {100 * (int8_ppl / ours_ppl - 1):+.2f}% | "
+                f"{int8_agree:.2f} |")
+    print("| weights | GGUF size | perplexity | vs ours | greedy agreement |\n|---|---|---|---|---|")
+    print("\n".join(rows))
     with tempfile.TemporaryDirectory() as tmp:
         for outtype in args.outtypes:
             path = Path(tmp) / f"{outtype}.gguf"
@@ -93,7 +105,7 @@ def main(argv=None) -> list[str]:
                     "--output_model_path", str(path), "--outtype", outtype]
             convert(argv + (["--config_path", args.config_path] if args.config_path else []))
             llama = llama_cpp.Llama(model_path=str(path), n_ctx=args.context + args.new_tokens, logits_all=True,
-                                    n_threads=args.threads, verbose=False)
+                                    n_threads=args.threads, type_k=0, type_v=0, verbose=False)  # f32 cache
             ppl, agree = measure(llama, chunks, prompts, args.new_tokens, ours_greedy)
             rows.append(f"| llama.cpp {outtype} | {path.stat().st_size / 2**20:.2f} MiB | {ppl:.4f} | "
                         f"{100 * (ppl / ours_ppl - 1):+.2f}% | {agree:.2f} |")

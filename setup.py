@@ -12,5 +12,6 @@ setup(
         "test": ["pytest", "transformers>=4.40", "openai", "ruff", "hypothesis"],
         "logging": ["tensorboard", "matplotlib"],
         "eval": ["lm-eval>=0.4.2", "accelerate>=0.26"],  # lm-evaluation-harness and its hf backend
+        "gguf": ["gguf>=0.19"],
     },
 )

@@ -9,12 +9,14 @@ runs taken in alternation (the machine is shared: the minimum is the least distu
 
 Both use ``torch.set_num_threads(--threads)`` and fp32 on CPU. Run: ``python bench/generate.py``
 (``--sizes tiny`` for a quick look; ``--int8`` adds our int8 engine as a third column; ``--layout column packed``
-times our engine with each weight layout, one row each, against transformers afresh).
+times our engine with each weight layout, one row each, against transformers afresh; ``--llama_cpp`` adds a table
+of llama.cpp through llama-cpp-python against our engine on the same weights, see ``bench/generate_llama_cpp.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import tempfile
 import time
@@ -149,6 +151,20 @@ def load_copy(model):
     return copy.deepcopy(model)
 
 
+def llama_cpp_table(args) -> list[str]:
+    """``--llama_cpp``: llama.cpp against our fp32 and int8 engines at batch 1, one row per size and thread count."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from generate_llama_cpp import HEADER, llama_cpp_rows
+
+    print(f"\n{HEADER}\n|" + "---|" * (HEADER.count("|") - 1))
+    rows = []
+    for name in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            _, ours = build_pair(size_config(name), Path(tmp))
+        rows += llama_cpp_rows(name, ours, args, measure, ours_runner, prompts_for)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["tiny", "100m"], choices=sorted(SIZES))
@@ -160,7 +176,13 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--layout", nargs="+", choices=("auto",) + LAYOUTS, default=["auto"],
                         help="our engine's weight layouts, one row each (auto: as inference/run_llama.py picks for "
                              "the batch size)")
+    parser.add_argument("--llama_cpp", action="store_true",
+                        help="also time llama.cpp (llama-cpp-python) f32 and q8_0 against our fp32 and int8 at batch 1")
+    parser.add_argument("--llama_cpp_threads", nargs="+", type=int, default=[1, 2],
+                        help="thread counts of the --llama_cpp table (both sides)")
     args = parser.parse_args(argv)
+    if args.llama_cpp and importlib.util.find_spec("llama_cpp") is None:
+        parser.error("--llama_cpp needs llama-cpp-python: pip install llama-cpp-python")
     if not packing_available() and {"packed", "both"} & set(args.layout):
         parser.error("this PyTorch build has no oneDNN: only --layout column (or auto) can run")
     torch.set_num_threads(args.threads)
@@ -172,6 +194,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     rows = []
     for name in args.sizes:
         rows += bench_size(name, args)
+    if args.llama_cpp:
+        rows += llama_cpp_table(args)
     return rows
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on the sample the project ships (examples/), on the CPU, in a few minutes:
 # tokenizer -> preprocess (lm) -> pretrain a tiny LLaMA -> preprocess (alpaca) -> instruction-tune it
-# -> convert to Hugging Face and back -> generate. Everything is written under quickstart_out/ (or $OUT).
+# -> convert to Hugging Face and back -> generate (-> GGUF for llama.cpp, when installed). Everything is written
+# under quickstart_out/ (or $OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -33,3 +34,16 @@ $PY inference/run_llama.py --load_model_path "$OUT/tiny_llama.bin" --config_path
     --prediction_path "$OUT/predictions.txt" --max_new_tokens 24 --temperature 0
 $PY inference/run_llama.py --load_model_path "$OUT/tiny_llama_chat_hf" --template alpaca \
     --test_path examples/questions.txt --prediction_path "$OUT/answers.txt" --max_new_tokens 24 --temperature 0
+
+# Optional, when the gguf package and llama-cpp-python are installed (docs/deployment.md): the chat model as a GGUF
+# file with the alpaca chat template answers the same questions through llama.cpp exactly as ours did above.
+if $PY -c "import gguf, llama_cpp" 2>/dev/null; then
+    $PY scripts/convert_llama_from_tencentpretrain_to_gguf.py --input_model_path "$OUT/tiny_llama_chat.bin" \
+        --config_path $CONFIG --spm_model_path "$OUT/tokenizer.model" --output_model_path "$OUT/tiny_llama_chat.gguf" \
+        --outtype f32 --template alpaca
+    $PY inference/run_llama_cpp.py --load_model_path "$OUT/tiny_llama_chat.gguf" --test_path examples/questions.txt \
+        --prediction_path "$OUT/answers_llama_cpp.txt" --max_new_tokens 24 --temperature 0 --kv_cache_type f32
+    cmp "$OUT/answers.txt" "$OUT/answers_llama_cpp.txt"
+    { set +x; } 2>/dev/null
+    echo "llama.cpp answers as ours: $OUT/answers_llama_cpp.txt"
+fi

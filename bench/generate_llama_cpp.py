@@ -1,0 +1,109 @@
+"""The llama.cpp side of ``bench/generate.py --llama_cpp``: llama.cpp (through llama-cpp-python) against our engine
+on the same weights, batch 1, at each thread count: f32 against our fp32 and q8_0 against our int8.
+
+Our model is written to GGUF with our own exporter (``tencentpretrain.convert.gguf``), so both sides run identical
+weights; llama.cpp generates greedily through ``Llama.generate`` (its sampler, Python loop included), ours through
+``Engine.generate``; both keep the key/value cache in f32. TTFT and decode tokens/s are measured as in
+``bench/generate.py`` (fastest of the repeats).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+import torch
+
+F32 = 0  # GGML_TYPE_F32: the key/value cache in f32 as ours (llama.cpp's default f16 cache rounds the attention)
+HEADER = ("| model | threads | llama.cpp f32 tok/s | ours fp32 tok/s | f32: llama.cpp / ours | llama.cpp q8_0 tok/s | "
+          "ours int8 tok/s | 8-bit: llama.cpp / ours | TTFT ms llama.cpp f32 / ours fp32 / llama.cpp q8_0 / ours "
+          "int8 | same tokens f32 |")
+
+
+def synthetic_vocabulary(rows: int):
+    """A vocabulary of ``rows`` placeholder pieces (the benchmark feeds token ids, never text)."""
+    from tencentpretrain.convert.gguf_vocab import CONTROL, NORMAL, UNKNOWN, Vocabulary
+
+    tokens = ["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(3, rows)]
+    return Vocabulary(tokens, [0.0] * rows, [UNKNOWN, CONTROL, CONTROL] + [NORMAL] * (rows - 3),
+                      {"unk": 0, "bos": 1, "eos": 2}, True)
+
+
+def export(model, folder: Path) -> dict[str, Path]:
+    """Our model as f32 and q8_0 GGUF files in ``folder``."""
+    from tencentpretrain.convert.gguf import LazyTensor, write_gguf
+
+    tensors = {name: LazyTensor(tuple(t.shape), lambda t=t: t) for name, t in model.state_dict().items()}
+    vocab = synthetic_vocabulary(model.vocab_size)
+    paths = {}
+    for outtype in ("f32", "q8_0"):
+        paths[outtype] = folder / f"bench-{outtype}.gguf"
+        write_gguf(paths[outtype], model.config, tensors, vocab, outtype)
+    return paths
+
+
+def llama_cpp_runner(path: Path, prompt: list[int], threads: int, context: int):
+    """A function generating ``n`` tokens greedily with llama.cpp."""
+    import llama_cpp
+
+    model = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
+                            n_batch=context, type_k=F32, type_v=F32, verbose=False)
+
+    def run(n: int) -> list[list[int]]:
+        out = []
+        for token in model.generate(prompt, temp=0.0, reset=True):
+            out.append(token)
+            if len(out) == n:
+                return [out]
+        return [out]
+
+    return run
+
+
+def threaded(run, threads: int):
+    """``run`` with torch limited to ``threads`` threads while it runs."""
+    def wrapped(n: int):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run(n)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapped
+
+
+def llama_cpp_rows(name: str, ours, args, measure, ours_runner, prompts_for) -> list[str]:
+    """Table rows for one model size: one per thread count in ``args.llama_cpp_threads``."""
+    from tencentpretrain.generation import Engine, quantize_int8
+
+    params = sum(p.numel() for p in ours.parameters()) / 1e6
+    prompt = prompts_for(1, ours.vocab_size)[0]
+    context = len(prompt) + args.new_tokens + 8
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = export(ours, Path(tmp))
+        fp32 = Engine(copy.deepcopy(ours), layout="column", batch_size=1)
+        int8 = Engine(quantize_int8(copy.deepcopy(ours)), batch_size=1)
+        for threads in args.llama_cpp_threads:
+            runners = {"llama.cpp f32": llama_cpp_runner(paths["f32"], prompt, threads, context),
+                       "ours fp32": threaded(ours_runner(fp32, [prompt]), threads),
+                       "llama.cpp q8_0": llama_cpp_runner(paths["q8_0"], prompt, threads, context),
+                       "ours int8": threaded(ours_runner(int8, [prompt]), threads)}
+            same = runners["llama.cpp f32"](args.new_tokens) == runners["ours fp32"](args.new_tokens)
+            result = measure(runners, 1, args.new_tokens, args.repeats)
+            (lf, lf_ttft), (of, of_ttft) = _speed(result["llama.cpp f32"]), _speed(result["ours fp32"])
+            (lq, lq_ttft), (oq, oq_ttft) = _speed(result["llama.cpp q8_0"]), _speed(result["ours int8"])
+            row = (f"| {name} ({params:.0f}M) | {threads} | {lf:.0f} | {of:.0f} | **{lf / of:.2f}x** | {lq:.0f} | "
+                   f"{oq:.0f} | **{lq / oq:.2f}x** | {lf_ttft:.1f} / {of_ttft:.1f} / {lq_ttft:.1f} / {oq_ttft:.1f} | "
+                   f"{same} |")
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
+def _speed(result: tuple[float, float]) -> tuple[float, float]:
+    """(decode tokens/s, TTFT ms) of a ``measure`` result (TTFT s, tokens/s)."""
+    ttft, tps = result
+    return tps, ttft * 1e3

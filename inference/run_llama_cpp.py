@@ -1,0 +1,79 @@
+"""Generate with a GGUF file in llama.cpp (through llama-cpp-python), in the file format of inference/run_llama.py.
+
+One prompt per line of ``--test_path`` (literal ``\\n`` reads as a newline), one generated text per line of
+``--prediction_path``. When the GGUF has a chat template (exported with ``--template``), each line is a question
+answered through it, as ``run_llama.py --template`` does; otherwise (or with ``--raw``) the line is the prompt::
+
+    python inference/run_llama_cpp.py --load_model_path model.gguf --test_path questions.txt \\
+        --prediction_path answers.txt --max_new_tokens 64 --temperature 0
+
+Needs ``pip install llama-cpp-python`` (docs/deployment.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from tencentpretrain.checkpoint import atomic_path  # noqa: E402
+from tencentpretrain.cli import InputError, run_cli  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_llama import escape, read_prompts  # noqa: E402
+
+
+def build_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--load_model_path", required=True, help="the .gguf file")
+    parser.add_argument("--test_path", required=True, help="prompts (or questions), one per line")
+    parser.add_argument("--prediction_path", required=True, help="where to write the texts, one line per prompt")
+    parser.add_argument("--raw", action="store_true", help="use each line as the prompt, ignoring a chat template")
+    parser.add_argument("--seq_length", type=int, default=512, help="context size: prompt plus new tokens")
+    parser.add_argument("--max_new_tokens", type=int, default=256, help="most tokens generated per prompt")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 means greedy")
+    parser.add_argument("--top_k", type=int, default=40, help="sample among the k most likely tokens (0: all)")
+    parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass (1.0: off)")
+    parser.add_argument("--repetition_penalty", type=float, default=1.0, help="repetition penalty (1.0: off)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the sampler")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: llama.cpp's choice)")
+    parser.add_argument("--kv_cache_type", choices=("f16", "f32"), default="f16",
+                        help="key/value cache type: llama.cpp's default f16, or f32 as our engine keeps it")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = build_args(argv)
+    try:
+        import llama_cpp
+    except ImportError:
+        raise InputError("llama-cpp-python is not installed: pip install llama-cpp-python") from None
+    for flag, path in (("--load_model_path", args.load_model_path), ("--test_path", args.test_path)):
+        if not Path(path).is_file():
+            raise InputError(f"{flag} {path}: no such file")
+    try:
+        cache = {"f16": 1, "f32": 0}[args.kv_cache_type]  # GGML_TYPE_F16, GGML_TYPE_F32
+        model = llama_cpp.Llama(model_path=args.load_model_path, n_ctx=args.seq_length, n_threads=args.threads,
+                                seed=args.seed, type_k=cache, type_v=cache, verbose=False)
+    except ValueError as err:
+        raise InputError(f"--load_model_path {args.load_model_path}: llama.cpp cannot load it ({err})") from None
+    chat = "tokenizer.chat_template" in model.metadata and not args.raw
+    sampling = dict(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, repeat_penalty=args.repetition_penalty, min_p=0.0)
+    outputs = []
+    for prompt in read_prompts(args.test_path):
+        if chat:
+            reply = model.create_chat_completion([{"role": "user", "content": prompt}], **sampling)
+            outputs.append(reply["choices"][0]["message"]["content"])
+        else:
+            outputs.append(model.create_completion(prompt, **sampling)["choices"][0]["text"])
+    with atomic_path(args.prediction_path) as tmp:
+        tmp.write_text("".join(escape(text) + "\n" for text in outputs), encoding="utf-8")
+    print(f"wrote {args.prediction_path} ({len(outputs)} {'answers' if chat else 'completions'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

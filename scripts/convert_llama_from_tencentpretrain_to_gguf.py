@@ -1,0 +1,69 @@
+"""Convert a TencentPretrain LLaMA checkpoint (or a Hugging Face LLaMA directory) to a GGUF file for llama.cpp.
+
+The file holds the architecture, the SentencePiece vocabulary, the chat template of --template and the weights in
+f32, f16, q8_0 or q4_0 (docs/deployment.md). Needs the ``gguf`` package: ``pip install -e .[gguf]``.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tencentpretrain.checkpoint import CheckpointError  # noqa: E402
+from tencentpretrain.cli import InputError, run_cli  # noqa: E402
+from tencentpretrain.config import ConfigError  # noqa: E402
+from tencentpretrain.convert.keymap import ConversionError  # noqa: E402
+from tencentpretrain.registry import TEMPLATES  # noqa: E402
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input_model_path", required=True,
+                        help="TencentPretrain .bin/.safetensors checkpoint, or a Hugging Face LLaMA directory")
+    parser.add_argument("--config_path", help="the checkpoint's JSON config (not needed for a directory)")
+    parser.add_argument("--spm_model_path", help="SentencePiece model (default: tokenizer.model of a directory)")
+    parser.add_argument("--output_model_path", required=True, help="the .gguf file to write")
+    parser.add_argument("--outtype", choices=("f32", "f16", "q8_0", "q4_0"), default="f16",
+                        help="weight type: f32, f16, or 8-/4-bit blocks q8_0 and q4_0 (norms always f32)")
+    parser.add_argument("--template", choices=TEMPLATES.names(),
+                        help="write this prompt template as the chat template (the one the model was tuned with)")
+    parser.add_argument("--name", help="general.name of the model (default: the output file name)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise InputError("the gguf package is not installed: pip install -e .[gguf]") from None
+    try:
+        convert(args)
+    except (ConversionError, CheckpointError, ConfigError) as err:
+        raise InputError(str(err)) from err
+    return 0
+
+
+def convert(args) -> None:
+    from tencentpretrain.convert.gguf import read_checkpoint, write_gguf
+    from tencentpretrain.convert.gguf_vocab import chat_template, read_vocabulary
+
+    spm = args.spm_model_path
+    if spm is None:
+        if not Path(args.input_model_path).is_dir():
+            raise ConversionError("--spm_model_path is required for a checkpoint file")
+        spm = Path(args.input_model_path) / "tokenizer.model"
+    config, tensors = read_checkpoint(args.input_model_path, args.config_path)
+    vocab = read_vocabulary(spm, tensors["embedding.word.embedding.weight"].shape[0])
+    for warning in vocab.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    template = chat_template(TEMPLATES.get(args.template), vocab.add_space_prefix) if args.template else None
+    write_gguf(args.output_model_path, config, tensors, vocab, args.outtype, template, args.name)
+    size = Path(args.output_model_path).stat().st_size
+    print(f"wrote {args.output_model_path} ({args.outtype}, {size / 2**20:.1f} MiB, {config.layers_num} layers, "
+          f"{len(vocab.tokens)} tokens" + (f", chat template {args.template})" if template else ")"))
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

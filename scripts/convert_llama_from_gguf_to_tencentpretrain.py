@@ -12,10 +12,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tencentpretrain.checkpoint import CheckpointError, save_state_dict  # noqa: E402
-from tencentpretrain.cli import InputError, run_cli  # noqa: E402
-from tencentpretrain.config import ConfigError  # noqa: E402
-from tencentpretrain.convert.keymap import ConversionError  # noqa: E402
+from tencentpretrain.checkpoint import save_state_dict  # noqa: E402
+from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -32,7 +30,7 @@ def main(argv=None) -> int:
         from tencentpretrain.convert.gguf import read_gguf
     except ImportError:
         raise InputError("the gguf package is not installed: pip install -e .[gguf]") from None
-    try:
+    with naming("--input_model_path", args.input_model_path):
         config, state, lossy = read_gguf(args.input_model_path)
         if args.dtype:
             dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -40,8 +38,6 @@ def main(argv=None) -> int:
         if args.output_spm_model_path:
             write_tokenizer(args.input_model_path, args.output_spm_model_path)
         save_state_dict(state, args.output_model_path)
-    except (ConversionError, CheckpointError, ConfigError) as err:
-        raise InputError(str(err)) from err
     if args.output_config_path:
         config.save(args.output_config_path)
     if lossy:

@@ -10,9 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tencentpretrain.checkpoint import CheckpointError  # noqa: E402
-from tencentpretrain.cli import InputError, run_cli  # noqa: E402
-from tencentpretrain.config import ConfigError  # noqa: E402
+from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
 from tencentpretrain.convert.keymap import ConversionError  # noqa: E402
 from tencentpretrain.registry import TEMPLATES  # noqa: E402
 
@@ -38,10 +36,9 @@ def main(argv=None) -> int:
         import gguf  # noqa: F401
     except ImportError:
         raise InputError("the gguf package is not installed: pip install -e .[gguf]") from None
-    try:
+    with naming("--input_model_path", args.input_model_path), naming("--config_path", args.config_path), \
+            naming("--spm_model_path", args.spm_model_path):
         convert(args)
-    except (ConversionError, CheckpointError, ConfigError) as err:
-        raise InputError(str(err)) from err
     return 0
 
 

@@ -87,18 +87,10 @@ def read_checkpoint(model_path: str | Path, config_path: str | Path | None) -> t
 
 
 def _shard_tensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]]:
-    """(name, shape, loader) of each tensor of one file, nothing read yet."""
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        if not path.is_file():
-            raise ConversionError(f"checkpoint not found: {path}")
-        handle = safe_open(str(path), framework="pt")
-        for name in handle.keys():
-            yield name, tuple(handle.get_slice(name).get_shape()), partial(handle.get_tensor, name)
-    else:
-        for name, tensor in load_state_dict(path).items():  # memory-mapped: pages are read when used
-            yield name, tuple(tensor.shape), partial(lambda t: t, tensor)
+    """(name, shape, loader) of each tensor of one file; ``load_state_dict`` memory-maps both formats, so pages
+    are read only when a tensor is used."""
+    for name, tensor in load_state_dict(path).items():
+        yield name, tuple(tensor.shape), partial(lambda t: t, tensor)
 
 
 def _from_hf(name: str, shape: tuple[int, ...], load, config: ModelConfig) -> dict[str, LazyTensor]:

@@ -52,8 +52,12 @@ def extra_model(args: argparse.Namespace, out_dir: Path) -> Path:
     if args.extra_vocab_size < 260:
         raise InputError(f"--extra_vocab_size must be at least 260, got {args.extra_vocab_size}")
     print(f"training a {args.extra_vocab_size}-piece model on {args.corpus_path}", flush=True)
-    return train_sentencepiece(args.corpus_path, out_dir / "extra_spm", args.extra_vocab_size,
-                               character_coverage=args.character_coverage)
+    try:
+        return train_sentencepiece(args.corpus_path, out_dir / "extra_spm", args.extra_vocab_size,
+                                   character_coverage=args.character_coverage)
+    except RuntimeError as err:  # SentencePiece's trainer: e.g. more characters than --extra_vocab_size
+        raise InputError(f"--corpus_path {args.corpus_path}: training a {args.extra_vocab_size}-piece model "
+                         f"failed: {str(err).splitlines()[-1]}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

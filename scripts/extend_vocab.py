@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from tencentpretrain.checkpoint import CheckpointError, load_state_dict, save_state_dict  # noqa: E402
+from tencentpretrain.checkpoint import CheckpointError, atomic_path, load_state_dict, save_state_dict  # noqa: E402
 from tencentpretrain.cli import InputError, run_cli  # noqa: E402
 from tencentpretrain.config import ConfigError, ModelConfig  # noqa: E402
 from tencentpretrain.convert.vocab import INITS, extend_state  # noqa: E402
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     old, new = state["embedding.word.embedding.weight"].shape[0], out["embedding.word.embedding.weight"].shape[0]
     save_state_dict(out, args.output_model_path)
     if args.output_config_path:
-        (config.replace(vocab_size=new) if config.vocab_size is not None else config).save(args.output_config_path)
+        with atomic_path(args.output_config_path) as tmp:
+            (config.replace(vocab_size=new) if config.vocab_size is not None else config).save(tmp)
     elif config.vocab_size is not None:
         print(f"note: {args.config_path} fixes vocab_size {config.vocab_size}; the extended model has {new} rows "
               "(use --output_config_path for a matching config)", file=sys.stderr)

@@ -76,7 +76,8 @@ def check_vocab(tokenizer_size: int, tokenizer_path: str | Path, rows: dict[str,
                             "checkpoint with scripts/extend_vocab.py)")
         elif n > tokenizer_size and not padded_ok:
             problems.append(f"tokenizer {tokenizer_path} has {tokenizer_size} pieces but {label} (if the model is "
-                            'padded on purpose, set "allow_padded_vocab": true in its config)')
+                            'padded on purpose, set "allow_padded_vocab": true in its config; conversions to '
+                            "TencentPretrain take --allow_padded_vocab)")
     if problems:
         raise VocabError(f"vocabulary mismatch between {tokenizer_path} and {model_path}:\n  " + "\n  ".join(
             problems))

@@ -379,3 +379,16 @@ def test_real_merge_tokenizes_chinese_in_hugging_face_exactly_as_sentencepiece(t
         ids = sp.encode(line)
         assert tokenizer(line, add_special_tokens=False)["input_ids"] == ids
         assert len(ids) <= len(llama.encode(line))
+
+
+def test_extend_writes_a_config_with_the_new_vocab_size(spms, tmp_path):
+    from tencentpretrain.checkpoint import load_model
+
+    n = processor(spms["base"]).get_piece_size()
+    config = write_config(tmp_path, vocab_size=n)
+    save_state_dict(build_model(ModelConfig.from_json(config)).state_dict(), tmp_path / "m.bin")
+    assert extend(spms, tmp_path / "m.bin", config, tmp_path / "ext.bin", "--output_config_path",
+                  str(tmp_path / "ext.json")) == 0
+    size = processor(spms["merged"]).get_piece_size()
+    assert ModelConfig.from_json(tmp_path / "ext.json").vocab_size == size
+    assert load_model(tmp_path / "ext.json", tmp_path / "ext.bin").vocab_size == size

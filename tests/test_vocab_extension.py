@@ -392,3 +392,23 @@ def test_extend_writes_a_config_with_the_new_vocab_size(spms, tmp_path):
     size = processor(spms["merged"]).get_piece_size()
     assert ModelConfig.from_json(tmp_path / "ext.json").vocab_size == size
     assert load_model(tmp_path / "ext.json", tmp_path / "ext.bin").vocab_size == size
+
+
+def test_conversion_from_hugging_face_checks_the_shipped_tokenizer(spms, tmp_path, capsys):
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    padded = processor(spms["merged"]).get_piece_size() + 3
+    LlamaForCausalLM(LlamaConfig(vocab_size=padded, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                 num_hidden_layers=1)).save_pretrained(tmp_path / "hf")
+    shutil.copyfile(spms["merged"], tmp_path / "hf" / "tokenizer.model")
+    convert = script("convert_llama_from_huggingface_to_tencentpretrain")
+    argv = ["--input_model_path", str(tmp_path / "hf"), "--output_model_path", str(tmp_path / "m.bin"),
+            "--output_config_path", str(tmp_path / "m.json")]
+    assert convert.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"{padded - 3} pieces but embedding.word.embedding.weight has {padded} rows" in err
+    assert "--allow_padded_vocab" in err and not (tmp_path / "m.bin").exists()
+    assert convert.main(argv + ["--allow_padded_vocab"]) == 0
+    assert ModelConfig.from_json(tmp_path / "m.json").allow_padded_vocab

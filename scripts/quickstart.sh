@@ -47,12 +47,12 @@ $PY preprocess.py --corpus_path examples/corpus_zh.txt --spm_model_path "$ZH_SPM
     --data_processor lm --seq_length 64 --pretrained_model_path "$OUT/tiny_llama_ext.bin" --overwrite
 $PY pretrain.py --dataset_path "$OUT/dataset_zh" --spm_model_path "$ZH_SPM" --config_path $CONFIG \
     --pretrained_model_path "$OUT/tiny_llama_ext.bin" --output_model_path "$OUT/tiny_llama_zh_stage1" \
-    --freeze_patterns encoder --total_steps 60 --save_checkpoint_steps 60 --batch_size 16 --learning_rate 1e-2 \
+    --freeze_patterns encoder --total_steps 40 --save_checkpoint_steps 40 --batch_size 16 --learning_rate 1e-2 \
     --warmup 0.05 --report_steps 20
 $PY pretrain.py --dataset_path "$OUT/dataset_zh" --spm_model_path "$ZH_SPM" --config_path $CONFIG \
     --pretrained_model_path "$OUT/tiny_llama_zh_stage1.bin" --output_model_path "$OUT/tiny_llama_zh_stage2" \
     --use_lora --lora_r 8 --lora_alpha 16 --lora_target_modules self_attn feed_forward \
-    --lora_train_modules embedding.word target.lm.output_layer --total_steps 60 --save_checkpoint_steps 60 \
+    --lora_train_modules embedding.word target.lm.output_layer --total_steps 40 --save_checkpoint_steps 40 \
     --batch_size 16 --learning_rate 3e-3 --warmup 0.05 --report_steps 20
 $PY scripts/merge_lora.py --base_model_path "$OUT/tiny_llama_zh_stage1.bin" \
     --lora_model_path "$OUT/tiny_llama_zh_stage2-lora.bin" --output_model_path "$OUT/tiny_llama_zh.bin"

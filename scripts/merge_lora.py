@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from tencentpretrain.checkpoint import CheckpointError, load_state_dict, save_state_dict
-from tencentpretrain.training.lora import LoraError, merge_lora_state, read_adapter_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from tencentpretrain.checkpoint import CheckpointError, load_state_dict, save_state_dict  # noqa: E402
+from tencentpretrain.training.lora import LoraError, merge_lora_state, read_adapter_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -157,17 +157,17 @@ def check_dataset(dataset: BinaryDataset, opts: TrainOptions, config: ModelConfi
                          f"of {opts.config_path}")
 
 
-def vocab_size_of(opts: TrainOptions, config: ModelConfig, dataset: BinaryDataset) -> int:
-    """The model's vocabulary: the config's ``vocab_size``, else the tokenizer's (--spm_model_path, else the one the
-    dataset records). Tokenizer, dataset and config must agree (``vocab.check_vocab``)."""
-    tokenizer = tokenizer_of(opts, dataset)
+def vocab_size_of(opts: TrainOptions, config: ModelConfig, dataset: BinaryDataset,
+                  tokenizer: tuple[int, str]) -> int:
+    """The model's vocabulary: the config's ``vocab_size``, else the tokenizer's (``tokenizer_of``). Tokenizer,
+    dataset and config must agree (``vocab.check_vocab``)."""
     check_vocab(*tokenizer, {}, opts.config_path, config)
     check_dataset(dataset, opts, config, tokenizer)
     return config.vocab_size if config.vocab_size is not None else tokenizer[0]
 
 
 def build_model_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, context, info: DistInfo,
-                      trace: MemoryTrace | None = None):
+                      trace: MemoryTrace | None = None, tokenizer: tuple[int, str] | None = None):
     """The model, partitioned under ``context`` (ZeRO-3) or whole, filled from ``--pretrained_model_path`` or
     initialised N(0, 0.02); then activation checkpointing, LoRA and freezing as asked.
 
@@ -176,7 +176,7 @@ def build_model_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, 
     """
     trace = trace or MemoryTrace(info.rank, enabled=False)
     pretrained = bool(opts.pretrained_model_path) and not resuming(opts)
-    state = pretrained_state(opts, config, vocab_size, info) if pretrained else None  # None on ranks > 0
+    state = pretrained_state(opts, config, vocab_size, info, tokenizer) if pretrained else None  # None on ranks > 0
     with heap_policy(opts):
         with context:
             model = build_model(config, vocab_size)
@@ -198,8 +198,10 @@ def build_model_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, 
     return model
 
 
-def pretrained_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, info: DistInfo):
-    """Rank 0 memory-maps ``--pretrained_model_path`` and checks it against the config; other ranks get None.
+def pretrained_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, info: DistInfo,
+                     tokenizer: tuple[int, str] | None = None):
+    """Rank 0 memory-maps ``--pretrained_model_path`` and checks it against the config and ``tokenizer`` (size,
+    name); other ranks get None.
 
     Raises:
         CheckpointError: on every rank (rank 0's message) when the checkpoint does not fit.
@@ -208,8 +210,8 @@ def pretrained_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, i
     if info.is_main:
         try:
             state = load_state_dict(opts.pretrained_model_path)  # memory-mapped: pages are read when copied
-            check_vocab(*tokenizer_of(opts, BinaryDataset(opts.dataset_path)), vocab_rows(state),
-                        opts.pretrained_model_path, config)
+            if tokenizer is not None:  # (size, name) from tokenizer_of
+                check_vocab(*tokenizer, vocab_rows(state), opts.pretrained_model_path, config)
             with torch.device("meta"):
                 check_state_dict(build_model(config, vocab_size), state, source=opts.pretrained_model_path)
         except CheckpointError as err:
@@ -266,7 +268,8 @@ def build(opts: TrainOptions, info: DistInfo, trace: MemoryTrace | None = None) 
     overrides = {"dropout": opts.dropout} if opts.dropout is not None else {}
     config = ModelConfig.from_json(opts.config_path, **overrides)
     dataset = BinaryDataset(opts.dataset_path)
-    vocab_size = vocab_size_of(opts, config, dataset)
+    tokenizer = tokenizer_of(opts, dataset)
+    vocab_size = vocab_size_of(opts, config, dataset, tokenizer)
     dev = BinaryDataset(opts.dev_dataset_path) if opts.dev_dataset_path else None
     if dev is not None and dev.meta["vocab_size"] != dataset.meta["vocab_size"]:
         raise SetupError(f"dev dataset {opts.dev_dataset_path} was made with a tokenizer of {dev.meta['vocab_size']} "
@@ -278,7 +281,7 @@ def build(opts: TrainOptions, info: DistInfo, trace: MemoryTrace | None = None) 
         ds_config = deepspeed_config(opts, info.device.type == "cuda", note)
         context = partitioned_build(ds_config, opts.enable_zero3)
     trace.mark("reading the data and config")
-    model = build_model_state(opts, config, vocab_size, context, info, trace)
+    model = build_model_state(opts, config, vocab_size, context, info, trace, tokenizer)
     engine = build_engine(opts, model, ds_config, info)
     trace.mark("building the engine (optimizer)")
     loader = DataLoader(dataset, opts.batch_size, info.rank, info.world_size, seed=opts.seed, shuffle=True)

@@ -13,11 +13,13 @@ import json
 import sys
 
 from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.config import ModelConfig
 from tencentpretrain.data import ProcessorSpec, build_dataset
 from tencentpretrain.data.corpus import resolve_format
 from tencentpretrain.data.processors import TAILS
 from tencentpretrain.registry import DATA_PROCESSORS, TEMPLATES, TOKENIZERS
-from tencentpretrain.tokenizers import SPECIAL_TOKENS, read_special_tokens
+from tencentpretrain.tokenizers import SPECIAL_TOKENS, SentencePieceTokenizer, read_special_tokens
+from tencentpretrain.vocab import check_vocab, checkpoint_vocab_rows
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{name}_token", help=f"The {name} token, a piece or an id (default: the model's).")
     parser.add_argument("--special_tokens_path", help='JSON file of special tokens, e.g. {"pad": "<unk>"}; the '
                         "--*_token flags override it.")
+    parser.add_argument("--config_path", help="The model config the dataset is for: its vocab_size must fit the "
+                        "tokenizer (checked before preprocessing).")
+    parser.add_argument("--pretrained_model_path", help="The checkpoint the dataset is for: its embedding and head "
+                        "rows must fit the tokenizer (checked before preprocessing).")
     parser.add_argument("--processes_num", type=int, default=1, help="Worker processes.")
     parser.add_argument("--chunk_size", type=int, default=1024, help="Records per worker task.")
     parser.add_argument("--skip_invalid", action="store_true", help="Skip and count invalid records instead of "
@@ -71,11 +77,23 @@ def make_spec(args: argparse.Namespace) -> ProcessorSpec:
     )
 
 
+def check_model_vocab(args: argparse.Namespace) -> None:
+    """With --config_path or --pretrained_model_path: the tokenizer must fit the model (``vocab.check_vocab``)."""
+    if not (args.config_path or args.pretrained_model_path):
+        return
+    config = ModelConfig.from_json(args.config_path) if args.config_path else None
+    rows = checkpoint_vocab_rows(args.pretrained_model_path) if args.pretrained_model_path else {}
+    size = SentencePieceTokenizer(args.spm_model_path).vocab_size
+    check_vocab(size, args.spm_model_path, rows, args.pretrained_model_path or args.config_path, config)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run preprocessing; returns the dataset metadata. Bad input raises an InputError (run_cli: status 1)."""
     args = build_parser().parse_args(argv)
     with naming("--corpus_path", args.corpus_path), naming("--spm_model_path", args.spm_model_path), \
-            naming("--special_tokens_path", args.special_tokens_path):
+            naming("--special_tokens_path", args.special_tokens_path), naming("--config_path", args.config_path), \
+            naming("--pretrained_model_path", args.pretrained_model_path):
+        check_model_vocab(args)
         report = build_dataset(make_spec(args), args.corpus_path, args.dataset_path,
                                processes_num=args.processes_num, chunk_size=args.chunk_size,
                                skip_invalid=args.skip_invalid, overwrite=args.overwrite)

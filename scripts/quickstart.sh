@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job end to end on the sample the project ships (examples/), on the CPU, in a few minutes:
 # tokenizer -> preprocess (lm) -> pretrain a tiny LLaMA -> preprocess (alpaca) -> instruction-tune it
-# -> convert to Hugging Face and back -> generate (-> GGUF for llama.cpp, when installed). Everything is written
-# under quickstart_out/ (or $OUT).
+# -> convert to Hugging Face and back -> generate (-> GGUF for llama.cpp, when installed); then vocabulary
+# extension: a tokenizer for the second sample language (Chinese) merged into ours, the pretrained model extended
+# and trained on it in two stages -> generate. Everything is written under quickstart_out/ (or $OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -34,6 +35,29 @@ $PY inference/run_llama.py --load_model_path "$OUT/tiny_llama.bin" --config_path
     --prediction_path "$OUT/predictions.txt" --max_new_tokens 24 --temperature 0
 $PY inference/run_llama.py --load_model_path "$OUT/tiny_llama_chat_hf" --template alpaca \
     --test_path examples/questions.txt --prediction_path "$OUT/answers.txt" --max_new_tokens 24 --temperature 0
+
+# Vocabulary extension (docs/vocabulary.md): merge a small Chinese tokenizer into ours, grow the pretrained model,
+# stage 1 (transformer frozen) then stage 2 (LoRA + embedding and head) on the Chinese sample, merge, generate.
+ZH_SPM="$OUT/tokenizer_zh/tokenizer.model"
+$PY scripts/merge_tokenizers.py --base_spm_model_path "$OUT/tokenizer.model" --corpus_path examples/corpus_zh.txt \
+    --extra_vocab_size 400 --character_coverage 1.0 --output_dir "$OUT/tokenizer_zh"
+$PY scripts/extend_vocab.py --input_model_path "$OUT/tiny_llama.bin" --config_path $CONFIG \
+    --base_spm_model_path "$OUT/tokenizer.model" --spm_model_path "$ZH_SPM" --output_model_path "$OUT/tiny_llama_ext.bin"
+$PY preprocess.py --corpus_path examples/corpus_zh.txt --spm_model_path "$ZH_SPM" --dataset_path "$OUT/dataset_zh" \
+    --data_processor lm --seq_length 64 --pretrained_model_path "$OUT/tiny_llama_ext.bin" --overwrite
+$PY pretrain.py --dataset_path "$OUT/dataset_zh" --spm_model_path "$ZH_SPM" --config_path $CONFIG \
+    --pretrained_model_path "$OUT/tiny_llama_ext.bin" --output_model_path "$OUT/tiny_llama_zh_stage1" \
+    --freeze_patterns encoder --total_steps 40 --save_checkpoint_steps 40 --batch_size 16 --learning_rate 1e-2 \
+    --warmup 0.05 --report_steps 20
+$PY pretrain.py --dataset_path "$OUT/dataset_zh" --spm_model_path "$ZH_SPM" --config_path $CONFIG \
+    --pretrained_model_path "$OUT/tiny_llama_zh_stage1.bin" --output_model_path "$OUT/tiny_llama_zh_stage2" \
+    --use_lora --lora_r 8 --lora_alpha 16 --lora_target_modules self_attn feed_forward \
+    --lora_train_modules embedding.word target.lm.output_layer --total_steps 40 --save_checkpoint_steps 40 \
+    --batch_size 16 --learning_rate 3e-3 --warmup 0.05 --report_steps 20
+$PY scripts/merge_lora.py --base_model_path "$OUT/tiny_llama_zh_stage1.bin" \
+    --lora_model_path "$OUT/tiny_llama_zh_stage2-lora.bin" --output_model_path "$OUT/tiny_llama_zh.bin"
+$PY inference/run_llama.py --load_model_path "$OUT/tiny_llama_zh.bin" --config_path $CONFIG --spm_model_path "$ZH_SPM" \
+    --test_path examples/prompts_zh.txt --prediction_path "$OUT/predictions_zh.txt" --max_new_tokens 16 --temperature 0
 
 # Optional, when the gguf package and llama-cpp-python are installed (docs/deployment.md): the chat model as a GGUF
 # file with the alpaca chat template answers the same questions through llama.cpp exactly as ours did above.

@@ -54,6 +54,7 @@ class ModelConfig:
     tie_weights: bool = False
     has_lmtarget_bias: bool = False
     vocab_size: int | None = None  # None: taken from the tokenizer or the checkpoint
+    allow_padded_vocab: bool = False  # the embedding/head may have more rows than the tokenizer has pieces
     data_processor: str | None = None  # kept for TencentPretrain configs; the default for preprocess/pretrain
     source: str | None = field(default=None, compare=False, repr=False)  # file it was read from, for messages
 
@@ -144,7 +145,7 @@ class ModelConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 fail(f"{key} must be a positive integer, got {value!r}")
         for key in ("remove_transformer_bias", "remove_embedding_layernorm", "rotary_position_embedding",
-                    "tie_weights", "has_lmtarget_bias"):
+                    "tie_weights", "has_lmtarget_bias", "allow_padded_vocab"):
             if not isinstance(getattr(self, key), bool):
                 fail(f"{key} must be true or false, got {getattr(self, key)!r}")
         if not 0.0 <= self.dropout < 1.0:

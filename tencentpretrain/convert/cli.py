@@ -12,12 +12,20 @@ from tencentpretrain.checkpoint import check_state_dict, load_state_dict, save_s
 from tencentpretrain.cli import naming
 from tencentpretrain.config import ConfigError, ModelConfig
 from tencentpretrain.model import build_model
+from tencentpretrain.vocab import check_vocab, vocab_rows
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ZOO = Path(__file__).resolve().parents[2] / "models"
 
 
-def _check(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> None:
+def _check(config: ModelConfig, state: dict[str, torch.Tensor], source: str, spm_model_path: str | None = None) -> None:
+    """The state fits the config, and (given a tokenizer) tokenizer, config and state agree on the vocabulary."""
+    if spm_model_path is not None:
+        from tencentpretrain.tokenizers import SentencePieceTokenizer
+
+        with naming("--spm_model_path", spm_model_path):
+            size = SentencePieceTokenizer(spm_model_path).vocab_size
+        check_vocab(size, spm_model_path, vocab_rows(state), source, config)
     with torch.device("meta"):  # the checkpoint's vocabulary: an extended one converts with the zoo config
         model = build_model(config, vocab_size_of(state, source))
     check_state_dict(model, state, source)
@@ -32,17 +40,32 @@ def to_tencentpretrain(load: Callable[[str], tuple[ModelConfig, dict]], descript
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast weights (default: keep the checkpoint's)")
     parser.add_argument("--type", help="model size such as 7B; accepted for compatibility, sizes come from the "
                                        "checkpoint's own config")
+    parser.add_argument("--spm_model_path", help="the model's SentencePiece tokenizer, checked against the "
+                                                 "embedding (default: tokenizer.model in the input directory)")
+    parser.add_argument("--allow_padded_vocab", action="store_true", help="accept more embedding rows than "
+                        "tokenizer pieces (recorded in --output_config_path)")
     args = parser.parse_args(argv)
     _to_ours(load, args)
     return 0
 
 
+def _input_tokenizer(args) -> str | None:
+    """--spm_model_path, else the tokenizer.model beside the input checkpoint (None when there is none)."""
+    if args.spm_model_path:
+        return args.spm_model_path
+    folder = Path(args.input_model_path)
+    folder = folder if folder.is_dir() else folder.parent
+    return str(folder / "tokenizer.model") if (folder / "tokenizer.model").is_file() else None
+
+
 def _to_ours(load, args) -> None:
     with naming("--input_model_path", args.input_model_path):
         config, state = load(args.input_model_path)
+    if args.allow_padded_vocab:
+        config = config.replace(allow_padded_vocab=True)
     if args.dtype:
         state = {k: v.to(DTYPES[args.dtype]) for k, v in state.items()}
-    _check(config, state, args.input_model_path)
+    _check(config, state, args.input_model_path, _input_tokenizer(args))
     save_state_dict(state, args.output_model_path)
     if args.output_config_path:
         config.save(args.output_config_path)
@@ -74,10 +97,10 @@ def _from_ours(save, args, family: str) -> None:
         config_path = ZOO / family / f"{args.type.lower()}_config.json"
     with naming("--config_path", config_path):
         config = ModelConfig.from_json(config_path)
+    spm = getattr(args, "spm_model_path", None)
     with naming("--input_model_path", args.input_model_path):
         state = load_state_dict(args.input_model_path)
-        _check(config, state, args.input_model_path)
-    spm = getattr(args, "spm_model_path", None)
+        _check(config, state, args.input_model_path, spm)
     extra = {"spm_model_path": spm} if hasattr(args, "spm_model_path") else {}
     with naming("--spm_model_path", spm):
         save(state, config, args.output_model_path, max_shard_size=args.max_shard_size,

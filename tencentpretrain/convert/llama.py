@@ -168,13 +168,16 @@ def save_hf_llama(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: 
         _write_json(tmp / "generation_config.json",
                     {"bos_token_id": special["bos"], "eos_token_id": special["eos"], "pad_token_id": special["unk"]})
         if spm_model_path is not None:
-            _write_tokenizer(tmp, tokenizer)
+            write_hf_tokenizer(tmp, tokenizer)
 
 
-def _write_tokenizer(out_dir: Path, tokenizer) -> None:
+def write_hf_tokenizer(out_dir: Path, tokenizer) -> None:
+    """Write ``tokenizer.model``, ``tokenizer_config.json`` and ``special_tokens_map.json`` into ``out_dir``, the
+    files with which ``transformers.AutoTokenizer`` loads a ``SentencePieceTokenizer``'s model as LLaMA's."""
     import shutil
 
-    shutil.copyfile(tokenizer.model_path, out_dir / "tokenizer.model")
+    if Path(tokenizer.model_path).resolve() != (out_dir / "tokenizer.model").resolve():
+        shutil.copyfile(tokenizer.model_path, out_dir / "tokenizer.model")
     pieces = {name: tokenizer.id_to_piece(getattr(tokenizer, f"{name}_id")) for name in ("bos", "eos", "unk")}
     _write_json(out_dir / "special_tokens_map.json", {f"{k}_token": v for k, v in pieces.items()})
     _write_json(out_dir / "tokenizer_config.json", {

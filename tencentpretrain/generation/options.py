@@ -8,12 +8,14 @@ from pathlib import Path
 import torch
 
 from tencentpretrain.cli import InputError, naming
+from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation.engine import Engine, load_generation_model
 from tencentpretrain.generation.layout import LAYOUTS, weight_layout
 from tencentpretrain.generation.quant import quantize_int8
 from tencentpretrain.generation.sampling import SamplingParams
 from tencentpretrain.registry import TEMPLATES
 from tencentpretrain.tokenizers import SentencePieceTokenizer
+from tencentpretrain.vocab import check_vocab, vocab_rows
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -75,14 +77,21 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1) -> tuple[Engine, 
         torch.manual_seed(args.seed)
     with naming("--load_model_path", args.load_model_path), naming("--config_path", args.config_path):
         model = load_generation_model(args.load_model_path, args.config_path, device=args.device, dtype=dtype)
-    if model.vocab_size < tokenizer.vocab_size:
-        raise InputError(f"{spm} has {tokenizer.vocab_size} pieces but the model only {model.vocab_size} rows")
+    check_model_vocab(model, tokenizer, args)
     if args.int8:
         quantize_int8(model)
     layout = weight_layout(args.weight_layout, batch_size, args.device, dtype)
     engine = Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id, layout=layout,
                     batch_size=batch_size)
     return engine, tokenizer
+
+
+def check_model_vocab(model, tokenizer: SentencePieceTokenizer, args: argparse.Namespace) -> None:
+    """``vocab.check_vocab`` for a loaded model: the embedding/head rows against the tokenizer's pieces (padding
+    only where ``--config_path``, else the model's own config, allows it)."""
+    config = ModelConfig.from_json(args.config_path) if args.config_path else model.config
+    rows = vocab_rows(dict(model.state_dict(keep_vars=True)))
+    check_vocab(tokenizer.vocab_size, tokenizer.model_path, rows, args.load_model_path, config)
 
 
 def sampling_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> SamplingParams:

@@ -28,6 +28,7 @@ from tencentpretrain.training.flops import measure_matmul_peak, model_flops_per_
 from tencentpretrain.training.logging import TrainLogger
 from tencentpretrain.training.optim import build_adamw, build_scheduler, param_groups, warmup_steps_of
 from tencentpretrain.training.options import TrainOptions, parse_options
+from tencentpretrain.vocab import check_vocab, vocab_rows
 
 
 class SetupError(InputError):
@@ -129,13 +130,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def check_dataset(dataset: BinaryDataset, opts: TrainOptions, config: ModelConfig, vocab_size: int) -> None:
+def tokenizer_of(opts: TrainOptions, dataset: BinaryDataset) -> tuple[int, str]:
+    """The tokenizer's size and its name for messages: --spm_model_path's, else the one the dataset records."""
+    if opts.spm_model_path:
+        return SentencePieceTokenizer(opts.spm_model_path).vocab_size, opts.spm_model_path
+    return int(dataset.meta["vocab_size"]), f"(the one recorded in dataset {opts.dataset_path})"
+
+
+def check_dataset(dataset: BinaryDataset, opts: TrainOptions, config: ModelConfig,
+                  tokenizer: tuple[int, str]) -> None:
     """Refuse a dataset made with another tokenizer, vocabulary, processor or a too long sequence length."""
     meta, where = dataset.meta, f"dataset {opts.dataset_path}"
-    if int(meta["vocab_size"]) != vocab_size:
-        source = f"config {opts.config_path}" + (f", tokenizer {opts.spm_model_path}" if opts.spm_model_path else "")
-        raise SetupError(f"{where} was made with vocab_size {meta['vocab_size']}, the model has {vocab_size} "
-                         f"({source})")
+    size, name = tokenizer
+    if int(meta["vocab_size"]) != size:
+        raise SetupError(f"{where} was made with a tokenizer of {meta['vocab_size']} pieces, tokenizer {name} has "
+                         f"{size}")
     if opts.spm_model_path:
         mine = file_fingerprint(opts.spm_model_path)
         if meta.get("tokenizer_fingerprint") != mine:
@@ -149,20 +158,17 @@ def check_dataset(dataset: BinaryDataset, opts: TrainOptions, config: ModelConfi
                          f"of {opts.config_path}")
 
 
-def vocab_size_of(opts: TrainOptions, config: ModelConfig, dataset: BinaryDataset) -> int:
-    """The model's vocabulary: the config's, else the tokenizer's, else the dataset's (all must agree)."""
-    if config.vocab_size is not None:
-        size = config.vocab_size
-    elif opts.spm_model_path:
-        size = SentencePieceTokenizer(opts.spm_model_path).vocab_size
-    else:
-        size = int(dataset.meta["vocab_size"])
-    check_dataset(dataset, opts, config, size)
-    return size
+def vocab_size_of(opts: TrainOptions, config: ModelConfig, dataset: BinaryDataset,
+                  tokenizer: tuple[int, str]) -> int:
+    """The model's vocabulary: the config's ``vocab_size``, else the tokenizer's (``tokenizer_of``). Tokenizer,
+    dataset and config must agree (``vocab.check_vocab``)."""
+    check_vocab(*tokenizer, {}, opts.config_path, config)
+    check_dataset(dataset, opts, config, tokenizer)
+    return config.vocab_size if config.vocab_size is not None else tokenizer[0]
 
 
 def build_model_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, context, info: DistInfo,
-                      trace: MemoryTrace | None = None):
+                      trace: MemoryTrace | None = None, tokenizer: tuple[int, str] | None = None):
     """The model, partitioned under ``context`` (ZeRO-3) or whole, filled from ``--pretrained_model_path`` or
     initialised N(0, 0.02); then activation checkpointing, LoRA and freezing as asked.
 
@@ -171,7 +177,7 @@ def build_model_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, 
     """
     trace = trace or MemoryTrace(info.rank, enabled=False)
     pretrained = bool(opts.pretrained_model_path) and not resuming(opts)
-    state = pretrained_state(opts, config, vocab_size, info) if pretrained else None  # None on ranks > 0
+    state = pretrained_state(opts, config, vocab_size, info, tokenizer) if pretrained else None  # None on ranks > 0
     with heap_policy(opts):
         with context:
             model = build_model(config, vocab_size)
@@ -193,8 +199,10 @@ def build_model_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, 
     return model
 
 
-def pretrained_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, info: DistInfo):
-    """Rank 0 memory-maps ``--pretrained_model_path`` and checks it against the config; other ranks get None.
+def pretrained_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, info: DistInfo,
+                     tokenizer: tuple[int, str] | None = None):
+    """Rank 0 memory-maps ``--pretrained_model_path`` and checks it against the config and ``tokenizer`` (size,
+    name); other ranks get None.
 
     Raises:
         CheckpointError: on every rank (rank 0's message) when the checkpoint does not fit.
@@ -204,6 +212,8 @@ def pretrained_state(opts: TrainOptions, config: ModelConfig, vocab_size: int, i
         try:
             with naming("--pretrained_model_path", opts.pretrained_model_path):
                 state = load_state_dict(opts.pretrained_model_path)  # memory-mapped: pages are read when copied
+                if tokenizer is not None:  # (size, name) from tokenizer_of
+                    check_vocab(*tokenizer, vocab_rows(state), opts.pretrained_model_path, config)
                 with torch.device("meta"):
                     check_state_dict(build_model(config, vocab_size), state, source=opts.pretrained_model_path)
         except CheckpointError as err:
@@ -263,12 +273,13 @@ def build(opts: TrainOptions, info: DistInfo, trace: MemoryTrace | None = None) 
     with naming("--dataset_path", opts.dataset_path):
         dataset = BinaryDataset(opts.dataset_path)
     with naming("--spm_model_path", opts.spm_model_path):
-        vocab_size = vocab_size_of(opts, config, dataset)
+        tokenizer = tokenizer_of(opts, dataset)
+        vocab_size = vocab_size_of(opts, config, dataset, tokenizer)
     with naming("--dev_dataset_path", opts.dev_dataset_path):
         dev = BinaryDataset(opts.dev_dataset_path) if opts.dev_dataset_path else None
-    if dev is not None and int(dev.meta["vocab_size"]) != vocab_size:
-        raise SetupError(f"dev dataset {opts.dev_dataset_path} has vocab_size {dev.meta['vocab_size']}, "
-                         f"the model {vocab_size}")
+    if dev is not None and dev.meta["vocab_size"] != dataset.meta["vocab_size"]:
+        raise SetupError(f"dev dataset {opts.dev_dataset_path} was made with a tokenizer of {dev.meta['vocab_size']} "
+                         f"pieces, dataset {opts.dataset_path} with {dataset.meta['vocab_size']}")
     ds_config, context = None, contextlib.nullcontext()
     if opts.deepspeed:
         from tencentpretrain.training.deepspeed_engine import deepspeed_config, partitioned_build
@@ -276,7 +287,7 @@ def build(opts: TrainOptions, info: DistInfo, trace: MemoryTrace | None = None) 
         ds_config = deepspeed_config(opts, info.device.type == "cuda", note)
         context = partitioned_build(ds_config, opts.enable_zero3)
     trace.mark("reading the data and config")
-    model = build_model_state(opts, config, vocab_size, context, info, trace)
+    model = build_model_state(opts, config, vocab_size, context, info, trace, tokenizer)
     engine = build_engine(opts, model, ds_config, info)
     trace.mark("building the engine (optimizer)")
     loader = DataLoader(dataset, opts.batch_size, info.rank, info.world_size, seed=opts.seed, shuffle=True)

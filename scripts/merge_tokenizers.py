@@ -1,0 +1,79 @@
+"""Merge a SentencePiece tokenizer into a base one (LLaMA's), as the Chinese LLaMA work did.
+
+    python scripts/merge_tokenizers.py --base_spm_model_path llama.model --extra_spm_model_path chinese.model \\
+        --output_dir merged_tokenizer
+    python scripts/merge_tokenizers.py --base_spm_model_path llama.model --corpus_path zh.txt \\
+        --extra_vocab_size 20000 --output_dir merged_tokenizer
+
+The base's pieces keep their ids; the extra model's pieces the base lacks are appended in the extra model's order.
+Writes DIR/tokenizer.model and the Hugging Face tokenizer files (tokenizer_config.json, special_tokens_map.json)
+and prints the sizes. See docs/vocabulary.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from tencentpretrain.cli import InputError, run_cli  # noqa: E402
+from tencentpretrain.convert.llama import write_hf_tokenizer  # noqa: E402
+from tencentpretrain.tokenizers import SentencePieceTokenizer  # noqa: E402
+from tencentpretrain.tokenizers.merge import SCORE_POLICIES, merge_models  # noqa: E402
+from tencentpretrain.tokenizers.train import train_sentencepiece  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base_spm_model_path", required=True, help="the base SentencePiece model (LLaMA's)")
+    parser.add_argument("--extra_spm_model_path", help="the model whose new pieces are appended")
+    parser.add_argument("--corpus_path", help="train the extra model on this corpus first (one document a line)")
+    parser.add_argument("--extra_vocab_size", type=int, default=20000, help="pieces of the extra model trained "
+                        "with --corpus_path")
+    parser.add_argument("--character_coverage", type=float, default=0.9995, help="with --corpus_path: characters "
+                        "covered by the extra model's pieces (0.9995 suits Chinese, 1.0 small alphabets)")
+    parser.add_argument("--scores", choices=SCORE_POLICIES, default="ranked", help="scores of the appended "
+                        "pieces: ranked (below every base piece: a text never gets more tokens, and Hugging Face's "
+                        "tokenizer encodes exactly as SentencePiece) or zero (the published Chinese LLaMA files)")
+    parser.add_argument("--output_dir", required=True, help="writes tokenizer.model and the Hugging Face files here")
+    return parser
+
+
+def extra_model(args: argparse.Namespace, out_dir: Path) -> Path:
+    """The extra model: given, or trained on --corpus_path into DIR/extra_spm.model."""
+    if (args.extra_spm_model_path is None) == (args.corpus_path is None):
+        raise InputError("give exactly one of --extra_spm_model_path and --corpus_path")
+    if args.extra_spm_model_path is not None:
+        return Path(args.extra_spm_model_path)
+    if not Path(args.corpus_path).is_file():
+        raise InputError(f"--corpus_path {args.corpus_path}: no such file")
+    if args.extra_vocab_size < 260:
+        raise InputError(f"--extra_vocab_size must be at least 260, got {args.extra_vocab_size}")
+    print(f"training a {args.extra_vocab_size}-piece model on {args.corpus_path}", flush=True)
+    try:
+        return train_sentencepiece(args.corpus_path, out_dir / "extra_spm", args.extra_vocab_size,
+                                   character_coverage=args.character_coverage)
+    except RuntimeError as err:  # SentencePiece's trainer: e.g. more characters than --extra_vocab_size
+        raise InputError(f"--corpus_path {args.corpus_path}: training a {args.extra_vocab_size}-piece model "
+                         f"failed: {str(err).splitlines()[-1]}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out_dir = Path(args.output_dir)
+    extra = extra_model(args, out_dir)
+    try:
+        report = merge_models(args.base_spm_model_path, extra, out_dir / "tokenizer.model", args.scores)
+    except (FileNotFoundError, ValueError) as err:
+        flag = "--base_spm_model_path" if str(args.base_spm_model_path) in str(err) else "--extra_spm_model_path"
+        raise InputError(f"{flag}: {err}") from None
+    write_hf_tokenizer(out_dir, SentencePieceTokenizer(out_dir / "tokenizer.model"))
+    print(f"base {report.base} pieces, extra {report.extra}, added {report.added}, merged {report.merged}")
+    print(f"wrote {out_dir / 'tokenizer.model'} and the Hugging Face tokenizer files in {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

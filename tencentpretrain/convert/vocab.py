@@ -1,0 +1,118 @@
+"""Growing a checkpoint's vocabulary to a merged tokenizer (``scripts/extend_vocab.py``).
+
+The word embedding and the LM head (the tied matrix once, when the config ties them) get one row per piece the merged
+tokenizer appended to the base tokenizer. Every old row is kept bit for bit; each new row is initialised by ``init``:
+
+- ``subword_mean``: the mean of the base rows of the pieces the new piece's text tokenizes into under the base
+  tokenizer (for a new Chinese word, its characters or their UTF-8 bytes), so the new token starts where the model
+  already reads the same text;
+- ``mean``: the mean of all base rows;
+- ``normal``: drawn from N(0, ``std``).
+
+Other tensors are passed through untouched (memory-mapped from a ``.bin``), so only the two grown matrices are held
+in memory beside the checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from tencentpretrain.checkpoint import LM_HEAD, WORD_EMBEDDING
+from tencentpretrain.config import ModelConfig
+from tencentpretrain.tokenizers.merge import check_extends, read_model_proto
+from tencentpretrain.vocab import VocabError, vocab_rows
+
+INITS = ("subword_mean", "mean", "normal")
+
+
+def subword_ids(base_spm_path: str | Path, pieces: Sequence[str]) -> list[list[int]]:
+    """The base-tokenizer ids of each piece's text (``▁`` is the space it stands for; no dummy prefix is added)."""
+    import sentencepiece
+
+    proto = read_model_proto(base_spm_path)
+    proto.normalizer_spec.add_dummy_prefix = False
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    processor = sentencepiece.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    return processor.encode(list(pieces))
+
+
+def init_rows(base: torch.Tensor, count: int, init: str, parts: Sequence[Sequence[int]] | None = None,
+              std: float = 0.02, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``count`` new rows for the matrix ``base`` (rows, hidden), in its dtype.
+
+    Args:
+        base: the base rows.
+        count: rows to make.
+        init: one of ``INITS``.
+        parts: for ``subword_mean``, the base ids whose rows each new row averages (an empty list: the mean row).
+        std: for ``normal``, the standard deviation.
+        generator: for ``normal``, the random generator.
+    """
+    if init == "normal":
+        return (torch.randn(count, base.shape[1], generator=generator) * std).to(base.dtype)
+    mean = base.float().mean(dim=0)  # (hidden,)
+    if init == "mean":
+        return mean.expand(count, -1).to(base.dtype)
+    if init != "subword_mean":
+        raise ValueError(f"unknown init {init!r}; known: {', '.join(INITS)}")
+    if parts is None or len(parts) != count:
+        raise ValueError(f"subword_mean needs the base ids of each of the {count} new pieces")
+    rows = torch.empty(count, base.shape[1], dtype=torch.float32)
+    for i, ids in enumerate(parts):
+        rows[i] = base[list(ids)].float().mean(dim=0) if ids else mean
+    return rows.to(base.dtype)
+
+
+def grow(base: torch.Tensor, new_rows: torch.Tensor) -> torch.Tensor:
+    """``base`` with ``new_rows`` appended below it, in one new tensor (the old rows copied exactly)."""
+    out = torch.empty(base.shape[0] + new_rows.shape[0], base.shape[1], dtype=base.dtype)
+    out[: base.shape[0]] = base
+    out[base.shape[0]:] = new_rows
+    return out
+
+
+def extend_state(state: dict[str, torch.Tensor], config: ModelConfig, base_spm_path: str | Path,
+                 spm_path: str | Path, init: str = "subword_mean", std: float = 0.02, seed: int = 7,
+                 source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """A state dict whose embedding and head have a row per piece of the merged tokenizer ``spm_path``.
+
+    Args:
+        state: the checkpoint's tensors, sized for the base tokenizer.
+        config: its config (``tie_weights`` decides whether the head is its own matrix).
+        base_spm_path: the tokenizer the checkpoint was trained with.
+        spm_path: the merged tokenizer, which must begin with the base's pieces.
+        init: how new rows start, one of ``INITS``.
+        std: standard deviation of ``normal``.
+        seed: seed of ``normal``.
+        source: the checkpoint's file, for messages.
+
+    Returns:
+        A new dict; tensors other than the embedding and head are the same objects. A tied head is left out (it
+        is the embedding), so it is written once.
+
+    Raises:
+        VocabError: the base tokenizer's size is not the checkpoint's rows, or the merged tokenizer does not extend it.
+    """
+    base_size = check_extends(base_spm_path, spm_path)
+    merged = read_model_proto(spm_path)
+    rows = vocab_rows(state)
+    if WORD_EMBEDDING not in rows:
+        raise VocabError(f"{source} has no {WORD_EMBEDDING}; is it a TencentPretrain checkpoint?")
+    wrong = {name: n for name, n in rows.items() if n != base_size}
+    if wrong:
+        sizes = ", ".join(f"{name} has {n} rows" for name, n in wrong.items())
+        raise VocabError(f"base tokenizer {base_spm_path} has {base_size} pieces but checkpoint {source}: {sizes}; "
+                         "pass the tokenizer the checkpoint was trained with as --base_spm_model_path")
+    new_pieces = [p.piece for p in merged.pieces[base_size:]]
+    parts = subword_ids(base_spm_path, new_pieces) if init == "subword_mean" else None
+    generator = torch.Generator().manual_seed(seed)
+    out = dict(state)
+    names = [WORD_EMBEDDING] if config.tie_weights else [n for n in (WORD_EMBEDDING, LM_HEAD) if n in state]
+    for name in names:
+        out[name] = grow(state[name], init_rows(state[name], len(new_pieces), init, parts, std, generator))
+    if config.tie_weights:
+        out.pop(LM_HEAD, None)
+    return out

@@ -107,6 +107,8 @@ def init_distributed(opts: TrainOptions) -> DistInfo:
     local = int(os.environ.get("LOCAL_RANK", opts.local_rank or 0))
     cuda = torch.cuda.is_available()
     device = torch.device(opts.device) if opts.device else torch.device(f"cuda:{local}" if cuda else "cpu")
+    if device.type == "cuda" and device.index is None:  # --device cuda: this rank's own GPU
+        device = torch.device("cuda", local)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = opts.backend or ("nccl" if device.type == "cuda" else "gloo")

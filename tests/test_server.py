@@ -1,4 +1,5 @@
-"""inference/server.py over loopback: the official openai client (streaming and not), plain HTTP, bad requests."""
+"""The HTTP server over loopback: the official openai client (streaming and not), plain HTTP, bad requests,
+continuous batching seen from clients, disconnects, load with malformed bodies, the schema, the command line."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import http.client
 import importlib.util
 import json
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,6 +18,12 @@ from tencentpretrain.generation import Engine
 from tencentpretrain.generation.chat import chat_prompt, encode_prompt, generate_text
 from tencentpretrain.model import build_model
 from tencentpretrain.tokenizers import SentencePieceTokenizer
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from tencentpretrain.generation.api import Service, ServerThread, create_app  # noqa: E402
 
 TINY = {"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, "local_kv_heads_num": 2,
         "layers_num": 2, "dropout": 0.0, "max_seq_length": 256, "embedding": ["word"],
@@ -50,18 +56,18 @@ def engine(tokenizer):
     return Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id)
 
 
+def running(service: Service):
+    """The service's app served on a free loopback port; close() it after use."""
+    return ServerThread(create_app(service)).start()
+
+
 @pytest.fixture(scope="module")
 def server(engine, tokenizer):
     """A running server on a free loopback port (greedy by default), stopped after the tests."""
-    service = server_module.Service(engine, tokenizer, model_name="tiny", template="alpaca", seq_length=128,
-                                    max_new_tokens=16)
-    httpd = server_module.make_server(service, "127.0.0.1", 0)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    httpd = running(Service(engine, tokenizer, model_name="tiny", template="alpaca", seq_length=128,
+                            max_new_tokens=16, max_batch_size=8, prefill_chunk=8))
     yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=10)
+    httpd.close()
 
 
 @pytest.fixture()

@@ -285,11 +285,12 @@ class Batcher:
         state.done = end
         if end < len(prompt):
             return True
-        self.prefill = None
         logits = model.target["lm"].logits(hidden[:, -1:])[:, 0]  # (1, vocab)
         row = state.row
         row.next_token = self._choose(logits, [row])[0]
-        if self._deliver(row, row.next_token):
+        joins = self._deliver(row, row.next_token)
+        self.prefill = None
+        if joins:
             self.cache.add(state.cache)
             self.rows.append(row)
         return True
@@ -365,6 +366,8 @@ class Batcher:
             self.rows[index] = last
 
     def _end(self, request: Request, reason: str, error: str | None = None) -> None:
+        if request.finish_reason is not None:  # ended already (a step failed after it ended)
+            return
         request.finish_reason = reason
         self.metrics.finished[reason] = self.metrics.finished.get(reason, 0) + 1
         try:

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, Request
@@ -25,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
-from tencentpretrain.generation.batching import Batcher, TextRequest
+from tencentpretrain.generation.batching import SEED_MAX, SEED_MIN, Batcher, TextRequest
 from tencentpretrain.generation.chat import Completion, chat_prompt, encode_prompt, fit_prompt, split_messages
 from tencentpretrain.generation.sampling import SamplingParams
 
@@ -48,7 +49,7 @@ class Settings(BaseModel):
     repetition_penalty: Float | None = Field(None, gt=0, description="CTRL repetition penalty (1: off)")
     n: Int = Field(1, description="completions per prompt; only 1 is supported")
     stop: Text | list[Text] | None = Field(None, description="strings that end the text")
-    seed: Int | None = Field(None, description="seed of this request's random generator")
+    seed: Int | None = Field(None, ge=SEED_MIN, le=SEED_MAX, description="seed of this request's random generator")
     truncate: bool = Field(True, description="cut an over-long prompt from the left (reported in usage); "
                                              "false: refuse it with HTTP 400")
 
@@ -123,9 +124,9 @@ class Service:
         max_tokens = body.max_completion_tokens or body.max_tokens or self.max_new_tokens
         if not 1 <= max_tokens < self.seq_length:
             raise RequestError(f"max_tokens must be in [1, {self.seq_length - 1}], got {max_tokens}", "max_tokens")
-        pick = (lambda key: getattr(body, key) if getattr(body, key) is not None else getattr(self.sampling, key))
+        given = {key: getattr(body, key) for key in ("temperature", "top_k", "top_p", "repetition_penalty")}
         try:
-            sampling = SamplingParams(pick("temperature"), pick("top_k"), pick("top_p"), pick("repetition_penalty"))
+            sampling = replace(self.sampling, **{key: value for key, value in given.items() if value is not None})
         except ValueError as err:
             raise RequestError(str(err)) from None
         stop = [body.stop] if isinstance(body.stop, str) else body.stop or []

@@ -32,6 +32,7 @@ from tencentpretrain.generation.slots import SlotCache
 from tencentpretrain.layers.kv_cache import KVCache
 
 LOG = logging.getLogger(__name__)
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1  # what torch.Generator.manual_seed takes
 
 
 class Request:
@@ -51,6 +52,8 @@ class Request:
             raise ValueError("the prompt needs at least one token")
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if seed is not None and not SEED_MIN <= seed <= SEED_MAX:
+            raise ValueError(f"seed must be in [{SEED_MIN}, {SEED_MAX}], got {seed}")
         self.prompt, self.max_tokens, self.sampling, self.seed = list(prompt), max_tokens, sampling, seed
         self.completion_tokens = 0  # tokens chosen so far, eos included
         self.finish_reason: str | None = None  # stop, length, cancelled or error

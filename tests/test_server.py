@@ -400,13 +400,46 @@ def test_fuzzed_requests_never_get_a_server_error(fuzz_server):
     assert httpx.get(f"{fuzz_server.url}/health", timeout=30).json()["status"] == "ok"
 
 
-def test_main_refuses_bad_input_before_listening(tiny_spm, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, model):
+    """(config path, checkpoint path) of the tiny model."""
+    from tencentpretrain.checkpoint import save_state_dict
+
+    folder = tmp_path_factory.mktemp("tiny_server_model")
+    model.config.save(folder / "config.json")
+    save_state_dict(model.state_dict(), folder / "model.bin")
+    return folder / "config.json", folder / "model.bin"
+
+
+def test_main_refuses_bad_input_before_listening(checkpoint, tiny_spm, tmp_path, capsys):
     from tencentpretrain.cli import run_cli
 
-    base = ["--spm_model_path", str(tiny_spm), "--port", "0"]
-    assert run_cli(server_module.main, ["--load_model_path", str(tmp_path / "nothing.bin"),
-                                        "--config_path", str(tmp_path / "none.json")] + base, prog="server.py") == 1
-    assert "nothing.bin" in capsys.readouterr().err or True
-    assert run_cli(server_module.main, ["--load_model_path", str(tmp_path), "--max_batch_size", "0"] + base,
-                   prog="server.py") == 1
+    config, _ = checkpoint
+    base = ["--spm_model_path", str(tiny_spm), "--config_path", str(config), "--port", "0"]
+    assert run_cli(server_module.main, ["--load_model_path", str(tmp_path / "nothing.bin")] + base) == 1
+    assert "nothing.bin" in capsys.readouterr().err
+    assert run_cli(server_module.main, ["--load_model_path", str(tmp_path), "--max_batch_size", "0"] + base) == 1
     assert "--max_batch_size must be >= 1" in capsys.readouterr().err
+
+
+def test_main_serves_a_checkpoint(checkpoint, tiny_spm):
+    """The real command line: load, listen on a free port, answer, stop on SIGTERM."""
+    import subprocess
+
+    config, weights = checkpoint
+    script = Path(__file__).resolve().parents[1] / "inference" / "server.py"
+    command = [sys.executable, str(script), "--load_model_path", str(weights), "--config_path", str(config),
+               "--spm_model_path", str(tiny_spm), "--port", "0", "--max_batch_size", "3", "--threads", "2",
+               "--temperature", "0", "--model_name", "tiny-cli"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("serving tiny-cli on http://127.0.0.1:"), line + process.stderr.read()
+        url = line.split()[3]
+        assert httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]["id"] == "tiny-cli"
+        answer = httpx.post(f"{url}/v1/completions", json={"prompt": "the model", "max_tokens": 4}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] >= 1
+    finally:
+        process.terminate()
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode in (0, -15) and "Traceback" not in errors  # uvicorn re-raises SIGTERM once shut down

@@ -13,7 +13,8 @@ from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine, SamplingParams
 from tencentpretrain.generation.batching import Batcher, Request, TokenRequest
 from tencentpretrain.generation.slots import SlotCache
-from tencentpretrain.generation.threads import ThreadedLinear, ThreadTeam, use_threads
+from tencentpretrain.generation.threads import ThreadedGatedFeedForward, ThreadedLinear, ThreadTeam, use_threads
+from tencentpretrain.layers.feed_forward import GatedFeedForward
 from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.model import build_model
 
@@ -222,6 +223,18 @@ def test_threaded_linear_equals_linear(out_features, bias):
             torch.testing.assert_close(threaded(x), linear(x), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_threaded_feed_forward_equals_feed_forward(bias):
+    torch.manual_seed(0)
+    block = GatedFeedForward(64, 160, "silu", bias=bias)
+    threaded = ThreadedGatedFeedForward(block, ThreadTeam(3))
+    assert len(threaded.pieces) == 3 and list(threaded.state_dict()) == list(block.state_dict())
+    with torch.inference_mode():
+        for shape in [(1, 64), (1, 1, 64), (4, 64), (2, 3, 64)]:
+            x = torch.randn(shape)
+            torch.testing.assert_close(threaded(x), block(x), rtol=1e-5, atol=1e-6)
+
+
 def test_threads_give_the_same_tokens(model, monkeypatch):
     monkeypatch.setattr("tencentpretrain.generation.threads.SPLIT_MIN_WEIGHTS", 1)  # split even the tiny layers
     threads_before = torch.get_num_threads()
@@ -229,7 +242,9 @@ def test_threads_give_the_same_tokens(model, monkeypatch):
     split = Engine(copy.deepcopy(model), eos_ids=[2])
     try:
         use_threads(split.model, 3)
-        assert sum(isinstance(m, ThreadedLinear) for m in split.model.modules()) == 2 * 7 + 1
+        assert sum(isinstance(m, ThreadedGatedFeedForward) for m in split.model.modules()) == 2
+        assert sum(isinstance(m, ThreadedLinear) for m in split.model.modules()) == 2 * 4 + 1  # q k v o, head
+        assert list(split.model.state_dict()) == list(single.model.state_dict())
         for prompt in prompts(3, seed=9):
             assert split.generate([prompt], 40) == single.generate([prompt], 40)
         batch = prompts(3, seed=10)

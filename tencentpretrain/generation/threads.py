@@ -2,11 +2,19 @@
 
 PyTorch multiplies a single input row by a weight (a matrix-vector product: decoding at batch 1) on one thread,
 whatever ``torch.set_num_threads`` says, so batch-1 decoding leaves the other cores idle although it is bound by
-reading the weights from memory, which more cores do faster. ``use_threads(model, n)`` splits the one-row
-products of the large linear layers by output columns into ``n`` pieces computed at once: the calling thread and
-``n - 1`` workers of a ``ThreadTeam`` (PyTorch releases the GIL inside its operators). Each output is the same
-dot product as before (equal up to float rounding; the greedy tokens are the same, tested). Products of several rows
-(prefill, batches) are left to PyTorch's own threads.
+reading the weights from memory, which more cores do faster. ``use_threads(model, n)`` splits the one-row work of
+the large layers into ``n`` pieces computed at once by the calling thread and ``n - 1`` workers of a
+``ThreadTeam`` (PyTorch releases the GIL inside its operators):
+
+- a gated feed-forward block (``ThreadedGatedFeedForward``) as one task per thread: each takes a slice of the
+  feed-forward width, computes its gate, up-projection and activation and its share of the down-projection, and the
+  shares are summed: one hand-off per block instead of three;
+- any other large linear layer (``ThreadedLinear``: attention's query and output projections, the LM head) by
+  output columns.
+
+Each hand-off costs some tens of microseconds, so small layers are left alone (``SPLIT_MIN_WEIGHTS``). The results
+equal the one-thread ones up to float rounding (the greedy tokens are the same, tested). Inputs of several rows
+(prefill, batches) go to PyTorch's own threads as before.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tencentpretrain.layers.feed_forward import GatedFeedForward
 
 SPLIT_MIN_WEIGHTS = 1 << 19  # smaller products take about as long as handing work to another thread (~20-50 us)
 
@@ -67,6 +77,19 @@ class ThreadTeam:
             return out
 
 
+def column_slices(size: int, threads: int) -> list[tuple[int, int]]:
+    """``size`` split into at most ``threads`` ranges of whole 16-column blocks."""
+    per_thread = -(-size // threads)
+    step = -(-per_thread // 16) * 16
+    return [(lo, min(lo + step, size)) for lo in range(0, size, step)]
+
+
+def one_row(x: torch.Tensor, features: int) -> bool:
+    """Whether ``x`` is a single row of ``features`` outside autograd (grad mode is per thread: workers run
+    without it)."""
+    return x.numel() == features and not torch.is_grad_enabled()
+
+
 class ThreadedLinear(nn.Linear):
     """An ``nn.Linear`` (same parameters, names and layout) whose one-row products are split by output columns
     over a ``ThreadTeam``.
@@ -81,15 +104,13 @@ class ThreadedLinear(nn.Linear):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias
         self.team = team
-        per_thread = -(-self.out_features // team.threads)
-        step = -(-per_thread // 16) * 16  # pieces of whole 16-column blocks
-        bounds = [(lo, min(lo + step, self.out_features)) for lo in range(0, self.out_features, step)]
         weight, bias = linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
-        self.pieces = [(weight[lo:hi], None if bias is None else bias[lo:hi]) for lo, hi in bounds]  # views
+        self.pieces = [(weight[lo:hi], None if bias is None else bias[lo:hi])  # views
+                       for lo, hi in column_slices(self.out_features, team.threads)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)."""
-        if x.numel() != self.in_features or len(self.pieces) < 2 or torch.is_grad_enabled():
+        if not one_row(x, self.in_features) or len(self.pieces) < 2:
             return F.linear(x, self.weight, self.bias)
 
         def product(weight: torch.Tensor, bias: torch.Tensor | None) -> Callable[[], torch.Tensor]:
@@ -98,10 +119,45 @@ class ThreadedLinear(nn.Linear):
         return torch.cat(self.team.run([product(w, b) for w, b in self.pieces]), dim=-1)  # (..., out)
 
 
+class ThreadedGatedFeedForward(nn.Module):
+    """A ``GatedFeedForward`` (same submodules and parameters) whose one-row forward is one task per thread over
+    a slice of the feed-forward width; the partial down-projections are summed.
+
+    Args:
+        block: the feed-forward block; its layers are shared, not copied.
+        team: the threads.
+    """
+
+    def __init__(self, block: GatedFeedForward, team: ThreadTeam):
+        super().__init__()
+        self.linear_gate, self.linear_1, self.linear_2, self.act = (block.linear_gate, block.linear_1,
+                                                                    block.linear_2, block.act)
+        self.team = team
+        gate, up, down = (layer.weight.detach() for layer in (self.linear_gate, self.linear_1, self.linear_2))
+        gate_bias, up_bias = (None if layer.bias is None else layer.bias.detach()
+                              for layer in (self.linear_gate, self.linear_1))
+        self.pieces = [(gate[lo:hi], None if gate_bias is None else gate_bias[lo:hi], up[lo:hi],
+                        None if up_bias is None else up_bias[lo:hi], down[:, lo:hi])  # views
+                       for lo, hi in column_slices(gate.shape[0], team.threads)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., hidden) -> (..., hidden)."""
+        if not one_row(x, self.linear_gate.in_features) or len(self.pieces) < 2:
+            return self.linear_2(self.act(self.linear_gate(x)) * self.linear_1(x))
+
+        def share(gate, gate_bias, up, up_bias, down) -> Callable[[], torch.Tensor]:
+            return lambda: F.linear(self.act(F.linear(x, gate, gate_bias)) * F.linear(x, up, up_bias), down)
+
+        parts = self.team.run([share(*piece) for piece in self.pieces])  # each (..., hidden)
+        out = torch.stack(parts).sum(0)
+        return out if self.linear_2.bias is None else out + self.linear_2.bias
+
+
 def use_threads(model: nn.Module, threads: int) -> ThreadTeam | None:
-    """Run ``model`` on ``threads`` cores: ``torch.set_num_threads(threads)`` and, for ``threads > 1``, the
-    large plain ``nn.Linear`` layers replaced in place by ``ThreadedLinear``. Apply it after the weight layout
-    (``ThreadedLinear`` holds views of the weights as they are laid out then).
+    """Run ``model`` on ``threads`` cores: ``torch.set_num_threads(threads)`` and, for ``threads > 1``, its gated
+    feed-forward blocks and its other large plain ``nn.Linear`` layers replaced in place by their threaded
+    versions. Apply it after the weight layout (the threaded modules hold views of the weights as they are laid out
+    then); layers the layout packed for oneDNN stay as they are (oneDNN uses PyTorch's threads itself).
 
     Returns:
         The team of threads (None for one thread).
@@ -112,10 +168,19 @@ def use_threads(model: nn.Module, threads: int) -> ThreadTeam | None:
     if threads == 1:
         return None
     team = ThreadTeam(threads)
-    targets = [(name, module) for name, module in model.named_modules()
-               if type(module) is nn.Linear and module.weight.numel() >= SPLIT_MIN_WEIGHTS]
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, ThreadedLinear(module, team))
+    blocks = [(name, m) for name, m in model.named_modules() if type(m) is GatedFeedForward
+              and all(type(layer) is nn.Linear for layer in (m.linear_gate, m.linear_1, m.linear_2))
+              and m.linear_gate.weight.numel() >= SPLIT_MIN_WEIGHTS]
+    for name, block in blocks:
+        replace_module(model, name, ThreadedGatedFeedForward(block, team))
+    inside = {id(layer) for _, block in blocks for layer in (block.linear_gate, block.linear_1, block.linear_2)}
+    linears = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear
+               and m.weight.numel() >= SPLIT_MIN_WEIGHTS and id(m) not in inside]
+    for name, linear in linears:
+        replace_module(model, name, ThreadedLinear(linear, team))
     return team
+
+
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

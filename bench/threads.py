@@ -3,10 +3,10 @@
 the server), and on ``--threads`` with the ``packed`` weight layout (oneDNN, which threads one-row products
 itself), in one run.
 
-One prompt of 48 random tokens, greedy, no eos; decode tok/s = ``(N - 1) / (t(N tokens) - t(1 token))``, each time the fastest
-of ``--repeats`` runs, the three variants alternating (the machine may be shared: the minimum is the least disturbed
-run). "same tokens": every variant's tokens equal the one-thread ones. Run: ``python bench/threads.py`` (99M
-model, 2 threads), ``--sizes tiny 100m``.
+One prompt of 48 random tokens, greedy, no eos; decode tok/s = ``(N - 1) / (t(N tokens) - t(1 token))``, each
+time the fastest of ``--repeats`` runs, the variants alternating (the machine may be shared: the minimum is the least
+disturbed run). "same tokens": every variant's tokens equal the one-thread ones. Run: ``python bench/threads.py``
+(99M model, 2 threads), ``--sizes tiny 100m``.
 """
 
 from __future__ import annotations

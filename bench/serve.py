@@ -83,7 +83,8 @@ class Server:
         command = [sys.executable, str(ROOT / "inference" / "server.py"), "--load_model_path", str(model[1]),
                    "--config_path", str(model[0]), "--spm_model_path", str(spm), "--host", "127.0.0.1",
                    "--port", "0", "--max_batch_size", str(batch), "--temperature", "0",
-                   "--seq_length", str(args.seq_length), "--prefill_chunk", str(args.prefill_chunk)]
+                   "--seq_length", str(args.seq_length), "--prefill_chunk", str(args.prefill_chunk),
+                   "--max_new_tokens", str(args.max_tokens[1])]
         if args.threads:
             command += ["--threads", str(args.threads)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)

@@ -9,7 +9,8 @@ setup(
     install_requires=["torch>=2.4", "sentencepiece", "numpy", "regex", "safetensors", "tqdm"],
     extras_require={
         "deepspeed": ["deepspeed>=0.14"],
-        "test": ["pytest", "transformers>=4.40", "openai", "ruff"],
+        "test": ["pytest", "transformers>=4.40", "openai", "ruff", "httpx", "schemathesis>=4"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2"],
         "logging": ["tensorboard", "matplotlib"],
     },
 )

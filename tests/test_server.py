@@ -241,7 +241,7 @@ def metric(server, name: str) -> float:
 def one_row_server(model, tokenizer):
     """A server with a single row and no eos: a request ends only at max_tokens or when cancelled."""
     endless = Engine(model, eos_ids=[], pad_id=tokenizer.pad_id)
-    httpd = running(Service(endless, tokenizer, model_name="tiny", template="alpaca", seq_length=2048,
+    httpd = running(Service(endless, tokenizer, model_name="tiny", template="alpaca", seq_length=8192,
                             max_new_tokens=16, max_batch_size=1))
     yield httpd
     httpd.close()
@@ -263,6 +263,14 @@ def test_a_disconnected_stream_frees_its_slot(one_row_server):
     assert metric(one_row_server, 'tp_finished_total{reason="cancelled"}') == 1
     assert metric(one_row_server, "tp_completion_tokens_total") < 2000  # the first one really was cut short
     assert metric(one_row_server, "tp_running") == 0
+    # a client that gives up waiting for a non-streaming answer frees its row too
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=one_row_server.url, timeout=1.5) as client:
+        client.post("/v1/completions", json={"prompt": "the data", "max_tokens": 8000})
+    with httpx.Client(base_url=one_row_server.url, timeout=60) as client:
+        answer = client.post("/v1/completions", json={"prompt": "数据 模型", "max_tokens": 5}).json()
+    assert answer["usage"]["completion_tokens"] == 5
+    assert metric(one_row_server, 'tp_finished_total{reason="cancelled"}') == 2
+    assert metric(one_row_server, "tp_completion_tokens_total") < 2000 + 8000
 
 
 MALFORMED = [
@@ -280,6 +288,7 @@ MALFORMED = [
     ("/chat", b'{"question": null}'),
     ("/chat", "\xff\xfe".encode("latin-1")),
     ("/chat", b''),
+    ("/chat", b'{"question": "' + b"x" * (17 << 20) + b'"}'),  # over the 16 MiB limit: 413
 ]
 
 
@@ -308,7 +317,7 @@ def test_200_requests_from_16_threads_valid_and_malformed(server):
         results = list(pool.map(one, range(200)))
     assert [r for r in results if r[0] and r[1] != 200] == []
     refused = [r for r in results if not r[0]]
-    assert len(refused) == 100 and all(status == 400 and '"invalid_request_error"' in text
+    assert len(refused) == 100 and all(status in (400, 413) and '"invalid_request_error"' in text
                                        for _, status, text in refused)
     valid_prompts = sum(2 if "stream" in valid(i // 2)[1] else 1 for i in range(0, 200, 2))
     assert metric(server, "tp_requests_total") - prompts_before == valid_prompts  # no malformed one reached it

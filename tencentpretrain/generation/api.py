@@ -30,6 +30,9 @@ from tencentpretrain.generation.batching import SEED_MAX, SEED_MIN, Batcher, Tex
 from tencentpretrain.generation.chat import Completion, chat_prompt, encode_prompt, fit_prompt, split_messages
 from tencentpretrain.generation.sampling import SamplingParams
 
+MAX_BODY = 16 << 20  # bytes of a request body
+DISCONNECT_POLL_S = 1.0  # how often a waiting non-streaming request checks that its client is still there
+
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict()]  # a JSON integer is accepted too
 Text = Annotated[str, Strict()]
@@ -234,6 +237,7 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="TencentPretrain inference server", version="1.0", lifespan=lifespan,
                   description=__doc__.split("\n\n")[0])
 
+    app.add_middleware(BodyLimit)
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
         message, param = validation_message(list(err.errors()))
@@ -307,6 +311,23 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
+class BodyLimit:
+    """ASGI middleware refusing a request body declared longer than ``MAX_BODY`` with HTTP 413 (a pure ASGI one:
+    Starlette's ``BaseHTTPMiddleware`` would hide client disconnects from the endpoints)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"0")
+            if not length.isdigit() or int(length) > MAX_BODY:
+                message = f"a request body of at most {MAX_BODY} bytes is required"
+                await JSONResponse(error_body(message, 413), 413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def include_usage(body: Streaming) -> bool:
     return body.stream_options is not None and body.stream_options.include_usage
 
@@ -327,14 +348,21 @@ class Job:
 
     async def events_until_done(self, poll_disconnect: bool) -> AsyncIterator[tuple[int, str, object]]:
         """``(index, kind, value)`` until every prompt has ended; raises on a generation error."""
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         while any(d is None for d in self.done):
             try:
-                index, (kind, value) = await asyncio.wait_for(self.events.get(), timeout=1.0)
+                item = await asyncio.wait_for(self.events.get(), timeout=DISCONNECT_POLL_S)
             except TimeoutError:
-                if poll_disconnect and await self.http.is_disconnected():
+                item = None
+            if poll_disconnect and loop.time() - checked >= DISCONNECT_POLL_S:
+                checked = loop.time()
+                if await self.http.is_disconnected():
                     self.cancel()
                     return
+            if item is None:
                 continue
+            index, (kind, value) = item
             if kind == "error":
                 self.cancel()
                 raise RequestError(f"generation failed: {value}", status=500)

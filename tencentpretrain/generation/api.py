@@ -238,6 +238,7 @@ def create_app(service: Service) -> FastAPI:
                   description=__doc__.split("\n\n")[0])
 
     app.add_middleware(BodyLimit)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
         message, param = validation_message(list(err.errors()))
@@ -275,7 +276,7 @@ def create_app(service: Service) -> FastAPI:
         if body.stream:
             def chunk(index, text, reason):
                 return {**head, "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": reason}]}
-            return events_response(job.stream(chunk, head, include_usage(body)))
+            return EventStream(job, job.stream(chunk, head, include_usage(body)))
         done = await job.wait()
         choices = [{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
                    for i, c in enumerate(done)]
@@ -294,7 +295,7 @@ def create_app(service: Service) -> FastAPI:
             def chunk(index, text, reason):
                 delta = {"role": "assistant", "content": ""} if text is None else {"content": text} if text else {}
                 return {**head, "choices": [{"index": index, "delta": delta, "finish_reason": reason}]}
-            return events_response(job.stream(chunk, head, include_usage(body), first=chunk(0, None, None)))
+            return EventStream(job, job.stream(chunk, head, include_usage(body), first=chunk(0, None, None)))
         (done,) = await job.wait()
         message = {"role": "assistant", "content": done.text}
         return {**head, "choices": [{"index": 0, "message": message, "finish_reason": done.finish_reason}],
@@ -402,8 +403,19 @@ def event(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def events_response(body: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+class EventStream(StreamingResponse):
+    """Server-sent events of a job; the job is cancelled however the response ends (even a client gone before the
+    first event, when the body generator never starts)."""
+
+    def __init__(self, job: Job, body: AsyncIterator[str]):
+        super().__init__(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.job = job
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel()
 
 
 class ServerThread:

@@ -219,9 +219,10 @@ def soak(args, model, spm) -> int:
     counts = {"served": 0, "disconnected": 0, "refused": 0, "errors": 0}
     lock = threading.Lock()
     try:
-        run_load(server.url, workload(args.clients, (8, 16), (2, 4), seed=1), args.clients)  # warm-up
-        rss_before = server.rss_mb()
-        deadline = time.time() + args.soak
+        run_load(server.url, jobs[:args.clients], args.clients)  # warm-up with requests of the soak's sizes
+        rss = [server.rss_mb()]
+        start = time.time()
+        deadline = start + args.soak
 
         def client_loop(index: int):
             rng = random.Random(index)
@@ -243,17 +244,21 @@ def soak(args, model, spm) -> int:
                         counts[outcome] += 1
 
         with ThreadPoolExecutor(args.clients) as pool:
-            for future in [pool.submit(client_loop, i) for i in range(args.clients)]:
+            futures = [pool.submit(client_loop, i) for i in range(args.clients)]
+            for quarter in range(1, 4):  # RSS along the way: growth that levels off is warm-up, not a leak
+                time.sleep(max(0.0, start + args.soak * quarter / 4 - time.time()))
+                rss.append(server.rss_mb())
+            for future in futures:
                 future.result()
         time.sleep(1)
-        rss_after = server.rss_mb()
+        rss.append(server.rss_mb())
         health = httpx.get(f"{server.url}/health", timeout=30).json()
     finally:
         server.stop()
     print(f"soak {args.soak:.0f} s, --max_batch_size {args.batch_sizes[0]}, {args.clients} clients: "
           f"{counts['served']} served, {counts['disconnected']} disconnected mid-stream, {counts['refused']} "
-          f"malformed refused, errors = {counts['errors']}; RSS {rss_before:.0f} MiB after warm-up, "
-          f"{rss_after:.0f} MiB at the end ({rss_after - rss_before:+.0f}); health: {health['status']}, "
+          f"malformed refused, errors = {counts['errors']}; RSS after warm-up, at 1/4, 1/2, 3/4 and the end: "
+          f"{', '.join(f'{r:.0f}' for r in rss)} MiB ({rss[-1] - rss[0]:+.0f}); health: {health['status']}, "
           f"{health['running']} running", flush=True)
     return 1 if counts["errors"] or health["status"] != "ok" else 0
 

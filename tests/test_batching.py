@@ -125,6 +125,16 @@ def test_stop_and_cancel_free_rows(engine):
     assert batcher.metrics.finished == {"cancelled": 1, "length": 1, "stop": 1}
 
 
+def test_close_ends_every_request(engine):
+    batcher = Batcher(engine, max_batch_size=1, max_length=256, prefill_chunk=4)
+    requests = [batcher.submit(TokenRequest(prompt, 50)) for prompt in prompts(4, seed=6)]
+    for _ in range(3):
+        batcher.step()  # one prefilling, the others waiting (or still incoming)
+    batcher.close()
+    assert all(r.done.is_set() for r in requests)
+    assert {r.finish_reason for r in requests} <= {"cancelled", "stop"} and requests[-1].finish_reason == "cancelled"
+
+
 def test_too_long_and_empty_requests_are_refused(engine):
     batcher = Batcher(engine, max_batch_size=2, max_length=64)
     with pytest.raises(ValueError, match="exceed the 64 positions"):

@@ -227,10 +227,11 @@ class Batcher:
         self.wakeup.set()
         if self.thread is not None:
             self.thread.join(timeout=30)
-        for request in [*self._drain_incoming(), *[r.request for r in self.rows],
+        for request in [*self._drain_incoming(), *self.waiting, *[r.request for r in self.rows],
                         *([self.prefill.row.request] if self.prefill else [])]:
             self._end(request, "cancelled")
         self.rows, self.prefill = [], None
+        self.waiting.clear()
 
     def _loop(self) -> None:
         while not self.closed:

@@ -1,8 +1,7 @@
 """Batch-1 decoding on several cores: our engine on one thread, on ``--threads`` PyTorch threads, and on
 ``--threads`` with its one-row products split over them (``generation/threads.py``, what ``--threads`` does in
-the server), the same split with PyTorch itself on one thread (are PyTorch's own threads, e.g. in attention, in the
-way of the split's?), and on ``--threads`` with the ``packed`` weight layout (oneDNN, which threads one-row
-products itself), in one run.
+the server), and on ``--threads`` with the ``packed`` weight layout (oneDNN, which threads one-row products itself),
+in one run.
 
 One prompt of 48 random tokens, greedy, no eos; decode tok/s = ``(N - 1) / (t(N tokens) - t(1 token))``, each
 time the fastest of ``--repeats`` runs, the variants alternating (the machine may be shared: the minimum is the least
@@ -50,7 +49,7 @@ def bench_size(name: str, args) -> str:
     use_threads(split.model, args.threads)
     t = args.threads
     variants = {"1 thread": (Engine(model), 1), f"{t} threads": (Engine(copy.deepcopy(model)), t),
-                f"{t} threads split": (split, t), f"{t} split, PyTorch 1": (split, 1)}
+                f"{t} threads split": (split, t)}
     if packing_available():
         variants[f"{t} threads packed"] = (Engine(copy.deepcopy(model), layout="packed", batch_size=1), t)
     times = {label: ([], []) for label in variants}
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     t = args.threads
-    header = (f"| model | 1 thread tok/s | {t} threads tok/s | {t} threads split tok/s | {t} split, PyTorch 1 tok/s | "
+    header = (f"| model | 1 thread tok/s | {t} threads tok/s | {t} threads split tok/s | "
               + (f"{t} threads packed tok/s | " if packing_available() else "") + "same tokens |")
     print(header + "\n|" + "---|" * (header.count("|") - 1))
     return [bench_size(name, args) for name in args.sizes]

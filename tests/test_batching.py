@@ -259,5 +259,11 @@ def test_threads_give_the_same_tokens(model, monkeypatch):
             assert split.generate([prompt], 40) == single.generate([prompt], 40)
         batch = prompts(3, seed=10)
         assert split.generate(batch, 20) == single.generate(batch, 20)  # several rows: PyTorch's own path
+        seen = []
+        split.model.target["lm"].output_layer.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+        with torch.inference_mode():
+            split.model(torch.tensor([[5]]))  # one token: PyTorch on one thread, the team does the rest
+            split.model(torch.tensor([[5, 6]]))
+        assert seen == [1, 3] and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads_before)

@@ -14,7 +14,9 @@ the large layers into ``n`` pieces computed at once by the calling thread and ``
 
 Each hand-off costs some tens of microseconds, so small layers are left alone (``SPLIT_MIN_WEIGHTS``). The results
 equal the one-thread ones up to float rounding (the greedy tokens are the same, tested). Inputs of several rows
-(prefill, batches) go to PyTorch's own threads as before.
+(prefill, batches) go to PyTorch's own threads as before; during a one-token forward pass PyTorch itself is set to
+one thread, so that its OpenMP threads (which attention uses, and which spin for a while after each parallel
+region) do not compete with the team for the cores (measured: docs/benchmarks.md, "Serving").
 """
 
 from __future__ import annotations
@@ -178,7 +180,28 @@ def use_threads(model: nn.Module, threads: int) -> ThreadTeam | None:
                and m.weight.numel() >= SPLIT_MIN_WEIGHTS and id(m) not in inside]
     for name, linear in linears:
         replace_module(model, name, ThreadedLinear(linear, team))
+    switch = OneTokenThreads(threads)
+    model.register_forward_pre_hook(switch.before)
+    model.register_forward_hook(switch.after)
     return team
+
+
+class OneTokenThreads:
+    """Forward hooks setting PyTorch to one thread while the model runs one token, and back to ``threads``.
+
+    Args:
+        threads: PyTorch's threads the rest of the time.
+    """
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def before(self, _module: nn.Module, args: tuple) -> None:
+        one_token = bool(args) and isinstance(args[0], torch.Tensor) and args[0].numel() == 1
+        torch.set_num_threads(1 if one_token else self.threads)
+
+    def after(self, _module: nn.Module, _args: tuple, _output) -> None:
+        torch.set_num_threads(self.threads)
 
 
 def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -267,3 +267,25 @@ def test_threads_give_the_same_tokens(model, monkeypatch):
         assert seen == [1, 3] and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads_before)
+
+
+def test_threads_split_the_dense_copy_of_packed_layers(model, monkeypatch):
+    from tencentpretrain.generation.layout import PackedLinear, packing_available
+
+    if not packing_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    monkeypatch.setattr("tencentpretrain.generation.layout.PACK_MIN_WEIGHTS", 1)  # pack every layer
+    monkeypatch.setattr("tencentpretrain.generation.threads.SPLIT_MIN_WEIGHTS", 1)
+    threads_before = torch.get_num_threads()
+    single = Engine(copy.deepcopy(model), eos_ids=[2])
+    both = Engine(copy.deepcopy(model), eos_ids=[2], layout="both", batch_size=4)
+    try:
+        use_threads(both.model, 2)
+        packed = [m for m in both.model.modules() if isinstance(m, PackedLinear)]
+        assert len(packed) == 2 * 7 + 1 and all(m.one_row is not None for m in packed)
+        for prompt in prompts(2, seed=11):
+            assert both.generate([prompt], 30) == single.generate([prompt], 30)
+        batch = prompts(3, seed=12)
+        assert both.generate(batch, 15) == single.generate(batch, 15)  # several rows: oneDNN
+    finally:
+        torch.set_num_threads(threads_before)

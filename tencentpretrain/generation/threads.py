@@ -10,7 +10,8 @@ the large layers into ``n`` pieces computed at once by the calling thread and ``
   feed-forward width, computes its gate, up-projection and activation and its share of the down-projection, and the
   shares are summed: one hand-off per block instead of three;
 - any other large linear layer (``ThreadedLinear``: attention's query and output projections, the LM head) by
-  output columns.
+  output columns, and so the dense copy that the ``both`` weight layout keeps of oneDNN-packed layers for one-row
+  inputs (layers packed without it, the ``packed`` layout, are left to oneDNN).
 
 Each hand-off costs some tens of microseconds, so small layers are left alone (``SPLIT_MIN_WEIGHTS``). The results
 equal the one-thread ones up to float rounding (the greedy tokens are the same, tested). Inputs of several rows
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tencentpretrain.generation.layout import PackedLinear
 from tencentpretrain.layers.feed_forward import GatedFeedForward
 
 SPLIT_MIN_WEIGHTS = 1 << 19  # smaller products take about as long as handing work to another thread (~20-50 us)
@@ -92,6 +94,31 @@ def one_row(x: torch.Tensor, features: int) -> bool:
     return x.numel() == features and not torch.is_grad_enabled()
 
 
+class ColumnSplit:
+    """A one-row product ``x @ weight.T + bias`` computed by output columns over a ``ThreadTeam`` (holds views of
+    the weight as it is laid out now).
+
+    Args:
+        weight: the (out, in) weight.
+        bias: the (out,) bias or None.
+        team: the threads.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, team: ThreadTeam):
+        weight, bias = weight.detach(), None if bias is None else bias.detach()
+        self.team = team
+        self.pieces = [(weight[lo:hi], None if bias is None else bias[lo:hi])  # views
+                       for lo, hi in column_slices(weight.shape[0], team.threads)]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in) with one row -> (..., out)."""
+
+        def product(weight: torch.Tensor, bias: torch.Tensor | None) -> Callable[[], torch.Tensor]:
+            return lambda: F.linear(x, weight, bias)
+
+        return torch.cat(self.team.run([product(w, b) for w, b in self.pieces]), dim=-1)
+
+
 class ThreadedLinear(nn.Linear):
     """An ``nn.Linear`` (same parameters, names and layout) whose one-row products are split by output columns
     over a ``ThreadTeam``.
@@ -105,20 +132,13 @@ class ThreadedLinear(nn.Linear):
         nn.Module.__init__(self)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias
-        self.team = team
-        weight, bias = linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
-        self.pieces = [(weight[lo:hi], None if bias is None else bias[lo:hi])  # views
-                       for lo, hi in column_slices(self.out_features, team.threads)]
+        self.split = ColumnSplit(linear.weight, linear.bias, team)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)."""
-        if not one_row(x, self.in_features) or len(self.pieces) < 2:
+        if not one_row(x, self.in_features) or len(self.split.pieces) < 2:
             return F.linear(x, self.weight, self.bias)
-
-        def product(weight: torch.Tensor, bias: torch.Tensor | None) -> Callable[[], torch.Tensor]:
-            return lambda: F.linear(x, weight, bias)
-
-        return torch.cat(self.team.run([product(w, b) for w, b in self.pieces]), dim=-1)  # (..., out)
+        return self.split(x)
 
 
 class ThreadedGatedFeedForward(nn.Module):
@@ -180,6 +200,8 @@ def use_threads(model: nn.Module, threads: int) -> ThreadTeam | None:
                and m.weight.numel() >= SPLIT_MIN_WEIGHTS and id(m) not in inside]
     for name, linear in linears:
         replace_module(model, name, ThreadedLinear(linear, team))
+    for packed in [m for m in model.modules() if isinstance(m, PackedLinear) and m.weight is not None]:
+        packed.one_row = ColumnSplit(packed.weight, packed.bias, team)  # the "both" layout's dense copy
     switch = OneTokenThreads(threads)
     model.register_forward_pre_hook(switch.before)
     model.register_forward_hook(switch.after)

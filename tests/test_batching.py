@@ -287,5 +287,9 @@ def test_threads_split_the_dense_copy_of_packed_layers(model, monkeypatch):
             assert both.generate([prompt], 30) == single.generate([prompt], 30)
         batch = prompts(3, seed=12)
         assert both.generate(batch, 15) == single.generate(batch, 15)  # several rows: oneDNN
+        packed_only = Engine(copy.deepcopy(model), eos_ids=[2], layout="packed", batch_size=4)
+        use_threads(packed_only.model, 2)
+        assert not packed_only.model._forward_pre_hooks  # oneDNN keeps PyTorch's threads for one token
+        assert packed_only.generate(batch[:1], 15) == single.generate(batch[:1], 15)
     finally:
         torch.set_num_threads(threads_before)

@@ -17,7 +17,8 @@ Each hand-off costs some tens of microseconds, so small layers are left alone (`
 equal the one-thread ones up to float rounding (the greedy tokens are the same, tested). Inputs of several rows
 (prefill, batches) go to PyTorch's own threads as before; during a one-token forward pass PyTorch itself is set to
 one thread, so that its OpenMP threads (which attention uses, and which spin for a while after each parallel
-region) do not compete with the team for the cores (measured: docs/benchmarks.md, "Serving").
+region) do not compete with the team for the cores (measured: docs/benchmarks.md, "Serving"), except in a model
+with layers packed for oneDNN without a dense copy (the ``packed`` layout), which need PyTorch's threads.
 """
 
 from __future__ import annotations
@@ -202,9 +203,10 @@ def use_threads(model: nn.Module, threads: int) -> ThreadTeam | None:
         replace_module(model, name, ThreadedLinear(linear, team))
     for packed in [m for m in model.modules() if isinstance(m, PackedLinear) and m.weight is not None]:
         packed.one_row = ColumnSplit(packed.weight, packed.bias, team)  # the "both" layout's dense copy
-    switch = OneTokenThreads(threads)
-    model.register_forward_pre_hook(switch.before)
-    model.register_forward_hook(switch.after)
+    if not any(isinstance(m, PackedLinear) and m.weight is None for m in model.modules()):
+        switch = OneTokenThreads(threads)  # only where the team does the one-row products, not oneDNN
+        model.register_forward_pre_hook(switch.before)
+        model.register_forward_hook(switch.after)
     return team
 
 

@@ -9,7 +9,8 @@ setup(
     install_requires=["torch>=2.4", "sentencepiece", "numpy", "regex", "safetensors", "tqdm"],
     extras_require={
         "deepspeed": ["deepspeed>=0.14"],
-        "test": ["pytest", "transformers>=4.40", "openai", "ruff", "hypothesis"],
+        "test": ["pytest", "transformers>=4.40", "openai", "ruff", "hypothesis", "httpx", "schemathesis>=4"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2"],
         "logging": ["tensorboard", "matplotlib"],
         "eval": ["lm-eval>=0.4.2", "accelerate>=0.26"],  # lm-evaluation-harness and its hf backend
         "gguf": ["gguf>=0.19"],

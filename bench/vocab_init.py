@@ -3,7 +3,8 @@
 A small LLaMA is pretrained on English (wiki_demo_en) with LLaMA's tokenizer; it is extended to LLaMA + the Chinese
 pieces (scripts/merge_tokenizers.py, scripts/extend_vocab.py) once per init, and each extended model is trained in
 stage 1 (transformer frozen: ``--freeze_patterns encoder``) for the same steps on clue_small_zh. Held-out: the last
-``--held_out`` documents of clue_small_zh (never trained on), scored whole (tencentpretrain/scoring.py). A reference
+``--held_out`` documents of clue_small_zh (never trained on), each scored whole in bits per character by the
+evaluation module (tencentpretrain/evaluation/perplexity.py: bos-conditioned rolling windows, no eos). A reference
 row trains the unextended model the same way with LLaMA's tokenizer. Everything runs through the project's
 commands (preprocess.py, pretrain.py, the scripts), on the CPU, in a few minutes.
 
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tencentpretrain.checkpoint import load_model  # noqa: E402
-from tencentpretrain.scoring import bits_per_character  # noqa: E402
+from tencentpretrain.evaluation import evaluate_perplexity  # noqa: E402
 from tencentpretrain.tokenizers import SentencePieceTokenizer  # noqa: E402
 
 SHARED = (ROOT.parent / "shared" if (ROOT.parent / "shared").exists()
@@ -67,8 +68,9 @@ def pretrain(dataset: Path, spm: Path, config: Path, output: Path, steps: int, l
 
 
 def score(config: Path, model_path: Path, spm: Path, documents: list[str], window: int) -> float:
+    """Held-out bits per character, as ``scripts/evaluate.py --task perplexity --seq_length window`` gives it."""
     model = load_model(config, model_path).eval()
-    return bits_per_character(model, SentencePieceTokenizer(spm), documents, window)
+    return evaluate_perplexity(model, SentencePieceTokenizer(spm), documents, window, batch_size=8).bits_per_character
 
 
 def run(args: argparse.Namespace, work: Path) -> list[dict]:

@@ -224,6 +224,39 @@ def test_perplexity_matches_transformers_in_one_window(model, hf, tmp_path):
     assert got["token_perplexity"] == pytest.approx(math.exp(nll / tokens), rel=1e-5)
 
 
+def test_long_documents_match_transformers_window_by_window(model, hf, tmp_path):
+    """Documents several windows long: transformers run on each rolling window (written out here from the
+    definition, not with ``rolling_windows``) gives the NLL; a longer window, with more context, gives another."""
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(model.spm))
+    docs = ["以太网的最小帧长是 64 字节 Which planet is closest to the Sun? " * 6, "数据 模型 Answer: A " * 9]
+    corpus = tmp_path / "long.txt"
+    corpus.write_text("\n".join(docs) + "\n", encoding="utf-8")
+    window, nll = 16, 0.0
+    for doc in docs:
+        tokens = sp.encode(doc)
+        sequence = [sp.bos_id(), *tokens]
+        assert len(tokens) > 3 * window
+        for start in range(0, len(tokens), window):
+            end = min(start + window, len(tokens))  # predicts tokens[start:end], i.e. sequence[start + 1:end + 1]
+            first = max(0, end - window)  # the inputs: the `window` tokens of `sequence` before tokens[end - 1]
+            ids = torch.tensor([sequence[first:end + 1]])
+            with torch.no_grad():
+                logprobs = torch.log_softmax(hf(ids[:, :-1]).logits[0].double(), -1)
+            scored = logprobs.gather(1, ids[0, 1:, None])[:, 0]  # log p(sequence[i + 1] | sequence[first:i + 1])
+            nll -= float(scored[start - first:].sum())
+    results = {}
+    for seq_length in (window, 4 * window):
+        out = tmp_path / f"long{seq_length}.json"
+        assert evaluate(["--task", "perplexity", *model.model_flags(), "--corpus_path", str(corpus),
+                         "--seq_length", str(seq_length), "--batch_size", "3", "--output_path", str(out)]) == 0
+        results[seq_length] = json.loads(out.read_text(encoding="utf-8"))
+    assert results[window]["nll"] == pytest.approx(nll, rel=1e-5)
+    assert results[window]["bits_per_character"] == pytest.approx(nll / sum(map(len, docs)) / math.log(2), rel=1e-5)
+    assert results[4 * window]["nll"] != pytest.approx(nll, rel=1e-4)
+
+
 def test_perplexity_does_not_depend_on_the_batch_or_the_format(model, tmp_path):
     """Batch 1 and 4 of our checkpoint, and the Hugging Face export loaded alone (its tokenizer.model used)."""
     corpus = tmp_path / "docs.jsonl"

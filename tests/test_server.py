@@ -1,4 +1,5 @@
-"""inference/server.py over loopback: the official openai client (streaming and not), plain HTTP, bad requests."""
+"""The HTTP server over loopback: the official openai client (streaming and not), plain HTTP, bad requests,
+continuous batching seen from clients, disconnects, load with malformed bodies, the schema, the command line."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import http.client
 import importlib.util
 import json
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,9 +15,15 @@ import torch
 
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine
-from tencentpretrain.generation.chat import chat_prompt, encode_prompt, generate_text
+from tencentpretrain.generation.chat import chat_prompt, encode_prompt, fit_prompt, generate_text
 from tencentpretrain.model import build_model
 from tencentpretrain.tokenizers import SentencePieceTokenizer
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from tencentpretrain.generation.api import ServerThread, Service, create_app  # noqa: E402
 
 TINY = {"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, "local_kv_heads_num": 2,
         "layers_num": 2, "dropout": 0.0, "max_seq_length": 256, "embedding": ["word"],
@@ -44,24 +50,34 @@ def tokenizer(tiny_spm):
 
 
 @pytest.fixture(scope="module")
-def engine(tokenizer):
+def model(tokenizer):
+    """A tiny LLaMA with large random weights (confident logits: greedy choices are not near-ties)."""
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_dict(TINY), tokenizer.vocab_size).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    return model
+
+
+@pytest.fixture(scope="module")
+def engine(model, tokenizer):
     return Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id)
+
+
+def running(service: Service):
+    """The service's app served on a free loopback port; close() it after use."""
+    return ServerThread(create_app(service)).start()
 
 
 @pytest.fixture(scope="module")
 def server(engine, tokenizer):
     """A running server on a free loopback port (greedy by default), stopped after the tests."""
-    service = server_module.Service(engine, tokenizer, model_name="tiny", template="alpaca", seq_length=128,
-                                    max_new_tokens=16)
-    httpd = server_module.make_server(service, "127.0.0.1", 0)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    httpd = running(Service(engine, tokenizer, model_name="tiny", template="alpaca", seq_length=128,
+                            max_new_tokens=16, max_batch_size=8, prefill_chunk=8))
     yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=10)
+    httpd.close()
 
 
 @pytest.fixture()
@@ -173,3 +189,266 @@ def test_openai_client_sees_errors(client):
 
     with pytest.raises(BadRequestError, match="n=1"):
         client.completions.create(model="tiny", prompt="x", n=3)
+
+
+def test_eight_concurrent_requests_get_what_they_get_alone(server, engine, tokenizer):
+    """Different prompt lengths, max_tokens, stop strings, sampling and seeds, streamed or not, all at once."""
+    words = "the model reads tokens and learns 数据 模型 训练 from data".split()
+    jobs = []
+    for i in range(8):
+        text = " ".join(words[(i + k) % len(words)] for k in range(3 + 9 * i))
+        settings = {"max_tokens": 6 + 7 * i, "temperature": 0.9 if i % 3 == 1 else 0, "seed": 100 + i,
+                    "stop": ["数据"] if i % 4 == 2 else [], "stream": i % 2 == 1}
+        jobs.append((text, settings))
+
+    def expected(text: str, settings: dict) -> str:
+        from tencentpretrain.generation import SamplingParams
+
+        sampling = SamplingParams(temperature=settings["temperature"])
+        ids = fit_prompt(encode_prompt(tokenizer, text), 128 - settings["max_tokens"])  # as the server cuts it
+        (done,) = generate_text(engine, tokenizer, [ids], settings["max_tokens"], sampling, settings["stop"],
+                                settings["seed"])
+        return done.text
+
+    def ask(job) -> str:
+        text, settings = job
+        body = {"prompt": text, **settings}
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            if not settings["stream"]:
+                return client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+            with client.stream("POST", "/v1/completions", json=body) as response:
+                events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        return "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
+
+    wanted = [expected(*job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(ask, jobs))
+    assert got == wanted
+    assert len({len(w) for w in wanted}) > 4  # different lengths really ran side by side
+    steps, rows = metric(server, "tp_decode_steps_total"), metric(server, "tp_decoded_rows_total")
+    assert rows > steps  # several rows per step on average: they were batched
+
+
+def metric(server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
+              or line.startswith(name + "{")]
+    return sum(values)
+
+
+@pytest.fixture()
+def one_row_server(model, tokenizer):
+    """A server with a single row and no eos: a request ends only at max_tokens or when cancelled."""
+    endless = Engine(model, eos_ids=[], pad_id=tokenizer.pad_id)
+    httpd = running(Service(endless, tokenizer, model_name="tiny", template="alpaca", seq_length=8192,
+                            max_new_tokens=16, max_batch_size=1))
+    yield httpd
+    httpd.close()
+
+
+def test_a_disconnected_stream_frees_its_slot(one_row_server):
+    with httpx.Client(base_url=one_row_server.url, timeout=60) as client:
+        body = {"prompt": "the model reads", "max_tokens": 2000, "stream": True}
+        with client.stream("POST", "/v1/completions", json=body) as response:
+            events = 0
+            for line in response.iter_lines():
+                events += line.startswith("data: ")
+                if events == 3:
+                    break
+        # the stream is closed after 3 events: the only row must be free for the next request, which would
+        # otherwise wait for the 2000 tokens
+        answer = client.post("/v1/completions", json={"prompt": "数据 模型", "max_tokens": 5}).json()
+    assert answer["choices"][0]["finish_reason"] == "length" and answer["usage"]["completion_tokens"] == 5
+    assert metric(one_row_server, 'tp_finished_total{reason="cancelled"}') == 1
+    assert metric(one_row_server, "tp_completion_tokens_total") < 2000  # the first one really was cut short
+    assert metric(one_row_server, "tp_running") == 0
+    # a client that gives up waiting for a non-streaming answer frees its row too
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=one_row_server.url, timeout=1.5) as client:
+        client.post("/v1/completions", json={"prompt": "the data", "max_tokens": 8000})
+    with httpx.Client(base_url=one_row_server.url, timeout=60) as client:
+        answer = client.post("/v1/completions", json={"prompt": "数据 模型", "max_tokens": 5}).json()
+    assert answer["usage"]["completion_tokens"] == 5
+    assert metric(one_row_server, 'tp_finished_total{reason="cancelled"}') == 2
+    assert metric(one_row_server, "tp_completion_tokens_total") < 2000 + 8000
+
+
+MALFORMED = [
+    ("/v1/completions", b'{"prompt": '),
+    ("/v1/completions", b'[1, 2]'),
+    ("/v1/completions", b'{"prompt": 5}'),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": -3}'),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": 10000}'),
+    ("/v1/completions", b'{"prompt": "x", "top_p": 1.5}'),
+    ("/v1/completions", b'{"prompt": "x", "seed": "abc"}'),
+    ("/v1/completions", b'{"prompt": []}'),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user"}]}'),
+    ("/v1/chat/completions", b'{"messages": [{"role": "assistant", "content": "x"}]}'),
+    ("/v1/chat/completions", b'{"messages": "hello"}'),
+    ("/chat", b'{"question": null}'),
+    ("/chat", "\xff\xfe".encode("latin-1")),
+    ("/chat", b''),
+    ("/chat", b'{"question": "' + b"x" * (17 << 20) + b'"}'),  # over the 16 MiB limit: 413
+]
+
+
+def test_200_requests_from_16_threads_valid_and_malformed(server):
+    def valid(i: int) -> tuple[str, dict]:
+        kinds = [("/v1/completions", {"prompt": f"the model {i}", "max_tokens": 1 + i % 4}),
+                 ("/v1/completions", {"prompt": ["数据", "the data"], "max_tokens": 2, "stream": True}),
+                 ("/v1/chat/completions", {"messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": 3}),
+                 ("/chat", {"question": f"question {i}", "max_tokens": 2})]
+        return kinds[i % len(kinds)]
+
+    def one(i: int) -> tuple[bool, int, str]:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            if i % 2:
+                path, raw = MALFORMED[(i // 2) % len(MALFORMED)]
+                response = client.post(path, content=raw, headers={"Content-Type": "application/json"})
+                return False, response.status_code, response.text
+            path, body = valid(i // 2)
+            response = client.post(path, json=body)
+            ok = response.status_code == 200 and ("[DONE]" in response.text if body.get("stream") else
+                                                   ("choices" in response.json() or "answer" in response.json()))
+            return True, response.status_code if ok else -response.status_code, response.text
+
+    prompts_before = metric(server, "tp_requests_total")
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(one, range(200)))
+    assert [r for r in results if r[0] and r[1] != 200] == []
+    refused = [r for r in results if not r[0]]
+    assert len(refused) == 100 and all(status in (400, 413) and '"invalid_request_error"' in text
+                                       for _, status, text in refused)
+    valid_prompts = sum(2 if "stream" in valid(i // 2)[1] else 1 for i in range(0, 200, 2))
+    assert metric(server, "tp_requests_total") - prompts_before == valid_prompts  # no malformed one reached it
+    assert httpx.get(f"{server.url}/health", timeout=30).json()["status"] == "ok"
+    status, data = post(server, "/chat", {"question": "still alive"})
+    assert status == 200 and isinstance(data["answer"], str)
+
+
+def test_schema_health_and_metrics_are_served(server):
+    schema = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+    assert {"/v1/models", "/v1/completions", "/v1/chat/completions", "/chat", "/health", "/metrics"} <= set(
+        schema["paths"])
+    completion = schema["components"]["schemas"]["CompletionRequest"]
+    assert "prompt" in completion["required"] and {"max_tokens", "stream", "truncate", "seed"} <= set(
+        completion["properties"])
+    assert httpx.get(f"{server.url}/docs", timeout=30).status_code == 200
+    health = httpx.get(f"{server.url}/health", timeout=30).json()
+    assert health["status"] == "ok" and health["running"] == 0
+    before = metric(server, "tp_completion_tokens_total")
+    post(server, "/v1/completions", {"prompt": "x", "max_tokens": 3})
+    assert 1 <= metric(server, "tp_completion_tokens_total") - before <= 3
+    assert metric(server, "tp_max_batch_size") == 8
+
+
+def test_over_long_prompts_are_cut_and_reported_or_refused(server, tokenizer):
+    text = " ".join(["the model reads tokens"] * 60)
+    length = len(encode_prompt(tokenizer, text))
+    assert length > 128
+    status, data = post(server, "/v1/completions", {"prompt": text, "max_tokens": 16})
+    assert status == 200 and data["usage"]["prompt_tokens"] == 112
+    assert data["usage"]["prompt_tokens_truncated"] == length - 112 and data["usage"]["truncation_side"] == "left"
+    status, data = post(server, "/v1/completions", {"prompt": text, "max_tokens": 16, "truncate": False})
+    assert status == 400 and data["error"]["param"] == "prompt" and f"{length} tokens" in data["error"]["message"]
+    messages = [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "and then"}]
+    status, data = post(server, "/v1/chat/completions", {"messages": messages, "max_tokens": 16})
+    assert status == 200 and data["usage"]["prompt_tokens_truncated"] > 0
+    status, data = post(server, "/v1/chat/completions", {"messages": messages, "max_tokens": 16, "truncate": False})
+    assert status == 400 and data["error"]["param"] == "messages"
+    status, data = post(server, "/v1/completions", {"prompt": "short", "max_tokens": 4, "truncate": False})
+    assert status == 200 and data["usage"]["prompt_tokens_truncated"] == 0 and "truncation_side" not in data["usage"]
+
+
+def test_validation_errors_name_the_field(server):
+    status, data = post(server, "/v1/chat/completions", {"messages": [{"role": "bot", "content": 3}]})
+    assert status == 400 and data["error"]["param"] == "messages"
+    assert "messages[0].role" in data["error"]["message"] and "messages[0].content" in data["error"]["message"]
+    status, data = post(server, "/v1/completions", {"prompt": "x", "max_tokens": True})
+    assert status == 400 and data["error"]["param"] == "max_tokens"
+
+
+@pytest.fixture()
+def fuzz_server(engine, tokenizer):
+    httpd = running(Service(engine, tokenizer, model_name="tiny", template="alpaca", seq_length=40,
+                            max_new_tokens=4, max_batch_size=4))
+    yield httpd
+    httpd.close()
+
+
+def fuzz(operation, mode, url: str, failures: list) -> None:
+    """Send ``operation``'s generated requests (a bounded, derandomised run); note every 5xx in ``failures``."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    @settings(max_examples=12, derandomize=True, database=None, deadline=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def check(case):
+        response = case.call(base_url=url, timeout=60)
+        if response.status_code >= 500:
+            failures.append((operation.label, case.body, response.status_code, response.text[:200]))
+
+    check()
+
+
+def test_fuzzed_requests_never_get_a_server_error(fuzz_server):
+    """schemathesis generates requests, valid and not, from the served schema: none may get a 5xx."""
+    schemathesis = pytest.importorskip("schemathesis")
+    schema = schemathesis.openapi.from_url(f"{fuzz_server.url}/openapi.json")
+    failures, labels = [], []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        labels.append(operation.label)
+        fuzz(operation, schemathesis.GenerationMode.POSITIVE, fuzz_server.url, failures)
+        if operation.method.upper() == "POST":  # a GET without parameters has no invalid form
+            fuzz(operation, schemathesis.GenerationMode.NEGATIVE, fuzz_server.url, failures)
+    assert "POST /v1/chat/completions" in labels and len(labels) >= 6
+    assert failures == []
+    assert metric(fuzz_server, "tp_requests_total") > 0  # some generated requests were valid ones
+    assert httpx.get(f"{fuzz_server.url}/health", timeout=30).json()["status"] == "ok"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, model):
+    """(config path, checkpoint path) of the tiny model."""
+    from tencentpretrain.checkpoint import save_state_dict
+
+    folder = tmp_path_factory.mktemp("tiny_server_model")
+    model.config.save(folder / "config.json")
+    save_state_dict(model.state_dict(), folder / "model.bin")
+    return folder / "config.json", folder / "model.bin"
+
+
+def test_main_refuses_bad_input_before_listening(checkpoint, tiny_spm, tmp_path, capsys):
+    from tencentpretrain.cli import run_cli
+
+    config, _ = checkpoint
+    base = ["--spm_model_path", str(tiny_spm), "--config_path", str(config), "--port", "0"]
+    assert run_cli(server_module.main, ["--load_model_path", str(tmp_path / "nothing.bin")] + base) == 1
+    assert "nothing.bin" in capsys.readouterr().err
+    assert run_cli(server_module.main, ["--load_model_path", str(tmp_path), "--max_batch_size", "0"] + base) == 1
+    assert "--max_batch_size must be >= 1" in capsys.readouterr().err
+
+
+def test_main_serves_a_checkpoint(checkpoint, tiny_spm):
+    """The real command line: load, listen on a free port, answer, stop on SIGTERM."""
+    import subprocess
+
+    config, weights = checkpoint
+    script = Path(__file__).resolve().parents[1] / "inference" / "server.py"
+    command = [sys.executable, str(script), "--load_model_path", str(weights), "--config_path", str(config),
+               "--spm_model_path", str(tiny_spm), "--port", "0", "--max_batch_size", "3", "--threads", "2",
+               "--temperature", "0", "--model_name", "tiny-cli"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("serving tiny-cli on http://127.0.0.1:"), line + process.stderr.read()
+        url = line.split()[3]
+        assert httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]["id"] == "tiny-cli"
+        answer = httpx.post(f"{url}/v1/completions", json={"prompt": "the model", "max_tokens": 4}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] >= 1
+    finally:
+        process.terminate()
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode in (0, -15) and "Traceback" not in errors  # uvicorn re-raises SIGTERM once shut down

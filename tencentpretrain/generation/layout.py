@@ -55,10 +55,13 @@ class PackedLinear(nn.Module):
         self.bias = linear.bias
         self.register_parameter("weight", linear.weight if keep_dense else None)
         column_major(self)
+        self.one_row = None  # another way to multiply one row by the dense weight (generation/threads.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)."""
         if self.weight is not None and x.numel() == self.in_features:
+            if self.one_row is not None and not torch.is_grad_enabled():
+                return self.one_row(x)
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 

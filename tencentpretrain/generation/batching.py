@@ -1,0 +1,387 @@
+"""Continuous (iteration-level) batching: requests join the running batch at the next step and leave it when done.
+
+A ``Batcher`` owns up to ``max_batch_size`` rows of a ``SlotCache``. Each of its steps
+
+1. drops the requests whose client cancelled them (their row is free for the next arrival at once);
+2. prefills one chunk of at most ``prefill_chunk`` prompt tokens of the oldest waiting request, when a row is free
+   (in a one-row cache of its own); once its whole prompt is in, its first token is chosen and it joins the batch;
+3. decodes one token for every running row in one forward pass, each row with its own positions, sampling
+   settings, random generator, stop test and ``max_tokens``; finished rows leave.
+
+So a long prompt delays the running rows by one chunk's compute per step, not by its whole prefill, and a request
+computes what it would alone whatever runs beside it (its prompt is prefilled the same way in any case, and the
+columns of the other rows are masked out of its attention). Run the steps in a thread of their own with ``start()``,
+or call ``step()`` yourself.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from tencentpretrain.generation.chat import Completion, TextStream
+from tencentpretrain.generation.engine import Engine
+from tencentpretrain.generation.sampling import SamplingParams, greedy, sample
+from tencentpretrain.generation.slots import SlotCache
+from tencentpretrain.layers.kv_cache import KVCache
+
+LOG = logging.getLogger(__name__)
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1  # what torch.Generator.manual_seed takes
+
+
+class Request:
+    """One prompt to complete. Subclasses receive the tokens through ``accept`` and the end through ``finish``;
+    both are called from the batcher's thread.
+
+    Args:
+        prompt: token ids (at least one).
+        max_tokens: most new tokens (eos included).
+        sampling: how tokens are chosen.
+        seed: seed of this request's own random generator (None: torch's global one).
+    """
+
+    def __init__(self, prompt: Sequence[int], max_tokens: int, sampling: SamplingParams = SamplingParams(),
+                 seed: int | None = None):
+        if len(prompt) == 0:
+            raise ValueError("the prompt needs at least one token")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if seed is not None and not SEED_MIN <= seed <= SEED_MAX:
+            raise ValueError(f"seed must be in [{SEED_MIN}, {SEED_MAX}], got {seed}")
+        self.prompt, self.max_tokens, self.sampling, self.seed = list(prompt), max_tokens, sampling, seed
+        self.completion_tokens = 0  # tokens chosen so far, eos included
+        self.finish_reason: str | None = None  # stop, length, cancelled or error
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Ask the batcher to drop this request; its row is freed at the next step (thread-safe)."""
+        self.cancelled = True
+
+    def accept(self, token: int) -> bool:
+        """A new token (not eos); return False to end the request here (e.g. a stop string appeared)."""
+        return True
+
+    def finish(self, reason: str, error: str | None = None) -> None:
+        """The request ended: ``stop`` (eos or ``accept`` said so), ``length``, ``cancelled`` or ``error``."""
+
+
+class TokenRequest(Request):
+    """A request whose tokens are collected; ``result()`` blocks until it ends and returns them."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tokens: list[int] = []
+        self.done = threading.Event()
+        self.error: str | None = None
+
+    def accept(self, token: int) -> bool:
+        self.tokens.append(token)
+        return True
+
+    def finish(self, reason: str, error: str | None = None) -> None:
+        self.finish_reason, self.error = reason, error
+        self.done.set()
+
+    def result(self, timeout: float | None = None) -> list[int]:
+        """The new tokens (eos excluded), once the request has ended."""
+        if not self.done.wait(timeout):
+            raise TimeoutError("the request did not finish in time")
+        if self.error is not None:
+            raise RuntimeError(self.error)
+        return self.tokens
+
+
+class TextRequest(Request):
+    """A request whose tokens become text (``chat.TextStream``: stop strings, incomplete characters held back).
+
+    ``on_event`` receives, from the batcher's thread, ``("text", piece)`` as text becomes final, then one of
+    ``("end", Completion)`` or ``("error", message)``; nothing after a cancel.
+
+    Args:
+        prompt, max_tokens, sampling, seed: as for ``Request``.
+        tokenizer: anything with ``decode(ids)``.
+        stop: strings that end the text (not included in it).
+        on_event: the consumer.
+    """
+
+    def __init__(self, prompt: Sequence[int], max_tokens: int, sampling: SamplingParams, seed: int | None,
+                 tokenizer, stop: Sequence[str], on_event):
+        super().__init__(prompt, max_tokens, sampling, seed)
+        self.text = TextStream(tokenizer, self.prompt[-1], stop)
+        self.on_event = on_event
+
+    def accept(self, token: int) -> bool:
+        piece = self.text.push(token)
+        if piece:
+            self.on_event(("text", piece))
+        return not self.text.stopped
+
+    def finish(self, reason: str, error: str | None = None) -> None:
+        if reason == "error":
+            self.on_event(("error", error))
+        elif reason != "cancelled":
+            piece = self.text.finish()
+            if piece:
+                self.on_event(("text", piece))
+            completion = Completion(self.text.text, reason, len(self.prompt), self.completion_tokens)
+            self.on_event(("end", completion))
+
+
+@dataclass
+class Row:
+    """A request's decoding state: its next position, the token to feed next, sampling state."""
+
+    request: Request
+    position: int
+    next_token: int = 0
+    seen: torch.Tensor | None = None  # (1, vocab) bool, for the repetition penalty
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class Prefill:
+    """A request whose prompt is being read into a cache of its own, ``done`` tokens so far."""
+
+    row: Row
+    cache: KVCache
+    done: int = 0
+
+
+@dataclass
+class Metrics:
+    """Counters of a batcher (read from any thread; approximate while it runs)."""
+
+    requests: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    steps: int = 0  # decoding steps
+    rows_decoded: int = 0  # sum over steps of the rows decoded
+
+
+class Batcher:
+    """Runs requests with continuous batching over an engine (see the module docstring).
+
+    Args:
+        engine: the token engine (its model and eos/pad ids).
+        max_batch_size: most requests decoded together (rows of the cache).
+        max_length: most positions of one request, prompt plus new tokens.
+        prefill_chunk: most prompt tokens read per step.
+        slack: extra cache columns (default ``max(16, max_length // 8)``): how often rows are realigned.
+    """
+
+    def __init__(self, engine: Engine, max_batch_size: int = 8, max_length: int = 2048, prefill_chunk: int = 64,
+                 slack: int | None = None):
+        if max_batch_size < 1 or max_length < 2 or prefill_chunk < 1:
+            raise ValueError("max_batch_size and prefill_chunk must be >= 1 and max_length >= 2")
+        config = engine.config
+        self.engine, self.max_batch_size, self.max_length = engine, max_batch_size, max_length
+        self.prefill_chunk = prefill_chunk
+        capacity = max_length + (max(16, max_length // 8) if slack is None else slack)
+        self.cache = SlotCache(config.layers_num, max_batch_size, config.kv_heads_num, capacity, config.head_dim,
+                               engine.dtype, engine.device)
+        self.rows: list[Row] = []  # index = cache row
+        self.prefill: Prefill | None = None
+        self.incoming: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self.waiting: deque[Request] = deque()
+        self.metrics = Metrics()
+        self.wakeup = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.closed = False
+
+    # --- the public side (any thread) ---
+
+    def submit(self, request: Request) -> Request:
+        """Queue a request; it joins the batch at a following step."""
+        if len(request.prompt) + request.max_tokens > self.max_length:
+            raise ValueError(f"prompt ({len(request.prompt)} tokens) plus max_tokens ({request.max_tokens}) "
+                             f"exceed the {self.max_length} positions of a request")
+        self.metrics.requests += 1
+        self.incoming.put(request)
+        self.wakeup.set()
+        return request
+
+    def queue_length(self) -> int:
+        """Requests waiting for a row (or being prefilled)."""
+        return self.incoming.qsize() + len(self.waiting) + (self.prefill is not None)
+
+    def running(self) -> int:
+        """Requests in the running batch."""
+        return len(self.rows)
+
+    def start(self) -> Batcher:
+        """Run the steps in a daemon thread until ``close()``."""
+        self.thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the thread; requests still queued or running end as ``cancelled``."""
+        self.closed = True
+        self.wakeup.set()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+        for request in [*self._drain_incoming(), *self.waiting, *[r.request for r in self.rows],
+                        *([self.prefill.row.request] if self.prefill else [])]:
+            self._end(request, "cancelled")
+        self.rows, self.prefill = [], None
+        self.waiting.clear()
+
+    def _loop(self) -> None:
+        while not self.closed:
+            try:
+                busy = self.step()
+            except Exception as err:  # noqa: BLE001 (a failed step ends its requests, not the server)
+                LOG.exception("generation step failed")
+                self._fail(f"{type(err).__name__}: {err}")
+                busy = True
+            if not busy:
+                self.wakeup.wait(timeout=0.5)
+                self.wakeup.clear()
+
+    # --- the steps (the batcher's thread) ---
+
+    def step(self) -> bool:
+        """One scheduling step (see the module docstring); False when there was nothing to do."""
+        self.waiting.extend(self._drain_incoming())
+        self._drop_cancelled()
+        with torch.inference_mode():
+            prefilled = self._prefill_chunk()
+            decoded = self._decode()
+        return prefilled or decoded
+
+    def _drain_incoming(self) -> list[Request]:
+        arrived = []
+        while True:
+            try:
+                arrived.append(self.incoming.get_nowait())
+            except queue.Empty:
+                return arrived
+
+    def _drop_cancelled(self) -> None:
+        for index in reversed(range(len(self.rows))):
+            if self.rows[index].request.cancelled:
+                self._leave(index, "cancelled")
+        if self.prefill is not None and self.prefill.row.request.cancelled:
+            self._end(self.prefill.row.request, "cancelled")
+            self.prefill = None
+        for request in [r for r in self.waiting if r.cancelled]:
+            self.waiting.remove(request)
+            self._end(request, "cancelled")
+
+    def _prefill_chunk(self) -> bool:
+        if self.prefill is None:
+            if not self.waiting or len(self.rows) == self.max_batch_size:
+                return False
+            self.prefill = self._start_prefill(self.waiting.popleft())
+        state, model = self.prefill, self.engine.model
+        prompt = state.row.request.prompt
+        end = min(state.done + self.prefill_chunk, len(prompt))
+        ids = torch.tensor([prompt[state.done:end]], dtype=torch.long, device=self.engine.device)  # (1, T)
+        positions = torch.arange(state.done, end, device=self.engine.device)[None]  # (1, T)
+        hidden = model.encode(ids, positions, None, state.cache)  # (1, T, hidden)
+        state.done = end
+        if end < len(prompt):
+            return True
+        logits = model.target["lm"].logits(hidden[:, -1:])[:, 0]  # (1, vocab)
+        row = state.row
+        row.next_token = self._choose(logits, [row])[0]
+        joins = self._deliver(row, row.next_token)
+        self.prefill = None
+        if joins:
+            self.cache.add(state.cache)
+            self.rows.append(row)
+        return True
+
+    def _start_prefill(self, request: Request) -> Prefill:
+        device = self.engine.device
+        row = Row(request, position=len(request.prompt))
+        if request.sampling.penalized:
+            row.seen = torch.zeros(1, self.engine.model.vocab_size, dtype=torch.bool, device=device)
+            row.seen[0, torch.tensor(request.prompt, device=device)] = True
+        if request.seed is not None:
+            row.generator = torch.Generator(device=device).manual_seed(request.seed)
+        self.metrics.prompt_tokens += len(request.prompt)
+        return Prefill(row, self.engine.new_cache(1, len(request.prompt)))
+
+    def _decode(self) -> bool:
+        if not self.rows:
+            return False
+        device = self.engine.device
+        mask = self.cache.open_column()  # (rows, length + 1)
+        tokens = torch.tensor([[r.next_token] for r in self.rows], dtype=torch.long, device=device)  # (rows, 1)
+        positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long, device=device)  # (rows, 1)
+        logits = self.engine.model(tokens, positions, mask, self.cache)[:, 0]  # (rows, vocab)
+        self.metrics.steps += 1
+        self.metrics.rows_decoded += len(self.rows)
+        chosen = self._choose(logits, self.rows)
+        leaving = []
+        for index, (row, token) in enumerate(zip(self.rows, chosen)):
+            row.position += 1
+            row.next_token = token
+            if not self._deliver(row, token):
+                leaving.append(index)
+        for index in reversed(leaving):
+            self._leave(index, None)
+        return True
+
+    def _choose(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
+        """The next token of each row (B, vocab) -> B ints, each row with its own settings and generator."""
+        plain = [i for i, r in enumerate(rows) if r.request.sampling.greedy and not r.request.sampling.penalized]
+        tokens = [0] * len(rows)
+        if plain:
+            picked = greedy(logits if len(plain) == len(rows) else logits[plain]).tolist()
+            for i, token in zip(plain, picked):
+                tokens[i] = token
+        for i, row in enumerate(rows):
+            if i in plain:
+                continue
+            tokens[i] = int(sample(logits[i:i + 1], row.request.sampling, row.seen, row.generator)[0])
+            if row.seen is not None:
+                row.seen[0, tokens[i]] = True
+        return tokens
+
+    def _deliver(self, row: Row, token: int) -> bool:
+        """Hand a chosen token to its request; False when the request has ended."""
+        request = row.request
+        request.completion_tokens += 1
+        self.metrics.completion_tokens += 1
+        if token in self.engine.eos_ids or not request.accept(token):
+            self._end(request, "stop")
+            return False
+        if request.completion_tokens >= request.max_tokens:
+            self._end(request, "length")
+            return False
+        return True
+
+    def _leave(self, index: int, reason: str | None) -> None:
+        """Free row ``index`` (ending its request with ``reason`` unless None: already ended)."""
+        if reason is not None:
+            self._end(self.rows[index].request, reason)
+        moved = self.cache.remove(index)
+        last = self.rows.pop()
+        if moved is not None:
+            self.rows[index] = last
+
+    def _end(self, request: Request, reason: str, error: str | None = None) -> None:
+        if request.finish_reason is not None:  # ended already (a step failed after it ended)
+            return
+        request.finish_reason = reason
+        self.metrics.finished[reason] = self.metrics.finished.get(reason, 0) + 1
+        try:
+            request.finish(reason, error)
+        except Exception:  # noqa: BLE001 (a consumer's failure must not stop the batch)
+            LOG.exception("finish callback failed")
+
+    def _fail(self, error: str) -> None:
+        """End every running and prefilling request with ``error`` and start afresh."""
+        for request in [r.request for r in self.rows] + ([self.prefill.row.request] if self.prefill else []):
+            self._end(request, "error", error)
+        self.rows, self.prefill = [], None
+        self.cache.rows = self.cache.length = 0

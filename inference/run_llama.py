@@ -25,11 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 from tencentpretrain.checkpoint import atomic_path  # noqa: E402
-from tencentpretrain.cli import InputError, run_cli  # noqa: E402
+from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
 from tencentpretrain.generation import Engine  # noqa: E402
 from tencentpretrain.generation.chat import ChatSession, encode_prompt, fit_prompt, generate_text  # noqa: E402
 from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args  # noqa: E402
-from tencentpretrain.jsonfile import line_of  # noqa: E402
+from tencentpretrain.jsonfile import read_text  # noqa: E402
 from tencentpretrain.registry import TEMPLATES  # noqa: E402
 
 
@@ -65,11 +65,8 @@ def read_prompts(path: str | Path) -> list[str]:
     Raises:
         InputError: naming ``--test_path`` and the line, when the file is not UTF-8.
     """
-    raw = Path(path).read_bytes()
-    try:
-        lines = raw.decode("utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise InputError(f"--test_path {path}: not UTF-8 at line {line_of(raw, err.start)}") from None
+    with naming("--test_path", path):
+        lines = read_text(path, InputError, "a prompt file").splitlines()
     return [re.sub(r"\\(\\|n)", lambda m: "\n" if m.group(1) == "n" else "\\", line) for line in lines]
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from tencentpretrain.checkpoint import CheckpointError, atomic_path, load_state_dict, save_state_dict  # noqa: E402
-from tencentpretrain.cli import InputError, run_cli  # noqa: E402
-from tencentpretrain.config import ConfigError, ModelConfig  # noqa: E402
+from tencentpretrain.checkpoint import atomic_path, load_state_dict, save_state_dict  # noqa: E402
+from tencentpretrain.cli import naming, run_cli  # noqa: E402
+from tencentpretrain.config import ModelConfig  # noqa: E402
 from tencentpretrain.convert.vocab import INITS, extend_state  # noqa: E402
 
 
@@ -40,18 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag in ("input_model_path", "config_path", "base_spm_model_path", "spm_model_path"):
-        if not Path(getattr(args, flag)).is_file():
-            raise InputError(f"--{flag} {getattr(args, flag)}: no such file")
-    try:
+    with naming("--config_path", args.config_path):
         config = ModelConfig.from_json(args.config_path)
+    with naming("--input_model_path", args.input_model_path):
         state = load_state_dict(args.input_model_path)
+    with naming("--base_spm_model_path", args.base_spm_model_path), naming("--spm_model_path", args.spm_model_path):
         out = extend_state(state, config, args.base_spm_model_path, args.spm_model_path, args.init, args.init_std,
                            args.seed, source=args.input_model_path)
-    except (ConfigError, CheckpointError) as err:
-        raise InputError(str(err)) from None
-    except ValueError as err:  # the merged tokenizer does not extend the base one
-        raise InputError(f"--spm_model_path: {err}") from None
     old, new = state["embedding.word.embedding.weight"].shape[0], out["embedding.word.embedding.weight"].shape[0]
     save_state_dict(out, args.output_model_path)
     if args.output_config_path:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from tencentpretrain.cli import InputError, run_cli  # noqa: E402
+from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
 from tencentpretrain.convert.llama import write_hf_tokenizer  # noqa: E402
 from tencentpretrain.tokenizers import SentencePieceTokenizer  # noqa: E402
 from tencentpretrain.tokenizers.merge import SCORE_POLICIES, merge_models  # noqa: E402
@@ -64,11 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out_dir = Path(args.output_dir)
     extra = extra_model(args, out_dir)
-    try:
+    with naming("--base_spm_model_path", args.base_spm_model_path), naming("--extra_spm_model_path", extra):
         report = merge_models(args.base_spm_model_path, extra, out_dir / "tokenizer.model", args.scores)
-    except (FileNotFoundError, ValueError) as err:
-        flag = "--base_spm_model_path" if str(args.base_spm_model_path) in str(err) else "--extra_spm_model_path"
-        raise InputError(f"{flag}: {err}") from None
     write_hf_tokenizer(out_dir, SentencePieceTokenizer(out_dir / "tokenizer.model"))
     print(f"base {report.base} pieces, extra {report.extra}, added {report.added}, merged {report.merged}")
     print(f"wrote {out_dir / 'tokenizer.model'} and the Hugging Face tokenizer files in {out_dir}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from tencentpretrain.cli import InputError, run_cli  # noqa: E402
+from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
 from tencentpretrain.tokenizers.stats import corpus_lines, format_table, tokenizer_stats  # noqa: E402
 
 
@@ -25,17 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_lines", type=int, help="only the first N non-empty lines")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per tokenizer) instead")
     args = parser.parse_args(argv)
-    if not Path(args.corpus_path).is_file():
-        raise InputError(f"--corpus_path {args.corpus_path}: no such file")
-    lines = corpus_lines(args.corpus_path, args.max_lines)
+    with naming("--corpus_path", args.corpus_path):
+        lines = corpus_lines(args.corpus_path, args.max_lines)
     if not lines:
         raise InputError(f"--corpus_path {args.corpus_path}: no non-empty line")
     rows = []
     for path in args.spm_model_path:
-        try:
+        with naming("--spm_model_path", path):
             rows.append(tokenizer_stats(lines, path))
-        except (OSError, RuntimeError, ValueError) as err:
-            raise InputError(f"--spm_model_path {path}: {err}") from None
     print(json.dumps([r.to_dict() for r in rows], indent=2) if args.json else format_table(rows))
     return 0
 

@@ -1,10 +1,33 @@
-"""Reading a JSON file with an error that names the file and, for bad JSON, the line and column."""
+"""Reading a text or JSON file with an error that names the file and, for bad text or JSON, the line."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+
+def read_text(path: str | Path, error: type[Exception] = ValueError, what: str = "a text file") -> str:
+    """The UTF-8 text of the file at ``path``.
+
+    Args:
+        path: the file.
+        error: the exception class raised for a missing, unreadable or non-UTF-8 file (naming the first bad line).
+        what: what the file should be, for the message about a directory.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{path}: is a directory, expected {what}")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except OSError as err:
+        raise error(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not UTF-8 at line {line_of(raw, err.start)}") from None
 
 
 def read_json(path: str | Path, error: type[Exception] = ValueError, missing: str | None = None) -> Any:
@@ -15,18 +38,11 @@ def read_json(path: str | Path, error: type[Exception] = ValueError, missing: st
         error: the exception class raised for a missing, unreadable or invalid file.
         missing: the message for a missing file (default: "<path>: file not found").
     """
-    path = Path(path)
-    if path.is_dir():
-        raise error(f"{path}: is a directory, expected a JSON file")
+    if missing is not None and not Path(path).exists():
+        raise error(missing)
+    text = read_text(path, error, "a JSON file")
     try:
-        raw = path.read_bytes()
-        return json.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
-        raise error(missing or f"{path}: file not found") from None
-    except OSError as err:
-        raise error(f"{path}: cannot read: {err.strerror or err}") from None
-    except UnicodeDecodeError as err:
-        raise error(f"{path}: not UTF-8 at line {line_of(raw, err.start)}") from None
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise error(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
 

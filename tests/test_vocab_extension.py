@@ -17,6 +17,7 @@ import torch
 from sentencepiece import sentencepiece_model_pb2
 
 from tencentpretrain.checkpoint import LM_HEAD, WORD_EMBEDDING, load_state_dict, save_state_dict
+from tencentpretrain.cli import run_cli
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.convert.vocab import extend_state
 from tencentpretrain.model import build_model
@@ -306,7 +307,7 @@ def test_conversion_refuses_a_tokenizer_of_another_size(spms, extended, tmp_path
     model_path, config = extended
     argv = ["--input_model_path", str(model_path), "--config_path", str(config), "--spm_model_path",
             str(spms["base"]), "--output_model_path", str(tmp_path / "hf")]
-    assert script("convert_llama_from_tencentpretrain_to_huggingface").main(argv) == 1
+    assert run_cli(script("convert_llama_from_tencentpretrain_to_huggingface").main, argv) == 1
     err = capsys.readouterr().err
     assert f"{processor(spms['base']).get_piece_size()} pieces" in err and "rows" in err
     assert not (tmp_path / "hf").exists()
@@ -318,9 +319,9 @@ def test_preprocess_and_pretrain_refuse_a_checkpoint_of_another_vocabulary(spms,
     preprocess = script("preprocess")
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(sentences(ZH_WORDS, 200, 3, "")) + "\n", encoding="utf-8")
-    with pytest.raises(SystemExit):
-        preprocess.main(["--corpus_path", str(corpus), "--spm_model_path", str(spms["base"]), "--dataset_path",
-                         str(tmp_path / "d"), "--seq_length", "16", "--pretrained_model_path", str(model_path)])
+    assert run_cli(preprocess.main, ["--corpus_path", str(corpus), "--spm_model_path", str(spms["base"]),
+                                     "--dataset_path", str(tmp_path / "d"), "--seq_length", "16",
+                                     "--pretrained_model_path", str(model_path)]) == 1
     assert f"{small} pieces but embedding.word.embedding.weight has {big} rows" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
     preprocess.main(["--corpus_path", str(corpus), "--spm_model_path", str(spms["base"]), "--dataset_path",
@@ -328,10 +329,11 @@ def test_preprocess_and_pretrain_refuse_a_checkpoint_of_another_vocabulary(spms,
     argv = ["--dataset_path", str(tmp_path / "d"), "--config_path", str(config), "--pretrained_model_path",
             str(model_path), "--output_model_path", str(tmp_path / "m"), "--total_steps", "1", "--batch_size", "2",
             "--peak_flops", "1e12"]
-    assert script("pretrain").main(argv) == 1  # no --spm_model_path: the dataset's recorded tokenizer is checked
+    # no --spm_model_path: the dataset's recorded tokenizer is checked
+    assert run_cli(script("pretrain").main, argv) == 1
     err = capsys.readouterr().err
     assert f"{small} pieces but embedding.word.embedding.weight has {big} rows" in err and "dataset" in err
-    assert script("pretrain").main(argv + ["--spm_model_path", str(spms["merged"])]) == 1
+    assert run_cli(script("pretrain").main, argv + ["--spm_model_path", str(spms["merged"])]) == 1
     assert "was made with a tokenizer of" in capsys.readouterr().err
 
 
@@ -406,7 +408,7 @@ def test_conversion_from_hugging_face_checks_the_shipped_tokenizer(spms, tmp_pat
     convert = script("convert_llama_from_huggingface_to_tencentpretrain")
     argv = ["--input_model_path", str(tmp_path / "hf"), "--output_model_path", str(tmp_path / "m.bin"),
             "--output_config_path", str(tmp_path / "m.json")]
-    assert convert.main(argv) == 1
+    assert run_cli(convert.main, argv) == 1
     err = capsys.readouterr().err
     assert f"{padded - 3} pieces but embedding.word.embedding.weight has {padded} rows" in err
     assert "--allow_padded_vocab" in err and not (tmp_path / "m.bin").exists()

@@ -100,7 +100,7 @@ def _from_ours(save, args, family: str) -> None:
     spm = getattr(args, "spm_model_path", None)
     with naming("--input_model_path", args.input_model_path):
         state = load_state_dict(args.input_model_path)
-        _check(config, state, args.input_model_path, spm)
+    _check(config, state, args.input_model_path, spm)  # its messages name every file
     extra = {"spm_model_path": spm} if hasattr(args, "spm_model_path") else {}
     with naming("--spm_model_path", spm):
         save(state, config, args.output_model_path, max_shard_size=args.max_shard_size,

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tencentpretrain.checkpoint import atomic_path
+from tencentpretrain.tokenizers.sentencepiece import TokenizerError
 
 SCORE_POLICIES = ("ranked", "zero")
 
@@ -42,22 +43,23 @@ def read_model_proto(path: str | Path):
     """The ``ModelProto`` of a SentencePiece ``.model`` file.
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not a SentencePiece model.
+        TokenizerError: naming the file, when it is missing, a directory or not a SentencePiece model.
     """
     from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2
 
     path = Path(path)
+    if path.is_dir():
+        raise TokenizerError(f"{path}: is a directory, expected a SentencePiece .model file")
     if not path.is_file():
-        raise FileNotFoundError(f"SentencePiece model not found: {path}")
+        raise TokenizerError(f"{path}: SentencePiece model not found")
     proto = sentencepiece_model_pb2.ModelProto()
     try:
         proto.ParseFromString(path.read_bytes())
     except DecodeError as err:
-        raise ValueError(f"{path}: not a SentencePiece model ({err})") from None
+        raise TokenizerError(f"{path}: not a SentencePiece model ({err})") from None
     if not proto.pieces:
-        raise ValueError(f"{path}: not a SentencePiece model (no pieces)")
+        raise TokenizerError(f"{path}: not a SentencePiece model (no pieces)")
     return proto
 
 
@@ -116,14 +118,14 @@ def check_extends(base_path: str | Path, merged_path: str | Path) -> int:
     """Check that ``merged_path`` begins with exactly the pieces of ``base_path``; returns the base size.
 
     Raises:
-        ValueError: naming the first id whose piece differs, or the sizes when the merged model is smaller.
+        TokenizerError: naming the first id whose piece differs, or the sizes when the merged model is smaller.
     """
     base, merged = read_model_proto(base_path), read_model_proto(merged_path)
     if len(merged.pieces) < len(base.pieces):
-        raise ValueError(f"{merged_path} has {len(merged.pieces)} pieces, fewer than the {len(base.pieces)} of "
+        raise TokenizerError(f"{merged_path} has {len(merged.pieces)} pieces, fewer than the {len(base.pieces)} of "
                          f"the base tokenizer {base_path}: it does not extend it")
     for i, (a, b) in enumerate(zip(base.pieces, merged.pieces)):
         if a.piece != b.piece:
-            raise ValueError(f"{merged_path} does not extend {base_path}: id {i} is {b.piece!r} there and "
+            raise TokenizerError(f"{merged_path} does not extend {base_path}: id {i} is {b.piece!r} there and "
                              f"{a.piece!r} in the base")
     return len(base.pieces)

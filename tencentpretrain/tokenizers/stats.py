@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tencentpretrain.cli import InputError
+from tencentpretrain.jsonfile import read_text
 from tencentpretrain.tokenizers.sentencepiece import SentencePieceTokenizer
 
 
@@ -35,7 +37,7 @@ class TokenizerStats:
 
 def corpus_lines(corpus_path: str | Path, max_lines: int | None = None) -> list[str]:
     """The non-empty lines of a text corpus (at most ``max_lines``)."""
-    lines = [line for line in Path(corpus_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in read_text(corpus_path, InputError, "a text corpus").splitlines() if line.strip()]
     return lines[:max_lines] if max_lines is not None else lines
 
 

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from tencentpretrain.cli import InputError
-from tencentpretrain.jsonfile import line_of
+from tencentpretrain.jsonfile import read_text
 
 
 def format_eta(seconds: float) -> str:
@@ -97,13 +97,7 @@ CSV_FIELDS = ["split", "step", "loss", "ppl", "lr", "grad_norm", "tokens_per_s",
 def read_log(path: str | Path) -> list[dict]:
     """The records of a ``.jsonl`` or ``.csv`` training log (numbers parsed back)."""
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a training log file")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}: not UTF-8 at line {line_of(raw, err.start)}") from None
+    text = read_text(path, InputError, "a training log file")
     if path.suffix == ".csv":
         return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(text.splitlines())]
     records = []

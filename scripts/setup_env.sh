@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create (or reuse) .venv with a CPU build of PyTorch and this package installed editable with its extras.
-# Usage: bash scripts/setup_env.sh            (VENV=path to use another location)
+# Usage: bash scripts/setup_env.sh            (VENV=path to use another location, EXTRAS=... to choose extras)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -14,4 +14,7 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     $PIP install "${TORCH_SPEC:-torch==2.13.0}"
 fi
-$PIP install -e ".[test,deepspeed,logging]"
+# Every extra by default, so that no test skips: EXTRAS=test,deepspeed,logging for a lighter environment (the
+# tests of serve, gguf, eval and llama_cpp then skip). llama-cpp-python compiles llama.cpp the first time (about
+# 10 minutes on 2 cores); pip keeps the built wheel, so later environments install it in seconds.
+$PIP install -e ".[${EXTRAS:-test,deepspeed,logging,serve,gguf,eval,llama_cpp}]"

@@ -49,6 +49,7 @@ from tencentpretrain.evaluation.scoring import (  # noqa: E402
 from tencentpretrain.generation import Engine  # noqa: E402
 from tencentpretrain.generation.layout import weight_layout  # noqa: E402
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SHARED = Path(os.environ.get("TP_SHARED_DIR", ROOT.parent / "shared")) / "data"
 
 
@@ -73,21 +74,23 @@ def documents(tokens: int, vocab: int) -> tuple[list[list[int]], str]:
 
 
 @torch.inference_mode()
-def hf_nlls(hf, windows: list[Window], batch_size: int, pad_id: int) -> float:
+def hf_nlls(hf, windows: list[Window], batch_size: int, pad_id: int, device=torch.device("cpu")) -> float:
     """Total NLL with transformers: full logits of each batch, log-softmax and gather at the scored positions."""
     total = 0.0
     for indices in length_batches([len(w.inputs) for w in windows], batch_size):
         batch = [windows[i] for i in indices]
-        logits = hf(right_pad([w.inputs for w in batch], pad_id, torch.device("cpu"))).logits  # (B, T, vocab)
+        logits = hf(right_pad([w.inputs for w in batch], pad_id, device)).logits  # (B, T, vocab)
         for row, w in enumerate(batch):
             scored = logits[row, len(w.inputs) - len(w.targets):len(w.inputs)].float().log_softmax(-1)
-            total -= float(scored.gather(1, torch.tensor(w.targets)[:, None]).double().sum())
+            total -= float(scored.gather(1, torch.tensor(w.targets, device=device)[:, None]).double().sum())
     return total
 
 
 def timed(run) -> tuple[float, float]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     start = time.perf_counter()
-    value = run()
+    value = run()  # each side ends on a .item()/float(): the device has finished
     return time.perf_counter() - start, value
 
 
@@ -97,13 +100,17 @@ def bench_size(name: str, args) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         hf, ours = build_pair(config, Path(tmp))
     params = sum(p.numel() for p in hf.parameters()) / 1e6  # before packing drops the dense weights of ours
-    engine = Engine(ours, layout=weight_layout("auto", args.batch_size), batch_size=args.batch_size)  # as load_engine
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    hf, ours = hf.to(device, dtype), ours.to(device, dtype)
+    layout = weight_layout("auto", args.batch_size, device, dtype)
+    engine = Engine(ours, layout=layout, batch_size=args.batch_size)  # as load_engine
     docs, source = documents(args.tokens, config.vocab_size)
     windows = [w for doc in docs for w in rolling_windows(doc, 1, args.seq_length)]
     scored = sum(len(w.targets) for w in windows)
-    runners = {"transformers": lambda: hf_nlls(hf, windows, args.batch_size, 0),
+    runners = {"transformers": lambda: hf_nlls(hf, windows, args.batch_size, 0, device),
                "ours": lambda: math.fsum(window_nlls(engine.model, windows, args.batch_size, 0))}
-    for run_warm in (lambda: hf_nlls(hf, windows[:1], 1, 0), lambda: window_nlls(engine.model, windows[:1], 1, 0)):
+    for run_warm in (lambda: hf_nlls(hf, windows[:1], 1, 0, device),
+                     lambda: window_nlls(engine.model, windows[:1], 1, 0)):
         run_warm()
     times = {key: [] for key in runners}
     nll = {}
@@ -184,6 +191,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--tokens", type=int, default=4096, help="tokens scored (documents cut to this total)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per implementation (fastest reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both implementations")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (perplexity only)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights of both models")
     parser.add_argument("--choice", action="store_true", help="time multiple choice instead of perplexity")
     parser.add_argument("--questions", type=int, default=32, help="prompts of the choice benchmark")
     parser.add_argument("--shots", type=int, default=3, help="examples in each prompt of the choice benchmark")

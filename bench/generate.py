@@ -40,6 +40,8 @@ SIZES = {  # "tiny" is models/llama/tiny_config.json when it exists
     "tiny": dict(LLAMA, emb_size=256, hidden_size=256, feedforward_size=688, heads_num=8, layers_num=4),
     "100m": dict(LLAMA, emb_size=768, hidden_size=768, feedforward_size=2048, heads_num=12, local_kv_heads_num=4,
                  layers_num=8),
+    "1b": dict(LLAMA, emb_size=2048, hidden_size=2048, feedforward_size=5632, heads_num=16, local_kv_heads_num=4,
+               layers_num=22),  # for GPUs (bench/evaluate.py --device cuda)
 }
 
 

@@ -68,7 +68,7 @@ def pretrain(dataset: Path, spm: Path, config: Path, output: Path, steps: int, l
 
 
 def score(config: Path, model_path: Path, spm: Path, documents: list[str], window: int) -> float:
-    """Held-out bits per character, as ``scripts/evaluate.py --task perplexity --seq_length window`` gives it."""
+    """Held-out bits per character, the figure of ``scripts/evaluate.py --task perplexity --seq_length window``."""
     model = load_model(config, model_path).eval()
     return evaluate_perplexity(model, SentencePieceTokenizer(spm), documents, window, batch_size=8).bits_per_character
 

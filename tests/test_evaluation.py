@@ -230,7 +230,8 @@ def test_long_documents_match_transformers_window_by_window(model, hf, tmp_path)
     import sentencepiece
 
     sp = sentencepiece.SentencePieceProcessor(model_file=str(model.spm))
-    docs = ["以太网的最小帧长是 64 字节 Which planet is closest to the Sun? " * 6, "数据 模型 Answer: A " * 9]
+    docs = [" ".join(["以太网的最小帧长是 64 字节 Which planet is closest to the Sun?"] * 6),
+            " ".join(["数据 模型 Answer: A"] * 9)]  # a text corpus's lines are stripped: no trailing space
     corpus = tmp_path / "long.txt"
     corpus.write_text("\n".join(docs) + "\n", encoding="utf-8")
     window, nll = 16, 0.0

@@ -14,6 +14,6 @@ setup(
         "logging": ["tensorboard", "matplotlib"],
         "eval": ["lm-eval>=0.4.2", "accelerate>=0.26"],  # lm-evaluation-harness and its hf backend
         "gguf": ["gguf>=0.19"],
-        "llama_cpp": ["llama-cpp-python>=0.3"],  # compiles llama.cpp on install (about 10 minutes on 2 cores)
+        "llamacpp": ["llama-cpp-python>=0.3"],  # compiles llama.cpp on install (about 10 minutes on 2 cores)
     },
 )

@@ -6,7 +6,7 @@
 # and trained on it in two stages -> generate. Everything is written under quickstart_out/ (or $OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=${EXTRAS:-test,deepspeed,logging,serve,gguf} bash scripts/setup_env.sh  # llama_cpp and eval: see README
+EXTRAS=${EXTRAS:-test,deepspeed,logging,serve,gguf} bash scripts/setup_env.sh  # llamacpp and eval: see README
 PY=.venv/bin/python
 OUT=${OUT:-quickstart_out}
 CONFIG=models/llama/tiny_config.json

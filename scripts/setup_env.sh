@@ -15,6 +15,6 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     $PIP install "${TORCH_SPEC:-torch==2.13.0}"
 fi
 # Every extra by default, so that no test skips: EXTRAS=test,deepspeed,logging for a lighter environment (the
-# tests of serve, gguf, eval and llama_cpp then skip). llama-cpp-python compiles llama.cpp the first time (about
+# tests of serve, gguf, eval and llamacpp then skip). llama-cpp-python compiles llama.cpp the first time (about
 # 10 minutes on 2 cores); pip keeps the built wheel, so later environments install it in seconds.
-$PIP install -e ".[${EXTRAS:-test,deepspeed,logging,serve,gguf,eval,llama_cpp}]"
+$PIP install -e ".[${EXTRAS:-test,deepspeed,logging,serve,gguf,eval,llamacpp}]"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tencentpretrain.convert.keymap import ConversionError
 from tencentpretrain.data.templates import Template
+from tencentpretrain.tokenizers.merge import read_model_proto
 
 # SentencePiece's ModelProto.SentencePiece.Type numbers, which llama.cpp's token types (gguf.TokenType) share.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -46,9 +47,10 @@ def read_vocabulary(spm_model_path: str | Path, rows: int) -> Vocabulary:
     """The vocabulary of a SentencePiece model for a model with ``rows`` embedding rows.
 
     Raises:
-        ConversionError: the file is not a SentencePiece model, or has more pieces than the model has rows.
+        TokenizerError: the file is not a SentencePiece model.
+        ConversionError: it has more pieces than the model has rows.
     """
-    proto = _read_proto(spm_model_path)
+    proto = read_model_proto(spm_model_path)
     pieces = proto.pieces
     if len(pieces) > rows:
         raise ConversionError(f"--spm_model_path {spm_model_path}: {len(pieces)} pieces but the model's word "
@@ -65,23 +67,6 @@ def read_vocabulary(spm_model_path: str | Path, rows: int) -> Vocabulary:
         raise ConversionError(f"--spm_model_path {spm_model_path}: defines no {' / '.join(missing)} piece")
     return Vocabulary(tokens, scores, types, special, proto.normalizer_spec.add_dummy_prefix,
                       _tokenizer_warnings(proto, spm_model_path))
-
-
-def _read_proto(path: str | Path):
-    from google.protobuf.message import DecodeError
-    from sentencepiece import sentencepiece_model_pb2
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"--spm_model_path {path}: file not found")
-    proto = sentencepiece_model_pb2.ModelProto()
-    try:
-        proto.ParseFromString(path.read_bytes())
-    except DecodeError as err:
-        raise ConversionError(f"--spm_model_path {path}: not a SentencePiece model ({err})") from None
-    if not proto.pieces:
-        raise ConversionError(f"--spm_model_path {path}: not a SentencePiece model (no pieces)")
-    return proto
 
 
 def _token_text(piece: str, kind: int) -> str:

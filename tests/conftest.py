@@ -18,6 +18,23 @@ def generated_lines(count: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 15))) for _ in range(count)]
 
 
+def confident_model(config: dict, vocab_size: int):
+    """A model of ``config`` with large random matrices (seed 0): confident logits, so greedy choices are not
+    near-ties between implementations or batch layouts."""
+    import torch
+
+    from tencentpretrain.config import ModelConfig
+    from tencentpretrain.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_dict(config), vocab_size).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_spm(tmp_path_factory) -> Path:
     """Path of a 400-piece BPE SentencePiece model (LLaMA-like: identity normalisation, byte fallback,

@@ -8,15 +8,14 @@ import threading
 
 import pytest
 import torch
+from conftest import confident_model
 
-from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine, SamplingParams
 from tencentpretrain.generation.batching import Batcher, Request, TokenRequest
 from tencentpretrain.generation.slots import SlotCache
 from tencentpretrain.generation.threads import ThreadedGatedFeedForward, ThreadedLinear, ThreadTeam, use_threads
 from tencentpretrain.layers.feed_forward import GatedFeedForward
 from tencentpretrain.layers.kv_cache import KVCache
-from tencentpretrain.model import build_model
 
 VOCAB = 500
 TINY = {"emb_size": 64, "hidden_size": 64, "feedforward_size": 160, "heads_num": 4, "local_kv_heads_num": 2,
@@ -28,13 +27,7 @@ TINY = {"emb_size": 64, "hidden_size": 64, "feedforward_size": 160, "heads_num":
 @pytest.fixture(scope="module")
 def model():
     """A tiny LLaMA with large random weights (confident logits: greedy choices are not near-ties)."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig.from_dict(TINY), VOCAB).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
-    return model
+    return confident_model(TINY, VOCAB)
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import confident_model
 
-from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine
 from tencentpretrain.generation.chat import chat_prompt, encode_prompt, fit_prompt, generate_text
-from tencentpretrain.model import build_model
 from tencentpretrain.tokenizers import SentencePieceTokenizer
 
 pytest.importorskip("fastapi")
@@ -52,13 +50,7 @@ def tokenizer(tiny_spm):
 @pytest.fixture(scope="module")
 def model(tokenizer):
     """A tiny LLaMA with large random weights (confident logits: greedy choices are not near-ties)."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig.from_dict(TINY), tokenizer.vocab_size).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
-    return model
+    return confident_model(TINY, tokenizer.vocab_size)
 
 
 @pytest.fixture(scope="module")

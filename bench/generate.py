@@ -9,8 +9,9 @@ runs taken in alternation (the machine is shared: the minimum is the least distu
 
 Both use ``torch.set_num_threads(--threads)`` and fp32 on CPU. Run: ``python bench/generate.py``
 (``--sizes tiny`` for a quick look; ``--int8`` adds our int8 engine as a third column; ``--layout column packed``
-times our engine with each weight layout, one row each, against transformers afresh; ``--threads 2 --split_threads``
-splits our one-row products over both threads, see also ``bench/threads.py``; ``--llama_cpp`` adds a table of
+times our engine with each weight layout, one row each, against transformers afresh; ``--native`` has our engine
+decode natively (generation/native.py, run_llama.py's default) instead of in PyTorch, see also ``bench/threads.py``
+for one and several threads side by side; ``--llama_cpp`` adds a table of
 llama.cpp through llama-cpp-python against our engine on the same weights, see ``bench/generate_llama_cpp.py``).
 """
 
@@ -132,8 +133,7 @@ def bench_size(name: str, args) -> list[str]:
 def bench_row(name: str, params: float, hf, ours, int8_engine, batch: int, layout: str, args) -> str:
     """One table row: transformers against a copy of our model in ``layout`` (and ``int8_engine``), one batch."""
     engine = Engine(load_copy(ours), layout=layout, batch_size=batch)
-    if args.split_threads:
-        use_threads(engine.model, args.threads)  # one-row products over --threads, as the server's --threads
+    use_threads(engine, args.threads, native=args.native)  # as run_llama.py's --threads (native: its default)
     prompts = prompts_for(batch, ours.vocab_size)
     runners = {"transformers": hf_runner(hf, prompts), "ours": ours_runner(engine, prompts)}
     if int8_engine is not None:
@@ -178,8 +178,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--new_tokens", type=int, default=64, help="tokens generated per row in the timed runs")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per implementation (fastest reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both implementations")
-    parser.add_argument("--split_threads", action="store_true",
-                        help="our engine splits its one-row products over the --threads (generation/threads.py)")
+    parser.add_argument("--native", action="store_true",
+                        help="our engine decodes natively on the --threads, as run_llama.py and the server do by "
+                             "default (generation/native.py); without it, in PyTorch")
     parser.add_argument("--int8", action="store_true", help="also time our engine with int8 weights")
     parser.add_argument("--layout", nargs="+", choices=("auto",) + LAYOUTS, default=["auto"],
                         help="our engine's weight layouts, one row each (auto: as inference/run_llama.py picks for "

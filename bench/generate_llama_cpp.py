@@ -3,7 +3,8 @@ on the same weights, batch 1, at each thread count: f32 against our fp32 and q8_
 
 Our model is written to GGUF with our own exporter (``tencentpretrain.convert.gguf``), so both sides run identical
 weights; llama.cpp generates greedily through ``Llama.generate`` (its sampler, Python loop included), ours through
-``Engine.generate``; both keep the key/value cache in f32. TTFT and decode tokens/s are measured as in
+``Engine.generate`` (fp32 decoding natively with ``--native``, else in PyTorch; int8 always in PyTorch); both keep
+the key/value cache in f32. TTFT and decode tokens/s are measured as in
 ``bench/generate.py`` (fastest of the repeats).
 """
 
@@ -77,6 +78,7 @@ def threaded(run, threads: int):
 def llama_cpp_rows(name: str, ours, args, measure, ours_runner, prompts_for) -> list[str]:
     """Table rows for one model size: one per thread count in ``args.llama_cpp_threads``."""
     from tencentpretrain.generation import Engine, quantize_int8
+    from tencentpretrain.generation.threads import use_threads
 
     params = sum(p.numel() for p in ours.parameters()) / 1e6
     prompt = prompts_for(1, ours.vocab_size)[0]
@@ -87,6 +89,7 @@ def llama_cpp_rows(name: str, ours, args, measure, ours_runner, prompts_for) -> 
         fp32 = Engine(copy.deepcopy(ours), layout="column", batch_size=1)
         int8 = Engine(quantize_int8(copy.deepcopy(ours)), batch_size=1)
         for threads in args.llama_cpp_threads:
+            use_threads(fp32, threads, native=args.native)
             runners = {"llama.cpp f32": llama_cpp_runner(paths["f32"], prompt, threads, context),
                        "ours fp32": threaded(ours_runner(fp32, [prompt]), threads),
                        "llama.cpp q8_0": llama_cpp_runner(paths["q8_0"], prompt, threads, context),

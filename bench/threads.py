@@ -1,19 +1,22 @@
-"""Batch-1 decoding on several cores: our engine on one thread, on ``--threads`` PyTorch threads, and on
-``--threads`` with its one-row products split over them (``generation/threads.py``, what ``--threads`` does in
-the server), and on ``--threads`` with the ``packed`` weight layout (oneDNN, which threads one-row products itself),
-in one run.
+"""Batch-1 decoding on one and several cores, side by side in one run: our engine decoding in PyTorch (what it did
+before native decoding, and still does where that is unavailable) and natively (``generation/native.py``, what
+``--threads`` gives run_llama.py, the server and evaluation), each on 1 and ``--threads`` threads, and llama.cpp's
+f32 on the same weights at the same thread counts when llama-cpp-python is installed.
 
-One prompt of 48 random tokens, greedy, no eos; decode tok/s = ``(N - 1) / (t(N tokens) - t(1 token))``, each
-time the fastest of ``--repeats`` runs, the variants alternating (the machine may be shared: the minimum is the least
-disturbed run). "same tokens": every variant's tokens equal the one-thread ones. Run: ``python bench/threads.py``
-(99M model, 2 threads), ``--sizes tiny 100m``.
+One prompt of 48 random tokens, greedy, no eos, float32 everywhere (llama.cpp with an f32 key/value cache, our model
+exported by our own GGUF writer). Decode tok/s = ``(N - 1) / (t(N tokens) - t(1 token))``, each time the fastest of
+``--repeats`` runs, the variants alternating (the machine may be shared: the minimum is the least disturbed run).
+Ratios are against our PyTorch one-thread figure ("x py1") and our native one-thread figure ("x nat1"); "same
+tokens": each variant's tokens equal ours in PyTorch on one thread. Run: ``python bench/threads.py`` (99M model,
+1 and 2 threads), ``--sizes tiny 100m``, ``--no_llama_cpp``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import importlib.util
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,46 +28,72 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import prompts_for, size_config  # noqa: E402
 
 from tencentpretrain.generation import Engine  # noqa: E402
-from tencentpretrain.generation.layout import packing_available  # noqa: E402
 from tencentpretrain.generation.threads import use_threads  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
 
 
-def timed_runs(engine: Engine, prompt: list[int], threads: int, new_tokens: int) -> tuple[float, float, list[int]]:
-    """(seconds for 1 token, seconds for ``new_tokens``, the tokens) on ``threads`` PyTorch threads."""
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
-    engine.generate([prompt], 1)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    tokens = engine.generate([prompt], new_tokens)[0]
-    return first, time.perf_counter() - start, tokens
+def engine_runner(engine: Engine, threads: int, native: bool):
+    """A function generating ``n`` tokens of a prompt with ``engine`` on ``threads`` threads."""
+
+    def run(prompt: list[int], n: int) -> list[int]:
+        use_threads(engine, threads, native=native)
+        return engine.generate([prompt], n)[0]
+
+    return run
 
 
-def bench_size(name: str, args) -> str:
+def llama_cpp_runner(path: Path, threads: int, context: int):
+    """The same with llama.cpp (``bench/generate_llama_cpp.py``) on ``threads`` threads."""
+    from generate_llama_cpp import llama_cpp_runner as runner
+
+    runners = {}
+
+    def run(prompt: list[int], n: int) -> list[int]:
+        key = tuple(prompt)
+        if key not in runners:
+            runners[key] = runner(path, prompt, threads, context)
+        return runners[key](n)[0]
+
+    return run
+
+
+def bench_size(name: str, args, temporary: Path) -> str:
     torch.manual_seed(0)
     model = build_model(size_config(name)).eval()
     prompt = prompts_for(1, model.vocab_size)[0]
-    split = Engine(copy.deepcopy(model))
-    use_threads(split.model, args.threads)
-    t = args.threads
-    variants = {"1 thread": (Engine(model), 1), f"{t} threads": (Engine(copy.deepcopy(model)), t),
-                f"{t} threads split": (split, t)}
-    if packing_available():
-        variants[f"{t} threads packed"] = (Engine(copy.deepcopy(model), layout="packed", batch_size=1), t)
-    times = {label: ([], []) for label in variants}
-    tokens = {label: timed_runs(engine, prompt, threads, args.new_tokens)[2]  # warm-up
-              for label, (engine, threads) in variants.items()}
+    engine = Engine(model)  # the column layout: what run_llama.py and the server use on CPU
+    counts = sorted({1, args.threads})
+    variants = {}
+    for threads in counts:
+        variants[f"PyTorch {threads}"] = engine_runner(engine, threads, native=False)
+    for threads in counts:
+        variants[f"native {threads}"] = engine_runner(engine, threads, native=True)
+    use_threads(engine, 1)
+    if engine.decoder is None:
+        raise SystemExit(f"native decoding is unavailable here: {engine.decoding}")
+    if args.llama_cpp:
+        from generate_llama_cpp import export
+
+        path = export(model, temporary)["f32"]
+        for threads in counts:
+            variants[f"llama.cpp {threads}"] = llama_cpp_runner(path, threads, len(prompt) + args.new_tokens + 8)
+    reference = variants["PyTorch 1"](prompt, args.new_tokens)
+    same = {label: run(prompt, args.new_tokens) == reference for label, run in variants.items()}  # and warm-up
+    first = {label: [] for label in variants}
+    full = {label: [] for label in variants}
     for _ in range(args.repeats):
-        for label, (engine, threads) in variants.items():
-            first, full, _ = timed_runs(engine, prompt, threads, args.new_tokens)
-            times[label][0].append(first)
-            times[label][1].append(full)
-    best = {label: (args.new_tokens - 1) / (min(full) - min(first)) for label, (first, full) in times.items()}
-    one = best["1 thread"]
-    same = all(t == tokens["1 thread"] for t in tokens.values())
-    cells = " | ".join(f"{best[label]:.1f} ({best[label] / one:.2f}x)" for label in variants)
-    row = f"| {name} | {cells} | {same} |"
+        for label, run in variants.items():
+            start = time.perf_counter()
+            run(prompt, 1)
+            first[label].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            run(prompt, args.new_tokens)
+            full[label].append(time.perf_counter() - start)
+    speed = {label: (args.new_tokens - 1) / (min(full[label]) - min(first[label])) for label in variants}
+    py1, nat1 = speed["PyTorch 1"], speed["native 1"]
+    cells = [f"{speed[label]:.1f} ({speed[label] / py1:.2f}x py1, {speed[label] / nat1:.2f}x nat1)"
+             for label in variants]
+    row = f"| {name} | " + " | ".join(cells) + f" | {all(same.values())} |"
     print(row, flush=True)
     return row
 
@@ -72,15 +101,21 @@ def bench_size(name: str, args) -> str:
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["100m"], choices=("tiny", "100m"))
-    parser.add_argument("--threads", type=int, default=2, help="threads of the second and third variants")
+    parser.add_argument("--threads", type=int, default=2, help="the thread count compared with one thread")
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no_llama_cpp", dest="llama_cpp", action="store_false",
+                        help="leave llama.cpp out (it is left out anyway without llama-cpp-python)")
     args = parser.parse_args(argv)
-    t = args.threads
-    header = (f"| model | 1 thread tok/s | {t} threads tok/s | {t} threads split tok/s | "
-              + (f"{t} threads packed tok/s | " if packing_available() else "") + "same tokens |")
+    args.llama_cpp = args.llama_cpp and importlib.util.find_spec("llama_cpp") is not None
+    counts = sorted({1, args.threads})
+    labels = ([f"PyTorch {t}" for t in counts] + [f"native {t}" for t in counts]
+              + ([f"llama.cpp {t}" for t in counts] if args.llama_cpp else []))
+    header = "| model | " + " | ".join(f"{label} thread{'s' * (t > 1)} tok/s" for label, t in
+                                       ((label, int(label.rsplit(" ", 1)[1])) for label in labels)) + " | same tokens |"
     print(header + "\n|" + "---|" * (header.count("|") - 1))
-    return [bench_size(name, args) for name in args.sizes]
+    with tempfile.TemporaryDirectory() as tmp:
+        return [bench_size(name, args, Path(tmp)) for name in args.sizes]
 
 
 if __name__ == "__main__":

@@ -20,11 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-import torch  # noqa: E402
 
 from tencentpretrain.cli import InputError, run_cli  # noqa: E402
 from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args  # noqa: E402
-from tencentpretrain.generation.threads import use_threads  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="requests decoded together (continuous batching; 1: one at a time)")
     group.add_argument("--prefill_chunk", type=int, default=64,
                        help="most prompt tokens read per step, so new prompts delay running requests only a little")
-    group.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                       help="CPU threads: PyTorch's, and the one-row products split over them "
-                            "(default: PyTorch's default, %(default)s here)")
     group.add_argument("--verbose", action="store_true", help="log every request")
     return parser
 
@@ -73,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     sampling = sampling_from_args(parser, args)
     check_args(args)
     engine, tokenizer = load_engine(args, batch_size=args.max_batch_size)  # bad files: an InputError (run_cli)
-    use_threads(engine.model, args.threads)
 
     import uvicorn
 
@@ -84,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     listener = bind(args.host, args.port)
     host, port = listener.getsockname()[:2]
     print(f"serving {args.model_name} on http://{host}:{port} (batches of up to {args.max_batch_size}, "
-          f"{args.threads} threads)", flush=True)
+          f"{args.threads} threads, {engine.decoding})", flush=True)
     config = uvicorn.Config(create_app(service), log_level="info" if args.verbose else "warning",
                             access_log=args.verbose, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[listener])

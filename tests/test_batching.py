@@ -1,10 +1,7 @@
 """Continuous batching: every request gets what it gets alone, whatever joins and leaves beside it; cancelled
-requests free their row; the slot cache keeps rows intact as they move; one-row products over threads."""
+requests free their row; the slot cache keeps rows intact as they move (native decoding: tests/test_native.py)."""
 
 from __future__ import annotations
-
-import copy
-import threading
 
 import pytest
 import torch
@@ -13,8 +10,6 @@ from conftest import confident_model
 from tencentpretrain.generation import Engine, SamplingParams
 from tencentpretrain.generation.batching import Batcher, Request, TokenRequest
 from tencentpretrain.generation.slots import SlotCache
-from tencentpretrain.generation.threads import ThreadedGatedFeedForward, ThreadedLinear, ThreadTeam, use_threads
-from tencentpretrain.layers.feed_forward import GatedFeedForward
 from tencentpretrain.layers.kv_cache import KVCache
 
 VOCAB = 500
@@ -199,90 +194,3 @@ def test_slot_cache_rows_survive_joins_moves_and_realigns():
         slots.realign(8)
     with pytest.raises(ValueError, match="cannot realign"):
         slots.realign(15)
-
-
-def test_thread_team_runs_everything_and_reraises():
-    team = ThreadTeam(3)
-    assert team.run([lambda i=i: i * i for i in range(3)]) == [0, 1, 4]
-    assert team.run([lambda: threading.current_thread().name] * 2)[1].startswith("decode-")
-
-    def boom():
-        raise KeyError("worker")
-
-    with pytest.raises(KeyError, match="worker"):
-        team.run([lambda: 1, boom])
-    assert team.run([lambda: 5]) == [5]  # still usable
-
-
-@pytest.mark.parametrize("out_features, bias", [(1000, True), (100, False), (17, True)])
-def test_threaded_linear_equals_linear(out_features, bias):
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(64, out_features, bias=bias)
-    threaded = ThreadedLinear(linear, ThreadTeam(2))
-    assert threaded.weight is linear.weight and list(threaded.state_dict()) == list(linear.state_dict())
-    with torch.inference_mode():
-        for shape in [(1, 64), (1, 1, 64), (3, 64), (2, 5, 64)]:
-            x = torch.randn(shape)
-            torch.testing.assert_close(threaded(x), linear(x), rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("bias", [False, True])
-def test_threaded_feed_forward_equals_feed_forward(bias):
-    torch.manual_seed(0)
-    block = GatedFeedForward(64, 160, "silu", bias=bias)
-    threaded = ThreadedGatedFeedForward(block, ThreadTeam(3))
-    assert len(threaded.pieces) == 3 and list(threaded.state_dict()) == list(block.state_dict())
-    with torch.inference_mode():
-        for shape in [(1, 64), (1, 1, 64), (4, 64), (2, 3, 64)]:
-            x = torch.randn(shape)
-            torch.testing.assert_close(threaded(x), block(x), rtol=1e-5, atol=1e-6)
-
-
-def test_threads_give_the_same_tokens(model, monkeypatch):
-    monkeypatch.setattr("tencentpretrain.generation.threads.SPLIT_MIN_WEIGHTS", 1)  # split even the tiny layers
-    threads_before = torch.get_num_threads()
-    single = Engine(copy.deepcopy(model), eos_ids=[2])
-    split = Engine(copy.deepcopy(model), eos_ids=[2])
-    try:
-        use_threads(split.model, 3)
-        assert sum(isinstance(m, ThreadedGatedFeedForward) for m in split.model.modules()) == 2
-        assert sum(isinstance(m, ThreadedLinear) for m in split.model.modules()) == 2 * 4 + 1  # q k v o, head
-        assert list(split.model.state_dict()) == list(single.model.state_dict())
-        for prompt in prompts(3, seed=9):
-            assert split.generate([prompt], 40) == single.generate([prompt], 40)
-        batch = prompts(3, seed=10)
-        assert split.generate(batch, 20) == single.generate(batch, 20)  # several rows: PyTorch's own path
-        seen = []
-        split.model.target["lm"].output_layer.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
-        with torch.inference_mode():
-            split.model(torch.tensor([[5]]))  # one token: PyTorch on one thread, the team does the rest
-            split.model(torch.tensor([[5, 6]]))
-        assert seen == [1, 3] and torch.get_num_threads() == 3
-    finally:
-        torch.set_num_threads(threads_before)
-
-
-def test_threads_split_the_dense_copy_of_packed_layers(model, monkeypatch):
-    from tencentpretrain.generation.layout import PackedLinear, packing_available
-
-    if not packing_available():
-        pytest.skip("this PyTorch has no oneDNN")
-    monkeypatch.setattr("tencentpretrain.generation.layout.PACK_MIN_WEIGHTS", 1)  # pack every layer
-    monkeypatch.setattr("tencentpretrain.generation.threads.SPLIT_MIN_WEIGHTS", 1)
-    threads_before = torch.get_num_threads()
-    single = Engine(copy.deepcopy(model), eos_ids=[2])
-    both = Engine(copy.deepcopy(model), eos_ids=[2], layout="both", batch_size=4)
-    try:
-        use_threads(both.model, 2)
-        packed = [m for m in both.model.modules() if isinstance(m, PackedLinear)]
-        assert len(packed) == 2 * 7 + 1 and all(m.one_row is not None for m in packed)
-        for prompt in prompts(2, seed=11):
-            assert both.generate([prompt], 30) == single.generate([prompt], 30)
-        batch = prompts(3, seed=12)
-        assert both.generate(batch, 15) == single.generate(batch, 15)  # several rows: oneDNN
-        packed_only = Engine(copy.deepcopy(model), eos_ids=[2], layout="packed", batch_size=4)
-        use_threads(packed_only.model, 2)
-        assert not packed_only.model._forward_pre_hooks  # oneDNN keeps PyTorch's threads for one token
-        assert packed_only.generate(batch[:1], 15) == single.generate(batch[:1], 15)
-    finally:
-        torch.set_num_threads(threads_before)

@@ -317,7 +317,7 @@ class Batcher:
         mask = self.cache.open_column()  # (rows, length + 1)
         tokens = torch.tensor([[r.next_token] for r in self.rows], dtype=torch.long, device=device)  # (rows, 1)
         positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long, device=device)  # (rows, 1)
-        logits = self.engine.model(tokens, positions, mask, self.cache)[:, 0]  # (rows, vocab)
+        logits = self.engine.forward(tokens, positions, mask, self.cache)[:, 0]  # (rows, vocab)
         self.metrics.steps += 1
         self.metrics.rows_decoded += len(self.rows)
         chosen = self._choose(logits, self.rows)

@@ -13,6 +13,7 @@ from tencentpretrain.checkpoint import load_model, model_from_state
 from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation.layout import apply_layout
+from tencentpretrain.generation.native import NativeDecoder
 from tencentpretrain.generation.sampling import SamplingParams, sample
 from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.model import Model
@@ -88,7 +89,7 @@ class GenerationStream:
                 return
             if seen is not None:
                 seen.scatter_(1, tokens[:, None], True)
-            logits = model(tokens[:, None], next_positions, padding_mask, cache)[:, 0]  # (B, vocab)
+            logits = engine.forward(tokens[:, None], next_positions, padding_mask, cache)[:, 0]  # (B, vocab)
             next_positions += 1
 
     def _seen(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -121,6 +122,8 @@ class Engine:
         self.eos_ids = tuple(eos_ids)
         self.eos_tensor = torch.tensor(self.eos_ids, dtype=torch.long, device=self.device)
         self.pad_id = pad_id
+        self.decoder: NativeDecoder | None = None  # decoding steps in C (generation/threads.py: use_threads)
+        self.decoding = "decoding in PyTorch"  # what runs the decoding steps, for logs
         if self.device.type == "cpu":
             apply_layout(model, layout, batch_size)
         elif layout != "column":
@@ -129,6 +132,17 @@ class Engine:
     @property
     def config(self) -> ModelConfig:
         return self.model.config
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
+                cache: KVCache) -> torch.Tensor:
+        """The model's logits (B, T, vocab) for ``tokens`` (B, T) after what ``cache`` holds (advanced by T), as
+        ``model(tokens, positions, padding_mask, cache)``: a decoding step. One token per row goes to ``self.decoder``
+        when one is set (``use_threads``) and takes the call, everything else to the model."""
+        if self.decoder is not None:
+            logits = self.decoder(tokens, positions, padding_mask, cache)
+            if logits is not None:
+                return logits
+        return self.model(tokens, positions, padding_mask, cache)
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         """An empty cache for ``batch`` rows of up to ``length`` positions."""

@@ -55,13 +55,10 @@ class PackedLinear(nn.Module):
         self.bias = linear.bias
         self.register_parameter("weight", linear.weight if keep_dense else None)
         column_major(self)
-        self.one_row = None  # another way to multiply one row by the dense weight (generation/threads.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)."""
         if self.weight is not None and x.numel() == self.in_features:
-            if self.one_row is not None and not torch.is_grad_enabled():
-                return self.one_row(x)
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
@@ -108,10 +105,11 @@ def apply_layout(model: nn.Module, layout: str, rows: int = 8) -> None:
 
 
 def weight_layout(choice: str, batch_size: int, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32) -> str:
-    """The layout for a ``--weight_layout`` choice: ``auto`` is ``packed`` for batches of several prompts with
+                  dtype: torch.dtype = torch.float32, native: bool = False) -> str:
+    """The layout for a ``--weight_layout`` choice: ``auto`` is ``column`` where the native decoder will decode
+    (``native``: it reads dense weights, batches included), else ``packed`` for batches of several prompts with
     float32 weights on CPU (when this PyTorch has oneDNN), else ``column``; other choices are returned as given."""
     if choice != "auto":
         return choice
     packable = torch.device(device).type == "cpu" and dtype == torch.float32 and packing_available()
-    return "packed" if batch_size > 1 and packable else "column"
+    return "packed" if batch_size > 1 and packable and not native else "column"

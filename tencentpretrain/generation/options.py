@@ -11,8 +11,10 @@ from tencentpretrain.cli import InputError, naming
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation.engine import Engine, load_generation_model
 from tencentpretrain.generation.layout import LAYOUTS, weight_layout
+from tencentpretrain.generation.native import native_unavailable
 from tencentpretrain.generation.quant import quantize_int8
 from tencentpretrain.generation.sampling import SamplingParams
+from tencentpretrain.generation.threads import use_threads
 from tencentpretrain.registry import TEMPLATES
 from tencentpretrain.tokenizers import SentencePieceTokenizer
 from tencentpretrain.vocab import check_vocab, vocab_rows
@@ -28,7 +30,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def add_load_args(parser: argparse.ArgumentParser) -> None:
     """The options ``load_engine`` reads to load a model and its tokenizer: path, config, tokenizer, device, dtype,
-    int8 and weight layout (evaluation uses these alone; the seed defaults to None, i.e. untouched)."""
+    int8, weight layout and threads (evaluation uses these alone; the seed defaults to None, i.e. untouched)."""
     parser.set_defaults(seed=None)
     group = parser.add_argument_group("model")
     group.add_argument("--load_model_path", required=True,
@@ -44,7 +46,11 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weight_layout", choices=("auto",) + LAYOUTS, default="auto",
                        help="how float32 CPU weights are laid out for speed: column (fastest for one prompt at a "
                             "time), packed (oneDNN, fastest for batches), both (fastest for either, more memory); "
-                            "auto: packed when --batch_size > 1, else column (docs/inference.md)")
+                            "auto: column when decoding natively (see --threads), else packed when "
+                            "--batch_size > 1, else column (docs/inference.md)")
+    group.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                       help="CPU threads: PyTorch's, and those of native decoding, which the engine uses for "
+                            "LLaMA-shaped float32 models on CPU (generation/threads.py; default: %(default)s here)")
 
 
 def _add_generation_args(parser: argparse.ArgumentParser) -> None:
@@ -78,11 +84,15 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1) -> tuple[Engine, 
     with naming("--load_model_path", args.load_model_path), naming("--config_path", args.config_path):
         model = load_generation_model(args.load_model_path, args.config_path, device=args.device, dtype=dtype)
     check_model_vocab(model, tokenizer, args)
+    if args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
     if args.int8:
         quantize_int8(model)
-    layout = weight_layout(args.weight_layout, batch_size, args.device, dtype)
+    native = args.device == "cpu" and dtype == torch.float32 and not args.int8 and native_unavailable(model) is None
+    layout = weight_layout(args.weight_layout, batch_size, args.device, dtype, native=native)
     engine = Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id, layout=layout,
                     batch_size=batch_size)
+    use_threads(engine, args.threads)
     return engine, tokenizer
 
 

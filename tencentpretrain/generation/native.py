@@ -1,0 +1,331 @@
+"""Batch-1 decoding in one native call per token, on every core the user gives it (``onerow.c``).
+
+PyTorch multiplies one input row by a weight on a single thread whatever ``torch.set_num_threads`` says, and a
+decoding step of a small model spends milliseconds in Python between its products. ``NativeDecoder`` runs a whole
+one-token step of one row of a LLaMA-shaped model in C instead: the products split by output rows over a team of
+threads that spin between tasks, with the norms, rotary positions, attention over the cache and the SwiGLU around
+them. It reads the model's weights, rotary tables and KV cache where they are (nothing is copied) and writes the
+token's keys and values into the cache as the model would, so PyTorch passes and native steps mix freely
+(prefill in PyTorch, then native decoding; a batch of several rows in PyTorch).
+
+It takes the models this project exists for: pre-norm RMSNorm, gated SiLU feed-forward, rotary positions, no
+biases, word embedding only, float32 on CPU, weights row-major or in the ``column`` layout (``PackedLinear`` with a
+dense copy counts; int8 or packed-only layers do not). ``native_decoder`` says why it cannot take any other model.
+
+The library is compiled from ``onerow.c`` on first use with the system C compiler (``$CC``, else ``cc``) into
+``$TP_NATIVE_CACHE`` (default ``~/.cache/tencentpretrain``), once per version of the source; it needs an x86-64 CPU
+with AVX2 and FMA. ``TP_NATIVE=0`` turns it off. The logits equal PyTorch's up to float rounding (the sums run in
+another order); the greedy tokens are the same (tested against the PyTorch path).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tencentpretrain.embeddings.embedding import WordEmbedding
+from tencentpretrain.layers.activations import silu
+from tencentpretrain.layers.feed_forward import GatedFeedForward
+from tencentpretrain.layers.norm import RMSNorm
+
+SOURCE = Path(__file__).with_name("onerow.c")
+FLAGS = ("-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-pthread")
+SPIN_NS = 2_000_000  # an idle worker spins this long (between tokens and requests) before it sleeps
+
+P, L = ctypes.c_void_p, ctypes.c_long
+
+
+class Matrix(ctypes.Structure):
+    _fields_ = [("w", P), ("out", L), ("in_", L), ("transposed", L)]
+
+
+class Layer(ctypes.Structure):
+    _fields_ = [("attention_norm", P), ("feed_forward_norm", P)] + [
+        (name, Matrix) for name in ("q", "k", "v", "o", "gate", "up", "down")]
+
+
+class ModelStruct(ctypes.Structure):
+    _fields_ = [(name, L) for name in ("layers", "hidden", "heads", "kv_heads", "head_dim", "feedforward", "vocab")
+                ] + [("eps", ctypes.c_float), ("embedding", P), ("final_norm", P), ("head", Matrix),
+                     ("layer", ctypes.POINTER(Layer))]
+
+
+class CacheStruct(ctypes.Structure):
+    _fields_ = [("keys", P), ("values", P), ("layer", L), ("row", L), ("head", L), ("column", L), ("length", L)]
+
+
+class Unsupported(Exception):
+    """Why the native decoder cannot run a model (or cannot run here)."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TP_NATIVE_CACHE") or Path.home() / ".cache" / "tencentpretrain")
+
+
+@functools.cache
+def load_library() -> ctypes.CDLL:
+    """The compiled ``onerow.c`` (built on first use, see the module docstring).
+
+    Raises:
+        Unsupported: turned off, not an x86-64 CPU with AVX2, no C compiler, or the build failed.
+    """
+    if os.environ.get("TP_NATIVE", "1") == "0":
+        raise Unsupported("turned off by TP_NATIVE=0")
+    if platform.machine().lower() not in ("x86_64", "amd64") or torch.backends.cpu.get_cpu_capability() not in (
+            "AVX2", "AVX512"):
+        raise Unsupported(f"needs an x86-64 CPU with AVX2 and FMA (this is {platform.machine()}, "
+                          f"{torch.backends.cpu.get_cpu_capability()})")
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        raise Unsupported(f"no C compiler {compiler!r} on PATH (set CC) to build {SOURCE.name}")
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
+    target = cache_dir() / f"onerow-{digest}.so"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            built = Path(tmp) / target.name
+            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True,
+                                    text=True, timeout=300)
+            if result.returncode != 0:
+                raise Unsupported(f"building {SOURCE.name} with {compiler} failed: {result.stderr.strip()[-2000:]}")
+            os.replace(built, target)  # whole or not at all, also with several processes building at once
+    lib = ctypes.CDLL(str(target))
+    lib.team_new.restype, lib.team_new.argtypes = P, [ctypes.c_int, L]
+    lib.team_free.restype, lib.team_free.argtypes = None, [P]
+    lib.team_threads.restype, lib.team_threads.argtypes = ctypes.c_int, [P]
+    lib.team_product.restype, lib.team_product.argtypes = None, [P, ctypes.POINTER(Matrix), P, L, P]
+    lib.scratch_size.restype, lib.scratch_size.argtypes = L, [ctypes.POINTER(ModelStruct), L, L]
+    lib.decode_step.restype = None
+    lib.decode_step.argtypes = [P, ctypes.POINTER(ModelStruct), L, P, P, P, ctypes.POINTER(CacheStruct), P, L, P,
+                                P]
+    return lib
+
+
+class Team:
+    """``threads - 1`` native worker threads that, with the caller, run each product; freed with the object.
+
+    Args:
+        threads: threads in all (the caller counts as one).
+    """
+
+    def __init__(self, threads: int):
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.lib = load_library()
+        self.handle = self.lib.team_new(threads, SPIN_NS)
+        if not self.handle:
+            raise MemoryError("could not allocate the native thread team")
+        self.threads = self.lib.team_threads(self.handle)
+
+    def __del__(self):
+        if getattr(self, "handle", None):
+            self.lib.team_free(self.handle)
+            self.handle = None
+
+    def product(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x @ weight.T`` for a float32 (out, in) weight, row- or column-major, and float32 rows ``x`` (rows, in)."""
+        matrix, _ = matrix_of(weight, "weight")
+        x = x.detach().float().contiguous()
+        out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
+        self.lib.team_product(self.handle, ctypes.byref(matrix), x.data_ptr(), x.shape[0], out.data_ptr())
+        return out
+
+
+def matrix_of(weight: torch.Tensor | None, name: str) -> tuple[Matrix, torch.Tensor]:
+    """The C description of a float32 CPU (out, in) weight stored row- or column-major, and the tensor to keep."""
+    if weight is None:
+        raise Unsupported(f"{name} has no dense weight (a layer packed for oneDNN only)")
+    weight = weight.detach()
+    if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2:
+        raise Unsupported(f"{name} is {weight.dtype} on {weight.device}; the native decoder takes float32 on CPU")
+    out, in_ = weight.shape
+    if weight.is_contiguous():
+        return Matrix(weight.data_ptr(), out, in_, 0), weight
+    if weight.t().is_contiguous():
+        return Matrix(weight.data_ptr(), out, in_, 1), weight
+    raise Unsupported(f"{name} is neither row- nor column-major")
+
+
+def vector_of(weight: torch.Tensor, name: str, size: int) -> tuple[int, torch.Tensor]:
+    weight = weight.detach()
+    if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.shape != (size,) or \
+            not weight.is_contiguous():
+        raise Unsupported(f"{name} must be a contiguous float32 CPU vector of {size}")
+    return weight.data_ptr(), weight
+
+
+def linear_weight(module: nn.Module, name: str) -> torch.Tensor | None:
+    """The weight of a bias-free linear layer (``nn.Linear``, or ``PackedLinear``'s dense copy)."""
+    if not hasattr(module, "in_features") or getattr(module, "bias", None) is not None or \
+            not isinstance(getattr(module, "weight", None), (torch.Tensor, type(None))):
+        raise Unsupported(f"{name} is a {type(module).__name__}, not a bias-free linear layer")
+    if module.__class__.__name__ not in ("Linear", "PackedLinear"):
+        raise Unsupported(f"{name} is a {type(module).__name__} (e.g. int8), not a float linear layer")
+    return module.weight
+
+
+class NativeDecoder:
+    """One-token steps of one row of ``model`` in C (see the module docstring); build it with ``native_decoder``.
+
+    Args:
+        model: a supported ``Model`` (checked: raises ``Unsupported`` otherwise).
+        threads: threads of the products (the calling thread included).
+    """
+
+    def __init__(self, model: nn.Module, threads: int):
+        self.model = model
+        keep: list[torch.Tensor] = []  # every tensor the C side points into, kept alive here
+
+        def vec(tensor, name, size):
+            pointer, kept = vector_of(tensor, name, size)
+            keep.append(kept)
+            return pointer
+
+        def mat(module, name):
+            matrix, kept = matrix_of(linear_weight(module, name), f"{name}.weight")
+            keep.append(kept)
+            return matrix
+
+        config, encoder = model.config, model.encoder
+        check_shape(model)
+        hidden, layers = config.hidden_size, list(encoder.transformer)
+        self.layers = (Layer * len(layers))()
+        for i, layer in enumerate(layers):
+            at, ff = f"encoder.transformer.{i}", layer.feed_forward
+            linears = layer.self_attn.linear_layers
+            self.layers[i] = Layer(vec(layer.layer_norm_1.weight, f"{at}.layer_norm_1.weight", hidden),
+                                   vec(layer.layer_norm_2.weight, f"{at}.layer_norm_2.weight", hidden),
+                                   *(mat(linears[j], f"{at}.self_attn.linear_layers.{j}") for j in range(3)),
+                                   mat(layer.self_attn.final_linear, f"{at}.self_attn.final_linear"),
+                                   mat(ff.linear_gate, f"{at}.feed_forward.linear_gate"),
+                                   mat(ff.linear_1, f"{at}.feed_forward.linear_1"),
+                                   mat(ff.linear_2, f"{at}.feed_forward.linear_2"))
+        embedding = model.embedding.word.embedding.weight.detach()
+        if not embedding.is_contiguous() or embedding.dtype != torch.float32 or embedding.device.type != "cpu":
+            raise Unsupported("embedding.word.embedding.weight must be a contiguous float32 CPU tensor")
+        keep.append(embedding)
+        self.struct = ModelStruct(len(layers), hidden, config.heads_num, config.kv_heads_num, config.head_dim,
+                                  config.feedforward_size, model.vocab_size, encoder.layer_norm.eps,
+                                  embedding.data_ptr(), vec(encoder.layer_norm.weight, "encoder.layer_norm.weight",
+                                                            hidden),
+                                  mat(model.target["lm"].output_layer, "target.lm.output_layer"),
+                                  ctypes.cast(self.layers, ctypes.POINTER(Layer)))
+        self.keep = keep
+        self.team = Team(threads)
+        self.lib = self.team.lib
+        self.scratch = torch.empty(0)
+
+    @property
+    def threads(self) -> int:
+        return self.team.threads
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
+                 cache) -> torch.Tensor | None:
+        """Logits (B, 1, vocab) of one token of each of B rows, as ``model(tokens, positions, padding_mask, cache)``
+        returns them (and the cache advanced by one), or None when this call is not one the decoder takes (more
+        than one token per row, a cache it cannot read, padding that is not a span on the left): the caller then
+        runs the model.
+
+        Args:
+            tokens: (B, 1) token ids.
+            positions: (B, 1) their rotary positions.
+            padding_mask: None, or (B, S) bool with S > cache.length, True for real tokens: each row's True
+                columns up to ``cache.length`` must be one span ending there (left padding).
+            cache: a ``KVCache`` or ``SlotCache`` whose first B rows are these rows.
+        """
+        if tokens.dim() != 2 or tokens.shape[1] != 1 or cache is None or cache.keys.dtype != torch.float32 or \
+                cache.keys.device.type != "cpu":
+            return None
+        rows, length = tokens.shape[0], cache.length
+        keys, values = cache.keys, cache.values  # (layers, rows, kv_heads, columns, head_dim)
+        if keys.shape[1] < rows or keys.stride(-1) != 1 or keys.stride() != values.stride():
+            return None
+        first = [0] * rows
+        if padding_mask is not None:
+            real = padding_mask[:rows, :length + 1]
+            if real.shape != (rows, length + 1):
+                return None
+            starts = length + 1 - real.sum(1)  # (rows,) the first real column of each row
+            if not torch.equal(real, torch.arange(length + 1) >= starts[:, None]):
+                return None
+            first = starts.tolist()
+        columns = keys.shape[3]
+        if length + 1 > columns:
+            raise ValueError(f"KV cache full: {length + 1} positions needed, {columns} allocated")
+        at = positions.reshape(-1).tolist()
+        rotary = self.model.encoder.rotary
+        if max(at) >= rotary.cos.shape[0]:
+            rotary(positions)  # grows the tables
+        cos, sin = rotary.cos, rotary.sin  # (positions, head_dim / 2) float32, contiguous
+        ids = tokens.reshape(-1).tolist()
+        if not all(0 <= i < self.struct.vocab for i in ids):
+            raise IndexError(f"token ids {ids} are not all in the vocabulary of {self.struct.vocab}")
+        needed = self.lib.scratch_size(ctypes.byref(self.struct), rows, columns)
+        if self.scratch.numel() < needed:
+            self.scratch = torch.empty(needed, dtype=torch.float32)
+        logits = torch.empty(rows, 1, self.struct.vocab, dtype=torch.float32)
+        row_bytes = 4 * cos.shape[1]
+        described = CacheStruct(keys.data_ptr(), values.data_ptr(), *keys.stride()[:4], length)
+        self.lib.decode_step(self.team.handle, ctypes.byref(self.struct), rows, (L * rows)(*ids),
+                             (P * rows)(*(cos.data_ptr() + row_bytes * p for p in at)),
+                             (P * rows)(*(sin.data_ptr() + row_bytes * p for p in at)), ctypes.byref(described),
+                             (L * rows)(*first), columns, self.scratch.data_ptr(), logits.data_ptr())
+        cache.advance(1)
+        return logits
+
+
+def check_shape(model: nn.Module) -> None:
+    """Raise ``Unsupported`` unless ``model`` is the LLaMA shape the C step computes."""
+    config, encoder = model.config, model.encoder
+    embedding = model.embedding
+    if list(getattr(embedding, "names", [])) != ["word"] or not isinstance(embedding.word, WordEmbedding) or \
+            embedding.layer_norm is not None:
+        raise Unsupported("the embedding is not a word embedding alone (position embeddings or a layer norm)")
+    if model.training:
+        raise Unsupported("the model is in training mode (dropout)")
+    if getattr(encoder, "rotary", None) is None or not getattr(encoder, "causal", False) or \
+            not isinstance(encoder.layer_norm, RMSNorm):
+        raise Unsupported("the encoder is not causal with rotary positions and a final RMSNorm")
+    if encoder.rotary.cos.dtype != torch.float32 or not encoder.rotary.cos.is_contiguous():
+        raise Unsupported("the rotary tables are not contiguous float32")
+    if config.hidden_size != config.emb_size or config.hidden_size != config.heads_num * config.head_dim or \
+            config.heads_num % config.kv_heads_num:
+        raise Unsupported("the attention shape is not hidden = heads x head_dim with whole key/value groups")
+    for i, layer in enumerate(encoder.transformer):
+        if not layer.pre_norm or not (isinstance(layer.layer_norm_1, RMSNorm) and
+                                      isinstance(layer.layer_norm_2, RMSNorm)):
+            raise Unsupported(f"layer {i} is not pre-norm RMSNorm")
+        if {layer.layer_norm_1.eps, layer.layer_norm_2.eps} != {encoder.layer_norm.eps}:
+            raise Unsupported(f"layer {i}'s norms have another eps than the final norm")
+        if type(layer.feed_forward) is not GatedFeedForward or layer.feed_forward.act is not silu:
+            raise Unsupported(f"layer {i}'s feed-forward is not gated SiLU (SwiGLU)")
+
+
+def native_unavailable(model: nn.Module) -> str | None:
+    """Why ``model`` cannot be decoded natively here, whatever its weight layout (None: it can, with float32 CPU
+    weights in the ``column`` layout)."""
+    try:
+        load_library()
+        check_shape(model)
+    except Unsupported as why:
+        return str(why)
+    return None
+
+
+def native_decoder(model: nn.Module, threads: int) -> tuple[NativeDecoder | None, str]:
+    """A ``NativeDecoder`` for ``model`` on ``threads`` threads, or None and the reason it cannot be used."""
+    try:
+        return NativeDecoder(model, threads), f"native decoding on {threads} thread{'s' * (threads > 1)}"
+    except Unsupported as why:
+        return None, f"decoding in PyTorch (not natively: {why})"

@@ -1,0 +1,506 @@
+/* Batch-1 decoding of a LLaMA-shaped model in one native call per token, over a team of threads.
+ *
+ * Built with the system C compiler and loaded with ctypes by generation/native.py, which also says when it is used
+ * (one token of one row, float32 on CPU, pre-norm RMSNorm, SwiGLU, rotary positions, no biases) and describes the
+ * model's weights, where they already are, in the structs below: nothing is copied.
+ *
+ * Decoding one row reads every weight once per token, so it is bound by memory bandwidth, which a second core adds
+ * to. Each large product is split between the threads by output rows; the workers spin between tasks (a hand-off
+ * costs about a microsecond, not the tens of microseconds of a wake-up) and sleep after `spin_ns` without work. */
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- the team of threads ---- */
+
+typedef void (*task_fn)(void *ctx, int index, int count);
+
+typedef struct {
+    int threads;
+    long spin_ns;             /* how long an idle worker spins before it sleeps */
+    pthread_t *workers;
+    atomic_ulong generation;  /* bumped once per task */
+    atomic_int pending;       /* workers still running the current task */
+    atomic_int sleeping;
+    atomic_int quit;
+    task_fn task;
+    void *ctx;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+} team_t;
+
+typedef struct {
+    team_t *team;
+    int index;
+} worker_arg;
+
+static long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+static int idle(team_t *team, unsigned long seen) {
+    return atomic_load(&team->generation) == seen && !atomic_load(&team->quit);
+}
+
+static void *worker(void *p) {
+    worker_arg *arg = (worker_arg *)p;
+    team_t *team = arg->team;
+    int index = arg->index;
+    free(arg);
+    unsigned long seen = 0; /* the generation the team started with (a task may be posted before we get here) */
+    for (;;) {
+        long deadline = now_ns() + team->spin_ns;
+        for (int spins = 0; idle(team, seen); spins++) {
+            _mm_pause();
+            if ((spins & 255) == 255 && now_ns() > deadline)
+                break;
+        }
+        if (idle(team, seen)) {
+            pthread_mutex_lock(&team->lock);
+            atomic_fetch_add(&team->sleeping, 1);
+            while (idle(team, seen))
+                pthread_cond_wait(&team->wake, &team->lock);
+            atomic_fetch_sub(&team->sleeping, 1);
+            pthread_mutex_unlock(&team->lock);
+        }
+        if (atomic_load(&team->quit))
+            return NULL;
+        seen = atomic_load(&team->generation);
+        team->task(team->ctx, index, team->threads);
+        atomic_fetch_sub(&team->pending, 1);
+    }
+}
+
+team_t *team_new(int threads, long spin_ns) {
+    team_t *team = calloc(1, sizeof(team_t));
+    if (team == NULL)
+        return NULL;
+    team->threads = threads < 1 ? 1 : threads;
+    team->spin_ns = spin_ns;
+    pthread_mutex_init(&team->lock, NULL);
+    pthread_cond_init(&team->wake, NULL);
+    team->workers = calloc(team->threads, sizeof(pthread_t));
+    for (int i = 1; i < team->threads; i++) {
+        worker_arg *arg = malloc(sizeof(worker_arg));
+        arg->team = team;
+        arg->index = i;
+        if (pthread_create(&team->workers[i], NULL, worker, arg) != 0) {
+            free(arg);
+            team->threads = i; /* run with the workers started so far */
+            break;
+        }
+    }
+    return team;
+}
+
+int team_threads(const team_t *team) { return team->threads; }
+
+void team_free(team_t *team) {
+    pthread_mutex_lock(&team->lock);
+    atomic_store(&team->quit, 1);
+    pthread_cond_broadcast(&team->wake);
+    pthread_mutex_unlock(&team->lock);
+    for (int i = 1; i < team->threads; i++)
+        pthread_join(team->workers[i], NULL);
+    pthread_mutex_destroy(&team->lock);
+    pthread_cond_destroy(&team->wake);
+    free(team->workers);
+    free(team);
+}
+
+/* task(ctx, i, threads) for every i, i = 0 in the calling thread; returns when all are done. */
+static void team_run(team_t *team, task_fn task, void *ctx) {
+    if (team->threads == 1) {
+        task(ctx, 0, 1);
+        return;
+    }
+    team->task = task;
+    team->ctx = ctx;
+    atomic_store(&team->pending, team->threads - 1);
+    atomic_fetch_add(&team->generation, 1);
+    if (atomic_load(&team->sleeping) > 0) {
+        pthread_mutex_lock(&team->lock);
+        pthread_cond_broadcast(&team->wake);
+        pthread_mutex_unlock(&team->lock);
+    }
+    task(ctx, 0, team->threads);
+    while (atomic_load(&team->pending) > 0)
+        _mm_pause();
+}
+
+/* The share [lo, hi) of thread `index` of `count` in `total` items, in blocks of `block`. */
+static void share(long total, long block, int index, int count, long *lo, long *hi) {
+    long blocks = (total + block - 1) / block;
+    long per = blocks / count, extra = blocks % count;
+    long first = index * per + (index < extra ? index : extra);
+    long n = per + (index < extra ? 1 : 0);
+    *lo = first * block < total ? first * block : total;
+    *hi = (first + n) * block < total ? (first + n) * block : total;
+}
+
+/* ---- one-row products ---- */
+
+/* A weight of `out` x `in`, stored row-major (an nn.Linear weight as it is) or transposed (column-major: the
+ * `column` layout of generation/layout.py, stored as `in` rows of `out`). */
+typedef struct {
+    const float *w;
+    long out, in;
+    long transposed;
+} matrix;
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+
+#define MAX_ROWS 8 /* input rows multiplied in one pass over a weight; more rows take more passes */
+
+/* y[r] = w[r, :] . x for r in [lo, hi), w row-major with `cols` columns: one input row, four weight rows at once. */
+static void rows_dot_1(const float *w, long cols, const float *x, float *y, long lo, long hi) {
+    long r = lo;
+    for (; r + 4 <= hi; r += 4) {
+        const float *w0 = w + r * cols, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        long c = 0;
+        for (; c + 8 <= cols; c += 8) {
+            __m256 xv = _mm256_loadu_ps(x + c);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + c), xv, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + c), xv, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + c), xv, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + c), xv, a3);
+        }
+        float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
+        for (; c < cols; c++) {
+            s0 += w0[c] * x[c];
+            s1 += w1[c] * x[c];
+            s2 += w2[c] * x[c];
+            s3 += w3[c] * x[c];
+        }
+        y[r] = s0;
+        y[r + 1] = s1;
+        y[r + 2] = s2;
+        y[r + 3] = s3;
+    }
+    for (; r < hi; r++) {
+        const float *w0 = w + r * cols;
+        __m256 a0 = _mm256_setzero_ps();
+        long c = 0;
+        for (; c + 8 <= cols; c += 8)
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + c), _mm256_loadu_ps(x + c), a0);
+        float s0 = hsum(a0);
+        for (; c < cols; c++)
+            s0 += w0[c] * x[c];
+        y[r] = s0;
+    }
+}
+
+/* y[b, r] = w[r, :] . x[b, :] for r in [lo, hi) and `rows` (2 .. MAX_ROWS, a constant where it is inlined) input
+ * rows of `cols`; y's rows are `ldy` apart. Each weight vector is loaded once for all input rows. */
+static inline __attribute__((always_inline)) void rows_dot_n(const float *w, long cols, const float *x, int rows,
+                                                             float *y, long ldy, long lo, long hi) {
+    for (long r = lo; r < hi; r++) {
+        const float *wr = w + r * cols;
+        __m256 acc[MAX_ROWS];
+        for (int b = 0; b < rows; b++)
+            acc[b] = _mm256_setzero_ps();
+        long c = 0;
+        for (; c + 8 <= cols; c += 8) {
+            __m256 wv = _mm256_loadu_ps(wr + c);
+            for (int b = 0; b < rows; b++)
+                acc[b] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + b * cols + c), acc[b]);
+        }
+        for (int b = 0; b < rows; b++) {
+            float s = hsum(acc[b]);
+            for (long t = c; t < cols; t++)
+                s += wr[t] * x[b * cols + t];
+            y[b * ldy + r] = s;
+        }
+    }
+}
+
+#define COLUMN_BLOCK 2048 /* floats of output accumulated at once by cols_axpy (in L1), over all input rows */
+
+/* y[b, lo:hi] = sum_i x[b, i] * wt[i, lo:hi] for `rows` input rows of `in`, wt row-major with `ld` columns and
+ * `in` rows (a transposed weight); y's rows are `ldy` apart. */
+static inline __attribute__((always_inline)) void cols_axpy_n(const float *wt, long ld, long in, const float *x,
+                                                              int rows, float *y, long ldy, long lo, long hi) {
+    float acc[COLUMN_BLOCK] __attribute__((aligned(32)));
+    long block = (COLUMN_BLOCK / rows) & ~7L;
+    for (long c0 = lo; c0 < hi; c0 += block) {
+        long n = hi - c0 < block ? hi - c0 : block;
+        long n8 = n & ~7L;
+        memset(acc, 0, sizeof(float) * rows * block);
+        long i = 0;
+        for (; i + 4 <= in; i += 4) {
+            const float *w0 = wt + i * ld + c0, *w1 = w0 + ld, *w2 = w1 + ld, *w3 = w2 + ld;
+            for (int b = 0; b < rows; b++) {
+                const float *xb = x + b * in + i;
+                __m256 x0 = _mm256_set1_ps(xb[0]), x1 = _mm256_set1_ps(xb[1]);
+                __m256 x2 = _mm256_set1_ps(xb[2]), x3 = _mm256_set1_ps(xb[3]);
+                float *ab = acc + b * block;
+                for (long c = 0; c < n8; c += 8) {
+                    __m256 a = _mm256_load_ps(ab + c);
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + c), x0, a);
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + c), x1, a);
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + c), x2, a);
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + c), x3, a);
+                    _mm256_store_ps(ab + c, a);
+                }
+                for (long c = n8; c < n; c++)
+                    ab[c] += w0[c] * xb[0] + w1[c] * xb[1] + w2[c] * xb[2] + w3[c] * xb[3];
+            }
+        }
+        for (; i < in; i++)
+            for (int b = 0; b < rows; b++)
+                for (long c = 0; c < n; c++)
+                    acc[b * block + c] += wt[i * ld + c0 + c] * x[b * in + i];
+        for (int b = 0; b < rows; b++)
+            memcpy(y + b * ldy + c0, acc + b * block, sizeof(float) * n);
+    }
+}
+
+#define ROWS_CASE(n)                                                                                              \
+    case n:                                                                                                       \
+        if (m->transposed)                                                                                        \
+            cols_axpy_n(m->w, m->out, m->in, x, n, y, ldy, lo, hi);                                               \
+        else                                                                                                      \
+            rows_dot_n(m->w, m->in, x, n, y, ldy, lo, hi);                                                        \
+        break;
+
+/* y[b, lo:hi] of m x[b] for `rows` input rows of m->in (y's rows `ldy` apart), MAX_ROWS rows per pass. */
+static void product(const matrix *m, const float *x, long rows, float *y, long ldy, long lo, long hi) {
+    for (long b0 = 0; b0 < rows; b0 += MAX_ROWS) {
+        int n = rows - b0 < MAX_ROWS ? (int)(rows - b0) : MAX_ROWS;
+        const float *xb = x + b0 * m->in;
+        float *yb = y + b0 * ldy;
+        if (n == 1 && !m->transposed) {
+            rows_dot_1(m->w, m->in, xb, yb, lo, hi);
+            continue;
+        }
+        {
+            const float *x = xb; /* the names ROWS_CASE uses */
+            float *y = yb;
+            switch (n) {
+                ROWS_CASE(1)
+                ROWS_CASE(2)
+                ROWS_CASE(3)
+                ROWS_CASE(4)
+                ROWS_CASE(5)
+                ROWS_CASE(6)
+                ROWS_CASE(7)
+                ROWS_CASE(8)
+            }
+        }
+    }
+}
+
+/* Several products of the same input rows, their outputs taken as one range split between the threads. */
+typedef struct {
+    int n;
+    const matrix *m[3];
+    const float *x;
+    long rows;
+    float *y[3]; /* y[i] holds rows x m[i]->out */
+} products_task;
+
+static void run_products(void *p, int index, int count) {
+    products_task *t = (products_task *)p;
+    long total = 0;
+    for (int i = 0; i < t->n; i++)
+        total += t->m[i]->out;
+    long lo, hi, base = 0;
+    share(total, 16, index, count, &lo, &hi);
+    for (int i = 0; i < t->n && base < hi; i++) {
+        long out = t->m[i]->out, a = lo > base ? lo - base : 0, b = hi - base < out ? hi - base : out;
+        if (a < b)
+            product(t->m[i], t->x, t->rows, t->y[i], out, a, b);
+        base += out;
+    }
+}
+
+/* y = x m^T on the team for `rows` rows of x (tested against F.linear). */
+void team_product(team_t *team, const matrix *m, const float *x, long rows, float *y) {
+    products_task t = {1, {m}, x, rows, {y}};
+    team_run(team, run_products, &t);
+}
+
+/* h = silu(x gate^T) * (x up^T), split by columns of h; g and u hold the two products. */
+typedef struct {
+    const matrix *gate, *up;
+    const float *x;
+    long rows;
+    float *g, *u, *h;
+} gated_task;
+
+static void run_gated(void *p, int index, int count) {
+    gated_task *t = (gated_task *)p;
+    long lo, hi, ff = t->gate->out;
+    share(ff, 16, index, count, &lo, &hi);
+    if (lo >= hi)
+        return;
+    product(t->gate, t->x, t->rows, t->g, ff, lo, hi);
+    product(t->up, t->x, t->rows, t->u, ff, lo, hi);
+    for (long b = 0; b < t->rows; b++)
+        for (long r = b * ff + lo; r < b * ff + hi; r++)
+            t->h[r] = t->g[r] / (1.0f + expf(-t->g[r])) * t->u[r];
+}
+
+/* ---- the model ---- */
+
+typedef struct {
+    const float *attention_norm, *feed_forward_norm; /* RMSNorm weights (hidden) */
+    matrix q, k, v, o, gate, up, down;
+} layer_t;
+
+typedef struct {
+    long layers, hidden, heads, kv_heads, head_dim, feedforward, vocab;
+    float eps;
+    const float *embedding;  /* (vocab, hidden) row-major */
+    const float *final_norm; /* (hidden) */
+    matrix head;             /* the LM head */
+    const layer_t *layer;
+} model_t;
+
+/* The cache: keys/values of layer l, row b, head h, column t at base + l * layer + b * row + h * head + t * column.
+ * Every row has filled `length` columns; row b's tokens are its columns first[b] .. length - 1 (earlier columns are
+ * left padding, never attended to); the new tokens go to column `length`. */
+typedef struct {
+    float *keys, *values;
+    long layer, row, head, column;
+    long length;
+} cache_t;
+
+static void rms_norm(const float *x, const float *weight, long n, float eps, float *out) {
+    float sum = 0.0f;
+    for (long i = 0; i < n; i++)
+        sum += x[i] * x[i];
+    float scale = 1.0f / sqrtf(sum / n + eps);
+    for (long i = 0; i < n; i++)
+        out[i] = x[i] * scale * weight[i];
+}
+
+/* Rotate interleaved pairs (x[2i], x[2i+1]) of each of `heads` heads by cos[i] + i sin[i]. */
+static void rotate(float *x, long heads, long head_dim, const float *cos, const float *sin) {
+    for (long h = 0; h < heads; h++) {
+        float *v = x + h * head_dim;
+        for (long i = 0; i < head_dim / 2; i++) {
+            float a = v[2 * i], b = v[2 * i + 1];
+            v[2 * i] = a * cos[i] - b * sin[i];
+            v[2 * i + 1] = a * sin[i] + b * cos[i];
+        }
+    }
+}
+
+typedef struct {
+    const model_t *m;
+    const cache_t *c;
+    const long *first;
+    long layer, rows, columns;
+    const float *q; /* (rows, heads * head_dim) */
+    float *out;     /* (rows, heads * head_dim) */
+    float *scores;  /* (rows * heads, columns + 1) */
+} attention_task;
+
+/* Softmax attention of each row's query heads over their key/value head's columns first[b] .. length, split by
+ * (row, head). */
+static void run_attention(void *p, int index, int count) {
+    attention_task *t = (attention_task *)p;
+    const model_t *m = t->m;
+    const cache_t *c = t->c;
+    long lo, hi, d = m->head_dim;
+    share(t->rows * m->heads, 1, index, count, &lo, &hi);
+    float scale = 1.0f / sqrtf((float)d);
+    for (long job = lo; job < hi; job++) {
+        long b = job / m->heads, h = job % m->heads, kv = h / (m->heads / m->kv_heads);
+        long first = t->first[b], span = c->length + 1 - first;
+        const float *q = t->q + b * m->hidden + h * d;
+        long at = t->layer * c->layer + b * c->row + kv * c->head + first * c->column;
+        const float *keys = c->keys + at, *values = c->values + at;
+        float *s = t->scores + job * (t->columns + 1), top = -INFINITY, total = 0.0f;
+        for (long j = 0; j < span; j++) {
+            __m256 acc = _mm256_setzero_ps();
+            long i = 0;
+            for (; i + 8 <= d; i += 8)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(keys + j * c->column + i), acc);
+            float dot = hsum(acc);
+            for (; i < d; i++)
+                dot += q[i] * keys[j * c->column + i];
+            s[j] = dot * scale;
+            top = s[j] > top ? s[j] : top;
+        }
+        for (long j = 0; j < span; j++) {
+            s[j] = expf(s[j] - top);
+            total += s[j];
+        }
+        float *o = t->out + b * m->hidden + h * d;
+        memset(o, 0, sizeof(float) * d);
+        for (long j = 0; j < span; j++) {
+            float w = s[j] / total;
+            for (long i = 0; i < d; i++)
+                o[i] += w * values[j * c->column + i];
+        }
+    }
+}
+
+/* Scratch floats decode_step needs for `rows` rows and a cache of `columns` columns. */
+long scratch_size(const model_t *m, long rows, long columns) {
+    return rows * (5 * m->hidden + 2 * m->kv_heads * m->head_dim + 3 * m->feedforward +
+                   m->heads * (columns + 1));
+}
+
+/* The logits (rows, vocab) of one token of each of `rows` rows (tokens[b], at rotary angles cos[b]/sin[b] of
+ * head_dim / 2 each): one decoding step, which also stores the tokens' keys and values at column c->length. */
+void decode_step(team_t *team, const model_t *m, long rows, const long *tokens, const float *const *cos,
+                 const float *const *sin, const cache_t *c, const long *first, long columns, float *scratch,
+                 float *logits) {
+    long hidden = m->hidden, kv_size = m->kv_heads * m->head_dim, ff = m->feedforward;
+    float *x = scratch, *normed = x + rows * hidden, *q = normed + rows * hidden;
+    float *attended = q + rows * hidden, *projected = attended + rows * hidden;
+    float *k = projected + rows * hidden, *v = k + rows * kv_size;
+    float *g = v + rows * kv_size, *u = g + rows * ff, *h = u + rows * ff, *scores = h + rows * ff;
+    for (long b = 0; b < rows; b++)
+        memcpy(x + b * hidden, m->embedding + tokens[b] * hidden, sizeof(float) * hidden);
+    for (long l = 0; l < m->layers; l++) {
+        const layer_t *layer = &m->layer[l];
+        for (long b = 0; b < rows; b++)
+            rms_norm(x + b * hidden, layer->attention_norm, hidden, m->eps, normed + b * hidden);
+        products_task qkv = {3, {&layer->q, &layer->k, &layer->v}, normed, rows, {q, k, v}};
+        team_run(team, run_products, &qkv);
+        for (long b = 0; b < rows; b++) {
+            rotate(q + b * hidden, m->heads, m->head_dim, cos[b], sin[b]);
+            rotate(k + b * kv_size, m->kv_heads, m->head_dim, cos[b], sin[b]);
+            for (long kvh = 0; kvh < m->kv_heads; kvh++) {
+                long at = l * c->layer + b * c->row + kvh * c->head + c->length * c->column;
+                memcpy(c->keys + at, k + b * kv_size + kvh * m->head_dim, sizeof(float) * m->head_dim);
+                memcpy(c->values + at, v + b * kv_size + kvh * m->head_dim, sizeof(float) * m->head_dim);
+            }
+        }
+        attention_task attention = {m, c, first, l, rows, columns, q, attended, scores};
+        team_run(team, run_attention, &attention);
+        products_task o = {1, {&layer->o}, attended, rows, {projected}};
+        team_run(team, run_products, &o);
+        for (long i = 0; i < rows * hidden; i++)
+            x[i] += projected[i];
+        for (long b = 0; b < rows; b++)
+            rms_norm(x + b * hidden, layer->feed_forward_norm, hidden, m->eps, normed + b * hidden);
+        gated_task gated = {&layer->gate, &layer->up, normed, rows, g, u, h};
+        team_run(team, run_gated, &gated);
+        products_task down = {1, {&layer->down}, h, rows, {projected}};
+        team_run(team, run_products, &down);
+        for (long i = 0; i < rows * hidden; i++)
+            x[i] += projected[i];
+    }
+    for (long b = 0; b < rows; b++)
+        rms_norm(x + b * hidden, m->final_norm, hidden, m->eps, normed + b * hidden);
+    products_task head = {1, {&m->head}, normed, rows, {logits}};
+    team_run(team, run_products, &head);
+}

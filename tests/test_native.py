@@ -1,0 +1,205 @@
+"""Native decoding (generation/native.py, onerow.c): products equal F.linear, logits and cache writes equal the
+PyTorch model's, greedy tokens equal transformers' and the PyTorch engine's on 1-3 threads, alone, batched with
+left padding and inside the continuous batcher; every model or machine it cannot take is refused with a reason."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import confident_model
+from test_generation import PROMPTS, hf_greedy, tiny_hf
+
+from tencentpretrain.generation import Engine, load_generation_model, native, quantize_int8
+from tencentpretrain.generation.batching import Batcher, TokenRequest
+from tencentpretrain.generation.threads import use_threads
+
+VOCAB = 500
+TINY = {"emb_size": 64, "hidden_size": 64, "feedforward_size": 160, "heads_num": 4, "local_kv_heads_num": 2,
+        "layers_num": 2, "dropout": 0.0, "max_seq_length": 256, "embedding": ["word"],
+        "remove_transformer_bias": True, "remove_embedding_layernorm": True, "rotary_position_embedding": True,
+        "feed_forward": "gated", "layernorm": "rms", "hidden_act": "silu"}
+
+
+def native_or_skip():
+    try:
+        native.load_library()
+    except native.Unsupported as why:
+        pytest.skip(f"native decoding unavailable here: {why}")
+
+
+@pytest.fixture(scope="module")
+def model():
+    native_or_skip()
+    return confident_model(TINY, VOCAB)
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def prompts(count: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 90, (count,), generator=g).tolist()
+    return [[1] + torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("out_features, in_features", [(1000, 64), (37, 19), (160, 64), (64, 160), (3, 8)])
+def test_product_equals_linear(threads, out_features, in_features):
+    native_or_skip()
+    team = native.Team(threads)
+    torch.manual_seed(0)
+    weight = torch.randn(out_features, in_features)
+    column_major = weight.t().contiguous().t()  # the same values stored transposed (the column layout)
+    for rows in (1, 2, 5, 8, 11):  # more than 8 rows take two passes over the weight
+        x = torch.randn(rows, in_features)
+        for w in (weight, column_major):
+            torch.testing.assert_close(team.product(w, x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_logits_and_cache_equal_the_model(model):
+    engine = Engine(copy.deepcopy(model))
+    decoder, note = native.native_decoder(engine.model, 2)
+    assert decoder is not None, note
+    batch = PROMPTS[:2] + [[1, 7]]
+    with torch.inference_mode():
+        caches = []
+        for _ in range(2):
+            stream = engine.stream(batch, 1)
+            ids, mask = stream._prefill_inputs()
+            cache = engine.new_cache(len(batch), ids.shape[1] + 4)
+            positions = (mask[:, :ids.shape[1]].cumsum(-1) - 1).clamp(min=0)
+            engine.model.encode(ids, positions, mask, cache)
+            caches.append(cache)
+        tokens = torch.tensor([[5], [9], [400]])
+        at = positions[:, -1:] + 1
+        expected = engine.model(tokens, at, mask, caches[0])
+        got = decoder(tokens, at, mask, caches[1])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert caches[1].length == caches[0].length
+    torch.testing.assert_close(caches[1].keys, caches[0].keys, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(caches[1].values, caches[0].values, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_native_tokens_equal_pytorch_alone_and_batched(model, threads):
+    pytorch = Engine(copy.deepcopy(model), eos_ids=[2])
+    fast = Engine(copy.deepcopy(model), eos_ids=[2])
+    assert use_threads(fast, threads) == f"native decoding on {threads} thread{'s' * (threads > 1)}"
+    assert fast.decoder is not None and fast.decoder.threads == threads
+    for prompt in prompts(3, seed=threads):
+        assert fast.generate([prompt], 40) == pytorch.generate([prompt], 40)
+    batch = prompts(5, seed=10 + threads)  # left padding: each row attends from its own first column
+    assert fast.generate(batch, 30) == pytorch.generate(batch, 30)
+
+
+def test_native_tokens_equal_transformers(tmp_path):
+    native_or_skip()
+    hf = tiny_hf(tmp_path, 2)
+    engine = Engine(load_generation_model(tmp_path), pad_id=0)
+    use_threads(engine, 2)
+    assert engine.decoder is not None, engine.decoding
+    assert engine.generate(PROMPTS, 48) == hf_greedy(hf, PROMPTS, 48)
+    for prompt in PROMPTS:
+        assert engine.generate([prompt], 48) == hf_greedy(hf, [prompt], 48)
+
+
+def test_native_decoding_inside_the_batcher(model):
+    alone = Engine(copy.deepcopy(model), eos_ids=[2])
+    fast = Engine(copy.deepcopy(model), eos_ids=[2])
+    use_threads(fast, 2)
+    batch = prompts(6, seed=21)
+    lengths = [5, 30, 12, 41, 1, 25]
+    expected = [alone.generate([p], n)[0] for p, n in zip(batch, lengths)]
+    calls = []
+    decoder = fast.decoder
+    fast.decoder = lambda *args: calls.append(args[0].shape[0]) or decoder(*args)
+    batcher = Batcher(fast, max_batch_size=4, max_length=200, prefill_chunk=16, slack=4).start()
+    try:
+        requests = [batcher.submit(TokenRequest(p, n)) for p, n in zip(batch, lengths)]
+        assert [r.result(timeout=120) for r in requests] == expected
+    finally:
+        batcher.close()
+    assert calls and max(calls) > 1  # the decoder took the batched steps (rows joined at different columns)
+
+
+def test_positions_beyond_the_rotary_table_grow_it(model):
+    small = copy.deepcopy(model)
+    rotary = small.encoder.rotary
+    rotary.cos, rotary.sin = rotary.cos[:40].clone(), rotary.sin[:40].clone()
+    pytorch = Engine(copy.deepcopy(model), eos_ids=[2])
+    fast = Engine(small, eos_ids=[2])
+    use_threads(fast, 2)
+    prompt = prompts(1, seed=5)[0][:30]
+    assert fast.generate([prompt], 60) == pytorch.generate([prompt], 60)
+    assert rotary.cos.shape[0] >= 90
+
+
+def test_a_full_cache_is_an_error_not_a_write_past_its_end(model):
+    engine = Engine(copy.deepcopy(model))
+    use_threads(engine, 2)
+    cache = engine.new_cache(1, 3)
+    with torch.inference_mode():
+        engine.model.encode(torch.tensor([[1, 5, 6]]), None, None, cache)
+        with pytest.raises(ValueError, match="KV cache full"):
+            engine.forward(torch.tensor([[7]]), torch.tensor([[3]]), None, cache)
+
+
+def test_models_it_cannot_take_are_refused_with_a_reason(model, monkeypatch):
+    gpt2 = dict(TINY, layernorm="normal", feed_forward="dense", hidden_act="gelu", rotary_position_embedding=False,
+                embedding=["word", "pos"], remove_transformer_bias=False)
+    cases = {
+        "RMSNorm": confident_model(dict(TINY, layernorm="normal"), VOCAB),
+        "word embedding alone": confident_model(gpt2, VOCAB),
+        "gated SiLU": confident_model(dict(TINY, hidden_act="gelu"), VOCAB),
+        "int8": quantize_int8(copy.deepcopy(model)),
+    }
+    for reason, other in cases.items():
+        engine = Engine(other)
+        note = use_threads(engine, 2)
+        assert engine.decoder is None and reason in note and note.startswith("decoding in PyTorch"), note
+    from tencentpretrain.generation.layout import packing_available
+
+    if packing_available():
+        monkeypatch.setattr("tencentpretrain.generation.layout.PACK_MIN_WEIGHTS", 1)  # pack every layer
+        packed = Engine(copy.deepcopy(model), layout="packed", batch_size=4)
+        assert "packed for oneDNN only" in use_threads(packed, 2) and packed.decoder is None
+        both = Engine(copy.deepcopy(model), layout="both", batch_size=4)  # keeps a dense copy: decodes natively
+        use_threads(both, 2)
+        assert both.decoder is not None
+        batch = prompts(3, seed=7)
+        assert both.generate(batch, 20) == Engine(copy.deepcopy(model)).generate(batch, 20)
+    engine = Engine(copy.deepcopy(model))
+    assert use_threads(engine, 2, native=False) == "decoding in PyTorch" and engine.decoder is None
+
+
+def test_turned_off_or_unbuildable_library_is_a_reason_not_a_crash(model, monkeypatch, tmp_path):
+    native.load_library.cache_clear()
+    try:
+        monkeypatch.setenv("TP_NATIVE", "0")
+        assert native.native_unavailable(model) == "turned off by TP_NATIVE=0"
+        monkeypatch.delenv("TP_NATIVE")
+        native.load_library.cache_clear()
+        monkeypatch.setenv("TP_NATIVE_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setenv("CC", "no-such-compiler")
+        assert "no C compiler 'no-such-compiler'" in native.native_unavailable(model)
+        native.load_library.cache_clear()
+        fake = tmp_path / "fakecc"
+        fake.write_text("#!/bin/sh\necho 'onerow.c:1: error: broken' >&2\nexit 1\n")
+        fake.chmod(0o755)
+        monkeypatch.setenv("CC", str(fake))
+        why = native.native_unavailable(model)
+        assert "building onerow.c" in why and "error: broken" in why
+        assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-built left behind
+        native.load_library.cache_clear()
+        monkeypatch.delenv("CC")
+        assert native.native_unavailable(model) is None  # builds in the new cache folder
+        assert len(list((tmp_path / "cache").glob("onerow-*.so"))) == 1
+    finally:
+        native.load_library.cache_clear()

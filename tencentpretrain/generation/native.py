@@ -1,12 +1,12 @@
-"""Batch-1 decoding in one native call per token, on every core the user gives it (``onerow.c``).
+"""Decoding steps in one native call each, on every core the user gives it (``onerow.c``).
 
 PyTorch multiplies one input row by a weight on a single thread whatever ``torch.set_num_threads`` says, and a
 decoding step of a small model spends milliseconds in Python between its products. ``NativeDecoder`` runs a whole
-one-token step of one row of a LLaMA-shaped model in C instead: the products split by output rows over a team of
-threads that spin between tasks, with the norms, rotary positions, attention over the cache and the SwiGLU around
-them. It reads the model's weights, rotary tables and KV cache where they are (nothing is copied) and writes the
-token's keys and values into the cache as the model would, so PyTorch passes and native steps mix freely
-(prefill in PyTorch, then native decoding; a batch of several rows in PyTorch).
+decoding step (one new token for each of B rows) of a LLaMA-shaped model in C instead: the products split by output
+rows over a team of threads that spin between tasks, each weight read once for all B rows, with the norms, rotary
+positions, attention over the cache and the SwiGLU around them. It reads the model's weights, rotary tables and KV
+cache where they are (nothing is copied) and writes the new keys and values into the cache as the model would, so
+PyTorch passes and native steps mix freely (prompts are read by PyTorch, then decoded natively).
 
 It takes the models this project exists for: pre-norm RMSNorm, gated SiLU feed-forward, rotary positions, no
 biases, word embedding only, float32 on CPU, weights row-major or in the ``column`` layout (``PackedLinear`` with a
@@ -176,7 +176,7 @@ def linear_weight(module: nn.Module, name: str) -> torch.Tensor | None:
 
 
 class NativeDecoder:
-    """One-token steps of one row of ``model`` in C (see the module docstring); build it with ``native_decoder``.
+    """Decoding steps of ``model`` in C (see the module docstring); build it with ``native_decoder``.
 
     Args:
         model: a supported ``Model`` (checked: raises ``Unsupported`` otherwise).

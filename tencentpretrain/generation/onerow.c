@@ -1,15 +1,18 @@
-/* Batch-1 decoding of a LLaMA-shaped model in one native call per token, over a team of threads.
+/* Decoding steps of a LLaMA-shaped model in one native call per step (one new token for each of any number of
+ * rows), over a team of threads.
  *
  * Built with the system C compiler and loaded with ctypes by generation/native.py, which also says when it is used
- * (one token of one row, float32 on CPU, pre-norm RMSNorm, SwiGLU, rotary positions, no biases) and describes the
- * model's weights, where they already are, in the structs below: nothing is copied.
+ * (float32 on CPU, pre-norm RMSNorm, SwiGLU, rotary positions, no biases) and describes the model's weights, where
+ * they already are, in the structs below: nothing is copied.
  *
- * Decoding one row reads every weight once per token, so it is bound by memory bandwidth, which a second core adds
- * to. Each large product is split between the threads by output rows; the workers spin between tasks (a hand-off
- * costs about a microsecond, not the tens of microseconds of a wake-up) and sleep after `spin_ns` without work. */
+ * A decoding step reads every weight once (for all its rows at once), so at a few rows it is bound by memory
+ * bandwidth, which a second core adds to. Each large product is split between the threads by output rows; the workers spin between tasks (a hand-off
+ * costs about a microsecond, not the tens of microseconds of a wake-up), yield the core now and then while they
+ * spin (so that an oversubscribed machine still makes progress) and sleep after `spin_ns` without work. */
 #include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,10 +59,13 @@ static void *worker(void *p) {
     unsigned long seen = 0; /* the generation the team started with (a task may be posted before we get here) */
     for (;;) {
         long deadline = now_ns() + team->spin_ns;
-        for (int spins = 0; idle(team, seen); spins++) {
+        for (int spins = 1; idle(team, seen); spins++) {
             _mm_pause();
-            if ((spins & 255) == 255 && now_ns() > deadline)
-                break;
+            if ((spins & 1023) == 0) {
+                if (now_ns() > deadline)
+                    break;
+                sched_yield(); /* a core shared with other work: let it run */
+            }
         }
         if (idle(team, seen)) {
             pthread_mutex_lock(&team->lock);
@@ -130,8 +136,11 @@ static void team_run(team_t *team, task_fn task, void *ctx) {
         pthread_mutex_unlock(&team->lock);
     }
     task(ctx, 0, team->threads);
-    while (atomic_load(&team->pending) > 0)
+    for (int spins = 1; atomic_load(&team->pending) > 0; spins++) {
         _mm_pause();
+        if ((spins & 1023) == 0)
+            sched_yield(); /* a worker waiting for a core: give it ours */
+    }
 }
 
 /* The share [lo, hi) of thread `index` of `count` in `total` items, in blocks of `block`. */

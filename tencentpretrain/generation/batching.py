@@ -303,32 +303,37 @@ class Batcher:
 
     def _forward(self) -> None:
         """One pass: a token of every running row and a chunk of every prompt being prefilled (module docstring)."""
-        rows, model = self.rows, self.engine.model
+        decoding = len(self.rows)
         chunks = [(state, state.done, min(state.done + self.prefill_chunk, len(state.row.request.prompt)))
-                  for state in self.prefilling]
-        ids = [r.next_token for r in rows] + [t for state, a, b in chunks for t in state.row.request.prompt[a:b]]
-        positions = [r.position for r in rows] + [i for _, a, b in chunks for i in range(a, b)]
-        ids_t, positions_t = (torch.tensor([x], dtype=torch.long, device=self.engine.device)
-                              for x in (ids, positions))  # (1, N) each
-        ragged = RaggedPass(self.cache, len(rows), [(state.cache, b - a) for state, a, b in chunks])
-        done = []
-        if not chunks:
-            logits = model(ids_t, positions_t, None, ragged)[0]  # (R, vocab): a plain batched decoding step
-        else:
-            hidden = model.encode(ids_t, positions_t, None, ragged)[0]  # (N, hidden)
-            ends, offset = list(range(len(rows))), len(rows)  # where logits are needed
-            for state, a, b in chunks:
-                offset, state.done = offset + b - a, b
-                if b == len(state.row.request.prompt):
-                    ends.append(offset - 1)
-                    done.append(state)
-            logits = model.target["lm"].logits(hidden[ends][None])[0] if ends else None  # (R + done, vocab)
-        decoding = len(rows)
+                  for state in self.prefilling]  # (state, first, end) of each prompt's chunk
+        ids = [r.next_token for r in self.rows] + [t for s, a, b in chunks for t in s.row.request.prompt[a:b]]
+        positions = [r.position for r in self.rows] + [i for _, a, b in chunks for i in range(a, b)]
+        ids, positions = (torch.tensor([x], dtype=torch.long, device=self.engine.device)
+                          for x in (ids, positions))  # (1, N) each
+        ragged = RaggedPass(self.cache, decoding, [(state.cache, b - a) for state, a, b in chunks])
+        if chunks:
+            logits, done = self._read_chunks(ids, positions, ragged, chunks)
+        else:  # a plain batched decoding step
+            logits, done = self.engine.model(ids, positions, None, ragged)[0], []  # (R, vocab)
         self._count(decoding, bool(chunks))
         if decoding:
             self._decoded(logits[:decoding])  # rows may leave: self.rows shrinks
         if done:
             self._joined(done, logits[decoding:])
+
+    def _read_chunks(self, ids: torch.Tensor, positions: torch.Tensor, ragged: RaggedPass,
+                     chunks: list[tuple[Prefill, int, int]]) -> tuple[torch.Tensor | None, list[Prefill]]:
+        """The pass with prompt chunks: logits (R + len(done), vocab) of the running rows and of the last token
+        of each prompt now read in full (``done``); the LM head runs on those rows only."""
+        model = self.engine.model
+        hidden = model.encode(ids, positions, None, ragged)[0]  # (N, hidden)
+        ends, offset, done = list(range(ragged.decoding)), ragged.decoding, []
+        for state, first, end in chunks:
+            offset, state.done = offset + end - first, end
+            if end == len(state.row.request.prompt):
+                ends.append(offset - 1)
+                done.append(state)
+        return (model.target["lm"].logits(hidden[ends][None])[0] if ends else None), done
 
     def _count(self, rows: int, prefilled: bool) -> None:
         metrics = self.metrics

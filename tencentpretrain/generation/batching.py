@@ -12,8 +12,9 @@ A ``Batcher`` owns up to ``max_batch_size`` rows of a ``SlotCache``. Each of its
    ``max_tokens``; finished rows leave), and each request whose whole prompt is now in gets its first token and
    joins the running rows.
 
-So the weights are read once per step for everything in it: the running rows' decode rides along with the prompt
-chunks (prefill is compute-bound, a decoding step alone memory-bound), and several arrivals are prefilled at once.
+So the weights are read once per step for everything in it: every pass streams all of them from memory whatever
+its size, so the running rows' decode rides along with the prompt chunks for a fraction of a decoding step of its
+own, and several arrivals are prefilled at once.
 A step reads at most ``prefill_chunk`` tokens per free row: the running rows are delayed by one chunk per request
 being prefilled, not by whole prompts, and the more rows run, the fewer can be prefilled beside them. A request
 computes what it would alone whatever runs beside it: its prompt is read in the same chunks (``prefill_chunk``

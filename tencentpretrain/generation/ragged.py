@@ -3,9 +3,9 @@
 The continuous batcher (``generation/batching.py``) runs each step as one batch of one sequence of ``N`` tokens:
 first the next token of each of the ``R`` running rows, then the next chunk of each prompt being prefilled. Every
 matrix product of the model (projections, feed-forward, normalisation) then reads its weight once for all of them,
-so the running rows' decode rides along with the prompt chunks almost for free (prefill is compute-bound, a decode
-step alone is bound by reading the weights). Only attention keeps the requests apart: ``RaggedPass`` is the cache
-the model is given, and its ``attend`` splits the queries, keys and values back per request:
+so the running rows' decode rides along with the prompt chunks for a fraction of a decoding step of its own (each
+pass streams every weight from memory, whatever its size). Only attention keeps the requests apart: ``RaggedPass``
+is the cache the model is given, and its ``attend`` splits the queries, keys and values back per request:
 
 - the ``R`` decode tokens become ``R`` rows of one token against the ``SlotCache`` (each row masked to its own
   span), exactly the batched decoding step;

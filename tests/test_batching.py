@@ -3,6 +3,8 @@ requests free their row; the slot cache keeps rows intact as they move (native d
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import confident_model
@@ -194,3 +196,123 @@ def test_slot_cache_rows_survive_joins_moves_and_realigns():
         slots.realign(8)
     with pytest.raises(ValueError, match="cannot realign"):
         slots.realign(15)
+
+
+def exact(lengths: list[int], seed: int) -> list[list[int]]:
+    """Prompts of the given lengths (bos, then random tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    return [[1] + torch.randint(3, VOCAB, (n - 1,), generator=g).tolist() for n in lengths]
+
+
+class Spy:
+    """Records the tokens of every forward pass of a model (``encode`` is what both ``forward`` and the batcher's
+    prompt passes call)."""
+
+    def __init__(self, model, monkeypatch):
+        self.tokens: list[int] = []
+        encode = model.encode
+
+        def recording(src, *args, **kwargs):
+            self.tokens.append(src.numel())  # (1, N) for a ragged pass, (R, 1) for a decoding step
+            return encode(src, *args, **kwargs)
+
+        monkeypatch.setattr(model, "encode", recording)
+
+
+def test_several_prompts_are_prefilled_in_one_pass_with_the_decoding_rows(engine, monkeypatch):
+    spy = Spy(engine.model, monkeypatch)
+    never_ends = Engine(engine.model, eos_ids=[], pad_id=0)  # every request makes its 6 tokens
+    batcher = Batcher(never_ends, max_batch_size=4, max_length=256, prefill_chunk=8)
+    requests = [batcher.submit(TokenRequest(p, 6)) for p in exact([5, 12, 20], seed=13)]
+    batcher.step()
+    assert spy.tokens == [5 + 8 + 8]  # three prompts' chunks in one pass
+    assert [r.completion_tokens for r in requests] == [1, 0, 0]  # the 5-token prompt is in: its first token
+    batcher.step()
+    assert spy.tokens[-1] == 1 + 4 + 8  # its decode rides along with the next chunks
+    batcher.step()
+    assert spy.tokens[-1] == 2 + 4 and [r.completion_tokens for r in requests] == [3, 2, 1]
+    while batcher.step():
+        pass
+    assert spy.tokens[3:] == [3, 3, 3, 2, 1]  # then plain decoding steps of the rows left
+    assert batcher.metrics.mixed_steps == 2 and batcher.metrics.passes == len(spy.tokens)
+    assert [r.result(timeout=0) for r in requests] == [alone(never_ends, r.prompt, 6, SamplingParams(), None)
+                                                       for r in requests]
+
+
+def test_running_rows_decode_in_the_passes_that_read_a_long_prompt(engine, monkeypatch):
+    spy = Spy(engine.model, monkeypatch)
+    never_ends = Engine(engine.model, eos_ids=[], pad_id=0)
+    batcher = Batcher(never_ends, max_batch_size=2, max_length=256, prefill_chunk=16)
+    short, long_prompt = exact([10, 70], seed=14)
+    running = batcher.submit(TokenRequest(short, 30))
+    batcher.step()
+    long = batcher.submit(TokenRequest(long_prompt, 8))
+    counts = []
+    for _ in range(6):
+        batcher.step()
+        counts.append(running.completion_tokens)
+    assert spy.tokens == [10, 1 + 16, 1 + 16, 1 + 16, 1 + 16, 1 + 6, 2]  # one pass per step, never a stall
+    assert counts == [2, 3, 4, 5, 6, 7] and long.completion_tokens == 2
+    assert batcher.metrics.mixed_steps == 5
+    while batcher.step():
+        pass
+    assert running.result(timeout=0) == alone(never_ends, running.prompt, 30, SamplingParams(), None)
+    assert long.result(timeout=0) == alone(never_ends, long.prompt, 8, SamplingParams(), None)
+
+
+def test_a_request_cancelled_mid_prefill_frees_its_row_in_the_same_step(engine, monkeypatch):
+    spy = Spy(engine.model, monkeypatch)
+    batcher = Batcher(engine, max_batch_size=2, max_length=256, prefill_chunk=8)
+    cancelled, kept, queued = (batcher.submit(TokenRequest(p, 7)) for p in exact([60, 20, 11], seed=16))
+    batcher.step()
+    assert spy.tokens == [8 + 8] and batcher.queue_length() == 3  # two prefilling, one waiting for a row
+    cancelled.cancel()
+    batcher.step()
+    assert cancelled.finish_reason == "cancelled" and cancelled.tokens == []
+    assert spy.tokens[-1] == 8 + 8  # the freed row went to the queued request in the same step
+    while batcher.step():
+        pass
+    for request in (kept, queued):
+        assert request.result(timeout=0) == alone(engine, request.prompt, 7, SamplingParams(), None)
+    assert batcher.running() == 0 and batcher.queue_length() == 0
+    assert batcher.metrics.finished["cancelled"] == 1
+
+
+def test_ragged_pass_computes_what_separate_passes_compute(model):
+    """Two running rows and two prompt chunks in one pass against the decoding step and each chunk alone."""
+    from tencentpretrain.generation.ragged import RaggedPass
+
+    engine = Engine(model, eos_ids=[2])
+    config = model.config
+    first, second = exact([11, 5], seed=17)
+    running = exact([9, 14], seed=18)
+    slots = SlotCache(config.layers_num, 2, config.kv_heads_num, 40, config.head_dim)
+    with torch.inference_mode():
+        for prompt in running:
+            cache = engine.new_cache(1, len(prompt))
+            model.encode(torch.tensor([prompt]), None, None, cache)
+            slots.add(cache)
+        chunks = []
+        for prompt, read in [(first, 6), (second, 0)]:  # one prompt with 6 tokens read already, one from its start
+            cache = engine.new_cache(1, 20)
+            if read:
+                model.encode(torch.tensor([prompt[:read]]), None, None, cache)
+            chunks.append((cache, prompt[read:read + 5], read))
+        separate_slots, separate = copy.deepcopy(slots), [copy.deepcopy(c) for c, _, _ in chunks]
+        decode_ids, decode_positions = [3, 4], [9, 14]
+        ids = decode_ids + chunks[0][1] + chunks[1][1]
+        positions = decode_positions + list(range(6, 11)) + list(range(0, 5))
+        ragged = RaggedPass(slots, 2, [(c, 5) for c, _, _ in chunks])
+        hidden = model.encode(torch.tensor([ids]), torch.tensor([positions]), None, ragged)[0]  # (12, hidden)
+        mask = separate_slots.open_column()
+        expected = [model.encode(torch.tensor([[3], [4]]), torch.tensor([[9], [14]]), mask, separate_slots)[:, 0]]
+        for cache, (_, tokens, read) in zip(separate, chunks):
+            expected.append(model.encode(torch.tensor([tokens]), torch.arange(read, read + 5)[None], None, cache)[0])
+    scale = float(torch.cat(expected).abs().max())
+    torch.testing.assert_close(hidden, torch.cat(expected), rtol=1e-5, atol=1e-5 * scale)
+    assert slots.length == separate_slots.length == 15 and ragged.tokens == 12
+    torch.testing.assert_close(slots.keys, separate_slots.keys, rtol=1e-5, atol=1e-5 * float(slots.keys.abs().max()))
+    for (cache, _, read), alone_cache in zip(chunks, separate):
+        assert cache.length == alone_cache.length == read + 5
+        torch.testing.assert_close(cache.values, alone_cache.values, rtol=1e-5,
+                                   atol=1e-5 * float(cache.values.abs().max()))

@@ -181,6 +181,8 @@ class Service:
             ("tp_completion_tokens_total", "counter", "tokens generated", m.completion_tokens),
             ("tp_decode_steps_total", "counter", "batched decoding steps", m.steps),
             ("tp_decoded_rows_total", "counter", "rows over all decoding steps", m.rows_decoded),
+            ("tp_mixed_steps_total", "counter", "decoding steps that also read prompt chunks", m.mixed_steps),
+            ("tp_forward_passes_total", "counter", "forward passes of the model", m.passes),
             ("tp_queue_length", "gauge", "prompts waiting for a row", b.queue_length()),
             ("tp_running", "gauge", "prompts in the running batch", b.running()),
             ("tp_max_batch_size", "gauge", "rows of the batch", b.max_batch_size),

@@ -2,16 +2,27 @@
 
 A ``Batcher`` owns up to ``max_batch_size`` rows of a ``SlotCache``. Each of its steps
 
-1. drops the requests whose client cancelled them (their row is free for the next arrival at once);
-2. prefills one chunk of at most ``prefill_chunk`` prompt tokens of the oldest waiting request, when a row is free
-   (in a one-row cache of its own); once its whole prompt is in, its first token is chosen and it joins the batch;
-3. decodes one token for every running row in one forward pass, each row with its own positions, sampling
-   settings, random generator, stop test and ``max_tokens``; finished rows leave.
+1. drops the requests whose client cancelled them (their row is free for the next arrival at once, even when
+   they were still being prefilled);
+2. admits waiting requests, oldest first, while rows are free: each is prefilled into a one-row cache of its own
+   and holds its row meanwhile;
+3. runs **one forward pass** (``generation/ragged.py``) over the next token of every running row and the next chunk
+   of at most ``prefill_chunk`` prompt tokens of **every** request being prefilled, laid end to end; each running
+   row gets its next token (its own positions, sampling settings, random generator, stop test and
+   ``max_tokens``; finished rows leave), and each request whose whole prompt is now in gets its first token and
+   joins the running rows. A step with no prompt chunk is a plain batched decoding step, which the engine runs
+   natively where it can (``Engine.forward``, generation/native.py: every weight read once for all the rows, the
+   products split over ``--threads``).
 
-So a long prompt delays the running rows by one chunk's compute per step, not by its whole prefill, and a request
-computes what it would alone whatever runs beside it (its prompt is prefilled the same way in any case, and the
-columns of the other rows are masked out of its attention). Run the steps in a thread of their own with ``start()``,
-or call ``step()`` yourself.
+So the weights are read once per step for everything in it: every pass streams all of them from memory whatever
+its size, so the running rows' decode rides along with the prompt chunks for a fraction of a decoding step of its
+own, and several arrivals are prefilled at once.
+A step reads at most ``prefill_chunk`` tokens per free row: the running rows are delayed by one chunk per request
+being prefilled, not by whole prompts, and the more rows run, the fewer can be prefilled beside them. A request
+computes what it would alone whatever runs beside it: its prompt is read in the same chunks (``prefill_chunk``
+tokens each, from its start) attending to its own cache only, and in decoding the columns of the other rows are
+masked out of its attention; only the products' row counts differ. Run the steps in a thread of their own with
+``start()``, or call ``step()`` yourself.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import torch
 
 from tencentpretrain.generation.chat import Completion, TextStream
 from tencentpretrain.generation.engine import Engine
+from tencentpretrain.generation.ragged import RaggedPass
 from tencentpretrain.generation.sampling import SamplingParams, greedy, sample
 from tencentpretrain.generation.slots import SlotCache
 from tencentpretrain.layers.kv_cache import KVCache
@@ -163,6 +175,8 @@ class Metrics:
     completion_tokens: int = 0
     steps: int = 0  # decoding steps
     rows_decoded: int = 0  # sum over steps of the rows decoded
+    mixed_steps: int = 0  # decoding steps whose forward pass also read prompt chunks
+    passes: int = 0  # forward passes (decoding steps plus passes that only read prompts)
 
 
 class Batcher:
@@ -172,7 +186,8 @@ class Batcher:
         engine: the token engine (its model and eos/pad ids).
         max_batch_size: most requests decoded together (rows of the cache).
         max_length: most positions of one request, prompt plus new tokens.
-        prefill_chunk: most prompt tokens read per step.
+        prefill_chunk: most prompt tokens read per step for one request (several requests being prefilled
+            each read a chunk in the same step).
         slack: extra cache columns (default ``max(16, max_length // 8)``): how often rows are realigned.
     """
 
@@ -187,7 +202,7 @@ class Batcher:
         self.cache = SlotCache(config.layers_num, max_batch_size, config.kv_heads_num, capacity, config.head_dim,
                                engine.dtype, engine.device)
         self.rows: list[Row] = []  # index = cache row
-        self.prefill: Prefill | None = None
+        self.prefilling: list[Prefill] = []  # admitted requests whose prompt is being read, oldest first
         self.incoming: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self.waiting: deque[Request] = deque()
         self.metrics = Metrics()
@@ -209,7 +224,7 @@ class Batcher:
 
     def queue_length(self) -> int:
         """Requests waiting for a row (or being prefilled)."""
-        return self.incoming.qsize() + len(self.waiting) + (self.prefill is not None)
+        return self.incoming.qsize() + len(self.waiting) + len(self.prefilling)
 
     def running(self) -> int:
         """Requests in the running batch."""
@@ -228,9 +243,9 @@ class Batcher:
         if self.thread is not None:
             self.thread.join(timeout=30)
         for request in [*self._drain_incoming(), *self.waiting, *[r.request for r in self.rows],
-                        *([self.prefill.row.request] if self.prefill else [])]:
+                        *[p.row.request for p in self.prefilling]]:
             self._end(request, "cancelled")
-        self.rows, self.prefill = [], None
+        self.rows, self.prefilling = [], []
         self.waiting.clear()
 
     def _loop(self) -> None:
@@ -251,10 +266,13 @@ class Batcher:
         """One scheduling step (see the module docstring); False when there was nothing to do."""
         self.waiting.extend(self._drain_incoming())
         self._drop_cancelled()
+        while self.waiting and len(self.rows) + len(self.prefilling) < self.max_batch_size:
+            self.prefilling.append(self._start_prefill(self.waiting.popleft()))
+        if not self.rows and not self.prefilling:
+            return False
         with torch.inference_mode():
-            prefilled = self._prefill_chunk()
-            decoded = self._decode()
-        return prefilled or decoded
+            self._forward()
+        return True
 
     def _drain_incoming(self) -> list[Request]:
         arrived = []
@@ -268,36 +286,12 @@ class Batcher:
         for index in reversed(range(len(self.rows))):
             if self.rows[index].request.cancelled:
                 self._leave(index, "cancelled")
-        if self.prefill is not None and self.prefill.row.request.cancelled:
-            self._end(self.prefill.row.request, "cancelled")
-            self.prefill = None
+        for state in [p for p in self.prefilling if p.row.request.cancelled]:
+            self.prefilling.remove(state)
+            self._end(state.row.request, "cancelled")
         for request in [r for r in self.waiting if r.cancelled]:
             self.waiting.remove(request)
             self._end(request, "cancelled")
-
-    def _prefill_chunk(self) -> bool:
-        if self.prefill is None:
-            if not self.waiting or len(self.rows) == self.max_batch_size:
-                return False
-            self.prefill = self._start_prefill(self.waiting.popleft())
-        state, model = self.prefill, self.engine.model
-        prompt = state.row.request.prompt
-        end = min(state.done + self.prefill_chunk, len(prompt))
-        ids = torch.tensor([prompt[state.done:end]], dtype=torch.long, device=self.engine.device)  # (1, T)
-        positions = torch.arange(state.done, end, device=self.engine.device)[None]  # (1, T)
-        hidden = model.encode(ids, positions, None, state.cache)  # (1, T, hidden)
-        state.done = end
-        if end < len(prompt):
-            return True
-        logits = model.target["lm"].logits(hidden[:, -1:])[:, 0]  # (1, vocab)
-        row = state.row
-        row.next_token = self._choose(logits, [row])[0]
-        joins = self._deliver(row, row.next_token)
-        self.prefill = None
-        if joins:
-            self.cache.add(state.cache)
-            self.rows.append(row)
-        return True
 
     def _start_prefill(self, request: Request) -> Prefill:
         device = self.engine.device
@@ -310,26 +304,77 @@ class Batcher:
         self.metrics.prompt_tokens += len(request.prompt)
         return Prefill(row, self.engine.new_cache(1, len(request.prompt)))
 
-    def _decode(self) -> bool:
-        if not self.rows:
-            return False
+    def _forward(self) -> None:
+        """One pass: a token of every running row and a chunk of every prompt being prefilled (module docstring)."""
+        decoding = len(self.rows)
+        chunks = [(state, state.done, min(state.done + self.prefill_chunk, len(state.row.request.prompt)))
+                  for state in self.prefilling]  # (state, first, end) of each prompt's chunk
+        if chunks:
+            ids = [r.next_token for r in self.rows] + [t for s, a, b in chunks for t in s.row.request.prompt[a:b]]
+            positions = [r.position for r in self.rows] + [i for _, a, b in chunks for i in range(a, b)]
+            ids, positions = (torch.tensor([x], dtype=torch.long, device=self.engine.device)
+                              for x in (ids, positions))  # (1, N) each
+            ragged = RaggedPass(self.cache, decoding, [(state.cache, b - a) for state, a, b in chunks])
+            logits, done = self._read_chunks(ids, positions, ragged, chunks)
+        else:  # a plain batched decoding step, the engine's (native where it can: generation/native.py)
+            logits, done = self._decode_step(), []  # (R, vocab)
+        self._count(decoding, bool(chunks))
+        if decoding:
+            self._decoded(logits[:decoding])  # rows may leave: self.rows shrinks
+        if done:
+            self._joined(done, logits[decoding:])
+
+    def _decode_step(self) -> torch.Tensor:
+        """Logits (R, vocab) of one decoding step of the running rows, each (R, 1) over its span of the slot cache."""
         device = self.engine.device
-        mask = self.cache.open_column()  # (rows, length + 1)
-        tokens = torch.tensor([[r.next_token] for r in self.rows], dtype=torch.long, device=device)  # (rows, 1)
-        positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long, device=device)  # (rows, 1)
-        logits = self.engine.forward(tokens, positions, mask, self.cache)[:, 0]  # (rows, vocab)
-        self.metrics.steps += 1
-        self.metrics.rows_decoded += len(self.rows)
-        chosen = self._choose(logits, self.rows)
+        mask = self.cache.open_column()  # (R, length + 1)
+        tokens = torch.tensor([[r.next_token] for r in self.rows], dtype=torch.long, device=device)  # (R, 1)
+        positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long, device=device)  # (R, 1)
+        return self.engine.forward(tokens, positions, mask, self.cache)[:, 0]
+
+    def _read_chunks(self, ids: torch.Tensor, positions: torch.Tensor, ragged: RaggedPass,
+                     chunks: list[tuple[Prefill, int, int]]) -> tuple[torch.Tensor | None, list[Prefill]]:
+        """The pass with prompt chunks: logits (R + len(done), vocab) of the running rows and of the last token
+        of each prompt now read in full (``done``); the LM head runs on those rows only."""
+        model = self.engine.model
+        hidden = model.encode(ids, positions, None, ragged)[0]  # (N, hidden)
+        ends, offset, done = list(range(ragged.decoding)), ragged.decoding, []
+        for state, first, end in chunks:
+            offset, state.done = offset + end - first, end
+            if end == len(state.row.request.prompt):
+                ends.append(offset - 1)
+                done.append(state)
+        return (model.target["lm"].logits(hidden[ends][None])[0] if ends else None), done
+
+    def _count(self, rows: int, prefilled: bool) -> None:
+        metrics = self.metrics
+        metrics.passes += 1
+        if rows:
+            metrics.steps += 1
+            metrics.rows_decoded += rows
+            metrics.mixed_steps += prefilled
+
+    def _decoded(self, logits: torch.Tensor) -> None:
+        """Hand each running row its next token from its logits (R, vocab); finished rows leave."""
         leaving = []
-        for index, (row, token) in enumerate(zip(self.rows, chosen)):
+        for index, (row, token) in enumerate(zip(self.rows, self._choose(logits, self.rows))):
             row.position += 1
             row.next_token = token
             if not self._deliver(row, token):
                 leaving.append(index)
         for index in reversed(leaving):
             self._leave(index, None)
-        return True
+
+    def _joined(self, done: list[Prefill], logits: torch.Tensor) -> None:
+        """Give each fully prefilled request its first token from its logits (len(done), vocab); it joins the
+        running rows unless that token ended it."""
+        for state, token in zip(done, self._choose(logits, [state.row for state in done])):
+            state.row.next_token = token
+            joins = self._deliver(state.row, token)  # may raise (a consumer's bug): _fail ends it as prefilling
+            self.prefilling.remove(state)
+            if joins:
+                self.cache.add(state.cache)
+                self.rows.append(state.row)
 
     def _choose(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
         """The next token of each row (B, vocab) -> B ints, each row with its own settings and generator."""
@@ -381,7 +426,7 @@ class Batcher:
 
     def _fail(self, error: str) -> None:
         """End every running and prefilling request with ``error`` and start afresh."""
-        for request in [r.request for r in self.rows] + ([self.prefill.row.request] if self.prefill else []):
+        for request in [r.request for r in self.rows] + [p.row.request for p in self.prefilling]:
             self._end(request, "error", error)
-        self.rows, self.prefill = [], None
+        self.rows, self.prefilling = [], []
         self.cache.rows = self.cache.length = 0

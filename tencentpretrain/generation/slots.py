@@ -17,11 +17,11 @@ import torch
 from tencentpretrain.layers.kv_cache import KVCache
 
 
-class SlotCache:
+class SlotCache(KVCache):
     """Keys and values of up to ``slots`` rows of up to ``capacity`` columns, plus each row's real-token mask.
 
-    Passed to the model as its cache (the ``update``/``advance``/``length`` of ``KVCache``) for the first
-    ``rows`` rows.
+    A ``KVCache`` (``update``, ``attend``, ``advance``, ``length``) of the first ``rows`` rows; rows are added and
+    removed with ``add``/``remove``, never with ``reorder``.
 
     Args:
         layers_num: transformer layers.
@@ -35,13 +35,10 @@ class SlotCache:
 
     def __init__(self, layers_num: int, slots: int, kv_heads_num: int, capacity: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        shape = (layers_num, slots, kv_heads_num, capacity, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        super().__init__(layers_num, slots, kv_heads_num, capacity, head_dim, dtype, device)
         self.mask = torch.zeros(slots, capacity, dtype=torch.bool, device=device)  # True: a real token of the row
         self.starts = [0] * slots  # first column of each row's span
-        self.rows = 0  # rows in use: 0 .. rows - 1
-        self.length = 0  # columns filled, the same for every row in use
+        self.rows = 0  # rows in use: 0 .. rows - 1; self.length: columns filled, the same for every row in use
 
     @property
     def capacity(self) -> int:

@@ -42,7 +42,8 @@ class MultiHeadedAttention(nn.Module):
             rotary: cos and sin from ``RotaryEmbedding`` for these positions, or None without rotary embedding.
             mask: boolean (B, 1, T, S), True where a query may attend a key; None when ``is_causal`` says it all.
             is_causal: use SDPA's own causal masking (no cache offset, no padding).
-            cache: keys and values of earlier positions, updated in place.
+            cache: keys and values of earlier positions, updated in place; it computes the attention
+                (``KVCache.attend``), so a cache may lay out its rows as it likes.
             layer: this layer's index in ``cache``.
         """
         batch, length, _ = x.shape
@@ -52,11 +53,12 @@ class MultiHeadedAttention(nn.Module):
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, kv_heads, S, head_dim)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.kv_heads_num != self.heads_num,
-        )  # (B, heads, T, head_dim)
+        if cache is not None:  # the cache stores k/v and attends over everything it holds (inference)
+            out = cache.attend(layer, q, k, v, mask, is_causal)  # (B, heads, T, head_dim)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.kv_heads_num != self.heads_num,
+            )  # (B, heads, T, head_dim)
         return self.final_linear(out.transpose(1, 2).reshape(batch, length, -1))

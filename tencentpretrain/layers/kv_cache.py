@@ -1,6 +1,7 @@
 """A preallocated key/value cache for incremental decoding."""
 
 import torch
+import torch.nn.functional as F
 
 
 class KVCache:
@@ -35,6 +36,21 @@ class KVCache:
         self.keys[layer, :, :, self.length:end] = k
         self.values[layer, :, :, self.length:end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+               is_causal: bool = False) -> torch.Tensor:
+        """Store ``k``/``v`` (B, kv_heads, T, head_dim) (``update``), then attend ``q`` (B, heads, T, head_dim)
+        over every position held: (B, heads, T, head_dim).
+
+        Args:
+            layer: the layer's index in the cache.
+            q, k, v: the new positions' queries, keys and values.
+            mask: boolean (B|1, 1, T, S), True where a query may attend a key; None when ``is_causal`` says it all.
+            is_causal: SDPA's own causal masking (a first pass with nothing cached, no padding).
+        """
+        k, v = self.update(layer, k, v)  # (B, kv_heads, S, head_dim)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                                              enable_gqa=q.shape[1] != k.shape[1])
 
     def advance(self, steps: int) -> None:
         """Mark ``steps`` more positions as filled (called once per forward pass, after the last layer)."""

@@ -1,0 +1,217 @@
+"""The continuous batcher in-process, timed in CPU seconds: what a step costs, and a whole load, batch 8 against 1.
+
+On a shared machine wall time measures the other tenants as much as the code; the CPU time of this process (one
+thread: ``torch.set_num_threads(1)``) counts only the cycles it got, so these figures move far less with the load
+than ``bench/serve.py``'s. Two parts, on a random model of a ``bench/generate.py`` size (default ``100m``), weights
+laid out as the server lays them out for the batch size (``packed`` for 8, ``column`` for 1):
+
+- **passes**: one forward pass of the batcher's kind (``generation/ragged.py``), the fastest of ``--repeats``: a
+  prompt chunk of ``--chunk`` tokens alone, ``k`` chunks of different prompts in one pass, ``R`` running rows'
+  decoding step alone, and the same ``R`` rows folded into a pass with a chunk. Prompt tokens/s = chunk tokens over
+  the pass's CPU time; "fold saves" = (chunk alone + decode alone - both in one pass) / decode alone.
+- **load**: ``--clients`` simulated clients submit the requests of ``bench/serve.py``'s workload (prompt and answer
+  lengths drawn the same way, token ids at random, no eos: each request makes exactly its ``max_tokens``), each its
+  next one when its previous one ends, to a ``Batcher`` stepped in this thread; for each ``--batch_sizes`` the
+  generated tokens per CPU second and per wall second, TTFT p50/p95 in CPU seconds, and the passes. No HTTP, no
+  tokenizer: only the scheduling and the model.
+
+Run: ``python bench/batching.py`` (both parts), ``--requests 16 --prompt_tokens 16 64 --max_tokens 64 128`` for the
+decode-heavier mix, ``--size tiny`` for a quick look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from generate import size_config  # noqa: E402
+
+from tencentpretrain.generation import Engine  # noqa: E402
+from tencentpretrain.generation.batching import Batcher, Request  # noqa: E402
+from tencentpretrain.generation.layout import weight_layout  # noqa: E402
+from tencentpretrain.model import build_model  # noqa: E402
+
+
+def cpu_best(run, repeats: int) -> float:
+    """The least CPU time (s) of ``repeats`` calls of ``run`` after one warm-up call."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        run()
+        best = min(best, time.process_time() - start)
+    return best
+
+
+def one_pass(engine: Engine, rows: int, chunks: int, chunk: int, context: int = 128) -> None:
+    """A ragged pass: ``rows`` running rows (``context`` columns each) and ``chunks`` chunks of ``chunk`` tokens of
+    different prompts, each after ``chunk`` tokens already read."""
+    from tencentpretrain.generation.ragged import RaggedPass  # here: --part load also runs on the older batcher
+    from tencentpretrain.generation.slots import SlotCache
+
+    config, model, vocab = engine.config, engine.model, engine.model.vocab_size
+    slots = SlotCache(config.layers_num, max(rows, 1), config.kv_heads_num, context + 2, config.head_dim)
+    slots.rows, slots.length = rows, context
+    slots.mask[:rows, :context] = True
+    caches = []
+    for _ in range(chunks):
+        cache = engine.new_cache(1, 2 * chunk)
+        cache.advance(chunk)
+        caches.append(cache)
+    ragged = RaggedPass(slots, rows, [(cache, chunk) for cache in caches])
+    tokens = rows + chunks * chunk
+    ids = torch.randint(3, vocab, (1, tokens))
+    positions = torch.tensor([[context] * rows + list(range(chunk, 2 * chunk)) * chunks])
+    with torch.inference_mode():
+        hidden = model.encode(ids, positions, None, ragged)[0]  # (N, hidden)
+        ends = list(range(rows)) + [rows + (i + 1) * chunk - 1 for i in range(chunks)]
+        model.target["lm"].logits(hidden[ends][None])
+
+
+def passes(engine: Engine, layout: str, args) -> None:
+    """The table of single passes."""
+    chunk, repeats = args.chunk, args.repeats
+    alone = cpu_best(lambda: one_pass(engine, 0, 1, chunk), repeats)
+    print(f"\n| pass ({layout}) | CPU ms | prompt tok/s | vs 1 chunk |\n|---|---|---|---|")
+    print(f"| 1 chunk of {chunk} | {alone * 1e3:.1f} | {chunk / alone:.0f} | 1.00x |")
+    for k in args.several:
+        t = cpu_best(lambda k=k: one_pass(engine, 0, k, chunk), repeats)
+        speed = k * chunk / t
+        print(f"| {k} chunks of {chunk} | {t * 1e3:.1f} | {speed:.0f} | {speed / (chunk / alone):.2f}x |")
+    print(f"\n| running rows ({layout}) | decode alone CPU ms | chunk + rows in one pass CPU ms | fold saves |"
+          "\n|---|---|---|---|")
+    for rows in args.rows:
+        decode = cpu_best(lambda r=rows: one_pass(engine, r, 0, chunk), repeats)
+        both = cpu_best(lambda r=rows: one_pass(engine, r, 1, chunk), repeats)
+        print(f"| {rows} | {decode * 1e3:.1f} | {both * 1e3:.1f} | {(alone + decode - both) / decode:.0%} |")
+
+
+class Client(Request):
+    """A request of a simulated client: notes the CPU time of its first token and submits the client's next one."""
+
+    def __init__(self, prompt, max_tokens, clock, on_end):
+        super().__init__(prompt, max_tokens)
+        self.clock, self.on_end = clock, on_end
+        self.submitted, self.first = clock(), None
+
+    def accept(self, token: int) -> bool:
+        if self.first is None:
+            self.first = self.clock()
+        return True
+
+    def finish(self, reason: str, error: str | None = None) -> None:
+        self.error = error
+        self.on_end(self)
+
+
+def workload(args, vocab: int) -> list[tuple[list[int], int]]:
+    """(prompt ids, max_tokens) of each request: the lengths ``bench/serve.py`` draws (seed 0), random ids."""
+    rng, g = random.Random(0), torch.Generator().manual_seed(0)
+    jobs = []
+    for _ in range(args.requests):
+        words = max(1, int(rng.randint(*args.prompt_tokens) / 1.3))
+        rng.choices(range(10), k=words)  # serve.py draws its words here: keep the same random stream
+        tokens = max(1, round(words * 1.3))
+        jobs.append(([1] + torch.randint(3, vocab, (tokens,), generator=g).tolist(), rng.randint(*args.max_tokens)))
+    return jobs
+
+
+def load(engine: Engine, batch: int, jobs: list, args) -> dict:
+    """Run ``jobs`` through ``args.clients`` clients on a batcher of ``batch`` rows; CPU and wall figures."""
+    batcher = Batcher(engine, batch, max_length=args.seq_length, prefill_chunk=args.chunk)
+    todo, ended = list(jobs), []
+
+    def next_request(previous: Client | None = None) -> None:
+        if previous is not None:
+            ended.append(previous)
+        if todo:
+            prompt, max_tokens = todo.pop(0)
+            batcher.submit(Client(prompt, max_tokens, time.process_time, next_request))
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(args.clients):
+        next_request()
+    while batcher.step():
+        pass
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    failed = [r.error for r in ended if r.error is not None]
+    if failed:
+        raise RuntimeError(f"{len(failed)} requests failed: {failed[0]}")
+    tokens = sum(r.completion_tokens for r in ended)
+    ttft = [r.first - r.submitted for r in ended]
+    quantiles = statistics.quantiles(ttft, n=100, method="inclusive")
+    m = batcher.metrics
+    older = "?"  # a batcher older than the ragged pass counts neither
+    return {"requests": len(ended), "tokens": tokens, "cpu": cpu, "wall": wall, "tps": tokens / cpu,
+            "wall_tps": tokens / wall, "ttft50": quantiles[49], "ttft95": quantiles[94],
+            "passes": getattr(m, "passes", older), "steps": m.steps, "mixed": getattr(m, "mixed_steps", older),
+            "occupancy": m.rows_decoded / max(m.steps, 1)}
+
+
+def loads(model, args) -> None:
+    """The load table, batch sizes in turn on the same requests."""
+    jobs = workload(args, model.vocab_size)
+    print(f"\n{len(jobs)} requests, {sum(len(p) for p, _ in jobs)} prompt tokens, {sum(m for _, m in jobs)} to "
+          f"generate, {args.clients} clients, --prefill_chunk {args.chunk}")
+    print("| max_batch_size | layout | tokens | CPU s | tokens/CPU s | wall s | tokens/wall s | TTFT p50 CPU ms | "
+          "TTFT p95 CPU ms | passes | decode steps | of which mixed | rows per step |\n|" + "---|" * 13)
+    figures = {}
+    for batch in args.batch_sizes:
+        engine, layout = engine_for(model, batch)
+        f = figures[batch] = load(engine, batch, jobs, args)
+        print(f"| {batch} | {layout} | {f['tokens']} | {f['cpu']:.1f} | {f['tps']:.1f} | {f['wall']:.1f} | "
+              f"{f['wall_tps']:.1f} | {f['ttft50'] * 1e3:.0f} | {f['ttft95'] * 1e3:.0f} | {f['passes']} | "
+              f"{f['steps']} | {f['mixed']} | {f['occupancy']:.2f} |", flush=True)
+    if len(figures) >= 2:
+        (b0, first), (b1, other) = list(figures.items())[:2]
+        print(f"\nbatch {b0} vs {b1}: tokens per CPU second {first['tps'] / other['tps']:.2f}x, per wall second "
+              f"{first['wall_tps'] / other['wall_tps']:.2f}x; p95 TTFT (CPU) {other['ttft95'] / first['ttft95']:.2f}x "
+              "lower")
+
+
+def engine_for(model, batch: int) -> tuple[Engine, str]:
+    """An engine over a copy of ``model`` laid out as the server lays it out for ``batch`` rows, and the layout."""
+    import copy
+
+    layout = weight_layout("auto", batch)
+    return Engine(copy.deepcopy(model), eos_ids=[], layout=layout, batch_size=batch), layout
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="100m", choices=("tiny", "100m"), help="model preset (bench/generate.py)")
+    parser.add_argument("--part", choices=("passes", "load", "both"), default="both")
+    parser.add_argument("--chunk", type=int, default=64, help="--prefill_chunk")
+    parser.add_argument("--several", type=int, nargs="+", default=[2, 4, 8], help="chunks in one pass")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 7], help="running rows folded into a pass")
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes (the fastest is reported)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--prompt_tokens", type=int, nargs=2, default=(16, 256), metavar=("MIN", "MAX"))
+    parser.add_argument("--max_tokens", type=int, nargs=2, default=(16, 96), metavar=("MIN", "MAX"))
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[8, 1])
+    parser.add_argument("--seq_length", type=int, default=512)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model(size_config(args.size)).eval()
+    print(f"model {args.size} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters), 1 thread")
+    if args.part in ("passes", "both"):
+        for batch in dict.fromkeys(args.batch_sizes):
+            passes(*engine_for(model, batch), args)
+    if args.part in ("load", "both"):
+        loads(model, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

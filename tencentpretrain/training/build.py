@@ -152,12 +152,29 @@ def check_dataset(dataset: BinaryDataset, opts: TrainOptions, config: ModelConfi
         if meta.get("tokenizer_fingerprint") != mine:
             raise SetupError(f"{where} was tokenized with another tokenizer: its fingerprint is "
                              f"{meta.get('tokenizer_fingerprint')}, {opts.spm_model_path} has {mine}")
-    if opts.data_processor and meta.get("data_processor") != opts.data_processor:
-        raise SetupError(f"{where} was made by data processor {meta.get('data_processor')!r}, "
-                         f"--data_processor says {opts.data_processor!r}")
-    if dataset.seq_length > config.max_seq_length:
-        raise SetupError(f"{where} has seq_length {dataset.seq_length} > max_seq_length {config.max_seq_length} "
-                         f"of {opts.config_path}")
+    processor, source = expected_processor(opts, config)
+    if processor and meta.get("data_processor") != processor:
+        raise SetupError(f"{where} was made by data processor {meta.get('data_processor')!r}, {source} says "
+                         f"{processor!r}")
+    if opts.seq_length is not None and opts.seq_length > dataset.seq_length:
+        raise SetupError(f"--seq_length {opts.seq_length} > seq_length {dataset.seq_length} of {where}: samples can "
+                         "be truncated, not lengthened")
+    if seq_length_of(opts, dataset) > config.max_seq_length:
+        raise SetupError(f"{where} has seq_length {seq_length_of(opts, dataset)} > max_seq_length "
+                         f"{config.max_seq_length} of {opts.config_path} (truncate with --seq_length)")
+
+
+def expected_processor(opts: TrainOptions, config: ModelConfig) -> tuple[str | None, str]:
+    """The data processor the dataset must come from, and who says so: ``--data_processor``, else the config's
+    ``data_processor`` (TencentPretrain's rule: a flag on the command line wins over the config file's key)."""
+    if opts.data_processor:
+        return opts.data_processor, "--data_processor"
+    return config.data_processor, f"the \"data_processor\" of {opts.config_path} (override with --data_processor)"
+
+
+def seq_length_of(opts: TrainOptions, dataset: BinaryDataset) -> int:
+    """Input positions per sample: ``--seq_length`` (samples are truncated to it), else the dataset's."""
+    return opts.seq_length or dataset.seq_length
 
 
 def vocab_size_of(opts: TrainOptions, config: ModelConfig, dataset: BinaryDataset,
@@ -292,10 +309,11 @@ def build(opts: TrainOptions, info: DistInfo, trace: MemoryTrace | None = None) 
     model = build_model_state(opts, config, vocab_size, context, info, trace, tokenizer)
     engine = build_engine(opts, model, ds_config, info)
     trace.mark("building the engine (optimizer)")
-    loader = DataLoader(dataset, opts.batch_size, info.rank, info.world_size, seed=opts.seed, shuffle=True)
+    loader = DataLoader(dataset, opts.batch_size, info.rank, info.world_size, seed=opts.seed, shuffle=True,
+                        seq_length=opts.seq_length)
     start_step, skipped = resume(opts, engine, loader, info) if resuming(opts) else (0, 0)
     logger = TrainLogger(opts.log_file, opts.tensorboard_dir, info.is_main, start_step)
-    fpt = model_flops_per_token(config, dataset.seq_length, vocab_size)
+    fpt = model_flops_per_token(config, seq_length_of(opts, dataset), vocab_size)
     peak_dtype = DTYPES[opts.precision] if info.device.type == "cuda" else torch.float32
     peak = opts.peak_flops or measure_matmul_peak(info.device, peak_dtype)
     return Run(opts, info, config, engine, loader, dev, logger, fpt, peak, start_step, skipped)

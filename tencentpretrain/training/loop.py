@@ -106,7 +106,9 @@ def report(run: Run, window: Window, step: int, lr: float, began: float) -> None
 
 def evaluate(run: Run, step: int) -> float:
     """Mean loss over ``--dev_batches`` batches of the dev set (the same batches every time)."""
-    loader = DataLoader(run.dev_dataset, run.opts.batch_size, run.dist.rank, run.dist.world_size, shuffle=False)
+    seq_length = min(run.opts.seq_length or run.dev_dataset.seq_length, run.dev_dataset.seq_length)
+    loader = DataLoader(run.dev_dataset, run.opts.batch_size, run.dist.rank, run.dist.world_size, shuffle=False,
+                        seq_length=seq_length)
     loss_sum = targets = 0.0
     run.engine.train(False)
     with torch.no_grad():

@@ -187,6 +187,29 @@ def test_watchdog_stops_after_too_many_skipped_steps(setting, tmp_path, capsys):
         train(run)
 
 
+def test_fp16_overflow_counts_as_skipped_and_stays_out_of_the_grad_norm(setting, tmp_path):
+    folder, dataset, spm, config = setting
+    out = tmp_path / "m"  # fp16 autocast and GradScaler run on the CPU too
+    opts, info = build_module.setup(train_argv(dataset, spm, config, out, "--fp16", "--max_skipped_steps", "0",
+                                               steps=4, save=4))
+    run = build_module.build(opts, info)
+    weight = run.engine.model.encoder.transformer[0].feed_forward.linear_1.weight
+    calls = {"n": 0}
+
+    def overflow(grad):  # the second step's gradients overflow
+        calls["n"] += 1
+        return grad * math.inf if calls["n"] == 2 else grad
+
+    weight.register_hook(overflow)
+    train(run)
+    run.logger.close()
+    records = [json.loads(line) for line in out.with_name("m-log.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in records] == [0, 1, 1, 1]
+    assert [r["grad_norm"] is None for r in records] == [False, True, False, False]  # step 2 took no step
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in records if r["step"] != 2)
+    assert run.skipped_steps == 1 and run.overflow_steps == 1  # counted, but never stops the run
+
+
 @pytest.fixture(scope="module")
 def start_checkpoint(setting):
     folder, _, _, config = setting

@@ -49,7 +49,8 @@ class Run:
     flops_per_token: float
     peak_flops: float
     start_step: int = 0
-    skipped_steps: int = 0
+    skipped_steps: int = 0  # all skipped steps, fp16 loss-scale overflows included
+    overflow_steps: int = 0  # of which fp16 loss-scale overflows
 
 
 def note(message: str) -> None:
@@ -311,16 +312,16 @@ def build(opts: TrainOptions, info: DistInfo, trace: MemoryTrace | None = None) 
     trace.mark("building the engine (optimizer)")
     loader = DataLoader(dataset, opts.batch_size, info.rank, info.world_size, seed=opts.seed, shuffle=True,
                         seq_length=opts.seq_length)
-    start_step, skipped = resume(opts, engine, loader, info) if resuming(opts) else (0, 0)
+    start_step, skipped, overflows = resume(opts, engine, loader, info) if resuming(opts) else (0, 0, 0)
     logger = TrainLogger(opts.log_file, opts.tensorboard_dir, info.is_main, start_step)
     fpt = model_flops_per_token(config, seq_length_of(opts, dataset), vocab_size)
     peak_dtype = DTYPES[opts.precision] if info.device.type == "cuda" else torch.float32
     peak = opts.peak_flops or measure_matmul_peak(info.device, peak_dtype)
-    return Run(opts, info, config, engine, loader, dev, logger, fpt, peak, start_step, skipped)
+    return Run(opts, info, config, engine, loader, dev, logger, fpt, peak, start_step, skipped, overflows)
 
 
-def resume(opts: TrainOptions, engine: Engine, loader: DataLoader, info: DistInfo) -> tuple[int, int]:
-    """Load the latest (or the given) training state; returns (step, skipped steps so far)."""
+def resume(opts: TrainOptions, engine: Engine, loader: DataLoader, info: DistInfo) -> tuple[int, int, int]:
+    """Load the latest (or the given) training state; returns (step, skipped steps, overflowed steps so far)."""
     flag = "--resume_from_checkpoint" if opts.resume_from_checkpoint else "--resume"
     where = opts.resume_from_checkpoint or checkpointing.state_root(opts.output_model_path)
     with naming(flag, where):
@@ -329,5 +330,5 @@ def resume(opts: TrainOptions, engine: Engine, loader: DataLoader, info: DistInf
         state = checkpointing.load_rank_state(Path(directory), info.rank)
     loader.load_state_dict(state["loader"])
     note(f"resumed from {directory} at step {state['step']}")
-    return int(state["step"]), int(state.get("skipped_steps", 0))
+    return int(state["step"]), int(state.get("skipped_steps", 0)), int(state.get("overflow_steps", 0))
 

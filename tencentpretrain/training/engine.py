@@ -52,10 +52,18 @@ class DistInfo:
 
 @dataclass(frozen=True)
 class StepResult:
-    """What an optimizer step did: the gradient norm before clipping, and whether it was skipped."""
+    """What an optimizer step did.
+
+    Attributes:
+        grad_norm: the gradient norm before clipping (not finite when the step was skipped for it).
+        skipped: the optimizer did not update the weights (a non-finite loss or gradient).
+        scale_overflow: the skip was fp16 loss scaling's: the scaled gradients overflowed and the scale was
+            lowered. Expected now and then; it does not count towards ``--max_skipped_steps``.
+    """
 
     grad_norm: float
     skipped: bool
+    scale_overflow: bool = False
 
 
 class LossModule(nn.Module):
@@ -155,7 +163,7 @@ class PlainEngine(Engine):
         self.scaler.unscale_(self.optimizer)
         limit = self.max_grad_norm if self.max_grad_norm > 0 else math.inf
         norm = float(torch.nn.utils.clip_grad_norm_(self.params, limit))
-        skipped = not math.isfinite(norm)
+        skipped = not math.isfinite(norm)  # the unscaled gradients: also how GradScaler finds an overflow
         if self.scaler.is_enabled():
             self.scaler.step(self.optimizer)  # skips by itself on overflow and lowers the scale
             self.scaler.update()
@@ -163,7 +171,7 @@ class PlainEngine(Engine):
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(norm, skipped and not self.scaler.is_enabled())
+        return StepResult(norm, skipped, scale_overflow=skipped and self.scaler.is_enabled())
 
     @property
     def lr(self) -> float:

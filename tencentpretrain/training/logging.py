@@ -22,8 +22,9 @@ def format_eta(seconds: float) -> str:
 
 def progress_line(record: dict) -> str:
     """One line: step, loss, perplexity, lr, grad norm, tokens/s, MFU, ETA (and skipped steps when any)."""
+    norm = record["grad_norm"]  # None when every step since the last line was skipped
     line = (f"| step {record['step']:>7d}/{record['total_steps']} | loss {record['loss']:.4f} "
-            f"| ppl {record['ppl']:9.2f} | lr {record['lr']:.3e} | grad norm {record['grad_norm']:.3f} "
+            f"| ppl {record['ppl']:9.2f} | lr {record['lr']:.3e} | grad norm {'-' if norm is None else f'{norm:.3f}'} "
             f"| {record['tokens_per_s']:,.0f} tok/s | MFU {100 * record['mfu']:.1f}% | ETA {record['eta']}")
     return line + (f" | skipped {record['skipped_steps']}" if record.get("skipped_steps") else "")
 

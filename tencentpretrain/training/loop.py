@@ -20,7 +20,7 @@ from tencentpretrain.cli import InputError
 from tencentpretrain.data import DataLoader
 from tencentpretrain.training import checkpointing
 from tencentpretrain.training.build import Run, build, note, setup
-from tencentpretrain.training.engine import DTYPES
+from tencentpretrain.training.engine import DTYPES, StepResult
 from tencentpretrain.training.flops import measure_matmul_peak
 from tencentpretrain.training.logging import format_eta
 
@@ -37,7 +37,8 @@ class Window:
     loss_sum: float = 0.0  # sum over counted targets of their loss
     targets: float = 0.0  # counted targets
     tokens: float = 0.0  # real (non-pad) input tokens
-    grad_norm_sum: float = 0.0
+    grad_norm_sum: float = 0.0  # over the steps taken (a skipped step's norm is not finite)
+    norm_steps: int = 0  # steps taken
     steps: int = 0
     start: float = 0.0
 
@@ -65,14 +66,10 @@ def train(run: Run) -> int:
         step += 1
         window.steps += 1
         if result.skipped:
-            run.skipped_steps += 1
-            note(f"step {step}: non-finite loss or gradient norm, step skipped "
-                 f"({run.skipped_steps}/{opts.max_skipped_steps})")
-            if run.skipped_steps > opts.max_skipped_steps:
-                raise TrainingStopped(f"stopped at step {step}: {run.skipped_steps} steps skipped for non-finite "
-                                      f"loss or gradients (--max_skipped_steps {opts.max_skipped_steps})")
+            count_skipped(run, step, result)
         else:
             window.grad_norm_sum += result.grad_norm
+            window.norm_steps += 1
         if step % opts.report_steps == 0 or step == opts.total_steps:
             report(run, window, step, lr, began)
             window.reset()
@@ -81,6 +78,21 @@ def train(run: Run) -> int:
         if step % opts.save_checkpoint_steps == 0 or step == opts.total_steps:
             save(run, step, final=step == opts.total_steps)
     return step
+
+
+def count_skipped(run: Run, step: int, result: StepResult) -> None:
+    """The watchdog: count a skipped step; stop once more than ``--max_skipped_steps`` were skipped for a
+    non-finite loss or gradient (fp16 loss-scale overflows are counted, and logged, but never stop a run)."""
+    run.skipped_steps += 1
+    if result.scale_overflow:
+        run.overflow_steps += 1
+        note(f"step {step}: fp16 gradients overflowed, step skipped and the loss scale lowered")
+        return
+    faulty, most = run.skipped_steps - run.overflow_steps, run.opts.max_skipped_steps
+    note(f"step {step}: non-finite loss or gradient norm, step skipped ({faulty}/{most})")
+    if faulty > most:
+        raise TrainingStopped(f"stopped at step {step}: {faulty} steps skipped for non-finite loss or gradients "
+                              f"(--max_skipped_steps {most})")
 
 
 def report(run: Run, window: Window, step: int, lr: float, began: float) -> None:
@@ -97,7 +109,7 @@ def report(run: Run, window: Window, step: int, lr: float, began: float) -> None
         dtype = DTYPES[run.opts.precision] if run.dist.device.type == "cuda" else torch.float32
         run.peak_flops = max(run.peak_flops, measure_matmul_peak(run.dist.device, dtype))
     record = {"split": "train", "step": step, "total_steps": run.opts.total_steps, "loss": loss,
-              "ppl": math.exp(min(loss, 50.0)), "lr": lr, "grad_norm": window.grad_norm_sum / max(window.steps, 1),
+              "ppl": math.exp(min(loss, 50.0)), "lr": lr, "grad_norm": window.grad_norm_sum / window.norm_steps if window.norm_steps else None,
               "tokens_per_s": tokens_per_s,
               "mfu": run.flops_per_token * tokens_per_s / (run.peak_flops * world),
               "eta": format_eta(eta), "skipped_steps": run.skipped_steps, "time": time.time()}
@@ -139,7 +151,8 @@ def save(run: Run, step: int, final: bool) -> None:
     info.barrier()
     run.engine.save(stage)
     checkpointing.save_rank_state(stage, info.rank, {"step": step, "loader": run.loader.state_dict(),
-                                                      "skipped_steps": run.skipped_steps})
+                                                      "skipped_steps": run.skipped_steps,
+                                                      "overflow_steps": run.overflow_steps})
     info.barrier()
     if info.is_main:
         checkpointing.publish_state(opts.output_model_path, step)

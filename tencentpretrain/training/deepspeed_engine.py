@@ -170,14 +170,22 @@ class DeepSpeedEngine(Engine):
             self.ds.step()  # DeepSpeed counts micro-steps in step(); it only updates at the boundary
 
     def step(self) -> StepResult:
-        skipped, self._poisoned_window = self._poisoned_window, False
-        if skipped:  # the gradients are zeros; with lr 0 AdamW leaves the weights as they are
+        """Step, or skip: a non-finite loss on some rank (its gradients were zeroed: step with lr 0), or a
+        non-finite gradient norm (DeepSpeed's ZeRO and fp16/bf16 optimizers then discard the step themselves)."""
+        poisoned, self._poisoned_window = self._poisoned_window, False
+        if poisoned:  # the gradients are zeros; with lr 0 AdamW leaves the weights as they are
             for group in self.optimizer.param_groups:
                 group["lr"] = 0.0
+        discarded = self.ds.skipped_steps
         self.ds.step()  # then the schedule sets the next step's lr
+        discarded = self.ds.skipped_steps > discarded
+        if discarded:  # DeepSpeed does not advance the schedule on a step it discards; the plain engine does
+            self.scheduler.step()
         norm = self.ds.get_global_grad_norm()
         norm = float(norm) if norm is not None else math.nan
-        return StepResult(math.nan if skipped else norm, skipped)
+        skipped = poisoned or discarded or not math.isfinite(norm)
+        return StepResult(math.nan if poisoned else norm, skipped,
+                          scale_overflow=discarded and not poisoned and self.ds.fp16_enabled())
 
     @property
     def lr(self) -> float:

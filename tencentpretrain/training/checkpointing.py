@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tencentpretrain.checkpoint import CheckpointError, atomic_path, save_state_dict
+from tencentpretrain.checkpoint import CheckpointError, atomic_path, replace_dir, save_state_dict
 
 LATEST = "latest"
 
@@ -56,12 +56,7 @@ def staging_dir(output: str, step: int) -> Path:
 def publish_state(output: str, step: int) -> Path:
     """Rename the staged state of ``step`` into place and point ``latest`` at it (rank 0 only)."""
     root, final = state_root(output), state_root(output) / str(step)
-    if final.exists():  # the same step saved again after a resume: move the old one aside first
-        old = root / f".old-{step}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(staging_dir(output, step), final)
+    replace_dir(staging_dir(output, step), final)  # the same step may have been saved before a resume
     with atomic_path(root / LATEST) as tmp:
         tmp.write_text(f"{step}\n")
     return final

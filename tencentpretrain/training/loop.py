@@ -108,8 +108,9 @@ def report(run: Run, window: Window, step: int, lr: float, began: float) -> None
         # The start-up measurement ran while the machine was busy: measure the peak again rather than show MFU > 1.
         dtype = DTYPES[run.opts.precision] if run.dist.device.type == "cuda" else torch.float32
         run.peak_flops = max(run.peak_flops, measure_matmul_peak(run.dist.device, dtype))
+    norm = window.grad_norm_sum / window.norm_steps if window.norm_steps else None  # None: every step skipped
     record = {"split": "train", "step": step, "total_steps": run.opts.total_steps, "loss": loss,
-              "ppl": math.exp(min(loss, 50.0)), "lr": lr, "grad_norm": window.grad_norm_sum / window.norm_steps if window.norm_steps else None,
+              "ppl": math.exp(min(loss, 50.0)), "lr": lr, "grad_norm": norm,
               "tokens_per_s": tokens_per_s,
               "mfu": run.flops_per_token * tokens_per_s / (run.peak_flops * world),
               "eta": format_eta(eta), "skipped_steps": run.skipped_steps, "time": time.time()}

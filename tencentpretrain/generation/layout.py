@@ -102,9 +102,7 @@ def apply_layout(model: nn.Module, layout: str, rows: int = 8) -> None:
         if layout == "column" or type(module) is not nn.Linear or module.weight.numel() < PACK_MIN_WEIGHTS:
             column_major(module)
             continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, PackedLinear(module, rows, keep_dense=layout == "both"))
+        model.set_submodule(name, PackedLinear(module, rows, keep_dense=layout == "both"), strict=True)
 
 
 def weight_layout(choice: str, batch_size: int, device: str | torch.device = "cpu",

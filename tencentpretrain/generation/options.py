@@ -9,6 +9,7 @@ import torch
 
 from tencentpretrain.cli import InputError, naming
 from tencentpretrain.config import ModelConfig
+from tencentpretrain.dtypes import TORCH_DTYPES
 from tencentpretrain.generation.engine import Engine, load_generation_model
 from tencentpretrain.generation.layout import LAYOUTS, weight_layout
 from tencentpretrain.generation.quant import quantize_int8
@@ -16,8 +17,6 @@ from tencentpretrain.generation.sampling import SamplingParams
 from tencentpretrain.registry import TEMPLATES
 from tencentpretrain.tokenizers import SentencePieceTokenizer
 from tencentpretrain.vocab import check_vocab, vocab_rows
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +36,7 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--spm_model_path", help="SentencePiece model (default: tokenizer.model of a HF directory)")
     group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                        help="torch device (default: cuda when available, else cpu)")
-    group.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    group.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None,
                        help="weight dtype (default: float32 on cpu, bfloat16 on cuda)")
     group.add_argument("--int8", action="store_true",
                        help="weight-only int8 linear layers, one scale per output channel (about 4x less memory)")
@@ -72,7 +71,7 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1) -> tuple[Engine, 
         raise InputError("--spm_model_path is required for a checkpoint file")
     with naming("--spm_model_path", spm):
         tokenizer = SentencePieceTokenizer(spm)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if args.device == "cpu" else torch.bfloat16)
+    dtype = TORCH_DTYPES[args.dtype] if args.dtype else (torch.float32 if args.device == "cpu" else torch.bfloat16)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     with naming("--load_model_path", args.load_model_path), naming("--config_path", args.config_path):

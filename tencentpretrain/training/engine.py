@@ -19,8 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from tencentpretrain.checkpoint import CheckpointError
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from tencentpretrain.dtypes import DTYPES
 
 
 @dataclass(frozen=True)

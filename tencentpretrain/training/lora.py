@@ -148,12 +148,6 @@ def freeze_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     return frozen
 
 
-def _replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
                target_modules: Sequence[str] = ("linear_layers.*",), train_modules: Sequence[str] = ()) -> None:
     """Add LoRA adapters to the linear layers matching ``target_modules`` and freeze the rest of the model.
@@ -180,7 +174,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
     _check_patterns(config.train_modules, param_names, "LoRA train_modules")
     for name in linears:
         if any(name_matches(p, name) for p in config.target_modules):
-            _replace_module(model, name, LoraLinear(model.get_submodule(name), rank, alpha, dropout))
+            model.set_submodule(name, LoraLinear(model.get_submodule(name), rank, alpha, dropout), strict=True)
     for name, param in model.named_parameters(remove_duplicate=False):
         param.requires_grad_(_is_lora(name))
     for name, param in model.named_parameters(remove_duplicate=False):  # second pass: tied weights stay trainable
@@ -214,7 +208,7 @@ def merge_lora(model: nn.Module) -> None:
             module.weight.copy_((module.weight.to(torch.float32) + module.delta_weight()).to(module.weight.dtype))
         plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
         plain.weight, plain.bias = module.weight, module.bias
-        _replace_module(model, name, plain)
+        model.set_submodule(name, plain, strict=True)
     if hasattr(model, "lora_config"):
         del model.lora_config
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generate import prompts_for, size_config  # noqa: E402
 
-from tencentpretrain.generation import Engine  # noqa: E402
+from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
 from tencentpretrain.generation.layout import packing_available  # noqa: E402
 from tencentpretrain.generation.threads import use_threads  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
@@ -41,17 +41,22 @@ def timed_runs(engine: Engine, prompt: list[int], threads: int, new_tokens: int)
     return first, time.perf_counter() - start, tokens
 
 
+def prepared(model, layout: str = "column") -> Engine:
+    """An engine over ``model`` laid out for one prompt at a time."""
+    return Engine(prepare_for_inference(model, layout=layout, batch_size=1))
+
+
 def bench_size(name: str, args) -> str:
     torch.manual_seed(0)
     model = build_model(size_config(name)).eval()
     prompt = prompts_for(1, model.vocab_size)[0]
-    split = Engine(copy.deepcopy(model))
+    split = prepared(copy.deepcopy(model))
     use_threads(split.model, args.threads)
     t = args.threads
-    variants = {"1 thread": (Engine(model), 1), f"{t} threads": (Engine(copy.deepcopy(model)), t),
+    variants = {"1 thread": (prepared(model), 1), f"{t} threads": (prepared(copy.deepcopy(model)), t),
                 f"{t} threads split": (split, t)}
     if packing_available():
-        variants[f"{t} threads packed"] = (Engine(copy.deepcopy(model), layout="packed", batch_size=1), t)
+        variants[f"{t} threads packed"] = (prepared(copy.deepcopy(model), "packed"), t)
     times = {label: ([], []) for label in variants}
     tokens = {label: timed_runs(engine, prompt, threads, args.new_tokens)[2]  # warm-up
               for label, (engine, threads) in variants.items()}

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import confident_model
 
-from tencentpretrain.generation import Engine, SamplingParams
+from tencentpretrain.generation import Engine, SamplingParams, prepare_for_inference
 from tencentpretrain.generation.batching import Batcher, Request, TokenRequest
 from tencentpretrain.generation.slots import SlotCache
 from tencentpretrain.generation.threads import ThreadedGatedFeedForward, ThreadedLinear, ThreadTeam, use_threads
@@ -271,7 +271,7 @@ def test_threads_split_the_dense_copy_of_packed_layers(model, monkeypatch):
     monkeypatch.setattr("tencentpretrain.generation.threads.SPLIT_MIN_WEIGHTS", 1)
     threads_before = torch.get_num_threads()
     single = Engine(copy.deepcopy(model), eos_ids=[2])
-    both = Engine(copy.deepcopy(model), eos_ids=[2], layout="both", batch_size=4)
+    both = Engine(prepare_for_inference(copy.deepcopy(model), layout="both", batch_size=4), eos_ids=[2])
     try:
         use_threads(both.model, 2)
         packed = [m for m in both.model.modules() if isinstance(m, PackedLinear)]
@@ -280,7 +280,7 @@ def test_threads_split_the_dense_copy_of_packed_layers(model, monkeypatch):
             assert both.generate([prompt], 30) == single.generate([prompt], 30)
         batch = prompts(3, seed=12)
         assert both.generate(batch, 15) == single.generate(batch, 15)  # several rows: oneDNN
-        packed_only = Engine(copy.deepcopy(model), eos_ids=[2], layout="packed", batch_size=4)
+        packed_only = Engine(prepare_for_inference(copy.deepcopy(model), layout="packed", batch_size=4), eos_ids=[2])
         use_threads(packed_only.model, 2)
         assert not packed_only.model._forward_pre_hooks  # oneDNN keeps PyTorch's threads for one token
         assert packed_only.generate(batch[:1], 15) == single.generate(batch[:1], 15)

@@ -12,7 +12,7 @@ from tencentpretrain.config import ModelConfig
 from tencentpretrain.dtypes import TORCH_DTYPES
 from tencentpretrain.generation.engine import Engine, load_generation_model
 from tencentpretrain.generation.layout import LAYOUTS, weight_layout
-from tencentpretrain.generation.quant import quantize_int8
+from tencentpretrain.generation.prepare import prepare_for_inference
 from tencentpretrain.generation.sampling import SamplingParams
 from tencentpretrain.registry import TEMPLATES
 from tencentpretrain.tokenizers import SentencePieceTokenizer
@@ -77,11 +77,9 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1) -> tuple[Engine, 
     with naming("--load_model_path", args.load_model_path), naming("--config_path", args.config_path):
         model = load_generation_model(args.load_model_path, args.config_path, device=args.device, dtype=dtype)
     check_model_vocab(model, tokenizer, args)
-    if args.int8:
-        quantize_int8(model)
     layout = weight_layout(args.weight_layout, batch_size, args.device, dtype)
-    engine = Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id, layout=layout,
-                    batch_size=batch_size)
+    prepare_for_inference(model, int8=args.int8, layout=layout, batch_size=batch_size)
+    engine = Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id)
     return engine, tokenizer
 
 

@@ -29,9 +29,10 @@ def _rank_main(rank: int, world: int, port: int) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
     from tencentpretrain import ModelConfig, build_model
-    from tencentpretrain.training.deepspeed_engine import DeepSpeedEngine, init_partitioned, partitioned_build
+    from tencentpretrain.training.deepspeed_engine import DeepSpeedEngine, partitioned_build
     from tencentpretrain.training.engine import DistInfo
     from tencentpretrain.training.optim import build_adamw, build_scheduler, param_groups
+    from tencentpretrain.training.weights import init_partitioned
 
     deepspeed.init_distributed(dist_backend="gloo")
     torch.manual_seed(0)

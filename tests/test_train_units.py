@@ -14,11 +14,12 @@ from tencentpretrain.checkpoint import CheckpointError
 from tencentpretrain.cli import run_cli
 from tencentpretrain.registry import SCHEDULERS
 from tencentpretrain.training import checkpointing
-from tencentpretrain.training.deepspeed_engine import deepspeed_config
-from tencentpretrain.training.engine import DistInfo, PlainEngine
+from tencentpretrain.training.deepspeed_config import deepspeed_config
+from tencentpretrain.training.engine import DistInfo
 from tencentpretrain.training.logging import TrainLogger, progress_line, read_log
 from tencentpretrain.training.optim import build_scheduler, param_groups, warmup_steps_of
 from tencentpretrain.training.options import build_parser, parse_options
+from tencentpretrain.training.plain_engine import PlainEngine
 
 BASE = ["--output_model_path", "out/m", "--config_path", "c.json"]
 

@@ -1,14 +1,22 @@
-"""What the user sees: one progress line per report, a JSONL or CSV log, and TensorBoard scalars."""
+"""What the user sees: notes, one progress line per report, a JSONL or CSV log, and TensorBoard scalars."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 from tencentpretrain.cli import InputError
 from tencentpretrain.jsonfile import read_text
+
+
+def note(message: str) -> None:
+    """A message for the user, printed once (by rank 0)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[pretrain] {message}", file=sys.stderr, flush=True)
 
 
 def format_eta(seconds: float) -> str:

@@ -35,7 +35,6 @@ class Window:
     tokens: float = 0.0  # real (non-pad) input tokens
     grad_norm_sum: float = 0.0  # over the steps taken (a skipped step's norm is not finite)
     norm_steps: int = 0  # steps taken
-    steps: int = 0
     start: float = 0.0
 
     def reset(self) -> None:
@@ -60,7 +59,6 @@ def train(run: Run) -> int:
         lr = engine.lr  # the rate this step is taken with
         result = engine.step()
         step += 1
-        window.steps += 1
         if result.skipped:
             count_skipped(run, step, result)
         else:

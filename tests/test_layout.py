@@ -102,3 +102,19 @@ def test_auto_layout_choice():
     assert weight_layout("auto", 8, "cuda") == "column"
     assert weight_layout("auto", 8, "cpu", torch.bfloat16) == "column"
     assert weight_layout("both", 1) == "both"
+
+
+def test_engine_runs_the_model_as_given_and_prepare_for_inference_rewrites_it():
+    config = ModelConfig(emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, layers_num=1, dropout=0.0)
+    model = build_model(config, 64)
+    head = model.target["lm"].output_layer
+    Engine(model, pad_id=0)
+    assert head.weight.is_contiguous()  # the engine left the (64, 32) head row-major
+    assert prepare_for_inference(model) is model and not model.training
+    assert head.weight.t().is_contiguous() and not head.weight.is_contiguous()  # column-major now
+    quantized = prepare_for_inference(build_model(config, 64), int8=True)
+    assert not any(type(m) is nn.Linear for m in quantized.modules())
+    with torch.device("meta"):
+        elsewhere = build_model(config, 64)
+    with pytest.raises(ValueError, match="weight layout 'packed' is for CPU; the model is on meta"):
+        prepare_for_inference(elsewhere, layout="packed")

@@ -14,12 +14,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from tencentpretrain.training.lora import LoraConfig, is_lora_name, lora_state_dict, merge_lora_state
+
+if TYPE_CHECKING:  # they import DistInfo from here
+    from tencentpretrain.training.memory import MemoryTrace
+    from tencentpretrain.training.model_setup import ModelSetup
+    from tencentpretrain.training.options import TrainOptions
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,12 @@ class Engine:
     model: nn.Module  # the unwrapped model (parameter names as in TencentPretrain checkpoints)
     dist: DistInfo
     lora: LoraConfig | None = None  # the run's LoRA settings, when it trains adapters
+
+    @classmethod
+    def build(cls, opts: TrainOptions, setup: ModelSetup, info: DistInfo, trace: MemoryTrace | None = None) -> Engine:
+        """The engine over the model ``setup`` describes (built as this backend needs it), with the optimizer and
+        schedule of the run's options."""
+        raise NotImplementedError
 
     def export(self, dtype: torch.dtype) -> ModelExport | None:
         """The model for a checkpoint, at ``dtype``, on rank 0 (None elsewhere; a collective under ZeRO-3)."""

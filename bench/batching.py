@@ -35,9 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generate import size_config  # noqa: E402
 
-from tencentpretrain.generation import Engine  # noqa: E402
+from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
 from tencentpretrain.generation.batching import Batcher, Request  # noqa: E402
 from tencentpretrain.generation.layout import weight_layout  # noqa: E402
+from tencentpretrain.generation.native import native_unavailable  # noqa: E402
+from tencentpretrain.generation.threads import use_threads  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
 
 
@@ -179,11 +181,15 @@ def loads(model, args) -> None:
 
 
 def engine_for(model, batch: int) -> tuple[Engine, str]:
-    """An engine over a copy of ``model`` laid out as the server lays it out for ``batch`` rows, and the layout."""
+    """An engine over a copy of ``model`` prepared as the server prepares it for ``batch`` rows on one thread, and
+    its layout and decoding."""
     import copy
 
-    layout = weight_layout("auto", batch)
-    return Engine(copy.deepcopy(model), eos_ids=[], layout=layout, batch_size=batch), layout
+    model = copy.deepcopy(model)
+    layout = weight_layout("auto", batch, native=native_unavailable(model) is None)
+    engine = Engine(prepare_for_inference(model, layout=layout, batch_size=batch), eos_ids=[])
+    use_threads(engine, 1)
+    return engine, f"{layout}, {engine.decoding}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,7 @@ from tencentpretrain.evaluation.scoring import (  # noqa: E402
     right_pad,
     window_nlls,
 )
-from tencentpretrain.generation import Engine  # noqa: E402
+from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
 from tencentpretrain.generation.layout import weight_layout  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -103,7 +103,7 @@ def bench_size(name: str, args) -> str:
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     hf, ours = hf.to(device, dtype), ours.to(device, dtype)
     layout = weight_layout("auto", args.batch_size, device, dtype)
-    engine = Engine(ours, layout=layout, batch_size=args.batch_size)  # as load_engine
+    engine = Engine(prepare_for_inference(ours, layout=layout, batch_size=args.batch_size))  # as load_engine
     docs, source = documents(args.tokens, config.vocab_size)
     windows = [w for doc in docs for w in rolling_windows(doc, 1, args.seq_length)]
     scored = sum(len(w.targets) for w in windows)
@@ -156,7 +156,8 @@ def bench_choice(name: str, args) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         hf, ours = build_pair(config, Path(tmp))
     params = sum(p.numel() for p in hf.parameters()) / 1e6
-    engine = Engine(ours, layout=weight_layout("auto", args.batch_size), batch_size=args.batch_size)
+    layout = weight_layout("auto", args.batch_size)
+    engine = Engine(prepare_for_inference(ours, layout=layout, batch_size=args.batch_size))
     tokenizer, questions, examples = choice_inputs(args)
     scorer = ChoiceScorer(tokenizer, "zh", "continuation", config.max_seq_length)
     prepared = [scorer.prepare(q, examples, "计算机网络") for q in questions]

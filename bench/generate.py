@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from tencentpretrain.config import ModelConfig
-from tencentpretrain.generation import Engine, quantize_int8
+from tencentpretrain.generation import Engine, prepare_for_inference
 from tencentpretrain.generation.engine import left_pad, load_generation_model
 from tencentpretrain.generation.layout import LAYOUTS, packing_available, weight_layout
 from tencentpretrain.generation.threads import use_threads
@@ -123,7 +123,7 @@ def bench_size(name: str, args) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         hf, ours = build_pair(config, Path(tmp))
     params = sum(p.numel() for p in ours.parameters()) / 1e6
-    int8_engine = Engine(quantize_int8(load_copy(ours))) if args.int8 else None
+    int8_engine = Engine(prepare_for_inference(load_copy(ours), int8=True)) if args.int8 else None
     for batch in args.batches:
         for choice in args.layout:
             rows.append(bench_row(name, params, hf, ours, int8_engine, batch, weight_layout(choice, batch), args))
@@ -132,7 +132,7 @@ def bench_size(name: str, args) -> list[str]:
 
 def bench_row(name: str, params: float, hf, ours, int8_engine, batch: int, layout: str, args) -> str:
     """One table row: transformers against a copy of our model in ``layout`` (and ``int8_engine``), one batch."""
-    engine = Engine(load_copy(ours), layout=layout, batch_size=batch)
+    engine = Engine(prepare_for_inference(load_copy(ours), layout=layout, batch_size=batch))
     use_threads(engine, args.threads, native=args.native)  # as run_llama.py's --threads (native: its default)
     prompts = prompts_for(batch, ours.vocab_size)
     runners = {"transformers": hf_runner(hf, prompts), "ours": ours_runner(engine, prompts)}

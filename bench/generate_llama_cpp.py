@@ -77,7 +77,7 @@ def threaded(run, threads: int):
 
 def llama_cpp_rows(name: str, ours, args, measure, ours_runner, prompts_for) -> list[str]:
     """Table rows for one model size: one per thread count in ``args.llama_cpp_threads``."""
-    from tencentpretrain.generation import Engine, quantize_int8
+    from tencentpretrain.generation import Engine, prepare_for_inference
     from tencentpretrain.generation.threads import use_threads
 
     params = sum(p.numel() for p in ours.parameters()) / 1e6
@@ -86,8 +86,9 @@ def llama_cpp_rows(name: str, ours, args, measure, ours_runner, prompts_for) -> 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = export(ours, Path(tmp))
-        fp32 = Engine(copy.deepcopy(ours), layout="column", batch_size=1)
-        int8 = Engine(quantize_int8(copy.deepcopy(ours)), batch_size=1)
+        layout = "row" if args.native else "column"  # what run_llama.py picks for each
+        fp32 = Engine(prepare_for_inference(copy.deepcopy(ours), layout=layout, batch_size=1))
+        int8 = Engine(prepare_for_inference(copy.deepcopy(ours), int8=True, batch_size=1))
         for threads in args.llama_cpp_threads:
             use_threads(fp32, threads, native=args.native)
             runners = {"llama.cpp f32": llama_cpp_runner(paths["f32"], prompt, threads, context),

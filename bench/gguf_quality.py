@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tencentpretrain.generation import Engine, quantize_int8  # noqa: E402
+from tencentpretrain.generation import Engine, prepare_for_inference, quantize_int8  # noqa: E402
 from tencentpretrain.generation.engine import load_generation_model  # noqa: E402
 from tencentpretrain.tokenizers import SentencePieceTokenizer  # noqa: E402
 
@@ -84,13 +84,13 @@ def main(argv=None) -> list[str]:
     with torch.no_grad():
         ours_ppl = math.exp(sum(nll(ours(torch.tensor([c]))[0].numpy(), c) for c in chunks)
                             / sum(len(c) - 1 for c in chunks))
-    ours_greedy = Engine(ours).generate(prompts, args.new_tokens)
+    ours_greedy = Engine(prepare_for_inference(ours)).generate(prompts, args.new_tokens)
     int8 = quantize_int8(copy.deepcopy(ours))
     with torch.no_grad():
         int8_ppl = math.exp(sum(nll(int8(torch.tensor([c]))[0].numpy(), c) for c in chunks)
                             / sum(len(c) - 1 for c in chunks))
-    int8_agree = np.mean([common_start(a, b) / args.new_tokens
-                          for a, b in zip(Engine(int8).generate(prompts, args.new_tokens), ours_greedy)])
+    int8_greedy = Engine(prepare_for_inference(int8)).generate(prompts, args.new_tokens)
+    int8_agree = np.mean([common_start(a, b) / args.new_tokens for a, b in zip(int8_greedy, ours_greedy)])
     convert = _script("convert_llama_from_tencentpretrain_to_gguf")
     rows = [f"| ours (PyTorch fp32) | - | {ours_ppl:.4f} | - | 1.00 |"]
     print(f"{sum(len(c) for c in chunks)} tokens in {len(chunks)} windows; {len(prompts)} prompts")

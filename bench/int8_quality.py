@@ -21,7 +21,7 @@ import torch
 
 from tencentpretrain.checkpoint import load_model, save_state_dict
 from tencentpretrain.config import ModelConfig
-from tencentpretrain.generation import Engine, quantize_int8
+from tencentpretrain.generation import Engine, prepare_for_inference, quantize_int8
 from tencentpretrain.model import Model, build_model
 from tencentpretrain.tokenizers import SentencePieceTokenizer
 
@@ -73,7 +73,7 @@ def perplexity(model: Model, stream: torch.Tensor, seq: int) -> float:
 
 def decode_speed(model: Model, new_tokens: int = 64) -> float:
     """Greedy decode tokens/s at batch 1 (the faster of two runs)."""
-    engine = Engine(model)
+    engine = Engine(prepare_for_inference(model))
     prompt = [[1] + list(range(100, 147))]
     engine.generate(prompt, 2)
     best = math.inf

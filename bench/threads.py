@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generate import prompts_for, size_config  # noqa: E402
 
-from tencentpretrain.generation import Engine  # noqa: E402
+from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
+from tencentpretrain.generation.layout import LAYOUTS  # noqa: E402
 from tencentpretrain.generation.threads import use_threads  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
 
@@ -61,7 +62,7 @@ def bench_size(name: str, args, temporary: Path) -> str:
     torch.manual_seed(0)
     model = build_model(size_config(name)).eval()
     prompt = prompts_for(1, model.vocab_size)[0]
-    engine = Engine(model)  # the column layout: what run_llama.py and the server use on CPU
+    engine = Engine(prepare_for_inference(model, layout=args.layout, batch_size=1))
     counts = sorted({1, args.threads})
     variants = {}
     for threads in counts:
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["100m"], choices=("tiny", "100m"))
     parser.add_argument("--threads", type=int, default=2, help="the thread count compared with one thread")
+    parser.add_argument("--layout", default="row", choices=LAYOUTS,
+                        help="weight layout of our engine (row: what run_llama.py and the server pick when they "
+                             "decode natively)")
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no_llama_cpp", dest="llama_cpp", action="store_false",

@@ -28,7 +28,7 @@ import torch
 
 from tencentpretrain import ModelConfig, build_model
 from tencentpretrain.checkpoint import save_state_dict
-from tencentpretrain.training.build import MemoryTrace
+from tencentpretrain.training.memory import MemoryTrace
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA = {"embedding": ["word"], "remove_transformer_bias": True, "remove_embedding_layernorm": True,

@@ -8,12 +8,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tencentpretrain.checkpoint import save_state_dict  # noqa: E402
 from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
+from tencentpretrain.dtypes import DTYPES  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -23,7 +22,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output_config_path", help="also write the matching TencentPretrain JSON config here")
     parser.add_argument("--output_spm_model_path",
                         help="also write the file's vocabulary as a SentencePiece model (BPE, as llama.cpp uses it)")
-    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"),
+    parser.add_argument("--dtype", choices=tuple(DTYPES),
                         help="cast every tensor (default: keep each as stored: f16 matrices of an f16 file, f32 norms)")
     args = parser.parse_args(argv)
     try:
@@ -33,7 +32,7 @@ def main(argv=None) -> int:
     with naming("--input_model_path", args.input_model_path):
         config, state, lossy = read_gguf(args.input_model_path)
         if args.dtype:
-            dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+            dtype = DTYPES[args.dtype]
             state = {name: tensor.to(dtype) for name, tensor in state.items()}
         if args.output_spm_model_path:
             write_tokenizer(args.input_model_path, args.output_spm_model_path)

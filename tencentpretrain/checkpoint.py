@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -178,6 +179,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; move it into place (``replace_dir``) only if the block
+    succeeds, with the mode a plain ``mkdir`` would give it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes the directory private
+        replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(source: str | Path, target: str | Path) -> None:
+    """Move the finished directory ``source`` to ``target`` (on the same file system), replacing an existing
+    ``target`` only now: the old one is first renamed aside, then removed, so ``target`` is never a mixture of
+    the two (it is missing only for the instant between two renames)."""
+    target = Path(target)
+    if not target.exists():
+        os.replace(source, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, aside / target.name)
+    os.replace(source, target)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> None:

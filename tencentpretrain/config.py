@@ -55,7 +55,7 @@ class ModelConfig:
     has_lmtarget_bias: bool = False
     vocab_size: int | None = None  # None: taken from the tokenizer or the checkpoint
     allow_padded_vocab: bool = False  # the embedding/head may have more rows than the tokenizer has pieces
-    data_processor: str | None = None  # kept for TencentPretrain configs; the default for preprocess/pretrain
+    data_processor: str | None = None  # the default of pretrain.py --data_processor (checked against the dataset)
     source: str | None = field(default=None, compare=False, repr=False)  # file it was read from, for messages
 
     def __post_init__(self) -> None:

@@ -20,12 +20,12 @@ class Model(nn.Module):
         vocab_size: rows of the word embedding and of the LM head.
     """
 
-    def __init__(self, config: ModelConfig, vocab_size: int):
+    def __init__(self, config: ModelConfig, vocab_size: int, checkpoint_activations: bool = False):
         super().__init__()
         self.config = config
         self.vocab_size = vocab_size
         self.embedding = Embedding(config, vocab_size)
-        self.encoder = ENCODERS.get(config.encoder)(config)
+        self.encoder = ENCODERS.get(config.encoder)(config, checkpoint_activations=checkpoint_activations)
         self.target = nn.ModuleDict({name: TARGETS.get(name)(config, vocab_size) for name in config.target})
 
     def reset_buffers(self, device: torch.device | str = "cpu") -> None:
@@ -58,12 +58,13 @@ def tie_weights(model: Model) -> None:
     model.target["lm"].output_layer.weight = model.embedding.word.embedding.weight
 
 
-def build_model(config: ModelConfig, vocab_size: int | None = None) -> Model:
+def build_model(config: ModelConfig, vocab_size: int | None = None, checkpoint_activations: bool = False) -> Model:
     """Assemble the model a config describes.
 
     Args:
         config: the architecture.
         vocab_size: rows of the embedding; defaults to ``config.vocab_size``.
+        checkpoint_activations: recompute each layer's activations in the backward pass (training).
 
     Raises:
         ValueError: when neither gives a vocabulary size, or they disagree.
@@ -75,7 +76,7 @@ def build_model(config: ModelConfig, vocab_size: int | None = None) -> Model:
     if config.vocab_size is not None and config.vocab_size != vocab_size:
         raise ConfigError(f"vocab_size {config.vocab_size} in {config.source or 'the config'} disagrees with "
                          f"the tokenizer's {vocab_size}")
-    model = Model(config, vocab_size)
+    model = Model(config, vocab_size, checkpoint_activations)
     if config.tie_weights:
         tie_weights(model)
     return model

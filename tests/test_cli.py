@@ -10,7 +10,7 @@ from tencentpretrain.config import ConfigError
 from tencentpretrain.convert import ConversionError
 from tencentpretrain.data import CorpusError, DatasetError
 from tencentpretrain.tokenizers import TokenizerError
-from tencentpretrain.training.build import SetupError
+from tencentpretrain.training.inputs import SetupError
 from tencentpretrain.training.loop import TrainingStopped
 from tencentpretrain.training.lora import LoraError
 from tencentpretrain.training.options import OptionsError

@@ -11,8 +11,9 @@ from tencentpretrain.checkpoint import load_state_dict
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine, load_generation_model
 from tencentpretrain.model import build_model
-from tencentpretrain.training.engine import DistInfo, PlainEngine
+from tencentpretrain.training.engine import DistInfo
 from tencentpretrain.training.optim import build_adamw, param_groups
+from tencentpretrain.training.plain_engine import PlainEngine
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -11,7 +11,7 @@ from test_generation import PROMPTS, VOCAB, hf_greedy, pair  # noqa: F401  (pair
 from torch import nn
 
 from tencentpretrain.config import ModelConfig
-from tencentpretrain.generation import Engine
+from tencentpretrain.generation import Engine, prepare_for_inference
 from tencentpretrain.generation import layout as layout_module
 from tencentpretrain.generation.layout import PackedLinear, apply_layout, packing_available, weight_layout
 from tencentpretrain.model import build_model
@@ -48,7 +48,7 @@ def test_packed_linear_matches_linear(keep_dense, bias):
 def test_packed_layouts_generate_transformers_tokens(pair, layout, pack_everything):  # noqa: F811
     hf, ours = pair
     model = copy.deepcopy(ours)
-    engine = Engine(model, pad_id=0, layout=layout, batch_size=len(PROMPTS))
+    engine = Engine(prepare_for_inference(model, layout=layout, batch_size=len(PROMPTS)), pad_id=0)
     assert not any(type(m) is nn.Linear for m in model.modules())
     assert engine.generate(PROMPTS, 64) == hf_greedy(hf, PROMPTS, 64)
     for prompt in PROMPTS[:2]:  # one row at a time: the dense copy ("both") or the packed weight ("packed")
@@ -62,7 +62,7 @@ def test_packed_layout_with_biases_and_learned_positions(pack_everything):
     config = ModelConfig(emb_size=64, hidden_size=64, feedforward_size=128, heads_num=4, layers_num=2, dropout=0.0,
                          max_seq_length=128)
     reference = build_model(config, VOCAB).eval()
-    engine = Engine(copy.deepcopy(reference), pad_id=0, layout="packed", batch_size=3)
+    engine = Engine(prepare_for_inference(copy.deepcopy(reference), layout="packed", batch_size=3), pad_id=0)
     steps = list(engine.stream(PROMPTS, 12))
     tokens = torch.stack([s.tokens for s in steps], dim=1)
     for row, prompt in enumerate(PROMPTS):
@@ -102,3 +102,19 @@ def test_auto_layout_choice():
     assert weight_layout("auto", 8, "cuda") == "column"
     assert weight_layout("auto", 8, "cpu", torch.bfloat16) == "column"
     assert weight_layout("both", 1) == "both"
+
+
+def test_engine_runs_the_model_as_given_and_prepare_for_inference_rewrites_it():
+    config = ModelConfig(emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, layers_num=1, dropout=0.0)
+    model = build_model(config, 64)
+    head = model.target["lm"].output_layer
+    Engine(model, pad_id=0)
+    assert head.weight.is_contiguous()  # the engine left the (64, 32) head row-major
+    assert prepare_for_inference(model) is model and not model.training
+    assert head.weight.t().is_contiguous() and not head.weight.is_contiguous()  # column-major now
+    quantized = prepare_for_inference(build_model(config, 64), int8=True)
+    assert not any(type(m) is nn.Linear for m in quantized.modules())
+    with torch.device("meta"):
+        elsewhere = build_model(config, 64)
+    with pytest.raises(ValueError, match="weight layout 'packed' is for CPU; the model is on meta"):
+        prepare_for_inference(elsewhere, layout="packed")

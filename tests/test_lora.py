@@ -20,6 +20,7 @@ from tencentpretrain.training.lora import (
     merge_lora,
     merge_lora_state,
     name_matches,
+    read_adapter_config,
     save_adapter,
 )
 
@@ -158,6 +159,20 @@ def test_adapter_file_round_trip(tmp_path):
     model.eval()
     other.eval()
     assert torch.equal(other(batch()), model(batch()))
+
+
+def test_settings_are_returned_not_stored_and_saved_beside_the_adapter(tmp_path):
+    model = tiny_model()
+    config = apply_lora(model, rank=4, alpha=8, dropout=0.1, target_modules=TARGETS, train_modules=("embedding.*",))
+    assert (config.rank, config.alpha, config.dropout, config.target_modules) == (4, 8, 0.1, TARGETS)
+    assert not hasattr(model, "lora_config")
+    save_adapter(model, tmp_path / "given.bin", config)
+    assert read_adapter_config(tmp_path / "given.bin") == config
+    save_adapter(model, tmp_path / "shown.bin")  # the settings the adapters show: the same layers, by name
+    shown = read_adapter_config(tmp_path / "shown.bin")
+    assert (shown.rank, shown.alpha, shown.dropout) == (4, 8, 0.1)
+    assert set(shown.target_modules) == {name for name, m in model.named_modules() if isinstance(m, LoraLinear)}
+    assert shown.train_modules == ("embedding.word.embedding.weight",)
 
 
 def test_load_adapter_refuses_other_settings(tmp_path):

@@ -13,7 +13,7 @@ from train_support import ROOT, load_script, losses, make_dataset, subprocess_en
 
 from tencentpretrain.cli import run_cli
 from tencentpretrain.training import checkpointing
-from tencentpretrain.training.engine import PlainEngine
+from tencentpretrain.training.plain_engine import PlainEngine
 
 PRETRAIN = load_script("pretrain")
 STEPS, SAVE = 150, 20

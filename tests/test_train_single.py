@@ -15,6 +15,7 @@ from tencentpretrain import build_model, load_model
 from tencentpretrain.checkpoint import save_state_dict
 from tencentpretrain.cli import run_cli
 from tencentpretrain.config import ModelConfig
+from tencentpretrain.data import DataLoader
 from tencentpretrain.training import build as build_module
 from tencentpretrain.training.loop import TrainingStopped, train
 
@@ -101,6 +102,41 @@ def test_refuses_dataset_made_with_another_tokenizer(setting, tmp_path, capsys):
     assert "fingerprint" in err and "other.model" in err
 
 
+def test_seq_length_truncates_the_samples_the_model_sees(setting, tmp_path):
+    folder, dataset, spm, config = setting  # the dataset's samples have 32 input positions
+    opts, info = build_module.setup(train_argv(dataset, spm, config, tmp_path / "m", "--seq_length", "12", steps=3,
+                                               save=3))
+    run = build_module.build(opts, info)
+    seen = []
+    run.engine.model.embedding.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    train(run)
+    run.logger.close()
+    assert seen == [(8, 12)] * 3
+    full = next(iter(DataLoader(run.loader.dataset, 8, seed=opts.seed)))
+    first = next(iter(DataLoader(run.loader.dataset, 8, seed=opts.seed, seq_length=12)))
+    assert torch.equal(first.src, full.src[:, :12]) and torch.equal(first.tgt, full.tgt[:, :12])
+    assert first.tokens == 8 * 12 < full.tokens
+
+
+def test_seq_length_longer_than_the_dataset_is_refused(setting, tmp_path, capsys):
+    folder, dataset, spm, config = setting
+    assert run_cli(PRETRAIN.main, train_argv(dataset, spm, config, tmp_path / "m", "--seq_length", "33")) == 1
+    assert "--seq_length 33 > seq_length 32" in capsys.readouterr().err
+
+
+def test_config_data_processor_is_the_default_of_the_flag(setting, tmp_path, capsys):
+    folder, dataset, spm, _ = setting  # an lm dataset
+    config = write_config(tmp_path, data_processor="alpaca")
+    assert run_cli(PRETRAIN.main, train_argv(dataset, spm, config, tmp_path / "m", steps=1, save=1)) == 1
+    err = capsys.readouterr().err
+    assert "'lm'" in err and "'alpaca'" in err and "micro_config.json" in err and "--data_processor" in err
+    argv = train_argv(dataset, spm, config, tmp_path / "m", "--data_processor", "lm", steps=1, save=1)
+    assert PRETRAIN.main(argv) == 0  # the flag wins over the config's key
+    (tmp_path / "lm").mkdir()
+    lm_config = write_config(tmp_path / "lm", data_processor="lm")
+    assert PRETRAIN.main(train_argv(dataset, spm, lm_config, tmp_path / "m2", steps=1, save=1)) == 0
+
+
 def test_refuses_checkpoint_with_other_shapes(setting, tmp_path, capsys):
     folder, dataset, spm, config = setting
     small = ModelConfig.from_json(config).replace(hidden_size=32, emb_size=32, feedforward_size=88)
@@ -149,6 +185,29 @@ def test_watchdog_stops_after_too_many_skipped_steps(setting, tmp_path, capsys):
     with pytest.raises(TrainingStopped):
         run = build_module.build(*build_module.setup(argv))
         train(run)
+
+
+def test_fp16_overflow_counts_as_skipped_and_stays_out_of_the_grad_norm(setting, tmp_path):
+    folder, dataset, spm, config = setting
+    out = tmp_path / "m"  # fp16 autocast and GradScaler run on the CPU too
+    opts, info = build_module.setup(train_argv(dataset, spm, config, out, "--fp16", "--max_skipped_steps", "0",
+                                               steps=4, save=4))
+    run = build_module.build(opts, info)
+    weight = run.engine.model.encoder.transformer[0].feed_forward.linear_1.weight
+    calls = {"n": 0}
+
+    def overflow(grad):  # the second step's gradients overflow
+        calls["n"] += 1
+        return grad * math.inf if calls["n"] == 2 else grad
+
+    weight.register_hook(overflow)
+    train(run)
+    run.logger.close()
+    records = [json.loads(line) for line in out.with_name("m-log.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in records] == [0, 1, 1, 1]
+    assert [r["grad_norm"] is None for r in records] == [False, True, False, False]  # step 2 took no step
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in records if r["step"] != 2)
+    assert run.skipped_steps == 1 and run.overflow_steps == 1  # counted, but never stops the run
 
 
 @pytest.fixture(scope="module")

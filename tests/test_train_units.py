@@ -14,10 +14,12 @@ from tencentpretrain.checkpoint import CheckpointError
 from tencentpretrain.cli import run_cli
 from tencentpretrain.registry import SCHEDULERS
 from tencentpretrain.training import checkpointing
-from tencentpretrain.training.deepspeed_engine import deepspeed_config
+from tencentpretrain.training.deepspeed_config import deepspeed_config
+from tencentpretrain.training.engine import DistInfo
 from tencentpretrain.training.logging import TrainLogger, progress_line, read_log
 from tencentpretrain.training.optim import build_scheduler, param_groups, warmup_steps_of
 from tencentpretrain.training.options import build_parser, parse_options
+from tencentpretrain.training.plain_engine import PlainEngine
 
 BASE = ["--output_model_path", "out/m", "--config_path", "c.json"]
 
@@ -139,3 +141,24 @@ def test_latest_state_ignores_staged_and_names_missing(tmp_path):
     checkpointing.staging_dir(str(tmp_path), 15).mkdir()  # a save that died half-way
     assert checkpointing.latest_state(tmp_path) == tmp_path / "10"
     assert checkpointing.latest_state(tmp_path / "5") == tmp_path / "5"
+
+
+def test_fp16_overflow_is_a_skipped_step_that_leaves_the_weights():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_dict(MICRO_LLAMA), 100)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-2)
+    scheduler = build_scheduler(optimizer, "constant", 0, 10)
+    engine = PlainEngine(model, optimizer, scheduler, DistInfo(), precision="fp16")  # GradScaler on the CPU
+    ids = torch.randint(0, 100, (2, 17), generator=torch.Generator().manual_seed(1))
+    for overflow in (False, True):
+        loss, _ = engine.forward(ids[:, :-1], ids[:, 1:], boundary=True)
+        engine.backward(loss)
+        if overflow:
+            model.encoder.transformer[0].feed_forward.linear_1.weight.grad[0, 0] = math.inf
+        before = [p.detach().clone() for p in model.parameters()]
+        scale = engine.scaler.get_scale()
+        result = engine.step()
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        assert (result.skipped, result.scale_overflow, unchanged) == (overflow, overflow, overflow)
+        assert math.isfinite(result.grad_norm) != overflow
+        assert (engine.scaler.get_scale() < scale) == overflow

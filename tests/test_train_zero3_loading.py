@@ -55,7 +55,7 @@ def _rank_main(rank: int, world: int, port: int) -> None:
     import deepspeed as ds
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-    from tencentpretrain.training import deepspeed_engine
+    from tencentpretrain.training import deepspeed_engine, weights
     from tencentpretrain.training.engine import DistInfo
 
     ds.init_distributed(dist_backend="gloo")
@@ -68,16 +68,16 @@ def _rank_main(rank: int, world: int, port: int) -> None:
     def no_gathering(*args, **kwargs):
         raise AssertionError("a parameter was gathered while loading")
 
-    deepspeed_engine.gathered = no_gathering  # this process only
+    weights.gathered = no_gathering  # this process only
     state = reference_state()
     info = DistInfo(rank=rank, world_size=world)
-    deepspeed_engine.load_partitioned(model, state if rank == 0 else None, info)
+    weights.load_partitioned(model, state if rank == 0 else None, info)
     for name, param in model.named_parameters():
         assert param.ds_status == ZeroParamStatus.NOT_AVAILABLE and param.numel() == 0, name
         torch.testing.assert_close(param.ds_tensor, expected_partition(state[name], rank, world), rtol=0, atol=0)
 
     torch.manual_seed(3)  # initialisation: the same numbers as one process drawing with the same seed
-    deepspeed_engine.init_partitioned(model)
+    weights.init_partitioned(model)
     plain = Odd()
     torch.manual_seed(3)
     for param in plain.parameters():

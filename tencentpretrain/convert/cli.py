@@ -11,10 +11,10 @@ import torch
 from tencentpretrain.checkpoint import check_state_dict, load_state_dict, save_state_dict, vocab_size_of
 from tencentpretrain.cli import naming
 from tencentpretrain.config import ConfigError, ModelConfig
+from tencentpretrain.dtypes import DTYPES
 from tencentpretrain.model import build_model
 from tencentpretrain.vocab import check_vocab, vocab_rows
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ZOO = Path(__file__).resolve().parents[2] / "models"
 
 

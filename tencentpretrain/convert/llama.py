@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
+from tencentpretrain.checkpoint import atomic_dir
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.convert.hf_io import (
     ConversionError,
-    atomic_dir,
     check_architecture,
     check_hf_config,
     iter_hf_tensors,

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tencentpretrain.checkpoint import replace_dir
 from tencentpretrain.cli import InputError
 from tencentpretrain.jsonfile import read_json
 
@@ -110,13 +111,7 @@ class DatasetWriter:
             with open(self.tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         os.chmod(self.tmp, 0o755)  # mkdtemp made it private
-        old = None
-        if self.path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
-            os.replace(self.path, old / self.path.name)
-        os.replace(self.tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(self.tmp, self.path)
         return self.path
 
 

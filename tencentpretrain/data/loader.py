@@ -50,14 +50,20 @@ class DataLoader:
         world_size: number of ranks sharing the data.
         seed: shuffling seed (with the epoch number).
         shuffle: permute each epoch; otherwise samples go in order.
+        seq_length: truncate samples to this many input positions (None: the dataset's ``seq_length``; it may
+            not be longer).
     """
 
     def __init__(self, dataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 7,
-                 shuffle: bool = True):
+                 shuffle: bool = True, seq_length: int | None = None):
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise InputError(f"bad loader settings: batch_size={batch_size}, rank={rank}, world_size={world_size}")
         if len(dataset) < 1:
             raise InputError("the dataset has no samples")
+        if seq_length is not None and not 0 < seq_length <= dataset.seq_length:
+            raise InputError(f"seq_length {seq_length} must be between 1 and the dataset's {dataset.seq_length} "
+                             "(samples can be truncated, not lengthened)")
+        self.seq_length = seq_length or dataset.seq_length
         self.dataset, self.batch_size, self.rank, self.world_size = dataset, batch_size, rank, world_size
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.index = 0, 0
@@ -86,15 +92,16 @@ class DataLoader:
         return self._order[1][start:start + self.batch_size]
 
     def collate(self, indices: np.ndarray, epoch: int, index: int) -> Batch:
-        """Build the batch of the given samples."""
-        seq_length = self.dataset.seq_length
+        """Build the batch of the given samples (each truncated to ``self.seq_length + 1`` tokens)."""
+        seq_length = self.seq_length
         tokens = np.empty((len(indices), seq_length + 1), dtype=np.int64)
         tgt_mask = np.ones((len(indices), seq_length), dtype=np.bool_)
         real = 0
         for row, i in enumerate(indices):
-            tokens[row], mask = self.dataset[int(i)]
+            sample, mask = self.dataset[int(i)]
+            tokens[row] = sample[:seq_length + 1]
             if mask is not None:
-                tgt_mask[row] = mask
+                tgt_mask[row] = mask[:seq_length]
             real += min(self.dataset.length(int(i)), seq_length)
         src = torch.from_numpy(tokens[:, :-1].copy())  # (B, seq_length)
         tgt = torch.from_numpy(np.where(tgt_mask, tokens[:, 1:], IGNORE_INDEX))  # (B, seq_length)

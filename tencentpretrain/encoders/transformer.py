@@ -16,9 +16,15 @@ from tencentpretrain.registry import ENCODERS, NORMS
 @ENCODERS.register("transformer")
 class TransformerEncoder(nn.Module):
     """``layers_num`` transformer layers (``encoder.transformer.{i}``) and, with pre-norm, a final
-    ``encoder.layer_norm``. Decoder-only models use it with ``mask: causal``."""
+    ``encoder.layer_norm``. Decoder-only models use it with ``mask: causal``.
 
-    def __init__(self, config: ModelConfig):
+    Args:
+        config: the architecture.
+        checkpoint_activations: while training, recompute each layer's activations in the backward pass instead of
+            keeping them (a run setting, not part of the architecture).
+    """
+
+    def __init__(self, config: ModelConfig, checkpoint_activations: bool = False):
         super().__init__()
         self.causal = config.mask == "causal"
         self.transformer = nn.ModuleList(TransformerLayer(config) for _ in range(config.layers_num))
@@ -28,7 +34,7 @@ class TransformerEncoder(nn.Module):
         self.rotary = None
         if config.rotary_position_embedding:
             self.rotary = RotaryEmbedding(config.head_dim, 2 * config.max_seq_length, config.rope_theta)
-        self.checkpoint_activations = False  # set by training; recomputes each layer in the backward pass
+        self.checkpoint_activations = checkpoint_activations
 
     def forward(self, emb: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> torch.Tensor:

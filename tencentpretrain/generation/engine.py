@@ -12,7 +12,6 @@ import torch
 from tencentpretrain.checkpoint import load_model, model_from_state
 from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
-from tencentpretrain.generation.layout import apply_layout
 from tencentpretrain.generation.native import NativeDecoder
 from tencentpretrain.generation.sampling import SamplingParams, sample
 from tencentpretrain.layers.kv_cache import KVCache
@@ -99,23 +98,16 @@ class GenerationStream:
 
 
 class Engine:
-    """Generates token ids with a model.
-
-    On CPU the engine lays out the model's linear weights in place for speed (``generation/layout.py``): by
-    default ``column`` (tall weights column-major; same values, shapes and parameters), fastest for decoding one
-    prompt at a time; ``layout="packed"`` (oneDNN) is faster for batches of prompts.
+    """Generates token ids with a model, whose weights it uses as given (it only switches it to eval mode): prepare
+    it first with ``generation.prepare.prepare_for_inference`` (int8 weights, the CPU weight layout for speed).
 
     Args:
-        model: a ``Model`` in eval mode (any dtype/device; the cache follows the word embedding's).
+        model: a ``Model`` (any dtype/device; the cache follows the word embedding's).
         eos_ids: tokens that end a row (not included in the output of ``generate``).
         pad_id: the token fed as left padding and after a row ends (never attended to).
-        layout: CPU weight layout, ``column``, ``packed`` or ``both`` (packing needs float32; off CPU the
-            weights are left as they are and only ``column``, the default, is accepted).
-        batch_size: the batch size ``packed``/``both`` are tuned for.
     """
 
-    def __init__(self, model: Model, eos_ids: Sequence[int] = (), pad_id: int = 0, layout: str = "column",
-                 batch_size: int = 8):
+    def __init__(self, model: Model, eos_ids: Sequence[int] = (), pad_id: int = 0):
         self.model = model.eval()
         weight = model.embedding.word.embedding.weight
         self.device, self.dtype = weight.device, weight.dtype
@@ -124,10 +116,6 @@ class Engine:
         self.pad_id = pad_id
         self.decoder: NativeDecoder | None = None  # decoding steps in C (generation/threads.py: use_threads)
         self.decoding = "decoding in PyTorch"  # what runs the decoding steps, for logs
-        if self.device.type == "cpu":
-            apply_layout(model, layout, batch_size)
-        elif layout != "column":
-            raise InputError(f"weight layout {layout!r} is for CPU; the model is on {self.device}")
 
     @property
     def config(self) -> ModelConfig:

@@ -3,6 +3,9 @@
 MKL and oneDNN reach very different speeds on the small matrix products of decoding, depending on how the
 weight is stored and on how many rows the input has (figures: docs/benchmarks.md, "Generation"):
 
+- ``row``: every weight row-major, as ``nn.Linear`` stores it. What native decoding (``generation/native.py``)
+  streams fastest on several threads (each thread reads whole rows); prompts in PyTorch run about as fast as with
+  ``column``. The ``auto`` choice wherever the engine decodes natively.
 - ``column``: each (out, in) weight with at least as many outputs as inputs stored transposed, in place (same
   parameter, shape and values); wider ones (the FFN down projection, GQA's key/value projections) stay row-major.
   Fastest for one row at a time, i.e. decoding at batch 1: the LM head runs up to 5x faster column-major, the
@@ -27,7 +30,7 @@ from torch import nn
 
 from tencentpretrain.cli import InputError
 
-LAYOUTS = ("column", "packed", "both")
+LAYOUTS = ("row", "column", "packed", "both")
 PACK_MIN_WEIGHTS = 1 << 19  # where oneDNN overtakes MKL at 2-8 rows on a 1-thread AMD EPYC (docs/benchmarks.md)
 
 
@@ -76,40 +79,51 @@ def column_major(linear: nn.Module) -> None:
         weight.data = weight.data.t().contiguous().t()
 
 
+def row_major(linear: nn.Module) -> None:
+    """Store a linear layer's (out, in) weight row-major (contiguous), as ``nn.Linear`` creates it."""
+    weight = getattr(linear, "weight", None)
+    if isinstance(weight, nn.Parameter) and not weight.is_contiguous():
+        weight.data = weight.data.contiguous()
+
+
 def apply_layout(model: nn.Module, layout: str, rows: int = 8) -> None:
     """Lay out every ``nn.Linear`` of a CPU ``model`` in place (see the module docstring).
 
     Args:
         model: an eval-mode float32 model on CPU.
-        layout: ``column``, ``packed`` or ``both``.
+        layout: ``row``, ``column``, ``packed`` or ``both``.
         rows: the batch size ``packed``/``both`` are tuned for.
     """
     if layout not in LAYOUTS:
         raise InputError(f"unknown weight layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    if layout != "column" and not packing_available():
+    if layout in ("packed", "both") and not packing_available():
         raise InputError(f"weight layout {layout!r} needs PyTorch with oneDNN (mkldnn), which this build lacks; "
                          "use 'column'")
     targets = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if layout != "column":
+    if layout in ("packed", "both"):
         for name, module in targets:
             if module.weight.device.type != "cpu" or module.weight.dtype != torch.float32:
                 raise InputError(f"weight layout {layout!r} is for float32 weights on CPU; {name}.weight is "
                                  f"{module.weight.dtype} on {module.weight.device}")
     for name, module in targets:
+        if layout == "row":
+            row_major(module)
+            continue
         if layout == "column" or type(module) is not nn.Linear or module.weight.numel() < PACK_MIN_WEIGHTS:
             column_major(module)
             continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, PackedLinear(module, rows, keep_dense=layout == "both"))
+        model.set_submodule(name, PackedLinear(module, rows, keep_dense=layout == "both"), strict=True)
 
 
 def weight_layout(choice: str, batch_size: int, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, native: bool = False) -> str:
-    """The layout for a ``--weight_layout`` choice: ``auto`` is ``column`` where the native decoder will decode
-    (``native``: it reads dense weights, batches included), else ``packed`` for batches of several prompts with
-    float32 weights on CPU (when this PyTorch has oneDNN), else ``column``; other choices are returned as given."""
+    """The layout for a ``--weight_layout`` choice: ``auto`` is ``row`` where the native decoder will decode
+    (``native``: it streams dense row-major weights best, batches included), else ``packed`` for batches of several
+    prompts with float32 weights on CPU (when this PyTorch has oneDNN), else ``column``; other choices are returned
+    as given."""
     if choice != "auto":
         return choice
+    if native:
+        return "row"
     packable = torch.device(device).type == "cpu" and dtype == torch.float32 and packing_available()
-    return "packed" if batch_size > 1 and packable and not native else "column"
+    return "packed" if batch_size > 1 and packable else "column"

@@ -9,17 +9,16 @@ import torch
 
 from tencentpretrain.cli import InputError, naming
 from tencentpretrain.config import ModelConfig
+from tencentpretrain.dtypes import TORCH_DTYPES
 from tencentpretrain.generation.engine import Engine, load_generation_model
 from tencentpretrain.generation.layout import LAYOUTS, weight_layout
 from tencentpretrain.generation.native import native_unavailable
-from tencentpretrain.generation.quant import quantize_int8
+from tencentpretrain.generation.prepare import prepare_for_inference
 from tencentpretrain.generation.sampling import SamplingParams
 from tencentpretrain.generation.threads import use_threads
 from tencentpretrain.registry import TEMPLATES
 from tencentpretrain.tokenizers import SentencePieceTokenizer
 from tencentpretrain.vocab import check_vocab, vocab_rows
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -39,15 +38,16 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--spm_model_path", help="SentencePiece model (default: tokenizer.model of a HF directory)")
     group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                        help="torch device (default: cuda when available, else cpu)")
-    group.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    group.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None,
                        help="weight dtype (default: float32 on cpu, bfloat16 on cuda)")
     group.add_argument("--int8", action="store_true",
                        help="weight-only int8 linear layers, one scale per output channel (about 4x less memory)")
     group.add_argument("--weight_layout", choices=("auto",) + LAYOUTS, default="auto",
-                       help="how float32 CPU weights are laid out for speed: column (fastest for one prompt at a "
-                            "time), packed (oneDNN, fastest for batches), both (fastest for either, more memory); "
-                            "auto: column when decoding natively (see --threads), else packed when "
-                            "--batch_size > 1, else column (docs/inference.md)")
+                       help="how float32 CPU weights are laid out for speed: row (fastest for native decoding), "
+                            "column (fastest for one prompt at a time in PyTorch), packed (oneDNN, fastest for "
+                            "batches in PyTorch), both (packed plus a dense copy, more memory); auto: row when "
+                            "decoding natively (see --threads), else packed when --batch_size > 1, else column "
+                            "(docs/inference.md)")
     group.add_argument("--threads", type=int, default=torch.get_num_threads(),
                        help="CPU threads: PyTorch's, and those of native decoding, which the engine uses for "
                             "LLaMA-shaped float32 models on CPU (generation/threads.py; default: %(default)s here)")
@@ -78,7 +78,7 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1) -> tuple[Engine, 
         raise InputError("--spm_model_path is required for a checkpoint file")
     with naming("--spm_model_path", spm):
         tokenizer = SentencePieceTokenizer(spm)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if args.device == "cpu" else torch.bfloat16)
+    dtype = TORCH_DTYPES[args.dtype] if args.dtype else (torch.float32 if args.device == "cpu" else torch.bfloat16)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     with naming("--load_model_path", args.load_model_path), naming("--config_path", args.config_path):
@@ -86,12 +86,10 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1) -> tuple[Engine, 
     check_model_vocab(model, tokenizer, args)
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
-    if args.int8:
-        quantize_int8(model)
     native = args.device == "cpu" and dtype == torch.float32 and not args.int8 and native_unavailable(model) is None
     layout = weight_layout(args.weight_layout, batch_size, args.device, dtype, native=native)
-    engine = Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id, layout=layout,
-                    batch_size=batch_size)
+    prepare_for_inference(model, int8=args.int8, layout=layout, batch_size=batch_size)
+    engine = Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id)
     use_threads(engine, args.threads)
     return engine, tokenizer
 

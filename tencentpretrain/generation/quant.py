@@ -69,7 +69,5 @@ def quantize_int8(model: nn.Module, include_lm_head: bool = True) -> nn.Module:
     targets = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)
                and (include_lm_head or not name.startswith("target."))]
     for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int8Linear(module))
+        model.set_submodule(name, Int8Linear(module), strict=True)
     return model

@@ -10,6 +10,9 @@ For ``--output_model_path models/llama_zh_7b``:
   position, RNG), and ``models/llama_zh_7b/latest`` naming the newest complete one;
 - with ``--use_lora``: ``models/llama_zh_7b-lora-<step>.bin`` / ``models/llama_zh_7b-lora.bin`` (the adapter) and
   their ``.lora.json`` settings; the consolidated files then hold the merged weights.
+
+``Checkpointer`` writes them (``save``: model, adapter, then the training state staged in ``.tmp-<step>`` and
+renamed into place) and reads the training state back (``resume``).
 """
 
 from __future__ import annotations
@@ -18,12 +21,17 @@ import os
 import pickle
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tencentpretrain.checkpoint import CheckpointError, atomic_path, save_state_dict
+from tencentpretrain.checkpoint import CheckpointError, atomic_path, replace_dir, save_state_dict
+from tencentpretrain.cli import naming
+from tencentpretrain.training.engine import DistInfo, Engine, ModelExport
+from tencentpretrain.training.logging import note
+from tencentpretrain.training.lora import write_adapter
 
 LATEST = "latest"
 
@@ -56,12 +64,7 @@ def staging_dir(output: str, step: int) -> Path:
 def publish_state(output: str, step: int) -> Path:
     """Rename the staged state of ``step`` into place and point ``latest`` at it (rank 0 only)."""
     root, final = state_root(output), state_root(output) / str(step)
-    if final.exists():  # the same step saved again after a resume: move the old one aside first
-        old = root / f".old-{step}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(staging_dir(output, step), final)
+    replace_dir(staging_dir(output, step), final)  # the same step may have been saved before a resume
     with atomic_path(root / LATEST) as tmp:
         tmp.write_text(f"{step}\n")
     return final
@@ -143,3 +146,57 @@ def read_state_file(path: Path, device, weights_only: bool = True):
     except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:200]
         raise CheckpointError(f"{path}: truncated or corrupt training state ({detail})") from None
+
+
+@dataclass(frozen=True)
+class Checkpointer:
+    """Writes a run's checkpoints and training states under ``output`` (``--output_model_path``) and resumes.
+
+    Attributes:
+        output: the output prefix.
+        dist: this rank (rank 0 writes the model files; every rank its own state file).
+        save_dtype: dtype of the consolidated model files.
+    """
+
+    output: str
+    dist: DistInfo
+    save_dtype: torch.dtype = torch.float32
+
+    def save(self, engine: Engine, step: int, final: bool, loop_state: dict) -> None:
+        """The consolidated model (and LoRA adapter), then the full training state (``engine.save`` plus
+        ``loop_state``, per rank), staged and renamed into place. Every rank must call it."""
+        info = self.dist
+        export = engine.export(self.save_dtype)  # collective under ZeRO-3
+        if info.is_main:
+            self._publish_model(export, step, final)
+        del export
+        stage = staging_dir(self.output, step)
+        if info.is_main:
+            shutil.rmtree(stage, ignore_errors=True)  # a save killed half-way
+            stage.mkdir(parents=True)
+        info.barrier()
+        engine.save(stage)
+        save_rank_state(stage, info.rank, loop_state)
+        info.barrier()
+        if info.is_main:
+            publish_state(self.output, step)
+        info.barrier()
+
+    def _publish_model(self, export: ModelExport, step: int, final: bool) -> None:
+        if export.adapter is not None:
+            paths = [adapter_path(self.output, step)] + ([adapter_path(self.output)] if final else [])
+            for path in paths:
+                write_adapter(export.adapter, export.lora, path)
+        publish_model(export.state, self.output, step, final)
+
+    def resume(self, engine: Engine, directory: str | None = None) -> dict:
+        """Load the latest training state under ``output`` (``--resume``) or ``directory``
+        (``--resume_from_checkpoint``) into ``engine`` and the RNGs; returns this rank's loop state."""
+        flag = "--resume_from_checkpoint" if directory else "--resume"
+        where = directory or state_root(self.output)
+        with naming(flag, where):
+            found = latest_state(where)
+            engine.load(found)
+            state = load_rank_state(found, self.dist.rank)
+        note(f"resumed from {found} at step {state['step']}")
+        return state

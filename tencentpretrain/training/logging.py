@@ -1,14 +1,22 @@
-"""What the user sees: one progress line per report, a JSONL or CSV log, and TensorBoard scalars."""
+"""What the user sees: notes, one progress line per report, a JSONL or CSV log, and TensorBoard scalars."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 from tencentpretrain.cli import InputError
 from tencentpretrain.jsonfile import read_text
+
+
+def note(message: str) -> None:
+    """A message for the user, printed once (by rank 0)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[pretrain] {message}", file=sys.stderr, flush=True)
 
 
 def format_eta(seconds: float) -> str:
@@ -22,8 +30,9 @@ def format_eta(seconds: float) -> str:
 
 def progress_line(record: dict) -> str:
     """One line: step, loss, perplexity, lr, grad norm, tokens/s, MFU, ETA (and skipped steps when any)."""
+    norm = record["grad_norm"]  # None when every step since the last line was skipped
     line = (f"| step {record['step']:>7d}/{record['total_steps']} | loss {record['loss']:.4f} "
-            f"| ppl {record['ppl']:9.2f} | lr {record['lr']:.3e} | grad norm {record['grad_norm']:.3f} "
+            f"| ppl {record['ppl']:9.2f} | lr {record['lr']:.3e} | grad norm {'-' if norm is None else f'{norm:.3f}'} "
             f"| {record['tokens_per_s']:,.0f} tok/s | MFU {100 * record['mfu']:.1f}% | ETA {record['eta']}")
     return line + (f" | skipped {record['skipped_steps']}" if record.get("skipped_steps") else "")
 

@@ -6,23 +6,19 @@ The loop talks to one engine interface, so it reads the same for one CPU process
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 
 import torch
 
-from tencentpretrain.checkpoint import atomic_path, save_state_dict
 from tencentpretrain.cli import InputError
 from tencentpretrain.data import DataLoader
 from tencentpretrain.training import checkpointing
-from tencentpretrain.training.build import Run, build, note, setup
-from tencentpretrain.training.engine import DTYPES
+from tencentpretrain.training.build import Run, build, compute_dtype, setup
+from tencentpretrain.training.engine import StepResult
 from tencentpretrain.training.flops import measure_matmul_peak
-from tencentpretrain.training.logging import format_eta
+from tencentpretrain.training.logging import format_eta, note
 
 
 class TrainingStopped(InputError):
@@ -37,8 +33,8 @@ class Window:
     loss_sum: float = 0.0  # sum over counted targets of their loss
     targets: float = 0.0  # counted targets
     tokens: float = 0.0  # real (non-pad) input tokens
-    grad_norm_sum: float = 0.0
-    steps: int = 0
+    grad_norm_sum: float = 0.0  # over the steps taken (a skipped step's norm is not finite)
+    norm_steps: int = 0  # steps taken
     start: float = 0.0
 
     def reset(self) -> None:
@@ -63,16 +59,11 @@ def train(run: Run) -> int:
         lr = engine.lr  # the rate this step is taken with
         result = engine.step()
         step += 1
-        window.steps += 1
         if result.skipped:
-            run.skipped_steps += 1
-            note(f"step {step}: non-finite loss or gradient norm, step skipped "
-                 f"({run.skipped_steps}/{opts.max_skipped_steps})")
-            if run.skipped_steps > opts.max_skipped_steps:
-                raise TrainingStopped(f"stopped at step {step}: {run.skipped_steps} steps skipped for non-finite "
-                                      f"loss or gradients (--max_skipped_steps {opts.max_skipped_steps})")
+            count_skipped(run, step, result)
         else:
             window.grad_norm_sum += result.grad_norm
+            window.norm_steps += 1
         if step % opts.report_steps == 0 or step == opts.total_steps:
             report(run, window, step, lr, began)
             window.reset()
@@ -81,6 +72,21 @@ def train(run: Run) -> int:
         if step % opts.save_checkpoint_steps == 0 or step == opts.total_steps:
             save(run, step, final=step == opts.total_steps)
     return step
+
+
+def count_skipped(run: Run, step: int, result: StepResult) -> None:
+    """The watchdog: count a skipped step; stop once more than ``--max_skipped_steps`` were skipped for a
+    non-finite loss or gradient (fp16 loss-scale overflows are counted, and logged, but never stop a run)."""
+    run.skipped_steps += 1
+    if result.scale_overflow:
+        run.overflow_steps += 1
+        note(f"step {step}: fp16 gradients overflowed, step skipped and the loss scale lowered")
+        return
+    faulty, most = run.skipped_steps - run.overflow_steps, run.opts.max_skipped_steps
+    note(f"step {step}: non-finite loss or gradient norm, step skipped ({faulty}/{most})")
+    if faulty > most:
+        raise TrainingStopped(f"stopped at step {step}: {faulty} steps skipped for non-finite loss or gradients "
+                              f"(--max_skipped_steps {most})")
 
 
 def report(run: Run, window: Window, step: int, lr: float, began: float) -> None:
@@ -94,10 +100,11 @@ def report(run: Run, window: Window, step: int, lr: float, began: float) -> None
     world = run.dist.world_size
     if run.opts.peak_flops is None and run.flops_per_token * tokens_per_s > run.peak_flops * world:
         # The start-up measurement ran while the machine was busy: measure the peak again rather than show MFU > 1.
-        dtype = DTYPES[run.opts.precision] if run.dist.device.type == "cuda" else torch.float32
-        run.peak_flops = max(run.peak_flops, measure_matmul_peak(run.dist.device, dtype))
+        peak = measure_matmul_peak(run.dist.device, compute_dtype(run.opts, run.dist))
+        run.peak_flops = max(run.peak_flops, peak)
+    norm = window.grad_norm_sum / window.norm_steps if window.norm_steps else None  # None: every step skipped
     record = {"split": "train", "step": step, "total_steps": run.opts.total_steps, "loss": loss,
-              "ppl": math.exp(min(loss, 50.0)), "lr": lr, "grad_norm": window.grad_norm_sum / max(window.steps, 1),
+              "ppl": math.exp(min(loss, 50.0)), "lr": lr, "grad_norm": norm,
               "tokens_per_s": tokens_per_s,
               "mfu": run.flops_per_token * tokens_per_s / (run.peak_flops * world),
               "eta": format_eta(eta), "skipped_steps": run.skipped_steps, "time": time.time()}
@@ -106,7 +113,9 @@ def report(run: Run, window: Window, step: int, lr: float, began: float) -> None
 
 def evaluate(run: Run, step: int) -> float:
     """Mean loss over ``--dev_batches`` batches of the dev set (the same batches every time)."""
-    loader = DataLoader(run.dev_dataset, run.opts.batch_size, run.dist.rank, run.dist.world_size, shuffle=False)
+    seq_length = min(run.opts.seq_length or run.dev_dataset.seq_length, run.dev_dataset.seq_length)
+    loader = DataLoader(run.dev_dataset, run.opts.batch_size, run.dist.rank, run.dist.world_size, shuffle=False,
+                        seq_length=seq_length)
     loss_sum = targets = 0.0
     run.engine.train(False)
     with torch.no_grad():
@@ -123,42 +132,8 @@ def evaluate(run: Run, step: int) -> float:
 
 
 def save(run: Run, step: int, final: bool) -> None:
-    """Consolidated model (rank 0), then the full training state, staged and renamed into place."""
-    opts, info = run.opts, run.dist
-    state = run.engine.consolidated_state_dict(DTYPES[opts.save_dtype])  # collective under ZeRO-3
-    if info.is_main:
-        state = save_lora(run, state, step, final) if opts.use_lora else state
-        checkpointing.publish_model(state, opts.output_model_path, step, final)
-    del state
-    stage = checkpointing.staging_dir(opts.output_model_path, step)
-    if info.is_main:
-        shutil.rmtree(stage, ignore_errors=True)  # a save killed half-way
-        stage.mkdir(parents=True)
-    info.barrier()
-    run.engine.save(stage)
-    checkpointing.save_rank_state(stage, info.rank, {"step": step, "loader": run.loader.state_dict(),
-                                                      "skipped_steps": run.skipped_steps})
-    info.barrier()
-    if info.is_main:
-        checkpointing.publish_state(opts.output_model_path, step)
-    info.barrier()
-
-
-def save_lora(run: Run, state: dict, step: int, final: bool) -> dict:
-    """Write the adapter (``<output>-lora-<step>.bin``, and ``<output>-lora.bin`` when ``final``) with its settings
-    file, and return the merged full state dict for the consolidated checkpoint."""
-    from tencentpretrain.training.lora import adapter_config_path, lora_state_dict, merge_lora_state
-
-    config = run.engine.model.lora_config
-    adapter = {name: state[name] for name in lora_state_dict(run.engine.model)}
-    paths = [checkpointing.adapter_path(run.opts.output_model_path, step)]
-    paths += [checkpointing.adapter_path(run.opts.output_model_path)] if final else []
-    for path in paths:
-        with atomic_path(adapter_config_path(path)) as tmp:
-            tmp.write_text(json.dumps({"format": "tencentpretrain-lora", **dataclasses.asdict(config)}, indent=2))
-        save_state_dict(adapter, path)
-    base = {name: tensor for name, tensor in state.items() if not name.endswith((".lora_A", ".lora_B"))}
-    return merge_lora_state(base, adapter, config.rank, config.alpha)
+    """Consolidated model (and adapter), then the full training state (``Checkpointer.save``)."""
+    run.checkpointer.save(run.engine, step, final, run.loop_state(step))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Bad input raises an :class:`~tencentpretrain.cli.InputError` (``run_cli`` prints it and exits 1). Under
     torchrun/DeepSpeed every rank reaches the same error: all ranks read the same config, dataset and tokenizer,
-    and only rank 0 reads ``--pretrained_model_path`` but broadcasts its verdict (``build.pretrained_state``).
+    and only rank 0 reads ``--pretrained_model_path`` but broadcasts its verdict (``weights.pretrained_state``).
     """
     opts, info = setup(argv)
     run = build(opts, info)

@@ -148,14 +148,8 @@ def freeze_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     return frozen
 
 
-def _replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
-               target_modules: Sequence[str] = ("linear_layers.*",), train_modules: Sequence[str] = ()) -> None:
+               target_modules: Sequence[str] = ("linear_layers.*",), train_modules: Sequence[str] = ()) -> LoraConfig:
     """Add LoRA adapters to the linear layers matching ``target_modules`` and freeze the rest of the model.
 
     Afterwards only ``lora_A``/``lora_B`` and the parameters matching ``train_modules`` require gradients.
@@ -167,6 +161,9 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
         dropout: dropout on the adapters' input (training only).
         target_modules: patterns of the linear layers to adapt.
         train_modules: patterns of parameters trained in full, e.g. ``("embedding.*", "target.lm.output_layer")``.
+
+    Returns:
+        The settings, for ``save_adapter`` and merging (the model does not keep them).
 
     Raises:
         LoraError: bad settings, a pattern that matches nothing, or a model that already has adapters.
@@ -180,16 +177,17 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
     _check_patterns(config.train_modules, param_names, "LoRA train_modules")
     for name in linears:
         if any(name_matches(p, name) for p in config.target_modules):
-            _replace_module(model, name, LoraLinear(model.get_submodule(name), rank, alpha, dropout))
+            model.set_submodule(name, LoraLinear(model.get_submodule(name), rank, alpha, dropout), strict=True)
     for name, param in model.named_parameters(remove_duplicate=False):
-        param.requires_grad_(_is_lora(name))
+        param.requires_grad_(is_lora_name(name))
     for name, param in model.named_parameters(remove_duplicate=False):  # second pass: tied weights stay trainable
         if any(name_matches(p, name) for p in config.train_modules):
             param.requires_grad_(True)
-    model.lora_config = config
+    return config
 
 
-def _is_lora(name: str) -> bool:
+def is_lora_name(name: str) -> bool:
+    """Whether ``name`` is a LoRA factor (``...lora_A`` or ``...lora_B``)."""
     return name.endswith(LORA_SUFFIXES)
 
 
@@ -199,7 +197,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     Tied parameters appear under each of their names, as in ``model.state_dict()``.
     """
     return {name: param.detach() for name, param in model.named_parameters(remove_duplicate=False)
-            if _is_lora(name) or param.requires_grad}
+            if is_lora_name(name) or param.requires_grad}
 
 
 def merge_lora(model: nn.Module) -> None:
@@ -214,9 +212,7 @@ def merge_lora(model: nn.Module) -> None:
             module.weight.copy_((module.weight.to(torch.float32) + module.delta_weight()).to(module.weight.dtype))
         plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
         plain.weight, plain.bias = module.weight, module.bias
-        _replace_module(model, name, plain)
-    if hasattr(model, "lora_config"):
-        del model.lora_config
+        model.set_submodule(name, plain, strict=True)
 
 
 def adapter_config_path(adapter_path: str | Path) -> Path:
@@ -225,22 +221,50 @@ def adapter_config_path(adapter_path: str | Path) -> Path:
     return adapter_path.with_name(f"{adapter_path.stem}.lora.json")
 
 
-def save_adapter(model: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
+def save_adapter(model: nn.Module, path: str | Path, config: LoraConfig | None = None) -> dict[str, torch.Tensor]:
     """Write ``lora_state_dict(model)`` to ``path`` (``.bin`` or ``.safetensors``) and its settings beside it.
 
-    Both files are written aside and renamed into place. Returns the saved state.
+    Args:
+        model: a model with adapters (``apply_lora``).
+        path: the adapter file.
+        config: the settings ``apply_lora`` returned (default: those the model's adapters show, ``lora_config_of``).
+
+    Returns:
+        The saved state.
 
     Raises:
         LoraError: the model has no adapters (``apply_lora`` was not called).
     """
-    config = getattr(model, "lora_config", None)
-    if config is None:
-        raise LoraError("the model has no LoRA adapters to save; call apply_lora first")
     state = lora_state_dict(model)
+    write_adapter(state, config or lora_config_of(model), path)
+    return state
+
+
+def write_adapter(state: dict[str, torch.Tensor], config: LoraConfig, path: str | Path) -> None:
+    """Write an adapter state (``lora_state_dict``'s tensors, possibly gathered from ZeRO-3 partitions) to ``path``
+    and its settings to ``adapter_config_path(path)``, each written aside and renamed into place."""
     with atomic_path(adapter_config_path(path)) as tmp:
         tmp.write_text(json.dumps({"format": "tencentpretrain-lora", **dataclasses.asdict(config)}, indent=2) + "\n")
     save_state_dict(state, path)
-    return state
+
+
+def lora_config_of(model: nn.Module) -> LoraConfig:
+    """The settings a model's adapters show: rank, alpha and dropout of its ``LoraLinear`` layers, the adapted
+    layers' names as ``target_modules`` and the other trained parameters' names as ``train_modules``.
+
+    Raises:
+        LoraError: the model has no adapters, or adapters of different ranks or alphas.
+    """
+    adapted = {name: m for name, m in model.named_modules() if isinstance(m, LoraLinear)}
+    if not adapted:
+        raise LoraError("the model has no LoRA adapters to save; call apply_lora first")
+    settings = {(m.rank, m.alpha, getattr(m.lora_dropout, "p", 0.0)) for m in adapted.values()}
+    if len(settings) > 1:
+        raise LoraError(f"the model's adapters have different (rank, alpha, dropout): {sorted(settings)}")
+    (rank, alpha, dropout), = settings
+    trained = tuple(name for name, p in model.named_parameters(remove_duplicate=False)
+                    if p.requires_grad and not is_lora_name(name))
+    return LoraConfig(rank, alpha, dropout, tuple(adapted), trained)
 
 
 def read_adapter_config(adapter_path: str | Path) -> LoraConfig:
@@ -276,7 +300,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> None:
     problems = [f"unexpected tensor {k}" for k in state if k not in own]
     problems += [f"tensor {k}: file has shape {list(v.shape)}, model has {list(own[k].shape)}"
                  for k, v in state.items() if k in own and v.shape != own[k].shape]
-    problems += [f"missing tensor {k}" for k in own if _is_lora(k) and k not in state]
+    problems += [f"missing tensor {k}" for k in own if is_lora_name(k) and k not in state]
     if problems:
         raise LoraError(f"{path} does not fit the model's adapters:\n  " + "\n  ".join(problems[:20]))
     with torch.no_grad():
@@ -300,12 +324,12 @@ def merge_lora_state(base_state: dict[str, torch.Tensor], adapter_state: dict[st
     merged = dict(base_state)
     scale = alpha / rank
     for name, tensor in adapter_state.items():
-        if _is_lora(name):
+        if is_lora_name(name):
             continue
         if name not in base_state:
             raise LoraError(f"adapter tensor {name} has no counterpart in the base model")
         merged[name] = tensor
-    prefixes = sorted({name.rsplit(".", 1)[0] for name in adapter_state if _is_lora(name)})
+    prefixes = sorted({name.rsplit(".", 1)[0] for name in adapter_state if is_lora_name(name)})
     for prefix in prefixes:
         lora_a, lora_b = _lora_pair(adapter_state, prefix, rank)
         weight_name = f"{prefix}.weight"

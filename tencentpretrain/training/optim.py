@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from tencentpretrain.cli import InputError
 from tencentpretrain.registry import SCHEDULERS
+
+if TYPE_CHECKING:  # options.py imports this module to register the schedules
+    from tencentpretrain.training.options import TrainOptions
 
 
 def _warmup(step: int, warmup_steps: int) -> float | None:
@@ -89,3 +94,18 @@ def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float], eps: 
         except RuntimeError:  # this torch has no fused kernel for the device
             pass
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
+
+
+def adamw_of(opts: TrainOptions, groups: list[dict], device: torch.device) -> torch.optim.AdamW:
+    """``build_adamw`` with the run's ``--learning_rate``, ``--adam_beta1/2`` and ``--adam_eps``."""
+    return build_adamw(groups, opts.learning_rate, (opts.adam_beta1, opts.adam_beta2), opts.adam_eps, device)
+
+
+def scheduler_of(opts: TrainOptions) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LambdaLR]:
+    """Builds the run's schedule (``--scheduler``, ``--warmup``, ``--total_steps``) over a given optimizer."""
+    warmup = warmup_steps_of(opts.warmup, opts.total_steps)
+
+    def build(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return build_scheduler(optimizer, opts.scheduler, warmup, opts.total_steps)
+
+    return build

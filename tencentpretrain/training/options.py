@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import tencentpretrain.data  # noqa: F401  (registers the data processors)
 from tencentpretrain.cli import InputError
+from tencentpretrain.dtypes import DTYPES
 from tencentpretrain.registry import DATA_PROCESSORS, SCHEDULERS
 from tencentpretrain.training import optim  # noqa: F401  (registers the schedulers)
 
-SAVE_DTYPES = ("fp32", "fp16", "bf16")
+SAVE_DTYPES = tuple(DTYPES)
 
 
 def _opt(default, help: str, choices=None, **extra):

@@ -1,0 +1,60 @@
+"""Joining the process group the launcher describes (torchrun, the deepspeed launcher, or none), and seeding."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tencentpretrain.training.engine import DistInfo
+from tencentpretrain.training.logging import note
+from tencentpretrain.training.options import TrainOptions
+
+
+def init_distributed(opts: TrainOptions) -> DistInfo:
+    """Join the process group the launcher describes (env RANK/WORLD_SIZE/LOCAL_RANK); none for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", opts.local_rank or 0))
+    device = _device(opts, local)
+    backend = opts.backend or ("nccl" if device.type == "cuda" else "gloo")
+    if opts.deepspeed:
+        import deepspeed
+
+        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        deepspeed.init_distributed(dist_backend=backend)
+    elif world > 1:
+        dist.init_process_group(backend)
+    if opts.world_size and opts.world_size != world:
+        note(f"--world_size {opts.world_size} ignored: the launcher started {world} process(es)")
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def _device(opts: TrainOptions, local_rank: int) -> torch.device:
+    """``--device``, else this rank's GPU, else the CPU (a bare ``--device cuda`` means this rank's own GPU)."""
+    cuda = torch.cuda.is_available()
+    device = torch.device(opts.device) if opts.device else torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (every device) alike on every rank."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

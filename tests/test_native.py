@@ -220,3 +220,14 @@ def test_turned_off_or_unbuildable_library_is_a_reason_not_a_crash(model, monkey
         assert len(list((tmp_path / "cache").glob("onerow-*.so"))) == 1
     finally:
         native.load_library.cache_clear()
+
+
+def test_streams_read_side_by_side_leave_the_grad_mode_as_it_was(model):
+    engine = Engine(copy.deepcopy(model))
+    use_threads(engine, 2)
+    first, second = iter(engine.stream([[1, 5, 6]], 5)), iter(engine.stream([[1, 7]], 9))
+    for _ in range(3):
+        next(first), next(second)
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    del first, second  # both left half-read
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()

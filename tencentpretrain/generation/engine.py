@@ -59,8 +59,15 @@ class GenerationStream:
         self.finished[row] = True
 
     def __iter__(self) -> Iterator[Step]:
-        with torch.inference_mode():
-            yield from self._steps()
+        """The steps, each computed in inference mode; the caller gets each step back in its own grad mode, so a
+        stream read step by step, or left half-read, never leaves the caller's thread in inference mode."""
+        steps = self._steps()
+        while True:
+            with torch.inference_mode():
+                step = next(steps, None)
+            if step is None:
+                return
+            yield step
 
     def _prefill_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids (B, T) and the real-token mask (B, T + max_new_tokens)."""

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 from tencentpretrain.checkpoint import atomic_path  # noqa: E402
 from tencentpretrain.cli import InputError, run_cli  # noqa: E402
+from tencentpretrain.generation.options import add_sampling_args  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_llama import escape, read_prompts  # noqa: E402
@@ -31,13 +32,7 @@ def build_args(argv):
     parser.add_argument("--test_path", required=True, help="prompts (or questions), one per line")
     parser.add_argument("--prediction_path", required=True, help="where to write the texts, one line per prompt")
     parser.add_argument("--raw", action="store_true", help="use each line as the prompt, ignoring a chat template")
-    parser.add_argument("--seq_length", type=int, default=512, help="context size: prompt plus new tokens")
-    parser.add_argument("--max_new_tokens", type=int, default=256, help="most tokens generated per prompt")
-    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 means greedy")
-    parser.add_argument("--top_k", type=int, default=40, help="sample among the k most likely tokens (0: all)")
-    parser.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass (1.0: off)")
-    parser.add_argument("--repetition_penalty", type=float, default=1.0, help="repetition penalty (1.0: off)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the sampler")
+    add_sampling_args(parser)  # the same flags and defaults as run_llama.py
     parser.add_argument("--threads", type=int, help="CPU threads (default: llama.cpp's choice)")
     parser.add_argument("--kv_cache_type", choices=("f16", "f32"), default="f16",
                         help="key/value cache type: llama.cpp's default f16, or f32 as our engine keeps it")

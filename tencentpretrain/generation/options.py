@@ -53,17 +53,22 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
                             "LLaMA-shaped float32 models on CPU (generation/threads.py; default: %(default)s here)")
 
 
-def _add_generation_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("generation")
+def add_sampling_args(group: argparse._ActionsContainer) -> None:
+    """The context, length and sampling options of every generating command (ours and run_llama_cpp.py's)."""
     group.add_argument("--seq_length", type=int, default=512, help="context size: prompt plus new tokens")
     group.add_argument("--max_new_tokens", type=int, default=256, help="most tokens generated per prompt")
     group.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 means greedy")
     group.add_argument("--top_k", type=int, default=40, help="sample among the k most likely tokens (0: all)")
     group.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling mass (1.0: off)")
     group.add_argument("--repetition_penalty", type=float, default=1.0, help="CTRL repetition penalty (1.0: off)")
+    group.add_argument("--seed", type=int, default=42, help="seed of the sampling random generator")
+
+
+def _add_generation_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generation")
+    add_sampling_args(group)
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="stop when this text is generated (repeatable); eos always stops")
-    group.add_argument("--seed", type=int, default=42, help="seed of the sampling random generator")
     group.add_argument("--template", choices=TEMPLATES.names(), default="none",
                        help="prompt template the model was fine-tuned with (none for a base model)")
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from tencentpretrain.embeddings.embedding import WordEmbedding
+from tencentpretrain.generation.layout import PackedLinear
 from tencentpretrain.layers.activations import silu
 from tencentpretrain.layers.feed_forward import GatedFeedForward
 from tencentpretrain.layers.norm import RMSNorm
@@ -166,12 +167,12 @@ def vector_of(weight: torch.Tensor, name: str, size: int) -> tuple[int, torch.Te
 
 
 def linear_weight(module: nn.Module, name: str) -> torch.Tensor | None:
-    """The weight of a bias-free linear layer (``nn.Linear``, or ``PackedLinear``'s dense copy)."""
-    if not hasattr(module, "in_features") or getattr(module, "bias", None) is not None or \
-            not isinstance(getattr(module, "weight", None), (torch.Tensor, type(None))):
-        raise Unsupported(f"{name} is a {type(module).__name__}, not a bias-free linear layer")
-    if module.__class__.__name__ not in ("Linear", "PackedLinear"):
+    """The weight of a bias-free float linear layer: an ``nn.Linear``, or ``PackedLinear``'s dense copy (None for a
+    layer packed without one)."""
+    if type(module) is not nn.Linear and not isinstance(module, PackedLinear):
         raise Unsupported(f"{name} is a {type(module).__name__} (e.g. int8), not a float linear layer")
+    if module.bias is not None:
+        raise Unsupported(f"{name} has a bias")
     return module.weight
 
 

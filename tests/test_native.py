@@ -1,6 +1,8 @@
-"""Native decoding (generation/native.py, onerow.c): products equal F.linear, logits and cache writes equal the
-PyTorch model's, greedy tokens equal transformers' and the PyTorch engine's on 1-3 threads, alone, batched with
-left padding and inside the continuous batcher; every model or machine it cannot take is refused with a reason."""
+"""Native passes (generation/native.py, onerow.c): products equal F.linear and never depend on the rows beside
+them; logits and cache writes equal the PyTorch model's, for decoding steps and for the batcher's passes of running
+rows and prompt chunks; greedy tokens equal transformers' and the PyTorch engine's on 1-3 threads, alone, batched
+with left padding and inside the continuous batcher; every model or machine it cannot take is refused with a
+reason."""
 
 from __future__ import annotations
 
@@ -57,10 +59,22 @@ def test_product_equals_linear(threads, out_features, in_features):
     torch.manual_seed(0)
     weight = torch.randn(out_features, in_features)
     column_major = weight.t().contiguous().t()  # the same values stored transposed (the column layout)
-    for rows in (1, 2, 5, 8, 11):  # more than 8 rows take two passes over the weight
+    for rows in (1, 2, 5, 8, 11, 50, 100):  # beyond 8 rows: the blocked kernel, 48 rows per pass over the weight
         x = torch.randn(rows, in_features)
         for w in (weight, column_major):
             torch.testing.assert_close(team.product(w, x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+def test_a_rows_product_does_not_depend_on_the_rows_beside_it():
+    """Every kernel sums in the same order, so a token computes the same bits in a decoding step of one row, of
+    eight, or among a prompt chunk's rows: a request gets the same tokens whoever runs beside it."""
+    native_or_skip()
+    team = native.Team(2)
+    torch.manual_seed(1)
+    weight, x = torch.randn(203, 77), torch.randn(100, 77)
+    alone = torch.cat([team.product(weight, x[i:i + 1]) for i in range(len(x))])
+    for rows in (2, 3, 7, 8, 9, 49, 100):
+        assert torch.equal(team.product(weight, x[:rows]), alone[:rows])
 
 
 def test_decoder_logits_and_cache_equal_the_model(model):
@@ -134,16 +148,95 @@ def test_native_decoding_inside_the_batcher(model):
     batch = prompts(6, seed=21)
     lengths = [5, 30, 12, 41, 1, 25]
     expected = [alone.generate([p], n)[0] for p, n in zip(batch, lengths)]
-    calls = []
-    decoder = fast.decoder
-    fast.decoder = lambda *args: calls.append(args[0].shape[0]) or decoder(*args)
+    spy = fast.decoder = Spy(fast.decoder)
     batcher = Batcher(fast, max_batch_size=4, max_length=200, prefill_chunk=16, slack=4).start()
     try:
         requests = [batcher.submit(TokenRequest(p, n)) for p, n in zip(batch, lengths)]
         assert [r.result(timeout=120) for r in requests] == expected
     finally:
         batcher.close()
-    assert calls and max(calls) > 1  # the decoder took the batched steps (rows joined at different columns)
+    assert spy.steps and max(spy.steps) > 1  # the decoder took the batched steps (rows joined at different columns)
+    # and the passes with prompts: prompts alone, several prompts' chunks together, chunks beside running rows
+    assert any(not rows for rows, _ in spy.passes) and any(rows and chunks for rows, chunks in spy.passes)
+    assert any(chunks > 1 for _, chunks in spy.passes) and all(r is not None for r in spy.results)
+
+
+def ragged_pass(model, seed: int):
+    """A batcher pass on random caches: three running rows (spans of 9, 4 and 12 columns in a slot cache of 16)
+    and two prompt chunks (5 tokens after 7 read, the first 6 tokens of another): its ids and positions (1, N),
+    the ``RaggedPass``, and the caches to compare afterwards."""
+    from tencentpretrain.generation.ragged import RaggedPass
+    from tencentpretrain.generation.slots import SlotCache
+    from tencentpretrain.layers.kv_cache import KVCache
+
+    config, g = model.config, torch.Generator().manual_seed(seed)
+    shape = (config.layers_num, config.kv_heads_num, config.head_dim)
+    slots = SlotCache(shape[0], 4, shape[1], 16, shape[2])
+    slots.keys.normal_(generator=g)
+    slots.values.normal_(generator=g)
+    slots.rows, slots.length = 3, 12
+    for row, span in enumerate((9, 4, 12)):
+        slots.starts[row] = 12 - span
+        slots.mask[row, 12 - span:12] = True
+    read = KVCache(shape[0], 1, shape[1], 20, shape[2])
+    read.keys.normal_(generator=g)
+    read.values.normal_(generator=g)
+    read.length = 7
+    fresh = KVCache(shape[0], 1, shape[1], 6, shape[2])
+    ids = torch.randint(3, VOCAB, (1, 3 + 5 + 6), generator=g)
+    positions = torch.tensor([[9, 4, 12] + list(range(7, 12)) + list(range(6))])
+    return ids, positions, RaggedPass(slots, 3, [(read, 5), (fresh, 6)]), (slots, read, fresh)
+
+
+def test_a_native_batcher_pass_equals_the_models(model):
+    """Running rows and prompt chunks in one native pass: the logits of the tokens picked and every key and value
+    stored equal the PyTorch pass's, and every cache is advanced alike."""
+    engine = Engine(copy.deepcopy(model))
+    decoder, note = native.native_decoder(engine.model, 2)
+    assert decoder is not None, note
+    picks = [0, 1, 2, 7, 13]  # the running rows and the last token of each chunk
+    with torch.inference_mode():
+        ids, positions, ragged, caches = ragged_pass(engine.model, seed=3)
+        expected = engine.read(ids, positions, ragged, picks)  # no decoder set: the model
+        ids, positions, ragged, native_caches = ragged_pass(engine.model, seed=3)
+        got = decoder.read(ids, positions, ragged, picks)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    for cache, other in zip(caches, native_caches):
+        assert cache.length == other.length
+        torch.testing.assert_close(other.keys, cache.keys, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(other.values, cache.values, rtol=1e-4, atol=1e-4)
+    assert [c.length for c in caches] == [13, 12, 6]
+
+
+def test_a_native_pass_declines_what_it_cannot_read(model):
+    engine = Engine(copy.deepcopy(model))
+    decoder, _ = native.native_decoder(engine.model, 1)
+    with torch.inference_mode():
+        ids, positions, ragged, (slots, read, fresh) = ragged_pass(engine.model, seed=4)
+        slots.mask[1, 0] = True  # a row whose columns are not one span: only the model's masks can say that
+        ragged.decode_mask = slots.open_column()[:, None, None, :]
+        assert decoder.read(ids, positions, ragged, [0]) is None
+        ids, positions, ragged, (slots, read, fresh) = ragged_pass(engine.model, seed=4)
+        assert decoder.read(ids[:, :-1], positions[:, :-1], ragged, [0]) is None  # not the pass's tokens
+        assert [c.length for c in (slots, read, fresh)] == [12, 7, 0]  # nothing advanced
+
+
+class Spy:
+    """A native decoder that notes what it was given: the rows of each decoding step, (running rows, prompt chunks)
+    of each batcher pass, and the results of those passes."""
+
+    def __init__(self, decoder):
+        self.decoder, self.steps, self.passes, self.results = decoder, [], [], []
+
+    def __call__(self, tokens, *args):
+        self.steps.append(tokens.shape[0])
+        return self.decoder(tokens, *args)
+
+    def read(self, tokens, positions, ragged, picks):
+        self.passes.append((ragged.decoding, len(ragged.chunks)))
+        logits = self.decoder.read(tokens, positions, ragged, picks)
+        self.results.append(logits)
+        return logits
 
 
 def test_positions_beyond_the_rotary_table_grow_it(model):

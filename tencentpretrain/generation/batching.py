@@ -334,17 +334,18 @@ class Batcher:
 
     def _read_chunks(self, ids: torch.Tensor, positions: torch.Tensor, ragged: RaggedPass,
                      chunks: list[tuple[Prefill, int, int]]) -> tuple[torch.Tensor | None, list[Prefill]]:
-        """The pass with prompt chunks: logits (R + len(done), vocab) of the running rows and of the last token
-        of each prompt now read in full (``done``); the LM head runs on those rows only."""
-        model = self.engine.model
-        hidden = model.encode(ids, positions, None, ragged)[0]  # (N, hidden)
+        """The pass with prompt chunks (``Engine.read``): logits (R + len(done), vocab) of the running rows and of
+        the last token of each prompt now read in full (``done``); the LM head runs on those rows only."""
         ends, offset, done = list(range(ragged.decoding)), ragged.decoding, []
         for state, first, end in chunks:
-            offset, state.done = offset + end - first, end
+            offset += end - first
             if end == len(state.row.request.prompt):
                 ends.append(offset - 1)
                 done.append(state)
-        return (model.target["lm"].logits(hidden[ends][None])[0] if ends else None), done
+        logits = self.engine.read(ids, positions, ragged, ends)
+        for state, first, end in chunks:
+            state.done = end
+        return (logits if ends else None), done
 
     def _count(self, rows: int, prefilled: bool) -> None:
         metrics = self.metrics

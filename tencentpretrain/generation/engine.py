@@ -139,6 +139,18 @@ class Engine:
                 return logits
         return self.model(tokens, positions, padding_mask, cache)
 
+    def read(self, tokens: torch.Tensor, positions: torch.Tensor, ragged, picks: list[int]) -> torch.Tensor:
+        """One pass of the continuous batcher over (1, N) ``tokens`` at ``positions``, laid out and cached as the
+        ``RaggedPass`` ``ragged`` says (the running rows' next tokens, then prompt chunks); the logits
+        (len(picks), vocab) of the tokens at ``picks`` (the LM head runs on those only). Natively when a decoder is
+        set and takes the pass (generation/native.py), else through the model."""
+        if self.decoder is not None:
+            logits = self.decoder.read(tokens, positions, ragged, picks)
+            if logits is not None:
+                return logits
+        hidden = self.model.encode(tokens, positions, None, ragged)[0]  # (N, hidden)
+        return self.model.target["lm"].logits(hidden[picks][None])[0]
+
     def new_cache(self, batch: int, length: int) -> KVCache:
         """An empty cache for ``batch`` rows of up to ``length`` positions."""
         config = self.config

@@ -1,12 +1,21 @@
-"""Decoding steps in one native call each, on every core the user gives it (``onerow.c``).
+"""Forward passes in one native call each, on every core the user gives it (``onerow.c``).
 
 PyTorch multiplies one input row by a weight on a single thread whatever ``torch.set_num_threads`` says, and a
 decoding step of a small model spends milliseconds in Python between its products. ``NativeDecoder`` runs a whole
-decoding step (one new token for each of B rows) of a LLaMA-shaped model in C instead: the products split by output
-rows over a team of threads that spin between tasks, each weight read once for all B rows, with the norms, rotary
-positions, attention over the cache and the SwiGLU around them. It reads the model's weights, rotary tables and KV
-cache where they are (nothing is copied) and writes the new keys and values into the cache as the model would, so
-PyTorch passes and native steps mix freely (prompts are read by PyTorch, then decoded natively).
+pass of a LLaMA-shaped model in C instead: the products split by output rows over a team of threads that spin
+between tasks, each weight read once for all the pass's tokens, with the norms, rotary positions, attention over the
+cache and the SwiGLU around them. It takes two kinds of pass:
+
+- a decoding step, one new token for each of B rows of a cache (``Engine.forward``);
+- a pass of the continuous batcher (``Engine.read``): the running rows' next tokens and chunks of the prompts being
+  read, each chunk's tokens attending causally to their own request's cache. Beyond 8 tokens the products run in a
+  register-blocked kernel that holds blocks of each weight in the caches for 48 tokens at a time, near the core's
+  arithmetic peak (about 1.8x PyTorch's products on two threads, docs/benchmarks.md).
+
+It reads the model's weights, rotary tables and KV caches where they are (nothing is copied) and writes the same
+keys and values into the caches as the model would, so PyTorch passes and native ones mix freely. Every product
+sums in one order whatever kernel, thread or group of rows computes it, so a token's results do not depend on the
+tokens beside it: a request gets the same tokens alone or among others.
 
 It takes the models this project exists for: pre-norm RMSNorm, gated SiLU feed-forward, rotary positions, no
 biases, word embedding only, float32 on CPU, weights row-major or in the ``column`` layout (``PackedLinear`` with a
@@ -40,7 +49,7 @@ from tencentpretrain.layers.feed_forward import GatedFeedForward
 from tencentpretrain.layers.norm import RMSNorm
 
 SOURCE = Path(__file__).with_name("onerow.c")
-FLAGS = ("-O3", "-mavx2", "-mfma", "-fPIC", "-shared", "-pthread")
+FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
 SPIN_NS = 2_000_000  # an idle worker spins this long (between tokens and requests) before it sleeps
 
 P, L = ctypes.c_void_p, ctypes.c_long
@@ -61,8 +70,7 @@ class ModelStruct(ctypes.Structure):
                      ("layer", ctypes.POINTER(Layer))]
 
 
-class CacheStruct(ctypes.Structure):
-    _fields_ = [("keys", P), ("values", P), ("layer", L), ("row", L), ("head", L), ("column", L), ("length", L)]
+ROW_FIELDS = 7  # onerow.c's row_t: keys, values, layer, head and column strides, write, first (8 bytes each)
 
 
 class Unsupported(Exception):
@@ -106,10 +114,9 @@ def load_library() -> ctypes.CDLL:
     lib.team_free.restype, lib.team_free.argtypes = None, [P]
     lib.team_threads.restype, lib.team_threads.argtypes = ctypes.c_int, [P]
     lib.team_product.restype, lib.team_product.argtypes = None, [P, ctypes.POINTER(Matrix), P, L, P]
-    lib.scratch_size.restype, lib.scratch_size.argtypes = L, [ctypes.POINTER(ModelStruct), L, L]
-    lib.decode_step.restype = None
-    lib.decode_step.argtypes = [P, ctypes.POINTER(ModelStruct), L, P, P, P, ctypes.POINTER(CacheStruct), P, L, P,
-                                P]
+    lib.scratch_size.restype, lib.scratch_size.argtypes = L, [ctypes.POINTER(ModelStruct), L, L, ctypes.c_int]
+    lib.forward_rows.restype = None
+    lib.forward_rows.argtypes = [P, ctypes.POINTER(ModelStruct), L, P, P, P, P, P, L, P, L, P, P]
     return lib
 
 
@@ -245,44 +252,94 @@ class NativeDecoder:
                 columns up to ``cache.length`` must be one span ending there (left padding).
             cache: a ``KVCache`` or ``SlotCache`` whose first B rows are these rows.
         """
-        if tokens.dim() != 2 or tokens.shape[1] != 1 or cache is None or cache.keys.dtype != torch.float32 or \
-                cache.keys.device.type != "cpu":
+        if tokens.dim() != 2 or tokens.shape[1] != 1:
             return None
-        rows, length = tokens.shape[0], cache.length
+        rows = self._decoding_rows(cache, tokens.shape[0], padding_mask)
+        if rows is None:
+            return None
+        logits = self._run(tokens.reshape(-1).tolist(), positions.reshape(-1).tolist(), rows, list(range(len(rows))))
+        cache.advance(1)
+        return logits[:, None]
+
+    def read(self, tokens: torch.Tensor, positions: torch.Tensor, ragged, picks: list[int]) -> torch.Tensor | None:
+        """One pass of the continuous batcher (``generation/ragged.py``): the running rows' next tokens and the
+        prompt chunks, (1, N) ``tokens`` at (1, N) ``positions`` laid out as ``ragged`` says, each token's key and
+        value stored in its request's cache and the caches advanced as the model's pass would; the logits
+        (len(picks), vocab) of the tokens at ``picks``. None (nothing done) when a cache is not one it can read.
+        """
+        if tokens.dim() != 2 or tokens.shape[0] != 1 or tokens.shape[1] != ragged.tokens:
+            return None
+        rows = []
+        if ragged.decoding:
+            mask = ragged.decode_mask[:, 0, 0, :]  # (R, length + 1)
+            decoding = self._decoding_rows(ragged.slots, ragged.decoding, mask)
+            if decoding is None:
+                return None
+            rows.append(decoding)
+        for cache, count in ragged.chunks:
+            if not self._readable(cache) or cache.length + count > cache.keys.shape[3]:
+                return None
+            rows.append(self._describe(cache, [0] * count, range(cache.length, cache.length + count), [0] * count))
+        logits = self._run(tokens[0].tolist(), positions[0].tolist(), torch.cat(rows), picks)
+        ragged.advance(ragged.tokens)
+        return logits
+
+    @staticmethod
+    def _readable(cache) -> bool:
         keys, values = cache.keys, cache.values  # (layers, rows, kv_heads, columns, head_dim)
-        if keys.shape[1] < rows or keys.stride(-1) != 1 or keys.stride() != values.stride():
+        return keys.dtype == torch.float32 and keys.device.type == "cpu" and keys.stride(-1) == 1 and \
+            keys.stride() == values.stride() and values.dtype == torch.float32
+
+    def _decoding_rows(self, cache, rows: int, padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The row descriptions of one new token for each of the first ``rows`` rows of ``cache`` (None: it
+        cannot)."""
+        if cache is None or not self._readable(cache) or cache.keys.shape[1] < rows:
             return None
+        length = cache.length
         first = [0] * rows
         if padding_mask is not None:
             real = padding_mask[:rows, :length + 1]
             if real.shape != (rows, length + 1):
                 return None
             starts = length + 1 - real.sum(1)  # (rows,) the first real column of each row
-            if not torch.equal(real, torch.arange(length + 1) >= starts[:, None]):
+            if not torch.equal(real, torch.arange(length + 1, device=real.device) >= starts[:, None]):
                 return None
             first = starts.tolist()
-        columns = keys.shape[3]
-        if length + 1 > columns:
-            raise ValueError(f"KV cache full: {length + 1} positions needed, {columns} allocated")
-        at = positions.reshape(-1).tolist()
-        rotary = self.model.encoder.rotary
-        if max(at) >= rotary.cos.shape[0]:
-            rotary(positions)  # grows the tables
-        cos, sin = rotary.cos, rotary.sin  # (positions, head_dim / 2) float32, contiguous
-        ids = tokens.reshape(-1).tolist()
+        if length + 1 > cache.keys.shape[3]:
+            raise ValueError(f"KV cache full: {length + 1} positions needed, {cache.keys.shape[3]} allocated")
+        return self._describe(cache, range(rows), [length] * rows, first)
+
+    @staticmethod
+    def _describe(cache, cache_rows, writes, firsts) -> torch.Tensor:
+        """(n, ROW_FIELDS) int64: onerow.c's row_t of tokens in rows ``cache_rows`` of ``cache``, each writing its
+        column ``writes[i]`` and attending to columns ``firsts[i]`` .. ``writes[i]``."""
+        keys, values = cache.keys, cache.values
+        at = torch.as_tensor(list(cache_rows), dtype=torch.long) * (4 * keys.stride(1))  # bytes to the row
+        described = torch.empty(len(at), ROW_FIELDS, dtype=torch.long)
+        described[:, 0] = at + keys.data_ptr()
+        described[:, 1] = at + values.data_ptr()
+        described[:, 2], described[:, 3], described[:, 4] = keys.stride(0), keys.stride(2), keys.stride(3)
+        described[:, 5] = torch.as_tensor(list(writes), dtype=torch.long)
+        described[:, 6] = torch.as_tensor(list(firsts), dtype=torch.long)
+        return described
+
+    def _run(self, ids: list[int], at: list[int], rows: torch.Tensor, picks: list[int]) -> torch.Tensor:
+        """forward_rows over the tokens ``ids`` at positions ``at`` described by ``rows``: logits (picks, vocab)."""
         if not all(0 <= i < self.struct.vocab for i in ids):
             raise IndexError(f"token ids {ids} are not all in the vocabulary of {self.struct.vocab}")
-        needed = self.lib.scratch_size(ctypes.byref(self.struct), rows, columns)
+        rotary = self.model.encoder.rotary
+        if max(at) >= rotary.cos.shape[0]:
+            rotary(torch.tensor(at))  # grows the tables
+        cos, sin = rotary.cos, rotary.sin  # (positions, head_dim / 2) float32, contiguous
+        count = len(ids)
+        span = int((rows[:, 5] - rows[:, 6]).max()) + 1
+        needed = self.lib.scratch_size(ctypes.byref(self.struct), count, span, self.team.threads)
         if self.scratch.numel() < needed:
             self.scratch = torch.empty(needed, dtype=torch.float32)
-        logits = torch.empty(rows, 1, self.struct.vocab, dtype=torch.float32)
-        row_bytes = 4 * cos.shape[1]
-        described = CacheStruct(keys.data_ptr(), values.data_ptr(), *keys.stride()[:4], length)
-        self.lib.decode_step(self.team.handle, ctypes.byref(self.struct), rows, (L * rows)(*ids),
-                             (P * rows)(*(cos.data_ptr() + row_bytes * p for p in at)),
-                             (P * rows)(*(sin.data_ptr() + row_bytes * p for p in at)), ctypes.byref(described),
-                             (L * rows)(*first), columns, self.scratch.data_ptr(), logits.data_ptr())
-        cache.advance(1)
+        logits = torch.empty(len(picks), self.struct.vocab, dtype=torch.float32)
+        self.lib.forward_rows(self.team.handle, ctypes.byref(self.struct), count, (L * count)(*ids),
+                              (L * count)(*at), cos.data_ptr(), sin.data_ptr(), rows.data_ptr(), span,
+                              self.scratch.data_ptr(), len(picks), (L * len(picks))(*picks), logits.data_ptr())
         return logits
 
 

@@ -1,14 +1,16 @@
-/* Decoding steps of a LLaMA-shaped model in one native call per step (one new token for each of any number of
- * rows), over a team of threads.
+/* Forward passes of a LLaMA-shaped model in one native call each, over a team of threads: decoding steps (one new
+ * token for each of any number of rows) and the continuous batcher's passes (those tokens plus chunks of prompts).
  *
  * Built with the system C compiler and loaded with ctypes by generation/native.py, which also says when it is used
  * (float32 on CPU, pre-norm RMSNorm, SwiGLU, rotary positions, no biases) and describes the model's weights, where
  * they already are, in the structs below: nothing is copied.
  *
- * A decoding step reads every weight once (for all its rows at once), so at a few rows it is bound by memory
- * bandwidth, which a second core adds to. Each large product is split between the threads by output rows; the workers spin between tasks (a hand-off
- * costs about a microsecond, not the tens of microseconds of a wake-up), yield the core now and then while they
- * spin (so that an oversubscribed machine still makes progress) and sleep after `spin_ns` without work. */
+ * A pass reads every weight once for all its rows, so at a few rows it is bound by memory bandwidth, which a second
+ * core adds to, and with a prompt chunk by arithmetic, which a second core doubles. Each large product is split
+ * between the threads by output rows; the workers spin between tasks (a hand-off costs about a microsecond, not the
+ * tens of microseconds of a wake-up), yield the core now and then while they spin (so that an oversubscribed
+ * machine still makes progress) and sleep after `spin_ns` without work. Every product sums in one order whatever
+ * kernel, thread or group of rows computes it, so a row's results never depend on the rows beside it. */
 #include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
@@ -171,12 +173,13 @@ static inline float hsum(__m256 v) {
 }
 
 
-#define MAX_ROWS 8 /* input rows multiplied in one pass over a weight; more rows take more passes */
+#define MAX_ROWS 8 /* input rows of a decoding step's products: each weight row streamed once for all of them */
+#define ROW_TILE 48 /* input rows multiplied in one pass over a row-major weight by rows_dot (held in L2 meanwhile) */
 
 #ifndef PREFETCH_ROWS
-#define PREFETCH_ROWS 8 /* rows_dot_n asks for the weight row this far ahead, a cache line at a time (with several
+#define PREFETCH_ROWS 8 /* the products ask for the weight rows this far ahead, a cache line at a time (with several
                            * inputs the products take long enough per row that the hardware prefetcher falls behind:
-                           * 7-12% faster at 4-8 rows; one row gains nothing from it) */
+                           * 7-12% faster at 4-8 rows, and at 64; one row gains nothing from it) */
 #endif
 
 /* y[r] = w[r, :] . x for r in [lo, hi), w row-major with `cols` columns: one input row, four weight rows at once. */
@@ -195,10 +198,10 @@ static void rows_dot_1(const float *w, long cols, const float *x, float *y, long
         }
         float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
         for (; c < cols; c++) {
-            s0 += w0[c] * x[c];
-            s1 += w1[c] * x[c];
-            s2 += w2[c] * x[c];
-            s3 += w3[c] * x[c];
+            s0 = fmaf(w0[c], x[c], s0);
+            s1 = fmaf(w1[c], x[c], s1);
+            s2 = fmaf(w2[c], x[c], s2);
+            s3 = fmaf(w3[c], x[c], s3);
         }
         y[r] = s0;
         y[r + 1] = s1;
@@ -213,7 +216,7 @@ static void rows_dot_1(const float *w, long cols, const float *x, float *y, long
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + c), _mm256_loadu_ps(x + c), a0);
         float s0 = hsum(a0);
         for (; c < cols; c++)
-            s0 += w0[c] * x[c];
+            s0 = fmaf(w0[c], x[c], s0);
         y[r] = s0;
     }
 }
@@ -239,9 +242,102 @@ static inline __attribute__((always_inline)) void rows_dot_n(const float *w, lon
         for (int b = 0; b < rows; b++) {
             float s = hsum(acc[b]);
             for (long t = c; t < cols; t++)
-                s += wr[t] * x[b * cols + t];
+                s = fmaf(wr[t], x[b * cols + t], s);
             y[b * ldy + r] = s;
         }
+    }
+}
+
+/* y[j, r + i] = w[r + i, :] . x[j, :] for i < 4 and j < nb (1 .. 3, a constant where it is inlined): four weight
+ * rows against nb input rows (`ldx` apart), 4 x nb accumulators in registers, each weight vector loaded once for
+ * the nb rows. Every sum runs in the same order (eight lanes over the columns, then across the lanes, then the
+ * columns left over), in whatever kernel and group it is computed: a row's result never depends on the rows
+ * multiplied beside it. */
+static inline __attribute__((always_inline)) void dot_4xn(const float *w, long cols, const float *x, long ldx, int nb,
+                                                          float *y, long ldy, long r, const float *ahead) {
+    const float *w0 = w + r * cols, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
+    __m256 a0[3], a1[3], a2[3], a3[3];
+    for (int j = 0; j < nb; j++)
+        a0[j] = a1[j] = a2[j] = a3[j] = _mm256_setzero_ps();
+    long c = 0;
+    for (; c + 8 <= cols; c += 8) {
+        if (ahead != NULL && (c & 15) == 0) {
+            _mm_prefetch((const char *)(ahead + c), _MM_HINT_T0);
+            _mm_prefetch((const char *)(ahead + cols + c), _MM_HINT_T0);
+            _mm_prefetch((const char *)(ahead + 2 * cols + c), _MM_HINT_T0);
+            _mm_prefetch((const char *)(ahead + 3 * cols + c), _MM_HINT_T0);
+        }
+        __m256 xv[3];
+        for (int j = 0; j < nb; j++)
+            xv[j] = _mm256_loadu_ps(x + j * ldx + c);
+        __m256 wv = _mm256_loadu_ps(w0 + c);
+        for (int j = 0; j < nb; j++)
+            a0[j] = _mm256_fmadd_ps(wv, xv[j], a0[j]);
+        wv = _mm256_loadu_ps(w1 + c);
+        for (int j = 0; j < nb; j++)
+            a1[j] = _mm256_fmadd_ps(wv, xv[j], a1[j]);
+        wv = _mm256_loadu_ps(w2 + c);
+        for (int j = 0; j < nb; j++)
+            a2[j] = _mm256_fmadd_ps(wv, xv[j], a2[j]);
+        wv = _mm256_loadu_ps(w3 + c);
+        for (int j = 0; j < nb; j++)
+            a3[j] = _mm256_fmadd_ps(wv, xv[j], a3[j]);
+    }
+    for (int j = 0; j < nb; j++) {
+        const float *xj = x + j * ldx;
+        float s0 = hsum(a0[j]), s1 = hsum(a1[j]), s2 = hsum(a2[j]), s3 = hsum(a3[j]);
+        for (long t = c; t < cols; t++) {
+            s0 = fmaf(w0[t], xj[t], s0);
+            s1 = fmaf(w1[t], xj[t], s1);
+            s2 = fmaf(w2[t], xj[t], s2);
+            s3 = fmaf(w3[t], xj[t], s3);
+        }
+        float *yj = y + j * ldy + r;
+        yj[0] = s0;
+        yj[1] = s1;
+        yj[2] = s2;
+        yj[3] = s3;
+    }
+}
+
+/* y[j, r] = w[r, :] . x[j, :] for one weight row, in the order of dot_4xn. */
+static float dot_1(const float *wr, long cols, const float *xj) {
+    __m256 a = _mm256_setzero_ps();
+    long c = 0;
+    for (; c + 8 <= cols; c += 8)
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(wr + c), _mm256_loadu_ps(xj + c), a);
+    float s = hsum(a);
+    for (; c < cols; c++)
+        s = fmaf(wr[c], xj[c], s);
+    return s;
+}
+
+/* y[b, r] = w[r, :] . x[b, :] for weight rows r in [lo, hi) (row-major, `cols` columns) and `rows` input rows of
+ * `cols`; y's rows are `ldy` apart. The weight is read from memory once per ROW_TILE input rows, four rows at a
+ * time, each block of four then multiplied by the input rows three at a time from the caches. */
+static void rows_dot(const float *w, long cols, const float *x, long rows, float *y, long ldy, long lo, long hi) {
+    for (long b0 = 0; b0 < rows; b0 += ROW_TILE) {
+        long n = rows - b0 < ROW_TILE ? rows - b0 : ROW_TILE;
+        const float *xt = x + b0 * cols;
+        float *yt = y + b0 * ldy;
+        long r = lo;
+        for (; r + 4 <= hi; r += 4) {
+            const float *ahead = r + PREFETCH_ROWS + 4 <= hi ? w + (r + PREFETCH_ROWS) * cols : NULL;
+            long b = 0;
+            if (n >= 3) {
+                dot_4xn(w, cols, xt, cols, 3, yt, ldy, r, ahead);
+                b = 3;
+            }
+            for (; b + 3 <= n; b += 3)
+                dot_4xn(w, cols, xt + b * cols, cols, 3, yt + b * ldy, ldy, r, NULL);
+            if (n - b == 2)
+                dot_4xn(w, cols, xt + b * cols, cols, 2, yt + b * ldy, ldy, r, b ? NULL : ahead);
+            else if (n - b == 1)
+                dot_4xn(w, cols, xt + b * cols, cols, 1, yt + b * ldy, ldy, r, b ? NULL : ahead);
+        }
+        for (; r < hi; r++)
+            for (long b = 0; b < n; b++)
+                yt[b * ldy + r] = dot_1(w + r * cols, cols, xt + b * cols);
     }
 }
 
@@ -294,8 +390,15 @@ static inline __attribute__((always_inline)) void cols_axpy_n(const float *wt, l
             rows_dot_n(m->w, m->in, x, n, y, ldy, lo, hi);                                                        \
         break;
 
-/* y[b, lo:hi] of m x[b] for `rows` input rows of m->in (y's rows `ldy` apart), MAX_ROWS rows per pass. */
+/* y[b, lo:hi] of m x[b] for `rows` input rows of m->in (y's rows `ldy` apart). Up to MAX_ROWS rows (decoding),
+ * each weight row is streamed once for all of them (rows_dot_1, rows_dot_n: the fastest when the weight comes from
+ * memory); more rows (prompts), row-major weights go through the register-blocked rows_dot, transposed ones
+ * MAX_ROWS rows per pass. The sums run in the same order in every kernel. */
 static void product(const matrix *m, const float *x, long rows, float *y, long ldy, long lo, long hi) {
+    if (!m->transposed && rows > MAX_ROWS) {
+        rows_dot(m->w, m->in, x, rows, y, ldy, lo, hi);
+        return;
+    }
     for (long b0 = 0; b0 < rows; b0 += MAX_ROWS) {
         int n = rows - b0 < MAX_ROWS ? (int)(rows - b0) : MAX_ROWS;
         const float *xb = x + b0 * m->in;
@@ -388,14 +491,17 @@ typedef struct {
     const layer_t *layer;
 } model_t;
 
-/* The cache: keys/values of layer l, row b, head h, column t at base + l * layer + b * row + h * head + t * column.
- * Every row has filled `length` columns; row b's tokens are its columns first[b] .. length - 1 (earlier columns are
- * left padding, never attended to); the new tokens go to column `length`. */
+/* Where one row (one token) keeps its keys and values, and what it attends to: its cache holds the keys of layer
+ * l, key/value head h, column t at keys + l * layer + h * head + t * column (values alike). Its own key and value
+ * go to column `write`, and it attends to columns first .. write (the columns before `first` are left padding, or
+ * another request's). A decoding step's rows are the rows of one cache, each writing the same column; the tokens of
+ * a prompt chunk share the row of their request's cache, each writing its own column and seeing the columns before
+ * it (causally). */
 typedef struct {
     float *keys, *values;
-    long layer, row, head, column;
-    long length;
-} cache_t;
+    long layer, head, column;
+    long write, first;
+} row_t;
 
 static void rms_norm(const float *x, const float *weight, long n, float eps, float *out) {
     float sum = 0.0f;
@@ -420,67 +526,106 @@ static void rotate(float *x, long heads, long head_dim, const float *cos, const 
 
 typedef struct {
     const model_t *m;
-    const cache_t *c;
-    const long *first;
-    long layer, rows, columns;
+    const row_t *row;
+    long layer, rows, span;
     const float *q; /* (rows, heads * head_dim) */
     float *out;     /* (rows, heads * head_dim) */
-    float *scores;  /* (rows * heads, columns + 1) */
+    float *scores;  /* (threads, span) */
 } attention_task;
 
-/* Softmax attention of each row's query heads over their key/value head's columns first[b] .. length, split by
- * (row, head). */
+/* Softmax attention of each row's query heads over their key/value head's columns first .. write, split by
+ * (row, head): the scores of four keys at once, the weighted values summed in registers. */
 static void run_attention(void *p, int index, int count) {
     attention_task *t = (attention_task *)p;
     const model_t *m = t->m;
-    const cache_t *c = t->c;
-    long lo, hi, d = m->head_dim;
+    long lo, hi, d = m->head_dim, d8 = d & ~7L, group = m->heads / m->kv_heads;
     share(t->rows * m->heads, 1, index, count, &lo, &hi);
-    float scale = 1.0f / sqrtf((float)d);
+    float scale = 1.0f / sqrtf((float)d), *s = t->scores + index * t->span;
     for (long job = lo; job < hi; job++) {
-        long b = job / m->heads, h = job % m->heads, kv = h / (m->heads / m->kv_heads);
-        long first = t->first[b], span = c->length + 1 - first;
-        const float *q = t->q + b * m->hidden + h * d;
-        long at = t->layer * c->layer + b * c->row + kv * c->head + first * c->column;
-        const float *keys = c->keys + at, *values = c->values + at;
-        float *s = t->scores + job * (t->columns + 1), top = -INFINITY, total = 0.0f;
-        for (long j = 0; j < span; j++) {
-            __m256 acc = _mm256_setzero_ps();
-            long i = 0;
-            for (; i + 8 <= d; i += 8)
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(keys + j * c->column + i), acc);
-            float dot = hsum(acc);
-            for (; i < d; i++)
-                dot += q[i] * keys[j * c->column + i];
-            s[j] = dot * scale;
-            top = s[j] > top ? s[j] : top;
+        long b = job / m->heads, h = job % m->heads;
+        const row_t *r = &t->row[b];
+        long span = r->write + 1 - r->first, col = r->column;
+        long at = t->layer * r->layer + (h / group) * r->head + r->first * col;
+        const float *q = t->q + b * m->hidden + h * d, *keys = r->keys + at, *values = r->values + at;
+        float top = -INFINITY, total = 0.0f;
+        long j = 0;
+        for (; j + 4 <= span; j += 4) {
+            const float *k0 = keys + j * col, *k1 = k0 + col, *k2 = k1 + col, *k3 = k2 + col;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (long i = 0; i < d8; i += 8) {
+                __m256 qv = _mm256_loadu_ps(q + i);
+                a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
+                a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + i), a1);
+                a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), a2);
+                a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), a3);
+            }
+            float d0 = hsum(a0), d1 = hsum(a1), d2 = hsum(a2), d3 = hsum(a3);
+            for (long i = d8; i < d; i++) {
+                d0 += q[i] * k0[i];
+                d1 += q[i] * k1[i];
+                d2 += q[i] * k2[i];
+                d3 += q[i] * k3[i];
+            }
+            s[j] = d0 * scale;
+            s[j + 1] = d1 * scale;
+            s[j + 2] = d2 * scale;
+            s[j + 3] = d3 * scale;
         }
-        for (long j = 0; j < span; j++) {
+        for (; j < span; j++) {
+            const float *k0 = keys + j * col;
+            __m256 a0 = _mm256_setzero_ps();
+            for (long i = 0; i < d8; i += 8)
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k0 + i), a0);
+            float d0 = hsum(a0);
+            for (long i = d8; i < d; i++)
+                d0 += q[i] * k0[i];
+            s[j] = d0 * scale;
+        }
+        for (j = 0; j < span; j++)
+            top = s[j] > top ? s[j] : top;
+        for (j = 0; j < span; j++) {
             s[j] = expf(s[j] - top);
             total += s[j];
         }
-        float *o = t->out + b * m->hidden + h * d;
-        memset(o, 0, sizeof(float) * d);
-        for (long j = 0; j < span; j++) {
-            float w = s[j] / total;
-            for (long i = 0; i < d; i++)
-                o[i] += w * values[j * c->column + i];
+        float norm = 1.0f / total, *o = t->out + b * m->hidden + h * d;
+        for (long i0 = 0; i0 < d8; i0 += 64) { /* eight vectors of the output at a time, in registers */
+            int n = d8 - i0 < 64 ? (int)((d8 - i0) / 8) : 8;
+            __m256 acc[8];
+            for (int v = 0; v < n; v++)
+                acc[v] = _mm256_setzero_ps();
+            for (j = 0; j < span; j++) {
+                __m256 w = _mm256_set1_ps(s[j]);
+                const float *vj = values + j * col + i0;
+                for (int v = 0; v < n; v++)
+                    acc[v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + 8 * v), acc[v]);
+            }
+            __m256 nv = _mm256_set1_ps(norm);
+            for (int v = 0; v < n; v++)
+                _mm256_storeu_ps(o + i0 + 8 * v, _mm256_mul_ps(acc[v], nv));
+        }
+        for (long i = d8; i < d; i++) {
+            float sum = 0.0f;
+            for (j = 0; j < span; j++)
+                sum += s[j] * values[j * col + i];
+            o[i] = sum * norm;
         }
     }
 }
 
-/* Scratch floats decode_step needs for `rows` rows and a cache of `columns` columns. */
-long scratch_size(const model_t *m, long rows, long columns) {
-    return rows * (5 * m->hidden + 2 * m->kv_heads * m->head_dim + 3 * m->feedforward +
-                   m->heads * (columns + 1));
+/* Scratch floats forward_rows needs for `rows` rows attending to at most `span` columns each, on `threads`. */
+long scratch_size(const model_t *m, long rows, long span, int threads) {
+    return rows * (5 * m->hidden + 2 * m->kv_heads * m->head_dim + 3 * m->feedforward) + threads * span;
 }
 
-/* The logits (rows, vocab) of one token of each of `rows` rows (tokens[b], at rotary angles cos[b]/sin[b] of
- * head_dim / 2 each): one decoding step, which also stores the tokens' keys and values at column c->length. */
-void decode_step(team_t *team, const model_t *m, long rows, const long *tokens, const float *const *cos,
-                 const float *const *sin, const cache_t *c, const long *first, long columns, float *scratch,
-                 float *logits) {
-    long hidden = m->hidden, kv_size = m->kv_heads * m->head_dim, ff = m->feedforward;
+/* One pass of the model over `rows` tokens (tokens[b] at rotary position positions[b], its cache row[b]): every
+ * product reads its weight once for all rows, and each row's key and value are stored before any row attends.
+ * Writes the logits (picks, vocab) of rows pick[0 .. picks - 1] only. `cos`/`sin`: the rotary tables, head_dim / 2
+ * floats per position. A decoding step is a pass of one token per row of a cache; the batcher's passes add the
+ * chunks of prompts being read. */
+void forward_rows(team_t *team, const model_t *m, long rows, const long *tokens, const long *positions,
+                  const float *cos, const float *sin, const row_t *row, long span, float *scratch, long picks,
+                  const long *pick, float *logits) {
+    long hidden = m->hidden, kv_size = m->kv_heads * m->head_dim, ff = m->feedforward, half = m->head_dim / 2;
     float *x = scratch, *normed = x + rows * hidden, *q = normed + rows * hidden;
     float *attended = q + rows * hidden, *projected = attended + rows * hidden;
     float *k = projected + rows * hidden, *v = k + rows * kv_size;
@@ -494,15 +639,17 @@ void decode_step(team_t *team, const model_t *m, long rows, const long *tokens, 
         products_task qkv = {3, {&layer->q, &layer->k, &layer->v}, normed, rows, {q, k, v}};
         team_run(team, run_products, &qkv);
         for (long b = 0; b < rows; b++) {
-            rotate(q + b * hidden, m->heads, m->head_dim, cos[b], sin[b]);
-            rotate(k + b * kv_size, m->kv_heads, m->head_dim, cos[b], sin[b]);
+            const float *c = cos + positions[b] * half, *sn = sin + positions[b] * half;
+            const row_t *r = &row[b];
+            rotate(q + b * hidden, m->heads, m->head_dim, c, sn);
+            rotate(k + b * kv_size, m->kv_heads, m->head_dim, c, sn);
             for (long kvh = 0; kvh < m->kv_heads; kvh++) {
-                long at = l * c->layer + b * c->row + kvh * c->head + c->length * c->column;
-                memcpy(c->keys + at, k + b * kv_size + kvh * m->head_dim, sizeof(float) * m->head_dim);
-                memcpy(c->values + at, v + b * kv_size + kvh * m->head_dim, sizeof(float) * m->head_dim);
+                long at = l * r->layer + kvh * r->head + r->write * r->column;
+                memcpy(r->keys + at, k + b * kv_size + kvh * m->head_dim, sizeof(float) * m->head_dim);
+                memcpy(r->values + at, v + b * kv_size + kvh * m->head_dim, sizeof(float) * m->head_dim);
             }
         }
-        attention_task attention = {m, c, first, l, rows, columns, q, attended, scores};
+        attention_task attention = {m, row, l, rows, span, q, attended, scores};
         team_run(team, run_attention, &attention);
         products_task o = {1, {&layer->o}, attended, rows, {projected}};
         team_run(team, run_products, &o);
@@ -517,8 +664,8 @@ void decode_step(team_t *team, const model_t *m, long rows, const long *tokens, 
         for (long i = 0; i < rows * hidden; i++)
             x[i] += projected[i];
     }
-    for (long b = 0; b < rows; b++)
-        rms_norm(x + b * hidden, m->final_norm, hidden, m->eps, normed + b * hidden);
-    products_task head = {1, {&m->head}, normed, rows, {logits}};
+    for (long i = 0; i < picks; i++)
+        rms_norm(x + pick[i] * hidden, m->final_norm, hidden, m->eps, normed + i * hidden);
+    products_task head = {1, {&m->head}, normed, picks, {logits}};
     team_run(team, run_products, &head);
 }

@@ -173,6 +173,54 @@ static inline float hsum(__m256 v) {
 }
 
 
+/* e^x of eight floats (Cephes' single-precision exp: x = n ln 2 + r, |r| <= ln 2 / 2, a degree-5 polynomial of r,
+ * times 2^n; within 2 ulp of expf, inputs clamped to +-88.38, where expf overflows or goes subnormal). */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f)), _mm256_set1_ps(88.3762626647949f));
+    __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/* x[i] = e^(x[i] - shift) for i < n; returns their sum. */
+static float exp_shifted(float *x, long n, float shift) {
+    __m256 total = _mm256_setzero_ps(), sv = _mm256_set1_ps(shift);
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), sv));
+        _mm256_storeu_ps(x + i, e);
+        total = _mm256_add_ps(total, e);
+    }
+    float sum = hsum(total);
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - shift);
+        sum += x[i];
+    }
+    return sum;
+}
+
+/* h[i] = silu(g[i]) * u[i] = g[i] / (1 + e^-g[i]) * u[i] for i < n. */
+static void swiglu(const float *g, const float *u, float *h, long n) {
+    long i = 0;
+    __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 gv = _mm256_loadu_ps(g + i);
+        __m256 sig = _mm256_div_ps(gv, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
+        _mm256_storeu_ps(h + i, _mm256_mul_ps(sig, _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++)
+        h[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 #define MAX_ROWS 8 /* input rows of a decoding step's products: each weight row streamed once for all of them */
 #define ROW_TILE 48 /* input rows multiplied in one pass over a row-major weight by rows_dot (held in L2 meanwhile) */
 
@@ -471,8 +519,7 @@ static void run_gated(void *p, int index, int count) {
     product(t->gate, t->x, t->rows, t->g, ff, lo, hi);
     product(t->up, t->x, t->rows, t->u, ff, lo, hi);
     for (long b = 0; b < t->rows; b++)
-        for (long r = b * ff + lo; r < b * ff + hi; r++)
-            t->h[r] = t->g[r] / (1.0f + expf(-t->g[r])) * t->u[r];
+        swiglu(t->g + b * ff + lo, t->u + b * ff + lo, t->h + b * ff + lo, hi - lo);
 }
 
 /* ---- the model ---- */
@@ -583,10 +630,7 @@ static void run_attention(void *p, int index, int count) {
         }
         for (j = 0; j < span; j++)
             top = s[j] > top ? s[j] : top;
-        for (j = 0; j < span; j++) {
-            s[j] = expf(s[j] - top);
-            total += s[j];
-        }
+        total = exp_shifted(s, span, top);
         float norm = 1.0f / total, *o = t->out + b * m->hidden + h * d;
         for (long i0 = 0; i0 < d8; i0 += 64) { /* eight vectors of the output at a time, in registers */
             int n = d8 - i0 < 64 ? (int)((d8 - i0) / 8) : 8;

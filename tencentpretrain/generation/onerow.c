@@ -222,7 +222,11 @@ static void swiglu(const float *g, const float *u, float *h, long n) {
 }
 
 #define MAX_ROWS 8 /* input rows of a decoding step's products: each weight row streamed once for all of them */
-#define ROW_TILE 48 /* input rows multiplied in one pass over a row-major weight by rows_dot (held in L2 meanwhile) */
+#ifndef ROW_TILE_BYTES
+#define ROW_TILE_BYTES (384 * 1024) /* input rows multiplied in one pass over a row-major weight by rows_dot: as many
+                                     * as fit in this much of L2 (128 rows of 768 floats, 48 of 2048), so the
+                                     * weight streams from memory once for a 64-token chunk */
+#endif
 
 #ifndef PREFETCH_ROWS
 #define PREFETCH_ROWS 8 /* the products ask for the weight rows this far ahead, a cache line at a time (with several
@@ -361,11 +365,13 @@ static float dot_1(const float *wr, long cols, const float *xj) {
 }
 
 /* y[b, r] = w[r, :] . x[b, :] for weight rows r in [lo, hi) (row-major, `cols` columns) and `rows` input rows of
- * `cols`; y's rows are `ldy` apart. The weight is read from memory once per ROW_TILE input rows, four rows at a
- * time, each block of four then multiplied by the input rows three at a time from the caches. */
+ * `cols`; y's rows are `ldy` apart. The weight is read from memory once per tile of input rows (ROW_TILE_BYTES),
+ * four rows at a time, each block of four then multiplied by the tile's rows three at a time from the caches. */
 static void rows_dot(const float *w, long cols, const float *x, long rows, float *y, long ldy, long lo, long hi) {
-    for (long b0 = 0; b0 < rows; b0 += ROW_TILE) {
-        long n = rows - b0 < ROW_TILE ? rows - b0 : ROW_TILE;
+    long tile = ROW_TILE_BYTES / (long)sizeof(float) / cols;
+    tile = tile < 24 ? 24 : tile > 192 ? 192 : tile;
+    for (long b0 = 0; b0 < rows; b0 += tile) {
+        long n = rows - b0 < tile ? rows - b0 : tile;
         const float *xt = x + b0 * cols;
         float *yt = y + b0 * ldy;
         long r = lo;

@@ -101,6 +101,53 @@ def test_decoder_logits_and_cache_equal_the_model(model):
     torch.testing.assert_close(caches[1].values, caches[0].values, rtol=1e-5, atol=1e-5)
 
 
+def test_native_prefill_equals_the_model(model):
+    """Left-padded prompts read natively: the last position's logits and the real tokens' keys and values equal
+    the model's; the padding columns are left as they were (never attended to)."""
+    engine = Engine(copy.deepcopy(model))
+    decoder, _ = native.native_decoder(engine.model, 2)
+    batch = PROMPTS[:2] + [[1, 7], [1]]
+    with torch.inference_mode():
+        ids, mask = engine.stream(batch, 1)._prefill_inputs()
+        width = ids.shape[1]
+        positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
+        caches = [engine.new_cache(len(batch), width + 2) for _ in range(2)]
+        hidden = engine.model.encode(ids, positions, mask, caches[0])
+        expected = engine.model.target["lm"].logits(hidden[:, -1:])[:, 0]
+        got = decoder.prefill(ids, positions, mask, caches[1])
+        assert decoder.prefill(ids, positions, mask, caches[1]) is None  # a cache already holding tokens
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert caches[1].length == caches[0].length == width
+    for row, prompt in enumerate(batch):
+        real = slice(width - len(prompt), width)
+        torch.testing.assert_close(caches[1].keys[:, row, :, real], caches[0].keys[:, row, :, real], rtol=1e-5,
+                                   atol=1e-5)
+        torch.testing.assert_close(caches[1].values[:, row, :, real], caches[0].values[:, row, :, real],
+                                   rtol=1e-5, atol=1e-5)
+        assert not caches[1].keys[:, row, :, :width - len(prompt)].any()
+
+
+def test_long_prompts_are_read_in_several_native_calls_exactly(model, monkeypatch):
+    """A prompt longer than PASS_TOKENS is read in several calls: bit for bit what one call computes, and what
+    the model computes up to rounding."""
+    engine = Engine(copy.deepcopy(model))
+    decoder, _ = native.native_decoder(engine.model, 2)
+    g = torch.Generator().manual_seed(8)
+    ids = torch.randint(3, VOCAB, (2, 150), generator=g)
+    positions = torch.arange(150).expand(2, 150)
+    got = {}
+    with torch.inference_mode():
+        for tokens in (1000, 64, 7):
+            monkeypatch.setattr(native, "PASS_TOKENS", tokens)
+            cache = engine.new_cache(2, 150)
+            got[tokens] = decoder.prefill(ids, positions, None, cache), cache.keys.clone()
+        cache = engine.new_cache(2, 150)
+        expected = engine.model.target["lm"].logits(engine.model.encode(ids, positions, None, cache)[:, -1:])[:, 0]
+    for tokens in (64, 7):
+        assert torch.equal(got[tokens][0], got[1000][0]) and torch.equal(got[tokens][1], got[1000][1])
+    torch.testing.assert_close(got[1000][0], expected, rtol=1e-4, atol=1e-4)
+
+
 def assert_same_greedy_tokens(reference: Engine, fast: Engine, batch: list[list[int]], new_tokens: int) -> None:
     """Step by step, ``fast`` picks the tokens ``reference`` picks, except at a near-tie of the reference (its logits
     for the two tokens within 1e-5 of the logits' scale: float rounding may pick either), after which that row is

@@ -75,7 +75,7 @@ class GenerationStream:
         return ids.to(self.engine.device), mask.to(self.engine.device)
 
     def _steps(self) -> Iterator[Step]:
-        engine, model = self.engine, self.engine.model
+        engine = self.engine
         ids, mask = self._prefill_inputs()
         batch, width = ids.shape
         padded = not bool(mask.all())
@@ -83,8 +83,7 @@ class GenerationStream:
         positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)  # (B, T): real tokens count from 0
         cache = engine.new_cache(batch, width + self.max_new_tokens - 1)
         seen = self._seen(ids, mask[:, :width]) if self.sampling.penalized else None
-        hidden = model.encode(ids, positions, padding_mask, cache)  # (B, T, hidden)
-        logits = model.target["lm"].logits(hidden[:, -1:])[:, 0]  # (B, vocab): the last position only
+        logits = engine.prefill(ids, positions, padding_mask, cache)  # (B, vocab): the last position only
         next_positions = positions[:, -1:] + 1  # (B, 1)
         for step in range(self.max_new_tokens):
             tokens = sample(logits, self.sampling, seen, self.generator)  # (B,)
@@ -138,6 +137,17 @@ class Engine:
             if logits is not None:
                 return logits
         return self.model(tokens, positions, padding_mask, cache)
+
+    def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
+                cache: KVCache) -> torch.Tensor:
+        """The logits (B, vocab) of the last position of (B, T) left-padded prompts read into the empty ``cache``
+        (advanced by T): natively when a decoder is set and takes them, else through the model."""
+        if self.decoder is not None:
+            logits = self.decoder.prefill(tokens, positions, padding_mask, cache)
+            if logits is not None:
+                return logits
+        hidden = self.model.encode(tokens, positions, padding_mask, cache)  # (B, T, hidden)
+        return self.model.target["lm"].logits(hidden[:, -1:])[:, 0]
 
     def read(self, tokens: torch.Tensor, positions: torch.Tensor, ragged, picks: list[int]) -> torch.Tensor:
         """One pass of the continuous batcher over (1, N) ``tokens`` at ``positions``, laid out and cached as the

@@ -71,6 +71,7 @@ class ModelStruct(ctypes.Structure):
 
 
 ROW_FIELDS = 7  # onerow.c's row_t: keys, values, layer, head and column strides, write, first (8 bytes each)
+PASS_TOKENS = 256  # most tokens of one native call (a longer prompt is read in several)
 
 
 class Unsupported(Exception):
@@ -261,6 +262,34 @@ class NativeDecoder:
         cache.advance(1)
         return logits[:, None]
 
+    def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
+                cache) -> torch.Tensor | None:
+        """Logits (B, vocab) of the last token of each of B left-padded prompts (B, T) read into an empty ``cache``
+        (advanced by T), as ``model.encode`` and the LM head on the last position give them; only the real tokens
+        are computed and stored (the padding columns are never attended to). None when it cannot (see
+        ``__call__``)."""
+        if tokens.dim() != 2 or cache is None or cache.length != 0 or not self._readable(cache):
+            return None
+        batch, width = tokens.shape
+        if cache.keys.shape[1] < batch or cache.keys.shape[3] < width:
+            return None
+        first = [0] * batch
+        if padding_mask is not None:
+            real = padding_mask[:, :width]
+            starts = width - real.sum(1)  # (B,) the first real column of each row
+            if real.shape != (batch, width) or \
+                    not torch.equal(real, torch.arange(width, device=real.device) >= starts[:, None]):
+                return None
+            first = starts.tolist()
+        rows = torch.cat([self._describe(cache, [b] * (width - f), range(f, width), [f] * (width - f))
+                          for b, f in enumerate(first)])
+        ids = [t for b, f in enumerate(first) for t in tokens[b, f:].tolist()]
+        at = [p for b, f in enumerate(first) for p in positions[b, f:].tolist()]
+        ends = torch.tensor([width - f for f in first]).cumsum(0) - 1  # each row's last token
+        logits = self._run(ids, at, rows, ends.tolist())
+        cache.advance(width)
+        return logits
+
     def read(self, tokens: torch.Tensor, positions: torch.Tensor, ragged, picks: list[int]) -> torch.Tensor | None:
         """One pass of the continuous batcher (``generation/ragged.py``): the running rows' next tokens and the
         prompt chunks, (1, N) ``tokens`` at (1, N) ``positions`` laid out as ``ragged`` says, each token's key and
@@ -324,22 +353,31 @@ class NativeDecoder:
         return described
 
     def _run(self, ids: list[int], at: list[int], rows: torch.Tensor, picks: list[int]) -> torch.Tensor:
-        """forward_rows over the tokens ``ids`` at positions ``at`` described by ``rows``: logits (picks, vocab)."""
+        """forward_rows over the tokens ``ids`` at positions ``at`` described by ``rows``: logits (picks, vocab), for
+        ``picks`` in increasing order. At most ``PASS_TOKENS`` tokens per native call (the scratch grows with
+        them): a token never attends to one after it, and each token's results are the same whatever else is in
+        its call, so the calls compute exactly what one would."""
         if not all(0 <= i < self.struct.vocab for i in ids):
             raise IndexError(f"token ids {ids} are not all in the vocabulary of {self.struct.vocab}")
         rotary = self.model.encoder.rotary
         if max(at) >= rotary.cos.shape[0]:
             rotary(torch.tensor(at))  # grows the tables
         cos, sin = rotary.cos, rotary.sin  # (positions, head_dim / 2) float32, contiguous
-        count = len(ids)
-        span = int((rows[:, 5] - rows[:, 6]).max()) + 1
-        needed = self.lib.scratch_size(ctypes.byref(self.struct), count, span, self.team.threads)
-        if self.scratch.numel() < needed:
-            self.scratch = torch.empty(needed, dtype=torch.float32)
         logits = torch.empty(len(picks), self.struct.vocab, dtype=torch.float32)
-        self.lib.forward_rows(self.team.handle, ctypes.byref(self.struct), count, (L * count)(*ids),
-                              (L * count)(*at), cos.data_ptr(), sin.data_ptr(), rows.data_ptr(), span,
-                              self.scratch.data_ptr(), len(picks), (L * len(picks))(*picks), logits.data_ptr())
+        done = 0  # picks computed so far
+        for start in range(0, len(ids), PASS_TOKENS):
+            end = min(start + PASS_TOKENS, len(ids))
+            part = rows[start:end]
+            here = [p - start for p in picks[done:] if p < end]
+            span = int((part[:, 5] - part[:, 6]).max()) + 1
+            needed = self.lib.scratch_size(ctypes.byref(self.struct), end - start, span, self.team.threads)
+            if self.scratch.numel() < needed:
+                self.scratch = torch.empty(needed, dtype=torch.float32)
+            self.lib.forward_rows(self.team.handle, ctypes.byref(self.struct), end - start,
+                                  (L * (end - start))(*ids[start:end]), (L * (end - start))(*at[start:end]),
+                                  cos.data_ptr(), sin.data_ptr(), part.data_ptr(), span, self.scratch.data_ptr(),
+                                  len(here), (L * len(here))(*here), logits[done:].data_ptr())
+            done += len(here)
         return logits
 
 

@@ -3,12 +3,12 @@
 On a shared machine wall time measures the other tenants as much as the code; the CPU time of this process (one
 thread: ``torch.set_num_threads(1)``) counts only the cycles it got, so these figures move far less with the load
 than ``bench/serve.py``'s. Two parts, on a random model of a ``bench/generate.py`` size (default ``100m``), weights
-laid out as the server lays them out for the batch size (``packed`` for 8, ``column`` for 1):
+laid out as the server lays them out for the batch size (`auto`: ``row`` wherever decoding is native):
 
-- **passes**: one forward pass of the batcher's kind (``generation/ragged.py``), the fastest of ``--repeats``: a
-  prompt chunk of ``--chunk`` tokens alone, ``k`` chunks of different prompts in one pass, ``R`` running rows'
-  decoding step alone, and the same ``R`` rows folded into a pass with a chunk. Prompt tokens/s = chunk tokens over
-  the pass's CPU time; "fold saves" = (chunk alone + decode alone - both in one pass) / decode alone.
+- **passes**: one forward pass of the batcher's kind (``generation/ragged.py``, ``Engine.read``), the fastest of
+  ``--repeats``, through PyTorch and natively (generation/native.py; where it runs): a prompt chunk of ``--chunk``
+  tokens alone, ``k`` chunks of different prompts in one pass, ``R`` running rows alone, and the same ``R`` rows
+  with a chunk in one pass. Prompt tokens/s = chunk tokens over the pass's CPU time.
 - **load**: ``--clients`` simulated clients submit the requests of ``bench/serve.py``'s workload (prompt and answer
   lengths drawn the same way, token ids at random, no eos: each request makes exactly its ``max_tokens``), each its
   next one when its previous one ends, to a ``Batcher`` stepped in this thread; for each ``--batch_sizes`` the
@@ -74,27 +74,36 @@ def one_pass(engine: Engine, rows: int, chunks: int, chunk: int, context: int = 
     ids = torch.randint(3, vocab, (1, tokens))
     positions = torch.tensor([[context] * rows + list(range(chunk, 2 * chunk)) * chunks])
     with torch.inference_mode():
-        hidden = model.encode(ids, positions, None, ragged)[0]  # (N, hidden)
         ends = list(range(rows)) + [rows + (i + 1) * chunk - 1 for i in range(chunks)]
-        model.target["lm"].logits(hidden[ends][None])
+        engine.read(ids, positions, ragged, ends)  # natively when the engine has a decoder
 
 
 def passes(engine: Engine, layout: str, args) -> None:
-    """The table of single passes."""
+    """The table of single passes, each through PyTorch and natively (when the engine decodes natively)."""
     chunk, repeats = args.chunk, args.repeats
-    alone = cpu_best(lambda: one_pass(engine, 0, 1, chunk), repeats)
-    print(f"\n| pass ({layout}) | CPU ms | prompt tok/s | vs 1 chunk |\n|---|---|---|---|")
-    print(f"| 1 chunk of {chunk} | {alone * 1e3:.1f} | {chunk / alone:.0f} | 1.00x |")
-    for k in args.several:
-        t = cpu_best(lambda k=k: one_pass(engine, 0, k, chunk), repeats)
-        speed = k * chunk / t
-        print(f"| {k} chunks of {chunk} | {t * 1e3:.1f} | {speed:.0f} | {speed / (chunk / alone):.2f}x |")
-    print(f"\n| running rows ({layout}) | decode alone CPU ms | chunk + rows in one pass CPU ms | fold saves |"
-          "\n|---|---|---|---|")
+    native_decoder = engine.decoder
+    kinds = [("PyTorch", None)] + ([("native", native_decoder)] if native_decoder is not None else [])
+
+    def best(rows: int, chunks: int) -> list[float]:
+        times = []
+        for _, decoder in kinds:
+            engine.decoder = decoder
+            times.append(cpu_best(lambda: one_pass(engine, rows, chunks, chunk), repeats))
+        engine.decoder = native_decoder
+        return times
+
+    def cells(times: list[float], tokens: int) -> str:
+        figures = " | ".join(f"{t * 1e3:.1f} ({tokens / t:.0f})" for t in times)
+        return figures + (f" | {times[0] / times[1]:.2f}x" if len(times) == 2 else "")
+
+    names = " | ".join(f"{name} CPU ms (prompt tok/s)" for name, _ in kinds)
+    print(f"\n| pass ({layout}) | {names} |{' native vs PyTorch |' if len(kinds) == 2 else ''}\n"
+          f"|---|{'---|' * (len(kinds) + (len(kinds) == 2))}")
+    for k in [1, *args.several]:
+        print(f"| {k} chunk{'s' * (k > 1)} of {chunk} | {cells(best(0, k), k * chunk)} |")
     for rows in args.rows:
-        decode = cpu_best(lambda r=rows: one_pass(engine, r, 0, chunk), repeats)
-        both = cpu_best(lambda r=rows: one_pass(engine, r, 1, chunk), repeats)
-        print(f"| {rows} | {decode * 1e3:.1f} | {both * 1e3:.1f} | {(alone + decode - both) / decode:.0%} |")
+        print(f"| {rows} running rows | {cells(best(rows, 0), 0)} |")
+        print(f"| {rows} running rows + 1 chunk of {chunk} | {cells(best(rows, 1), chunk)} |")
 
 
 class Client(Request):

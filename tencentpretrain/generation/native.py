@@ -343,14 +343,10 @@ class NativeDecoder:
         """(n, ROW_FIELDS) int64: onerow.c's row_t of tokens in rows ``cache_rows`` of ``cache``, each writing its
         column ``writes[i]`` and attending to columns ``firsts[i]`` .. ``writes[i]``."""
         keys, values = cache.keys, cache.values
-        at = torch.as_tensor(list(cache_rows), dtype=torch.long) * (4 * keys.stride(1))  # bytes to the row
-        described = torch.empty(len(at), ROW_FIELDS, dtype=torch.long)
-        described[:, 0] = at + keys.data_ptr()
-        described[:, 1] = at + values.data_ptr()
-        described[:, 2], described[:, 3], described[:, 4] = keys.stride(0), keys.stride(2), keys.stride(3)
-        described[:, 5] = torch.as_tensor(list(writes), dtype=torch.long)
-        described[:, 6] = torch.as_tensor(list(firsts), dtype=torch.long)
-        return described
+        k, v, row = keys.data_ptr(), values.data_ptr(), 4 * keys.stride(1)  # addresses, bytes from row to row
+        strides = (keys.stride(0), keys.stride(2), keys.stride(3))
+        return torch.tensor([(k + row * r, v + row * r, *strides, w, f) for r, w, f in zip(cache_rows, writes, firsts)],
+                            dtype=torch.long).reshape(-1, ROW_FIELDS)
 
     def _run(self, ids: list[int], at: list[int], rows: torch.Tensor, picks: list[int]) -> torch.Tensor:
         """forward_rows over the tokens ``ids`` at positions ``at`` described by ``rows``: logits (picks, vocab), for

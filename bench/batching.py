@@ -12,8 +12,9 @@ laid out as the server lays them out for the batch size (`auto`: ``row`` whereve
 - **load**: ``--clients`` simulated clients submit the requests of ``bench/serve.py``'s workload (prompt and answer
   lengths drawn the same way, token ids at random, no eos: each request makes exactly its ``max_tokens``), each its
   next one when its previous one ends, to a ``Batcher`` stepped in this thread; for each ``--batch_sizes`` the
-  generated tokens per CPU second and per wall second, TTFT p50/p95 in CPU seconds, and the passes. No HTTP, no
-  tokenizer: only the scheduling and the model.
+  generated tokens per CPU second and per wall second, TTFT p50/p95 in CPU seconds, the passes, and the wall
+  seconds spent in passes with prompt chunks and in plain decoding steps. No HTTP, no tokenizer: only the scheduling
+  and the model. ``--threads 2`` runs both on two threads (then compare wall seconds).
 
 Run: ``python bench/batching.py`` (both parts), ``--requests 16 --prompt_tokens 16 64 --max_tokens 64 128`` for the
 decode-heavier mix, ``--size tiny`` for a quick look.
@@ -136,9 +137,23 @@ def workload(args, vocab: int) -> list[tuple[list[int], int]]:
     return jobs
 
 
+class TimedBatcher(Batcher):
+    """A batcher that notes the wall time of its passes with prompt chunks and of its plain decoding steps."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seconds = {"prompts": 0.0, "decoding": 0.0}
+
+    def _forward(self) -> None:
+        kind = "prompts" if self.prefilling else "decoding"
+        start = time.perf_counter()
+        super()._forward()
+        self.seconds[kind] += time.perf_counter() - start
+
+
 def load(engine: Engine, batch: int, jobs: list, args) -> dict:
     """Run ``jobs`` through ``args.clients`` clients on a batcher of ``batch`` rows; CPU and wall figures."""
-    batcher = Batcher(engine, batch, max_length=args.seq_length, prefill_chunk=args.chunk)
+    batcher = TimedBatcher(engine, batch, max_length=args.seq_length, prefill_chunk=args.chunk)
     todo, ended = list(jobs), []
 
     def next_request(previous: Client | None = None) -> None:
@@ -165,7 +180,8 @@ def load(engine: Engine, batch: int, jobs: list, args) -> dict:
     return {"requests": len(ended), "tokens": tokens, "cpu": cpu, "wall": wall, "tps": tokens / cpu,
             "wall_tps": tokens / wall, "ttft50": quantiles[49], "ttft95": quantiles[94],
             "passes": getattr(m, "passes", older), "steps": m.steps, "mixed": getattr(m, "mixed_steps", older),
-            "occupancy": m.rows_decoded / max(m.steps, 1)}
+            "occupancy": m.rows_decoded / max(m.steps, 1), "prompt_s": batcher.seconds["prompts"],
+            "decoding_s": batcher.seconds["decoding"]}
 
 
 def loads(model, args) -> None:
@@ -174,14 +190,16 @@ def loads(model, args) -> None:
     print(f"\n{len(jobs)} requests, {sum(len(p) for p, _ in jobs)} prompt tokens, {sum(m for _, m in jobs)} to "
           f"generate, {args.clients} clients, --prefill_chunk {args.chunk}")
     print("| max_batch_size | layout | tokens | CPU s | tokens/CPU s | wall s | tokens/wall s | TTFT p50 CPU ms | "
-          "TTFT p95 CPU ms | passes | decode steps | of which mixed | rows per step |\n|" + "---|" * 13)
+          "TTFT p95 CPU ms | passes | decode steps | of which mixed | rows per step | wall s in passes with prompts | "
+          "wall s in plain decoding steps |\n|" + "---|" * 15)
     figures = {}
     for batch in args.batch_sizes:
-        engine, layout = engine_for(model, batch)
+        engine, layout = engine_for(model, batch, args.threads)
         f = figures[batch] = load(engine, batch, jobs, args)
         print(f"| {batch} | {layout} | {f['tokens']} | {f['cpu']:.1f} | {f['tps']:.1f} | {f['wall']:.1f} | "
               f"{f['wall_tps']:.1f} | {f['ttft50'] * 1e3:.0f} | {f['ttft95'] * 1e3:.0f} | {f['passes']} | "
-              f"{f['steps']} | {f['mixed']} | {f['occupancy']:.2f} |", flush=True)
+              f"{f['steps']} | {f['mixed']} | {f['occupancy']:.2f} | {f['prompt_s']:.1f} | {f['decoding_s']:.1f} |",
+              flush=True)
     if len(figures) >= 2:
         (b0, first), (b1, other) = list(figures.items())[:2]
         print(f"\nbatch {b0} vs {b1}: tokens per CPU second {first['tps'] / other['tps']:.2f}x, per wall second "
@@ -189,15 +207,15 @@ def loads(model, args) -> None:
               "lower")
 
 
-def engine_for(model, batch: int) -> tuple[Engine, str]:
-    """An engine over a copy of ``model`` prepared as the server prepares it for ``batch`` rows on one thread, and
+def engine_for(model, batch: int, threads: int = 1) -> tuple[Engine, str]:
+    """An engine over a copy of ``model`` prepared as the server prepares it for ``batch`` rows on ``threads``, and
     its layout and decoding."""
     import copy
 
     model = copy.deepcopy(model)
     layout = weight_layout("auto", batch, native=native_unavailable(model) is None)
     engine = Engine(prepare_for_inference(model, layout=layout, batch_size=batch), eos_ids=[])
-    use_threads(engine, 1)
+    use_threads(engine, threads)
     return engine, f"{layout}, {engine.decoding}"
 
 
@@ -215,14 +233,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_tokens", type=int, nargs=2, default=(16, 96), metavar=("MIN", "MAX"))
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[8, 1])
     parser.add_argument("--seq_length", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of PyTorch and of native passes (CPU seconds then count every thread's, spinning "
+                             "included: compare wall seconds)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model(size_config(args.size)).eval()
-    print(f"model {args.size} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters), 1 thread")
+    print(f"model {args.size} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters), "
+          f"{args.threads} thread{'s' * (args.threads > 1)}")
     if args.part in ("passes", "both"):
         for batch in dict.fromkeys(args.batch_sizes):
-            passes(*engine_for(model, batch), args)
+            passes(*engine_for(model, batch, args.threads), args)
     if args.part in ("load", "both"):
         loads(model, args)
     return 0

@@ -22,7 +22,7 @@ def test_bench_batching_runs_the_load_and_the_passes(capsys):
     jobs = module.workload(module.argparse.Namespace(requests=6, prompt_tokens=(4, 90), max_tokens=(2, 12)), 32000)
     wanted = sum(m for _, m in jobs)
     cells = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
-    loads = [row for row in cells if len(row) == 13][1:]  # the load table (the pass tables have 4 columns)
+    loads = [row for row in cells if len(row) == 15][1:]  # the load table (the pass tables have 4 columns)
     assert [(row[0].strip(), int(row[2])) for row in loads] == [("3", wanted), ("1", wanted)]
     assert int(loads[1][10]) == wanted - len(jobs) and float(loads[1][12]) == 1.0  # one row: a step per token
     assert int(loads[0][11]) > 0  # with 3 rows, some decoding steps also read prompt chunks

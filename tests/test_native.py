@@ -255,6 +255,24 @@ def test_a_native_batcher_pass_equals_the_models(model):
     assert [c.length for c in caches] == [13, 12, 6]
 
 
+def test_a_prompt_computes_the_same_bits_alone_and_among_others(model):
+    """Natively, a prompt chunk read beside running rows and another prompt, read alone in the batcher, or read by
+    ``prefill`` gives the same logits and cache, bit for bit (every kernel sums in one order)."""
+    from tencentpretrain.generation.ragged import RaggedPass
+
+    engine = Engine(copy.deepcopy(model))
+    decoder, _ = native.native_decoder(engine.model, 2)
+    with torch.inference_mode():
+        ids, positions, ragged, (_, _, among) = ragged_pass(engine.model, seed=5)
+        beside = decoder.read(ids, positions, ragged, [13])  # the last token of the second chunk
+        alone, again = engine.new_cache(1, 6), engine.new_cache(1, 6)
+        by_itself = decoder.read(ids[:, 8:], positions[:, 8:], RaggedPass(None, 0, [(alone, 6)]), [5])
+        prefilled = decoder.prefill(ids[:, 8:], positions[:, 8:], None, again)
+    assert torch.equal(beside, by_itself) and torch.equal(beside, prefilled)
+    for cache in (alone, again):
+        assert torch.equal(cache.keys, among.keys) and torch.equal(cache.values, among.values)
+
+
 def test_a_native_pass_declines_what_it_cannot_read(model):
     engine = Engine(copy.deepcopy(model))
     decoder, _ = native.native_decoder(engine.model, 1)

@@ -72,6 +72,14 @@ class ModelStruct(ctypes.Structure):
 
 ROW_FIELDS = 7  # onerow.c's row_t: keys, values, layer, head and column strides, write, first (8 bytes each)
 PASS_TOKENS = 256  # most tokens of one native call (a longer prompt is read in several)
+Rows = tuple[torch.Tensor, list[int]]  # onerow.c's row_t of each token (n, ROW_FIELDS), and the columns each sees
+
+
+def joined(parts: list[Rows]) -> Rows:
+    """The row descriptions of several groups of tokens, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([rows for rows, _ in parts]), [span for _, spans in parts for span in spans]
 
 
 class Unsupported(Exception):
@@ -258,9 +266,9 @@ class NativeDecoder:
         rows = self._decoding_rows(cache, tokens.shape[0], padding_mask)
         if rows is None:
             return None
-        logits = self._run(tokens.reshape(-1).tolist(), positions.reshape(-1).tolist(), rows, list(range(len(rows))))
+        logits = self._run(tokens.view(-1).tolist(), positions.view(-1).tolist(), rows, list(range(tokens.shape[0])))
         cache.advance(1)
-        return logits[:, None]
+        return logits.unsqueeze(1)
 
     def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
                 cache) -> torch.Tensor | None:
@@ -281,8 +289,8 @@ class NativeDecoder:
                     not torch.equal(real, torch.arange(width, device=real.device) >= starts[:, None]):
                 return None
             first = starts.tolist()
-        rows = torch.cat([self._describe(cache, [b] * (width - f), range(f, width), [f] * (width - f))
-                          for b, f in enumerate(first)])
+        rows = joined([self._describe(cache, [b] * (width - f), range(f, width), [f] * (width - f))
+                       for b, f in enumerate(first)])
         ids = [t for b, f in enumerate(first) for t in tokens[b, f:].tolist()]
         at = [p for b, f in enumerate(first) for p in positions[b, f:].tolist()]
         ends = torch.tensor([width - f for f in first]).cumsum(0) - 1  # each row's last token
@@ -309,7 +317,7 @@ class NativeDecoder:
             if not self._readable(cache) or cache.length + count > cache.keys.shape[3]:
                 return None
             rows.append(self._describe(cache, [0] * count, range(cache.length, cache.length + count), [0] * count))
-        logits = self._run(tokens[0].tolist(), positions[0].tolist(), torch.cat(rows), picks)
+        logits = self._run(tokens[0].tolist(), positions[0].tolist(), joined(rows), picks)
         ragged.advance(ragged.tokens)
         return logits
 
@@ -319,7 +327,7 @@ class NativeDecoder:
         return keys.dtype == torch.float32 and keys.device.type == "cpu" and keys.stride(-1) == 1 and \
             keys.stride() == values.stride() and values.dtype == torch.float32
 
-    def _decoding_rows(self, cache, rows: int, padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+    def _decoding_rows(self, cache, rows: int, padding_mask: torch.Tensor | None) -> Rows | None:
         """The row descriptions of one new token for each of the first ``rows`` rows of ``cache`` (None: it
         cannot)."""
         if cache is None or not self._readable(cache) or cache.keys.shape[1] < rows:
@@ -339,16 +347,17 @@ class NativeDecoder:
         return self._describe(cache, range(rows), [length] * rows, first)
 
     @staticmethod
-    def _describe(cache, cache_rows, writes, firsts) -> torch.Tensor:
+    def _describe(cache, cache_rows, writes, firsts) -> tuple[torch.Tensor, list[int]]:
         """(n, ROW_FIELDS) int64: onerow.c's row_t of tokens in rows ``cache_rows`` of ``cache``, each writing its
-        column ``writes[i]`` and attending to columns ``firsts[i]`` .. ``writes[i]``."""
+        column ``writes[i]`` and attending to columns ``firsts[i]`` .. ``writes[i]``; and the columns each attends
+        to."""
         keys, values = cache.keys, cache.values
         k, v, row = keys.data_ptr(), values.data_ptr(), 4 * keys.stride(1)  # addresses, bytes from row to row
         strides = (keys.stride(0), keys.stride(2), keys.stride(3))
-        return torch.tensor([(k + row * r, v + row * r, *strides, w, f) for r, w, f in zip(cache_rows, writes, firsts)],
-                            dtype=torch.long).reshape(-1, ROW_FIELDS)
+        rows = [(k + row * r, v + row * r, *strides, w, f) for r, w, f in zip(cache_rows, writes, firsts)]
+        return torch.tensor(rows, dtype=torch.long).reshape(-1, ROW_FIELDS), [w - f + 1 for _, _, _, _, _, w, f in rows]
 
-    def _run(self, ids: list[int], at: list[int], rows: torch.Tensor, picks: list[int]) -> torch.Tensor:
+    def _run(self, ids: list[int], at: list[int], described: Rows, picks: list[int]) -> torch.Tensor:
         """forward_rows over the tokens ``ids`` at positions ``at`` described by ``rows``: logits (picks, vocab), for
         ``picks`` in increasing order. At most ``PASS_TOKENS`` tokens per native call (the scratch grows with
         them): a token never attends to one after it, and each token's results are the same whatever else is in
@@ -359,20 +368,21 @@ class NativeDecoder:
         if max(at) >= rotary.cos.shape[0]:
             rotary(torch.tensor(at))  # grows the tables
         cos, sin = rotary.cos, rotary.sin  # (positions, head_dim / 2) float32, contiguous
+        rows, spans = described
         logits = torch.empty(len(picks), self.struct.vocab, dtype=torch.float32)
         done = 0  # picks computed so far
         for start in range(0, len(ids), PASS_TOKENS):
             end = min(start + PASS_TOKENS, len(ids))
-            part = rows[start:end]
+            part = rows if end - start == len(ids) else rows[start:end]
             here = [p - start for p in picks[done:] if p < end]
-            span = int((part[:, 5] - part[:, 6]).max()) + 1
+            span = max(spans[start:end])
             needed = self.lib.scratch_size(ctypes.byref(self.struct), end - start, span, self.team.threads)
             if self.scratch.numel() < needed:
                 self.scratch = torch.empty(needed, dtype=torch.float32)
             self.lib.forward_rows(self.team.handle, ctypes.byref(self.struct), end - start,
                                   (L * (end - start))(*ids[start:end]), (L * (end - start))(*at[start:end]),
                                   cos.data_ptr(), sin.data_ptr(), part.data_ptr(), span, self.scratch.data_ptr(),
-                                  len(here), (L * len(here))(*here), logits[done:].data_ptr())
+                                  len(here), (L * len(here))(*here), logits.data_ptr() + 4 * done * self.struct.vocab)
             done += len(here)
         return logits
 

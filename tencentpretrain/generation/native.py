@@ -239,6 +239,7 @@ class NativeDecoder:
                                   mat(model.target["lm"].output_layer, "target.lm.output_layer"),
                                   ctypes.cast(self.layers, ctypes.POINTER(Layer)))
         self.keep = keep
+        self.rotary = encoder.rotary  # its tables may grow (and be replaced) between calls: read them each call
         self.team = Team(threads)
         self.lib = self.team.lib
         self.scratch = torch.empty(0)
@@ -364,7 +365,7 @@ class NativeDecoder:
         its call, so the calls compute exactly what one would."""
         if not all(0 <= i < self.struct.vocab for i in ids):
             raise IndexError(f"token ids {ids} are not all in the vocabulary of {self.struct.vocab}")
-        rotary = self.model.encoder.rotary
+        rotary = self.rotary
         if max(at) >= rotary.cos.shape[0]:
             rotary(torch.tensor(at))  # grows the tables
         cos, sin = rotary.cos, rotary.sin  # (positions, head_dim / 2) float32, contiguous

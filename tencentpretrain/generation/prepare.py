@@ -1,4 +1,5 @@
-"""Turning a loaded model into the one the generation ``Engine`` runs: eval mode, int8 weights, CPU weight layout.
+"""Turning a loaded model into the one the generation ``Engine`` runs: eval mode, int8 weights, CPU weight layout,
+CPU weights on huge pages.
 
 Every caller that builds an ``Engine`` (the CLI and server through ``options.load_engine``, the benchmarks, the
 tests) prepares the model here first; the engine itself runs the model as it is given.
@@ -9,13 +10,15 @@ from __future__ import annotations
 from torch import nn
 
 from tencentpretrain.cli import InputError
+from tencentpretrain.generation.hugepages import to_huge_pages
 from tencentpretrain.generation.layout import apply_layout
 from tencentpretrain.generation.quant import quantize_int8
 
 
 def prepare_for_inference(model: nn.Module, int8: bool = False, layout: str = "column", batch_size: int = 8,
-                          include_lm_head: bool = True) -> nn.Module:
-    """Put ``model`` in eval mode, quantise it and lay out its weights, in place; return it.
+                          include_lm_head: bool = True, huge_pages: bool = True) -> nn.Module:
+    """Put ``model`` in eval mode, quantise it, lay out its weights and put them on huge pages, in place; return it
+    (``model.weight_pages`` says where its weights are).
 
     Args:
         model: a ``Model`` (any dtype/device).
@@ -26,6 +29,8 @@ def prepare_for_inference(model: nn.Module, int8: bool = False, layout: str = "c
             ``row`` are accepted.
         batch_size: the number of prompts decoded together, which ``packed``/``both`` are tuned for.
         include_lm_head: with ``int8``, also quantise the LM head.
+        huge_pages: on the CPU, move the weights onto 2 MiB pages (``generation/hugepages.py``: decoding streams
+            them faster).
 
     Raises:
         InputError: ``packed`` or ``both`` for a model that is not on the CPU, or one the weights or this
@@ -35,8 +40,11 @@ def prepare_for_inference(model: nn.Module, int8: bool = False, layout: str = "c
     if int8:
         quantize_int8(model, include_lm_head=include_lm_head)
     device = next(model.parameters()).device
+    model.weight_pages = "weights where they were loaded"
     if device.type == "cpu":
         apply_layout(model, layout, batch_size)
+        if huge_pages:
+            model.weight_pages = to_huge_pages(model)
     elif layout not in ("column", "row"):
         raise InputError(f"weight layout {layout!r} is for CPU; the model is on {device}")
     return model

@@ -1,0 +1,80 @@
+"""generation/hugepages.py: a prepared CPU model's weights move onto one huge-page mapping with their values, shapes,
+strides and ties unchanged (and generate the same tokens); where transparent huge pages are off nothing moves."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import confident_model
+from test_native import TINY, VOCAB
+from torch import nn
+
+from tencentpretrain.generation import Engine, hugepages, prepare_for_inference
+
+
+def tiny_model() -> nn.Module:
+    return confident_model(TINY, VOCAB)
+
+
+@pytest.mark.parametrize("layout", ["row", "column"])
+def test_weights_move_with_their_values_strides_and_ties(layout):
+    if hugepages.unavailable() is not None:
+        pytest.skip(hugepages.unavailable())
+    model = tiny_model()
+    reference = prepare_for_inference(copy.deepcopy(model), layout=layout, huge_pages=False)
+    shared = torch.randn(3, 5)
+    model.extra = nn.Module()
+    model.extra.first, model.extra.second = nn.Parameter(shared), nn.Parameter(shared)  # two over one storage
+    before = {name: (p.data_ptr(), p.shape) for name, p in model.named_parameters()}
+    prepare_for_inference(model, layout=layout)
+    assert model.weight_pages.startswith("weights on 2 MiB pages")
+    assert model.extra.first.data_ptr() == model.extra.second.data_ptr() != before["extra.first"][0]
+    assert model.extra.first.equal(shared)
+    for name, p in reference.named_parameters():
+        moved = dict(model.named_parameters())[name]
+        assert moved.data_ptr() != before[name][0] and moved.data_ptr() % hugepages.ALIGN == 0
+        assert moved.stride() == p.stride() and moved.equal(p)
+    prompts = [[1, 5, 9, 11], [1, 7]]
+    assert Engine(model).generate(prompts, 12) == Engine(reference).generate(prompts, 12)
+
+
+def test_nothing_moves_where_huge_pages_are_off(tmp_path, monkeypatch):
+    off = tmp_path / "enabled"
+    off.write_text("always madvise [never]\n")
+    monkeypatch.setattr(hugepages, "THP", off)
+    model = tiny_model()
+    before = [p.data_ptr() for p in model.parameters()]
+    prepare_for_inference(model, layout="row")
+    assert "small pages" in model.weight_pages and "off" in model.weight_pages
+    assert [p.data_ptr() for p in model.parameters()] == before
+
+
+def test_huge_bytes_reads_the_mapping_of_an_address():
+    if hugepages.unavailable() is not None:
+        pytest.skip(hugepages.unavailable())
+    model = tiny_model()
+    note = hugepages.to_huge_pages(model)
+    address = next(model.parameters()).data_ptr()
+    assert hugepages.huge_bytes(address) >= 0 and "of" in note
+    assert hugepages.huge_bytes(0) == 0  # no mapping there
+
+
+def test_bench_huge_pages_runs_on_the_tiny_size():
+    import importlib.util
+    from pathlib import Path
+
+    from tencentpretrain.generation.native import Unsupported, load_library
+
+    try:
+        load_library()
+    except Unsupported as why:
+        pytest.skip(f"native decoding unavailable here: {why}")
+    path = Path(__file__).resolve().parents[1] / "bench" / "huge_pages.py"
+    spec = importlib.util.spec_from_file_location("bench_huge_pages", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--size", "tiny", "--threads", "1", "2", "--repeats", "1"])
+    assert [row.split("|")[1].strip() for row in rows[2:]] == ["1", "2"]
+    assert all(row.rstrip(" |").endswith("x") for row in rows[2:])

@@ -234,6 +234,19 @@ static void swiglu(const float *g, const float *u, float *h, long n) {
                            * 7-12% faster at 4-8 rows, and at 64; one row gains nothing from it) */
 #endif
 
+/* w[r, :] . x[j, :] for one weight row, in the order every product kernel sums in (eight lanes over the columns,
+ * then across the lanes, then the columns left over). */
+static float dot_1(const float *wr, long cols, const float *xj) {
+    __m256 a = _mm256_setzero_ps();
+    long c = 0;
+    for (; c + 8 <= cols; c += 8)
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(wr + c), _mm256_loadu_ps(xj + c), a);
+    float s = hsum(a);
+    for (; c < cols; c++)
+        s = fmaf(wr[c], xj[c], s);
+    return s;
+}
+
 /* y[r] = w[r, :] . x for r in [lo, hi), w row-major with `cols` columns: one input row, four weight rows at once. */
 static void rows_dot_1(const float *w, long cols, const float *x, float *y, long lo, long hi) {
     long r = lo;
@@ -260,17 +273,8 @@ static void rows_dot_1(const float *w, long cols, const float *x, float *y, long
         y[r + 2] = s2;
         y[r + 3] = s3;
     }
-    for (; r < hi; r++) {
-        const float *w0 = w + r * cols;
-        __m256 a0 = _mm256_setzero_ps();
-        long c = 0;
-        for (; c + 8 <= cols; c += 8)
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + c), _mm256_loadu_ps(x + c), a0);
-        float s0 = hsum(a0);
-        for (; c < cols; c++)
-            s0 = fmaf(w0[c], x[c], s0);
-        y[r] = s0;
-    }
+    for (; r < hi; r++)
+        y[r] = dot_1(w + r * cols, cols, x);
 }
 
 /* y[b, r] = w[r, :] . x[b, :] for r in [lo, hi) and `rows` (2 .. MAX_ROWS, a constant where it is inlined) input
@@ -350,18 +354,6 @@ static inline __attribute__((always_inline)) void dot_4xn(const float *w, long c
         yj[2] = s2;
         yj[3] = s3;
     }
-}
-
-/* y[j, r] = w[r, :] . x[j, :] for one weight row, in the order of dot_4xn. */
-static float dot_1(const float *wr, long cols, const float *xj) {
-    __m256 a = _mm256_setzero_ps();
-    long c = 0;
-    for (; c + 8 <= cols; c += 8)
-        a = _mm256_fmadd_ps(_mm256_loadu_ps(wr + c), _mm256_loadu_ps(xj + c), a);
-    float s = hsum(a);
-    for (; c < cols; c++)
-        s = fmaf(wr[c], xj[c], s);
-    return s;
 }
 
 /* y[b, r] = w[r, :] . x[b, :] for weight rows r in [lo, hi) (row-major, `cols` columns) and `rows` input rows of

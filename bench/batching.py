@@ -8,7 +8,8 @@ laid out as the server lays them out for the batch size (`auto`: ``row`` whereve
 - **passes**: one forward pass of the batcher's kind (``generation/ragged.py``, ``Engine.read``), the fastest of
   ``--repeats``, through PyTorch and natively (generation/native.py; where it runs): a prompt chunk of ``--chunk``
   tokens alone, ``k`` chunks of different prompts in one pass, ``R`` running rows alone, and the same ``R`` rows
-  with a chunk in one pass. Prompt tokens/s = chunk tokens over the pass's CPU time.
+  with a chunk in one pass. Prompt tokens/s = chunk tokens over the pass's CPU time (wall time with ``--threads``
+  above 1).
 - **load**: ``--clients`` simulated clients submit the requests of ``bench/serve.py``'s workload (prompt and answer
   lengths drawn the same way, token ids at random, no eos: each request makes exactly its ``max_tokens``), each its
   next one when its previous one ends, to a ``Batcher`` stepped in this thread; for each ``--batch_sizes`` the
@@ -44,14 +45,15 @@ from tencentpretrain.generation.threads import use_threads  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
 
 
-def cpu_best(run, repeats: int) -> float:
-    """The least CPU time (s) of ``repeats`` calls of ``run`` after one warm-up call."""
+def cpu_best(run, repeats: int, clock=time.process_time) -> float:
+    """The least time (s) on ``clock`` (default: this process's CPU time) of ``repeats`` calls of ``run`` after one
+    warm-up call."""
     run()
     best = float("inf")
     for _ in range(repeats):
-        start = time.process_time()
+        start = clock()
         run()
-        best = min(best, time.process_time() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -82,6 +84,7 @@ def one_pass(engine: Engine, rows: int, chunks: int, chunk: int, context: int = 
 def passes(engine: Engine, layout: str, args) -> None:
     """The table of single passes, each through PyTorch and natively (when the engine decodes natively)."""
     chunk, repeats = args.chunk, args.repeats
+    clock, unit = (time.process_time, "CPU ms") if args.threads == 1 else (time.perf_counter, "wall ms")
     native_decoder = engine.decoder
     kinds = [("PyTorch", None)] + ([("native", native_decoder)] if native_decoder is not None else [])
 
@@ -89,7 +92,7 @@ def passes(engine: Engine, layout: str, args) -> None:
         times = []
         for _, decoder in kinds:
             engine.decoder = decoder
-            times.append(cpu_best(lambda: one_pass(engine, rows, chunks, chunk), repeats))
+            times.append(cpu_best(lambda: one_pass(engine, rows, chunks, chunk), repeats, clock))
         engine.decoder = native_decoder
         return times
 
@@ -97,7 +100,7 @@ def passes(engine: Engine, layout: str, args) -> None:
         figures = " | ".join(f"{t * 1e3:.1f} ({tokens / t:.0f})" for t in times)
         return figures + (f" | {times[0] / times[1]:.2f}x" if len(times) == 2 else "")
 
-    names = " | ".join(f"{name} CPU ms (prompt tok/s)" for name, _ in kinds)
+    names = " | ".join(f"{name} {unit} (prompt tok/s)" for name, _ in kinds)
     print(f"\n| pass ({layout}) | {names} |{' native vs PyTorch |' if len(kinds) == 2 else ''}\n"
           f"|---|{'---|' * (len(kinds) + (len(kinds) == 2))}")
     for k in [1, *args.several]:

@@ -4,13 +4,14 @@ PyTorch multiplies one input row by a weight on a single thread whatever ``torch
 decoding step of a small model spends milliseconds in Python between its products. ``NativeDecoder`` runs a whole
 pass of a LLaMA-shaped model in C instead: the products split by output rows over a team of threads that spin
 between tasks, each weight read once for all the pass's tokens, with the norms, rotary positions, attention over the
-cache and the SwiGLU around them. It takes two kinds of pass:
+cache and the SwiGLU around them. It takes three kinds of pass:
 
 - a decoding step, one new token for each of B rows of a cache (``Engine.forward``);
+- left-padded prompts read into an empty cache, their real tokens only (``Engine.prefill``);
 - a pass of the continuous batcher (``Engine.read``): the running rows' next tokens and chunks of the prompts being
   read, each chunk's tokens attending causally to their own request's cache. Beyond 8 tokens the products run in a
-  register-blocked kernel that holds blocks of each weight in the caches for 48 tokens at a time, near the core's
-  arithmetic peak (about 1.8x PyTorch's products on two threads, docs/benchmarks.md).
+  register-blocked kernel that streams each weight once per tile of tokens held in L2 (a 64-token chunk: 1.7x
+  PyTorch's pass on two threads, docs/benchmarks.md).
 
 It reads the model's weights, rotary tables and KV caches where they are (nothing is copied) and writes the same
 keys and values into the caches as the model would, so PyTorch passes and native ones mix freely. Every product

@@ -63,7 +63,7 @@ def one_pass(engine: Engine, rows: int, chunks: int, chunk: int, context: int = 
     from tencentpretrain.generation.ragged import RaggedPass  # here: --part load also runs on the older batcher
     from tencentpretrain.generation.slots import SlotCache
 
-    config, model, vocab = engine.config, engine.model, engine.model.vocab_size
+    config, vocab = engine.config, engine.model.vocab_size
     slots = SlotCache(config.layers_num, max(rows, 1), config.kv_heads_num, context + 2, config.head_dim)
     slots.rows, slots.length = rows, context
     slots.mask[:rows, :context] = True

@@ -4,9 +4,10 @@ Decoding reads every weight from memory once per token. On 4 KiB pages the hardw
 boundary and every page takes a TLB entry, so the stream of a 300 MB model restarts some 75,000 times a token; on
 2 MiB pages it runs on. ``to_huge_pages`` moves a model's CPU parameters into one anonymous mapping aligned to 2 MiB
 and advised ``MADV_HUGEPAGE`` (transparent huge pages in ``madvise`` or ``always`` mode): a one-row decoding step
-of the 99M model is 5-11% faster (``bench/huge_pages.py``, docs/benchmarks.md). Values, shapes and strides are unchanged and
-tied parameters stay tied; where the kernel gives no huge pages (THP off, memory too fragmented) the weights simply
-stay on small pages, and ``to_huge_pages`` says how many bytes got huge ones. ``TP_HUGE_PAGES=0`` turns it off.
+of the 99M model is 5-12% faster (``bench/huge_pages.py``, docs/benchmarks.md). Values, shapes and strides are
+unchanged and tied parameters stay tied; where the kernel gives no huge pages (THP off, memory too fragmented) the
+weights simply stay on small pages, and ``to_huge_pages`` says how many bytes got huge ones. ``TP_HUGE_PAGES=0``
+turns it off.
 """
 
 from __future__ import annotations

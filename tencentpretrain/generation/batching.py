@@ -333,7 +333,7 @@ class Batcher:
         return self.engine.forward(tokens, positions, mask, self.cache)[:, 0]
 
     def _read_chunks(self, ids: torch.Tensor, positions: torch.Tensor, ragged: RaggedPass,
-                     chunks: list[tuple[Prefill, int, int]]) -> tuple[torch.Tensor | None, list[Prefill]]:
+                     chunks: list[tuple[Prefill, int, int]]) -> tuple[torch.Tensor, list[Prefill]]:
         """The pass with prompt chunks (``Engine.read``): logits (R + len(done), vocab) of the running rows and of
         the last token of each prompt now read in full (``done``); the LM head runs on those rows only."""
         ends, offset, done = list(range(ragged.decoding)), ragged.decoding, []
@@ -345,7 +345,7 @@ class Batcher:
         logits = self.engine.read(ids, positions, ragged, ends)
         for state, first, end in chunks:
             state.done = end
-        return (logits if ends else None), done
+        return logits, done
 
     def _count(self, rows: int, prefilled: bool) -> None:
         metrics = self.metrics

@@ -76,6 +76,17 @@ PASS_TOKENS = 256  # most tokens of one native call (a longer prompt is read in 
 Rows = tuple[torch.Tensor, list[int]]  # onerow.c's row_t of each token (n, ROW_FIELDS), and the columns each sees
 
 
+def left_spans(real: torch.Tensor, rows: int, columns: int) -> list[int] | None:
+    """The first real column of each row of a (rows, columns) real-token mask whose True columns are one span ending
+    at the last column (left padding); None for any other mask."""
+    if real.shape != (rows, columns):
+        return None
+    starts = columns - real.sum(1)  # (rows,)
+    if not torch.equal(real, torch.arange(columns, device=real.device) >= starts[:, None]):
+        return None
+    return starts.tolist()
+
+
 def joined(parts: list[Rows]) -> Rows:
     """The row descriptions of several groups of tokens, in order."""
     if len(parts) == 1:
@@ -283,14 +294,9 @@ class NativeDecoder:
         batch, width = tokens.shape
         if cache.keys.shape[1] < batch or cache.keys.shape[3] < width:
             return None
-        first = [0] * batch
-        if padding_mask is not None:
-            real = padding_mask[:, :width]
-            starts = width - real.sum(1)  # (B,) the first real column of each row
-            if real.shape != (batch, width) or \
-                    not torch.equal(real, torch.arange(width, device=real.device) >= starts[:, None]):
-                return None
-            first = starts.tolist()
+        first = [0] * batch if padding_mask is None else left_spans(padding_mask[:, :width], batch, width)
+        if first is None:
+            return None
         rows = joined([self._describe(cache, [b] * (width - f), range(f, width), [f] * (width - f))
                        for b, f in enumerate(first)])
         ids = [t for b, f in enumerate(first) for t in tokens[b, f:].tolist()]
@@ -335,15 +341,9 @@ class NativeDecoder:
         if cache is None or not self._readable(cache) or cache.keys.shape[1] < rows:
             return None
         length = cache.length
-        first = [0] * rows
-        if padding_mask is not None:
-            real = padding_mask[:rows, :length + 1]
-            if real.shape != (rows, length + 1):
-                return None
-            starts = length + 1 - real.sum(1)  # (rows,) the first real column of each row
-            if not torch.equal(real, torch.arange(length + 1, device=real.device) >= starts[:, None]):
-                return None
-            first = starts.tolist()
+        first = [0] * rows if padding_mask is None else left_spans(padding_mask[:rows, :length + 1], rows, length + 1)
+        if first is None:
+            return None
         if length + 1 > cache.keys.shape[3]:
             raise ValueError(f"KV cache full: {length + 1} positions needed, {cache.keys.shape[3]} allocated")
         return self._describe(cache, range(rows), [length] * rows, first)
@@ -360,7 +360,7 @@ class NativeDecoder:
         return torch.tensor(rows, dtype=torch.long).reshape(-1, ROW_FIELDS), [w - f + 1 for _, _, _, _, _, w, f in rows]
 
     def _run(self, ids: list[int], at: list[int], described: Rows, picks: list[int]) -> torch.Tensor:
-        """forward_rows over the tokens ``ids`` at positions ``at`` described by ``rows``: logits (picks, vocab), for
+        """forward_rows over the tokens ``ids`` at positions ``at`` as ``described``: logits (picks, vocab), for
         ``picks`` in increasing order. At most ``PASS_TOKENS`` tokens per native call (the scratch grows with
         them): a token never attends to one after it, and each token's results are the same whatever else is in
         its call, so the calls compute exactly what one would."""

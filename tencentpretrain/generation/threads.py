@@ -1,12 +1,11 @@
 """Decoding on several cores: ``use_threads(engine, n)``, what the inference commands' ``--threads`` does.
 
-Prompts, batches and evaluation run through PyTorch, which spreads their matrix products over
-``torch.set_num_threads`` threads. A decoding step of one row is different: PyTorch multiplies a single row by a
-weight on one thread whatever that setting says, and the step is bound by reading the weights from memory, which a
-second core does faster. So for a model of the LLaMA shape on CPU the engine hands those steps to a
-``NativeDecoder`` (``generation/native.py``): the whole step in C, its products split over ``n`` threads. Other
-models, other devices, int8 layers, or a machine without a C compiler or AVX2 keep PyTorch's one-thread products
-(``use_threads`` says which, and why).
+PyTorch multiplies a single row by a weight on one thread whatever ``torch.set_num_threads`` says, and a decoding
+step is bound by reading the weights from memory, which a second core does faster. So for a model of the LLaMA
+shape on CPU the engine hands its passes to a ``NativeDecoder`` (``generation/native.py``): decoding steps, prompts
+and the continuous batcher's passes, each in one C call, its products split over ``n`` threads. Other models,
+other devices, int8 layers, or a machine without a C compiler or AVX2 stay in PyTorch on ``n`` threads
+(``use_threads`` says which, and why); evaluation's log-likelihoods always do.
 
 Measured by ``bench/threads.py`` against PyTorch and llama.cpp (docs/benchmarks.md).
 """
@@ -28,7 +27,7 @@ def use_threads(engine: Engine, threads: int, native: bool = True) -> str:
         native: use the native decoder where the model and machine allow it.
 
     Returns:
-        What one-row decoding runs on, for the log (and why not natively, when it does not).
+        What the passes run on, for the log (and why not natively, when they do not).
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")

@@ -51,14 +51,23 @@ def test_nothing_moves_where_huge_pages_are_off(tmp_path, monkeypatch):
     assert [p.data_ptr() for p in model.parameters()] == before
 
 
-def test_huge_bytes_reads_the_mapping_of_an_address():
-    if hugepages.unavailable() is not None:
-        pytest.skip(hugepages.unavailable())
-    model = tiny_model()
-    note = hugepages.to_huge_pages(model)
-    address = next(model.parameters()).data_ptr()
-    assert hugepages.huge_bytes(address) >= 0 and "of" in note
-    assert hugepages.huge_bytes(0) == 0  # no mapping there
+def test_huge_bytes_reads_the_mapping_of_an_address(tmp_path, monkeypatch):
+    smaps = tmp_path / "smaps"
+    smaps.write_text("\n".join([
+        "00400000-00600000 r-xp 00000000 08:01 123 /usr/bin/python3", "Size: 2048 kB", "AnonHugePages: 0 kB",
+        "7f0000000000-7f0000a00000 rw-p 00000000 00:00 0", "Size: 10240 kB", "AnonHugePages: 8192 kB",
+        "VmFlags: rd wr mr mw me ac hg"]))
+    monkeypatch.setattr(hugepages, "SMAPS", smaps)
+    assert hugepages.huge_bytes(0x7f0000100000) == 8192 * 1024
+    assert hugepages.huge_bytes(0x00500000) == 0 and hugepages.huge_bytes(0x7f0000a00000) == 0  # other, none
+    monkeypatch.setattr(hugepages, "SMAPS", tmp_path / "missing")
+    assert hugepages.huge_bytes(0x7f0000100000) == 0
+    monkeypatch.undo()
+    if hugepages.unavailable() is None:  # the real mapping: what the note reports is what smaps says
+        model = tiny_model()
+        huge, total = (int(x) for x in hugepages.to_huge_pages(model).split(": ")[1].split(" MiB")[0].split(" of "))
+        measured = hugepages.huge_bytes(next(model.parameters()).data_ptr())
+        assert huge <= total and abs(huge - min(measured / 2**20, total)) < 1
 
 
 def test_bench_huge_pages_runs_on_the_tiny_size():

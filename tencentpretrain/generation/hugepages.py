@@ -23,6 +23,7 @@ from torch import nn
 HUGE_PAGE = 2 << 20
 ALIGN = 64  # each tensor starts on a cache line
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+SMAPS = Path("/proc/self/smaps")
 
 
 def unavailable() -> str | None:
@@ -81,7 +82,7 @@ def to_huge_pages(model: nn.Module) -> str:
 def huge_bytes(address: int) -> int:
     """Bytes of the mapping that holds ``address`` backed by huge pages (from /proc/self/smaps; 0 if unknown)."""
     try:
-        lines = Path("/proc/self/smaps").read_text().splitlines()
+        lines = SMAPS.read_text().splitlines()
     except OSError:
         return 0
     inside = False

@@ -29,11 +29,29 @@ def init_distributed(opts: TrainOptions) -> DistInfo:
             os.environ.setdefault(key, value)
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         deepspeed.init_distributed(dist_backend=backend)
+        _unlink_shared_buffer(rank, world)
     elif world > 1:
         dist.init_process_group(backend)
     if opts.world_size and opts.world_size != world:
         note(f"--world_size {opts.world_size} ignored: the launcher started {world} process(es)")
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def _unlink_shared_buffer(rank: int, world: int) -> None:
+    """Remove the name of the buffer DeepSpeed's CPU all-reduce maps in /dev/shm for this rank.
+
+    DeepSpeed creates ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` when it joins the group
+    and never unlinks it: every run on the CPU would leave 2x64 MiB of RAM behind per rank. Once every rank has
+    mapped every peer's buffer (the barrier), the names are no longer needed and the mappings stay valid.
+    """
+    name = "deepspeed_allreduce_buffer_{}_{}_{}_{}".format(
+        os.getuid(), os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), rank
+    )
+    path = os.path.join("/dev/shm", name)
+    if world > 1 and dist.is_initialized():
+        dist.barrier()
+    if os.path.exists(path):
+        os.unlink(path)
 
 
 def _device(opts: TrainOptions, local_rank: int) -> torch.device:

@@ -44,8 +44,9 @@ def export(model, folder: Path) -> dict[str, Path]:
     return paths
 
 
-def llama_cpp_runner(path: Path, prompt: list[int], threads: int, context: int):
-    """A function generating ``n`` tokens greedily with llama.cpp."""
+def llama_cpp_runner(path: Path, prompt: list[int], threads: int, context: int, **sampling):
+    """A function generating ``n`` tokens with llama.cpp: greedily, or with ``sampling`` (``Llama.generate``'s
+    keywords: temp, top_k, top_p, min_p, seed...)."""
     import llama_cpp
 
     model = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
@@ -53,7 +54,7 @@ def llama_cpp_runner(path: Path, prompt: list[int], threads: int, context: int):
 
     def run(n: int) -> list[list[int]]:
         out = []
-        for token in model.generate(prompt, temp=0.0, reset=True):
+        for token in model.generate(prompt, **{"temp": 0.0, **sampling}, reset=True):
             out.append(token)
             if len(out) == n:
                 return [out]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine, SamplingParams, load_generation_model, quantize_int8
 from tencentpretrain.generation.quant import Int8Linear, quantize_weight
-from tencentpretrain.generation.sampling import apply_repetition_penalty, filter_top_k, filter_top_p, sample
+from tencentpretrain.generation.sampling import apply_repetition_penalty, candidates, draw, sample
 from tencentpretrain.model import build_model
 
 VOCAB = 1000
@@ -131,13 +133,20 @@ def test_repetition_penalty_avoids_seen_tokens(pair):
     assert len(set(out[0])) == len(out[0])
 
 
+def kept(logits: torch.Tensor, k: int, p: float) -> torch.Tensor:
+    """(B, vocab) bool: the tokens ``candidates`` keeps."""
+    ids, values = candidates(logits, k, p)
+    return torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids, ~torch.isinf(values))
+
+
 def test_filters():
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
-    assert torch.isinf(filter_top_k(logits, 2)).tolist() == [[True, False, False, True]]
+    assert kept(logits, 2, 1.0).tolist() == [[False, True, True, False]]
     probs = logits.softmax(-1)[0]  # [0.087, 0.644, 0.237, 0.032]
-    kept = ~torch.isinf(filter_top_p(logits, 0.7))
-    assert kept.tolist() == [[False, True, True, False]]
-    assert (~torch.isinf(filter_top_p(logits, float(probs[1]) * 0.99))).sum() == 1  # at least the best one
+    assert kept(logits, 0, 0.7).tolist() == [[False, True, True, False]]
+    assert kept(logits, 0, float(probs[1]) * 0.99).sum() == 1  # at least the best one
+    assert kept(logits, 0, 1.0).all() and kept(logits, 4, 1.0).all()
+    assert kept(torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.0]]), 2, 1.0).tolist() == [[False, True, True, True, False]]
     seen = torch.tensor([[True, True, False, False]])
     assert apply_repetition_penalty(torch.tensor([[-1.0, 3.0, 2.0, 0.0]]), seen, 2.0).tolist() == [[-2.0, 1.5, 2.0,
                                                                                                        0.0]]
@@ -146,6 +155,70 @@ def test_filters():
         SamplingParams(top_p=0.0)
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=-1.0)
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 40, 999])
+@pytest.mark.parametrize("p", [1.0, 0.3, 0.9, 0.99])
+def test_candidates_are_transformers_top_k_then_top_p(k, p):
+    """The kept tokens equal transformers' TopKLogitsWarper then TopPLogitsWarper on random rows (with ties),
+    except where a token's mass before it is within float rounding of p (the two sum in different orders)."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    generator = torch.Generator().manual_seed(k * 100 + int(p * 100))
+    for scale in (0.3, 1.0, 4.0):
+        logits = torch.randn(4, VOCAB, generator=generator) * scale
+        logits[3, 10:30] = logits[3, 5]  # a run of ties
+        theirs = TopKLogitsWarper(k)(None, logits.clone()) if k else logits.clone()
+        theirs = TopPLogitsWarper(p)(None, theirs) if p < 1.0 else theirs
+        ours = kept(logits, k, p)
+        differ = ours != ~torch.isinf(theirs)
+        if differ.any():  # only at the top-p boundary
+            probs = theirs.double().softmax(-1)
+            order = probs.argsort(-1, descending=True, stable=True)
+            before = probs.gather(-1, order).cumsum(-1) - probs.gather(-1, order)
+            mass = torch.empty_like(before).scatter(-1, order, before)
+            assert (mass[differ] - p).abs().max() < 1e-5
+        assert ours.any(-1).all()
+
+
+def test_repetition_penalty_is_transformers():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, VOCAB, generator=generator)
+    ids = torch.randint(0, VOCAB, (3, 40), generator=generator)
+    seen = torch.zeros(3, VOCAB, dtype=torch.bool).scatter_(1, ids, True)
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(ids, logits.clone())
+    assert torch.equal(apply_repetition_penalty(logits, seen, 1.3), theirs)
+
+
+def test_draw_follows_the_probabilities_and_never_draws_zero():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]]).expand(20000, 5)
+    drawn = draw(probs * 3.0, torch.Generator().manual_seed(0))  # unnormalised is fine
+    counts = torch.bincount(drawn, minlength=5) / 20000
+    assert counts[1] == 0 and counts[4] == 0
+    assert torch.allclose(counts, probs[0], atol=0.015)
+    again = draw(probs * 3.0, torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, again)
+    largest = torch.tensor([[1.0 - 2.0 ** -24]])  # torch.rand's largest float32
+    for total in (1.0, 1.0 + 2.0 ** -23, 2.0 - 2.0 ** -23, 0.7, 3.3):
+        edge = torch.tensor([[total * 0.25, total * 0.75, 0.0, 0.0]])
+        with mock.patch("torch.rand", return_value=largest):
+            assert draw(edge).tolist() == [1]
+
+
+def test_sampled_tokens_follow_top_k_top_p_distribution():
+    """Sampling through ``sample`` (temperature, top-k, top-p) draws each kept token about as often as its
+    renormalised probability, and never a dropped one."""
+    logits = torch.tensor([[2.0, 1.0, 0.5, 3.0, -1.0, 0.0, 2.5, -3.0]])
+    params = SamplingParams(temperature=0.8, top_k=5, top_p=0.9)
+    generator = torch.Generator().manual_seed(1)
+    drawn = torch.cat([sample(logits, params, generator=generator) for _ in range(6000)])
+    keep = kept(logits / 0.8, 5, 0.9)[0]
+    expected = (logits[0] / 0.8).masked_fill(~keep, float("-inf")).softmax(-1)
+    counts = torch.bincount(drawn, minlength=8) / 6000
+    assert (counts[~keep] == 0).all()
+    assert torch.allclose(counts, expected, atol=0.02)
 
 
 def test_engine_rejects_bad_requests(pair):

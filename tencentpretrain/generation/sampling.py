@@ -45,29 +45,63 @@ class SamplingParams:
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Penalise the tokens marked in ``seen`` (B, vocab) bool; ``logits`` is (B, vocab)."""
-    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalized, logits)
+    """Penalise the tokens marked in ``seen`` (B, vocab) bool; ``logits`` is (B, vocab). Only the seen entries are
+    computed (a prompt and its output mark a few hundred of the vocabulary)."""
+    out = logits.clone()
+    marked = seen.nonzero(as_tuple=True)
+    values = out[marked]
+    out[marked] = torch.where(values > 0, values / penalty, values * penalty)
+    return out
 
 
-def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Set all but the ``k`` largest logits of each row (B, vocab) to -inf."""
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    threshold = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
-    return logits.masked_fill(logits < threshold, float("-inf"))
+def candidates(logits: torch.Tensor, k: int, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens top-k and then top-p keep in each row of ``logits`` (B, vocab): their ids (B, m) and logits
+    (B, m), best first, -inf for the tokens of a row that it drops (m is the largest count kept in a row).
+
+    Top-k keeps the k largest logits and any tied with the k-th; top-p then keeps, among those, the best tokens
+    until their probability (renormalised over the kept) reaches ``p``, at least one. The same sets as
+    transformers' ``TopKLogitsWarper`` then ``TopPLogitsWarper``, found without sorting the vocabulary:
+    ``torch.topk`` of k, or (top-p alone) of a growing number of the most likely tokens until each row's nucleus
+    ends inside them. ``k = 0`` and ``p = 1`` keep every token, in vocabulary order.
+    """
+    vocab = logits.shape[-1]
+    if 0 < k < vocab:
+        values, ids = torch.topk(logits, k, dim=-1)
+        tied = int((logits >= values[:, -1:]).sum(-1).max())
+        if tied > k:  # ties with the k-th are kept too
+            values, ids = torch.topk(logits, tied, dim=-1)
+            values = values.masked_fill(values < values[:, k - 1:k], float("-inf"))
+        return ids, nucleus(values, values.softmax(dim=-1), p)
+    if p < 1.0:
+        probs = logits.softmax(dim=-1)
+        width = min(64, vocab)
+        top, ids = torch.topk(probs, width, dim=-1)
+        while width < vocab and not bool((top.sum(-1) - top[:, -1] >= p).all()):  # a nucleus goes on past width
+            width = min(width * 8, vocab)
+            top, ids = torch.topk(probs, width, dim=-1)
+        return ids, nucleus(logits.gather(-1, ids), top, p)
+    return torch.arange(vocab, device=logits.device).expand_as(logits), logits
 
 
-def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filtering: keep the most likely tokens until their probability reaches ``p`` (at least one)."""
+def nucleus(values: torch.Tensor, probs: torch.Tensor, p: float) -> torch.Tensor:
+    """``values`` (B, m) with -inf for the tokens outside each row's top-p nucleus; ``probs`` are their
+    probabilities, best first. A token stays while the tokens before it hold less than ``p`` (the best always)."""
     if p >= 1.0:
-        return logits
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)  # (B, vocab)
-    probs = sorted_logits.softmax(dim=-1)
-    before = probs.cumsum(dim=-1) - probs  # probability mass of the better tokens
-    remove_sorted = before >= p  # the first token always stays (before == 0)
-    remove = remove_sorted.scatter(-1, order, remove_sorted)
-    return logits.masked_fill(remove, float("-inf"))
+        return values
+    before = probs.cumsum(dim=-1) - probs
+    return values.masked_fill(before >= p, float("-inf"))
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of ``probs`` (B, m), with those probabilities (they need not sum to one), from one
+    uniform number u per row: the first index whose cumulative probability exceeds u times the row's total.
+
+    In float32, u is at most 1 - 2^-24, and u times any total rounds to below the total, so the index is always
+    one of a token of probability above 0.
+    """
+    cumulative = probs.float().cumsum(dim=-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)
+    return torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True)[:, 0]
 
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
@@ -87,7 +121,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | No
         logits: (B, vocab) next-token logits.
         params: the sampling settings.
         seen: (B, vocab) bool, tokens the repetition penalty applies to (needed when it is not 1).
-        generator: random source for reproducible sampling.
+        generator: random source for reproducible sampling (one number per row and token).
 
     Returns:
         (B,) token ids.
@@ -96,6 +130,6 @@ def sample(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | No
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if params.greedy:
         return greedy(logits)
-    logits = filter_top_p(filter_top_k(logits.float() / params.temperature, params.top_k), params.top_p)
-    probs = logits.softmax(dim=-1)  # (B, vocab)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    ids, values = candidates(logits.float() / params.temperature, params.top_k, params.top_p)
+    chosen = draw(values.softmax(dim=-1), generator)
+    return ids.gather(-1, chosen[:, None])[:, 0]

@@ -3,9 +3,9 @@ draw per row) against the one it replaced (kept below as ``sample_sorted``: the 
 ``torch.multinomial`` over the vocabulary, as transformers' warpers and TencentPretrain's scripts do).
 
 1. The cost of one call on (B, vocab) logits for several settings, and whether both keep the same tokens.
-2. Batch-1 decoding with run_llama.py's default sampling (temperature 0.7, top-k 40, top-p 0.9) on the 99M model,
-   natively on ``--threads`` threads: our engine with each sampler, and llama.cpp's f32 with the same settings
-   (min-p off) when llama-cpp-python is installed. Decode tok/s = ``(N - 1) / (t(N) - t(1))``, the fastest of
+2. Batch-1 decoding with run_llama.py's default sampling (temperature 0.7, top-k 40, top-p 0.9) on the 99M model
+   (``--size``), natively on ``--threads`` threads: our engine with each sampler, and llama.cpp's f32 with the same
+   settings (min-p off) when llama-cpp-python is installed. Decode tok/s = ``(N - 1) / (t(N) - t(1))``, the fastest of
    ``--repeats`` alternating runs. The tokens differ between the three (each draws its own random numbers).
 
 Run: ``python bench/sampling.py`` (``--no_llama_cpp``, ``--threads 1``).
@@ -96,7 +96,7 @@ def per_call(vocab: int, rows: int, repeats: int) -> list[str]:
 
 def decoding(args, temporary: Path) -> list[str]:
     torch.manual_seed(0)
-    model = build_model(size_config("100m")).eval()
+    model = build_model(size_config(args.size)).eval()
     prompt = prompts_for(1, model.vocab_size)[0]
     engine = Engine(prepare_for_inference(model, layout="row", batch_size=1))
     use_threads(engine, args.threads)
@@ -137,6 +137,7 @@ def decoding(args, temporary: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="100m", choices=("tiny", "100m"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--new_tokens", type=int, default=64)
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     for rows in (1, 8):
         for line in per_call(args.vocab, rows, args.repeats):
             print(line, flush=True)
-    print("\n| batch-1 sampled decoding, 99M model | threads | tok/s | x ours now |\n|---|---|---|---|")
+    print(f"\n| batch-1 sampled decoding, {args.size} model | threads | tok/s | x ours now |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for line in decoding(args, Path(tmp)):
             print(line, flush=True)

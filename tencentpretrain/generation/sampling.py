@@ -96,8 +96,8 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     """One index per row of ``probs`` (B, m), with those probabilities (they need not sum to one), from one
     uniform number u per row: the first index whose cumulative probability exceeds u times the row's total.
 
-    In float32, u is at most 1 - 2^-24, and u times any total rounds to below the total, so the index is always
-    one of a token of probability above 0.
+    In float32, u is at most 1 - 2^-24, and u times a (normal, positive) total rounds to below the total, so the
+    index is always one of a token of probability above 0.
     """
     cumulative = probs.float().cumsum(dim=-1)
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)

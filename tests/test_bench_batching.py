@@ -3,18 +3,15 @@ decodes one row per step, and the pass tables are printed (no timing is checked)
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+
+from bench_support import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_batching_runs_the_load_and_the_passes(capsys):
-    spec = importlib.util.spec_from_file_location("bench_batching", ROOT / "bench" / "batching.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_bench("batching")
     args = ["--size", "tiny", "--requests", "6", "--clients", "3", "--prompt_tokens", "4", "90", "--max_tokens", "2",
             "12", "--chunk", "16", "--several", "2", "--rows", "3", "--repeats", "1", "--batch_sizes", "3", "1"]
     assert module.main(args) == 0

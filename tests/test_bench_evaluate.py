@@ -1,25 +1,22 @@
 """bench/evaluate.py runs end to end on the tiny size, and both sides find the same log-likelihood / answers."""
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
+from bench_support import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TP_SHARED_DIR", ROOT.parent / "shared")) / "data"
 
 
-def load_bench():
+def bench_evaluate():
     pytest.importorskip("transformers")
-    spec = importlib.util.spec_from_file_location("bench_evaluate", ROOT / "bench" / "evaluate.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_bench("evaluate")
 
 
 def test_bench_evaluate_tiny():
-    rows = load_bench().main(["--sizes", "tiny", "--seq_length", "32", "--batch_size", "3", "--tokens", "200"])
+    rows = bench_evaluate().main(["--sizes", "tiny", "--seq_length", "32", "--batch_size", "3", "--tokens", "200"])
     cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
     assert cells[3].startswith("200 ")  # every token scored once
     assert float(cells[-1]) < 1e-5  # ours and transformers' total NLL agree
@@ -27,6 +24,7 @@ def test_bench_evaluate_tiny():
 
 @pytest.mark.skipif(not (SHARED / "tokenizers" / "llama_tokenizer.model").exists(), reason="../shared is absent")
 def test_bench_evaluate_choice_tiny():
-    rows = load_bench().main(["--choice", "--sizes", "tiny", "--questions", "5", "--shots", "2", "--batch_size", "2"])
+    rows = bench_evaluate().main(["--choice", "--sizes", "tiny", "--questions", "5", "--shots", "2",
+                                  "--batch_size", "2"])
     cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
     assert cells[-1] == "True"  # transformers, our whole prompts and --task choice give the same answers

@@ -1,18 +1,16 @@
 """bench/generate.py runs end to end on the tiny size with each layout, and both sides make the same tokens."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from bench_support import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_generate_tiny():
     pytest.importorskip("transformers")
-    spec = importlib.util.spec_from_file_location("bench_generate", ROOT / "bench" / "generate.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("generate")
     layouts = ["column", "packed"] if bench.packing_available() else ["column"]
     rows = bench.main(["--sizes", "tiny", "--batches", "1", "3", "--new_tokens", "4", "--repeats", "1",
                        "--layout", *layouts, "auto"])

@@ -3,18 +3,15 @@ table has both of ours (no timing is checked)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+
+from bench_support import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_sampling_runs(capsys):
-    spec = importlib.util.spec_from_file_location("bench_sampling", ROOT / "bench" / "sampling.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_bench("sampling")
     module.main(["--size", "tiny", "--vocab", "3000", "--repeats", "1", "--new_tokens", "4", "--threads", "1",
                  "--no_llama_cpp"])
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]

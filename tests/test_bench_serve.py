@@ -3,21 +3,12 @@ request was answered and every variant made the same tokens)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from bench_support import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_bench_serve_compares_and_soaks(tiny_spm, capsys):

@@ -1,23 +1,18 @@
 """bench/train.py runs end to end on a tiny config; its first-loss check ties our model to transformers' Llama."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from bench_support import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_bench_train_tiny(capsys):
     pytest.importorskip("transformers")
-    bench = load_bench()
+    bench = load_bench("train")
     argv = ["--config", str(ROOT / "models" / "llama" / "tiny_config.json"), "--vocab_size", "64",
             "--batch_size", "2", "--seq_length", "16", "--rounds", "2", "--steps", "1", "--warmup", "1"]
     assert bench.main(argv) == 0

@@ -71,8 +71,7 @@ def test_huge_bytes_reads_the_mapping_of_an_address(tmp_path, monkeypatch):
 
 
 def test_bench_huge_pages_runs_on_the_tiny_size():
-    import importlib.util
-    from pathlib import Path
+    from bench_support import load_bench
 
     from tencentpretrain.generation.native import Unsupported, load_library
 
@@ -80,10 +79,7 @@ def test_bench_huge_pages_runs_on_the_tiny_size():
         load_library()
     except Unsupported as why:
         pytest.skip(f"native decoding unavailable here: {why}")
-    path = Path(__file__).resolve().parents[1] / "bench" / "huge_pages.py"
-    spec = importlib.util.spec_from_file_location("bench_huge_pages", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("huge_pages")
     rows = bench.main(["--size", "tiny", "--threads", "1", "2", "--repeats", "1"])
     assert [row.split("|")[1].strip() for row in rows[2:]] == ["1", "2"]
     assert all(row.rstrip(" |").endswith("x") for row in rows[2:])

@@ -4,7 +4,8 @@ A random model of a given size (``--size``, the presets of ``bench/generate.py``
 and served by ``inference/server.py`` in a subprocess on 127.0.0.1, once per ``--max_batch_size`` (default 8, then
 1). ``--clients`` streaming clients (httpx, one thread each) send ``--requests`` chat-free completions in all,
 each client its next request as soon as its previous one ends; prompts of ``--prompt_tokens`` (a range) tokens and
-``max_tokens`` in ``--max_tokens`` (a range), the same list for every server, greedy. Reported per server:
+``max_tokens`` in ``--max_tokens`` (a range), the same list for every server, greedy (or sampled: ``--temperature``).
+Reported per server:
 
 - tokens/s: generated tokens (the usage the server reports) over the wall time of the whole run;
 - TTFT: time from sending a request to its first text chunk, p50 and p95 over requests;
@@ -82,7 +83,7 @@ class Server:
     def __init__(self, model: tuple[Path, Path], spm: Path, batch: int, args):
         command = [sys.executable, str(ROOT / "inference" / "server.py"), "--load_model_path", str(model[1]),
                    "--config_path", str(model[0]), "--spm_model_path", str(spm), "--host", "127.0.0.1",
-                   "--port", "0", "--max_batch_size", str(batch), "--temperature", "0",
+                   "--port", "0", "--max_batch_size", str(batch), "--temperature", str(args.temperature),
                    "--seq_length", str(args.seq_length), "--prefill_chunk", str(args.prefill_chunk),
                    "--max_new_tokens", str(args.max_tokens[1])]
         if args.threads:
@@ -273,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_tokens", type=int, nargs=2, default=(16, 96), metavar=("MIN", "MAX"))
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[8, 1], help="servers' --max_batch_size")
     parser.add_argument("--threads", type=int, default=None, help="servers' --threads (default: theirs)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="servers' --temperature (0: greedy; above, they sample with their default top-k 40 and "
+                             "top-p 0.9)")
     parser.add_argument("--prefill_chunk", type=int, default=64, help="servers' --prefill_chunk")
     parser.add_argument("--seq_length", type=int, default=512, help="servers' --seq_length")
     parser.add_argument("--soak", type=float, default=None, metavar="SECONDS",

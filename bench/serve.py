@@ -177,7 +177,8 @@ def run_load(url: str, jobs: list, clients: int) -> dict:
     tokens = sum(r["tokens"] for r in good)
     return {"requests": len(results), "tokens": tokens, "wall": wall, "tps": tokens / wall,
             "ttft50": percentile(ttfts, 50), "ttft95": percentile(ttfts, 95), "itl50": percentile(gaps, 50),
-            "itl95": percentile(gaps, 95), "errors": len(results) - len(good)}
+            "itl95": percentile(gaps, 95), "errors": len(results) - len(good),
+            "messages": sorted({r["error"] for r in results if "error" in r})}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -204,6 +205,8 @@ def compare(args, model, spm) -> None:
         print(f"| --max_batch_size {batch} | {args.clients} | {f['requests']} | {f['tokens']} | {f['wall']:.1f} | "
               f"{f['tps']:.1f} | {f['ttft50'] * 1e3:.0f} | {f['ttft95'] * 1e3:.0f} | {f['itl50'] * 1e3:.1f} | "
               f"{f['itl95'] * 1e3:.1f} | {f['errors']} |", flush=True)
+        for message in f["messages"]:
+            print(f"  error (--max_batch_size {batch}): {message}", file=sys.stderr, flush=True)
     if len(figures) >= 2:
         (b0, first), (b1, other) = list(figures.items())[:2]
         print(f"\n--max_batch_size {b0} vs {b1}: tokens/s {first['tps'] / other['tps']:.2f}x, "

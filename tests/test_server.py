@@ -444,3 +444,14 @@ def test_main_serves_a_checkpoint(checkpoint, tiny_spm):
         process.terminate()
         _, errors = process.communicate(timeout=30)
     assert process.returncode in (0, -15) and "Traceback" not in errors  # uvicorn re-raises SIGTERM once shut down
+
+
+def test_stream_events_stay_one_line_for_line_splitting_clients():
+    """Text with U+2028, U+2029 or U+0085 (tokens can decode to them) must not split an event where httpx's
+    iter_lines, like str.splitlines, ends lines; Chinese stays readable."""
+    from tencentpretrain.generation.api import event
+
+    data = {"choices": [{"text": "中文\u2028a\x85b\u2029c\n\r\x1c"}]}
+    lines = event(data).splitlines()
+    assert lines[1:] == [""] and json.loads(lines[0].removeprefix("data: ")) == data
+    assert "中文" in lines[0]

@@ -401,8 +401,18 @@ class Job:
             self.cancel()  # the client disconnected (the generator was closed) or all is done
 
 
+# Characters that str.splitlines (and so httpx's iter_lines) takes for line ends, which JSON leaves unescaped when
+# non-ASCII text is kept readable: a sampled token decoding to one of them would split an event in two there.
+LINE_BREAKING = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
 def event(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+    """One server-sent event: ``data`` as JSON on one line (non-ASCII text kept readable, except the characters
+    some clients split lines at, which are escaped)."""
+    text = json.dumps(data, ensure_ascii=False)
+    for char, escaped in LINE_BREAKING.items():
+        text = text.replace(char, escaped)
+    return f"data: {text}\n\n"
 
 
 class EventStream(StreamingResponse):

@@ -10,7 +10,7 @@ Reported per server:
 - tokens/s: generated tokens (the usage the server reports) over the wall time of the whole run;
 - TTFT: time from sending a request to its first text chunk, p50 and p95 over requests;
 - ITL: inter-token latency, the gaps between a request's successive text chunks, p50 and p95 over all gaps;
-- errors: requests that failed or got a status other than 200.
+- errors: requests that failed or got a status other than 200 (each distinct message is printed to stderr).
 
 ``--soak SECONDS`` instead runs the batching server for that long (bounded) under a mix of normal requests,
 clients that disconnect mid-stream and malformed bodies, and reports the server's RSS after warm-up and at the end,

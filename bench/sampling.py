@@ -5,8 +5,9 @@ draw per row) against the one it replaced (kept below as ``sample_sorted``: the 
 1. The cost of one call on (B, vocab) logits for several settings, and whether both keep the same tokens.
 2. Batch-1 decoding with run_llama.py's default sampling (temperature 0.7, top-k 40, top-p 0.9) on the 99M model
    (``--size``), natively on ``--threads`` threads: our engine with each sampler, and llama.cpp's f32 with the same
-   settings (min-p off) when llama-cpp-python is installed. Decode tok/s = ``(N - 1) / (t(N) - t(1))``, the fastest of
-   ``--repeats`` alternating runs. The tokens differ between the three (each draws its own random numbers).
+   settings (min-p off) when llama-cpp-python is installed. Decode tok/s = ``(N - 1) / (t(N) - t(1))``, the fastest
+   of ``--repeats`` alternating runs (``bench/generate.py``'s ``measure``). The tokens differ between the three
+   (each draws its own random numbers).
 
 Run: ``python bench/sampling.py`` (``--no_llama_cpp``, ``--threads 1``).
 """
@@ -26,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import prompts_for, size_config  # noqa: E402
+from generate import measure, prompts_for, size_config  # noqa: E402
 
 from tencentpretrain.generation import Engine, SamplingParams, prepare_for_inference  # noqa: E402
 from tencentpretrain.generation import engine as engine_module  # noqa: E402
@@ -118,19 +119,7 @@ def decoding(args, temporary: Path) -> list[str]:
         llama = llama_cpp_runner(path, prompt, args.threads, len(prompt) + args.new_tokens + 8, temp=0.7, top_k=40,
                                  top_p=0.9, min_p=0.0)
         variants["llama.cpp f32"] = llama
-    first = {label: [] for label in variants}
-    full = {label: [] for label in variants}
-    for run in variants.values():
-        run(args.new_tokens)  # warm-up
-    for _ in range(args.repeats):
-        for label, run in variants.items():
-            start = time.perf_counter()
-            run(1)
-            first[label].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            run(args.new_tokens)
-            full[label].append(time.perf_counter() - start)
-    speed = {label: (args.new_tokens - 1) / (min(full[label]) - min(first[label])) for label in variants}
+    speed = {label: tps for label, (_, tps) in measure(variants, 1, args.new_tokens, args.repeats).items()}
     now = speed["ours, sampler now"]
     return [f"| {label} | {args.threads} | {value:.1f} | {value / now:.2f} |" for label, value in speed.items()]
 

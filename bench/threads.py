@@ -5,7 +5,8 @@ f32 on the same weights at the same thread counts when llama-cpp-python is insta
 
 One prompt of 48 random tokens, greedy, no eos, float32 everywhere (llama.cpp with an f32 key/value cache, our model
 exported by our own GGUF writer). Decode tok/s = ``(N - 1) / (t(N tokens) - t(1 token))``, each time the fastest of
-``--repeats`` runs, the variants alternating (the machine may be shared: the minimum is the least disturbed run).
+``--repeats`` runs, the variants alternating (the machine may be shared: the minimum is the least disturbed run;
+``bench/generate.py``'s ``measure``).
 Ratios are against our PyTorch one-thread figure ("x py1") and our native one-thread figure ("x nat1"); "same
 tokens": each variant's tokens equal ours in PyTorch on one thread. Run: ``python bench/threads.py`` (99M model,
 1 and 2 threads), ``--sizes tiny 100m``, ``--no_llama_cpp``.
@@ -17,7 +18,6 @@ import argparse
 import importlib.util
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import prompts_for, size_config  # noqa: E402
+from generate import measure, prompts_for, size_config  # noqa: E402
 
 from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
 from tencentpretrain.generation.layout import LAYOUTS  # noqa: E402
@@ -79,18 +79,9 @@ def bench_size(name: str, args, temporary: Path) -> str:
         for threads in counts:
             variants[f"llama.cpp {threads}"] = llama_cpp_runner(path, threads, len(prompt) + args.new_tokens + 8)
     reference = variants["PyTorch 1"](prompt, args.new_tokens)
-    same = {label: run(prompt, args.new_tokens) == reference for label, run in variants.items()}  # and warm-up
-    first = {label: [] for label in variants}
-    full = {label: [] for label in variants}
-    for _ in range(args.repeats):
-        for label, run in variants.items():
-            start = time.perf_counter()
-            run(prompt, 1)
-            first[label].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            run(prompt, args.new_tokens)
-            full[label].append(time.perf_counter() - start)
-    speed = {label: (args.new_tokens - 1) / (min(full[label]) - min(first[label])) for label in variants}
+    same = {label: run(prompt, args.new_tokens) == reference for label, run in variants.items()}
+    runners = {label: (lambda n, run=run: run(prompt, n)) for label, run in variants.items()}
+    speed = {label: tps for label, (_, tps) in measure(runners, 1, args.new_tokens, args.repeats).items()}
     py1, nat1 = speed["PyTorch 1"], speed["native 1"]
     cells = [f"{speed[label]:.1f} ({speed[label] / py1:.2f}x py1, {speed[label] / nat1:.2f}x nat1)"
              for label in variants]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,17 +42,13 @@ def _unlink_shared_buffer(rank: int, world: int) -> None:
     """Remove the name of the buffer DeepSpeed's CPU all-reduce maps in /dev/shm for this rank.
 
     DeepSpeed creates ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` when it joins the group
-    and never unlinks it: every run on the CPU would leave 2x64 MiB of RAM behind per rank. Once every rank has
-    mapped every peer's buffer (the barrier), the names are no longer needed and the mappings stay valid.
+    and never unlinks it: every run on the CPU would leave 64 MiB of RAM behind per rank. Once every rank has mapped
+    every peer's buffer (the barrier), the names are no longer needed and the mappings stay valid.
     """
-    name = "deepspeed_allreduce_buffer_{}_{}_{}_{}".format(
-        os.getuid(), os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), rank
-    )
-    path = os.path.join("/dev/shm", name)
     if world > 1 and dist.is_initialized():
         dist.barrier()
-    if os.path.exists(path):
-        os.unlink(path)
+    where = f"{os.environ.get('MASTER_ADDR')}_{os.environ.get('MASTER_PORT')}"
+    Path("/dev/shm", f"deepspeed_allreduce_buffer_{os.getuid()}_{where}_{rank}").unlink(missing_ok=True)
 
 
 def _device(opts: TrainOptions, local_rank: int) -> torch.device:

@@ -3,7 +3,7 @@
 On a shared machine wall time measures the other tenants as much as the code; the CPU time of this process (one
 thread: ``torch.set_num_threads(1)``) counts only the cycles it got, so these figures move far less with the load
 than ``bench/serve.py``'s. Two parts, on a random model of a ``bench/generate.py`` size (default ``100m``), weights
-laid out as the server lays them out for the batch size (`auto`: ``row`` wherever decoding is native):
+laid out as the server lays them out for the batch size (``auto``: ``row`` wherever decoding is native):
 
 - **passes**: one forward pass of the batcher's kind (``generation/ragged.py``, ``Engine.read``), the fastest of
   ``--repeats``, through PyTorch and natively (generation/native.py; where it runs): a prompt chunk of ``--chunk``

@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.soak is not None and not 0 < args.soak <= 3600:
         parser.error("--soak must be in (0, 3600] seconds")
+    if not args.temperature >= 0:
+        parser.error(f"--temperature must be >= 0 (0: greedy), got {args.temperature}")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         spm = find_tokenizer(args.spm_model_path, workdir)

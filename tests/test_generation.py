@@ -68,7 +68,7 @@ def test_greedy_matches_transformers_unbatched(pair):
 def assert_cached_logits_match_full_forward(model) -> None:
     """Every step's logits of a left-padded batch equal the last position of an unpadded, uncached forward."""
     steps = list(Engine(model, pad_id=0).stream(PROMPTS, 24))
-    tokens = torch.stack([s.tokens for s in steps], dim=1)  # (B, steps)
+    tokens = torch.tensor([s.tokens for s in steps]).T  # (B, steps)
     for row, prompt in enumerate(PROMPTS):
         sequence = torch.tensor(prompt + tokens[row].tolist())[None]
         with torch.no_grad():
@@ -101,7 +101,7 @@ def test_eos_ends_rows_and_is_not_returned(pair):
     assert out[1] == free[1][:free[1].index(eos)]
     assert steps[-1].finished[1]
     first_end = free[1].index(eos)
-    assert all(int(s.tokens[1]) == 0 for s in steps[first_end + 1:])  # pad after the end
+    assert all(s.tokens[1] == 0 for s in steps[first_end + 1:])  # pad after the end
 
 
 def test_stream_stop_ends_a_row_and_the_loop(pair):

@@ -64,7 +64,7 @@ def test_packed_layout_with_biases_and_learned_positions(pack_everything):
     reference = build_model(config, VOCAB).eval()
     engine = Engine(prepare_for_inference(copy.deepcopy(reference), layout="packed", batch_size=3), pad_id=0)
     steps = list(engine.stream(PROMPTS, 12))
-    tokens = torch.stack([s.tokens for s in steps], dim=1)
+    tokens = torch.tensor([s.tokens for s in steps]).T  # (B, steps)
     for row, prompt in enumerate(PROMPTS):
         with torch.no_grad():
             full = reference(torch.tensor(prompt + tokens[row].tolist())[None])[0]

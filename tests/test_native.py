@@ -101,6 +101,67 @@ def test_decoder_logits_and_cache_equal_the_model(model):
     torch.testing.assert_close(caches[1].values, caches[0].values, rtol=1e-5, atol=1e-5)
 
 
+def test_a_step_picks_the_greedy_token_as_torch_argmax_does(model):
+    """``NativeDecoder.step`` returns each row's argmax with its logits, as ``torch.argmax`` picks it: the first of
+    tied maxima (equal LM head rows give bit-equal logits: products sum in one order) and the first NaN before any
+    number."""
+    decoder, note = native.native_decoder(copy.deepcopy(model), 2)
+    assert decoder is not None, note
+    head = decoder.model.target["lm"].output_layer.weight
+    engine = Engine(decoder.model)
+    batch, pads = [[1, 5, 6, 7], [1, 9], [1, 300, 301]], [0, 2, 1]
+    with torch.no_grad():
+        cache = engine.new_cache(len(batch), 12)
+        decoder.prefill(*left_padded(batch), cache)
+        logits, best = decoder.step([5, 9, 400], [4, 2, 3], pads, cache)
+        assert best == logits.argmax(-1).tolist() and len(set(best)) > 1
+        head.copy_(head[best[0]].expand_as(head))  # every logit of a row ties
+        logits, best = decoder.step([8, 8, 8], [5, 3, 4], pads, cache)
+        assert best == logits.argmax(-1).tolist() == [0, 0, 0]
+        head[200, 5] = head[37, 3] = float("nan")
+        logits, best = decoder.step([9, 9, 9], [6, 4, 5], pads, cache)
+    assert best == logits.argmax(-1).tolist() == [37, 37, 37]
+
+
+def test_a_step_equals_the_models_step_and_keeps_its_arguments_per_cache(model):
+    """Steps over two caches in turn (the decoder's kept arguments switch from one cache to the other and back)
+    give the model's logits for each."""
+    decoder, note = native.native_decoder(copy.deepcopy(model), 2)
+    assert decoder is not None, note
+    engine = Engine(decoder.model)
+    batches = [[[1, 5, 6, 7], [1, 9]], [[1, 300, 301]]]
+    with torch.no_grad():
+        caches = {}
+        for b, batch in enumerate(batches):
+            ids, positions, mask = left_padded(batch, with_mask=True)
+            caches[b] = [engine.new_cache(len(batch), 20), engine.new_cache(len(batch), 20)]
+            for cache in caches[b]:
+                engine.model.encode(ids, positions, mask, cache)
+        for step in range(6):
+            for b, batch in enumerate(batches):
+                reference, ours = caches[b]
+                ids, positions, mask = left_padded(batch, with_mask=True)
+                width = ids.shape[1]
+                pads = [width - len(p) for p in batch]
+                at = [len(p) + step for p in batch]
+                tokens = [(7 * step + 11 * row + 3) % VOCAB for row in range(len(batch))]
+                mask = torch.cat([mask, torch.ones(len(batch), step + 1, dtype=torch.bool)], 1)
+                expected = engine.model(torch.tensor(tokens)[:, None], torch.tensor(at)[:, None], mask, reference)
+                logits, best = decoder.step(tokens, at, pads, ours)
+                torch.testing.assert_close(logits, expected[:, 0], rtol=1e-4, atol=1e-4)
+                assert ours.length == reference.length
+    torch.testing.assert_close(ours.keys, reference.keys, rtol=1e-5, atol=1e-5)
+
+
+def left_padded(batch: list[list[int]], with_mask: bool = False):
+    """Left-padded ids (B, T), positions (B, T) and (with_mask) the real-token mask (B, T) of prompts."""
+    width = max(len(p) for p in batch)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in batch])
+    mask = torch.tensor([[False] * (width - len(p)) + [True] * len(p) for p in batch])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return (ids, positions, mask) if with_mask else (ids, positions, mask if not mask.all() else None)
+
+
 def test_native_prefill_equals_the_model(model):
     """Left-padded prompts read natively: the last position's logits and the real tokens' keys and values equal
     the model's; the padding columns are left as they were (never attended to)."""
@@ -155,7 +216,7 @@ def assert_same_greedy_tokens(reference: Engine, fast: Engine, batch: list[list[
     followed, compared = set(range(len(batch))), 0
     for a, b in zip(reference.stream(batch, new_tokens), fast.stream(batch, new_tokens)):
         for row in sorted(followed):
-            x, y = int(a.tokens[row]), int(b.tokens[row])
+            x, y = a.tokens[row], b.tokens[row]
             if x == y:
                 compared += 1
                 continue
@@ -383,9 +444,13 @@ def test_turned_off_or_unbuildable_library_is_a_reason_not_a_crash(model, monkey
 def test_streams_read_side_by_side_leave_the_grad_mode_as_it_was(model):
     engine = Engine(copy.deepcopy(model))
     use_threads(engine, 2)
-    first, second = iter(engine.stream([[1, 5, 6]], 5)), iter(engine.stream([[1, 7]], 9))
+    alone = [engine.generate([[1, 5, 6]], 5)[0], engine.generate([[1, 7], [1, 8, 9, 10]], 9)]
+    first, second = iter(engine.stream([[1, 5, 6]], 5)), iter(engine.stream([[1, 7], [1, 8, 9, 10]], 9))
+    together = [[], []]
     for _ in range(3):
-        next(first), next(second)
+        together[0].append(next(first).tokens[0])
+        together[1].append(next(second).tokens)
         assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    assert together[0] == alone[0][:3] and together[1] == [list(pair) for pair in zip(*alone[1])][:3]
     del first, second  # both left half-read
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()

@@ -102,7 +102,7 @@ def stream_text(engine: Engine, tokenizer, prompts: Sequence[Sequence[int]], max
     counts, eos_hit = [0] * len(prompts), [False] * len(prompts)
     run = engine.stream(prompts, max_new_tokens, sampling, seed)
     for step in run:
-        for row, token in enumerate(step.tokens.tolist()):
+        for row, token in enumerate(step.tokens):
             if eos_hit[row] or streams[row].stopped:
                 continue
             counts[row] += 1

@@ -23,14 +23,14 @@ class Step:
     """One decoding step of a batch.
 
     Attributes:
-        tokens: (B,) the token chosen for each row (the pad id for rows finished earlier).
+        tokens: the token chosen for each of the B rows (the pad id for rows finished earlier).
         logits: (B, vocab) the logits the tokens were chosen from (before sampling filters).
-        finished: (B,) bool, rows that have ended (eos now or earlier, or stopped by the caller).
+        finished: for each row, whether it has ended (eos now or earlier, or stopped by the caller).
     """
 
-    tokens: torch.Tensor
+    tokens: list[int]
     logits: torch.Tensor
-    finished: torch.Tensor
+    finished: list[bool]
 
 
 class GenerationStream:
@@ -49,7 +49,7 @@ class GenerationStream:
         self.prompts = [list(p) for p in prompts]
         self.max_new_tokens = max_new_tokens
         self.sampling = sampling
-        self.finished = torch.zeros(len(prompts), dtype=torch.bool, device=engine.device)
+        self.finished = [False] * len(prompts)
         self.generator = None
         if seed is not None:
             self.generator = torch.Generator(device=engine.device).manual_seed(seed)
@@ -59,15 +59,10 @@ class GenerationStream:
         self.finished[row] = True
 
     def __iter__(self) -> Iterator[Step]:
-        """The steps, each computed in inference mode; the caller gets each step back in its own grad mode, so a
-        stream read step by step, or left half-read, never leaves the caller's thread in inference mode."""
-        steps = self._steps()
-        while True:
-            with torch.inference_mode():
-                step = next(steps, None)
-            if step is None:
-                return
-            yield step
+        """The steps. The engine runs the model's passes in inference mode (``Engine``), and nothing else here
+        needs it: the caller's thread stays in its own grad mode, also with a stream read step by step or left
+        half-read, and a native step pays for no switch of modes (its cost is in ``NativeDecoder.step``)."""
+        return self._steps()
 
     def _prefill_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids (B, T) and the real-token mask (B, T + max_new_tokens)."""
@@ -75,27 +70,32 @@ class GenerationStream:
         return ids.to(self.engine.device), mask.to(self.engine.device)
 
     def _steps(self) -> Iterator[Step]:
-        engine = self.engine
+        """The prefill, then one ``Engine.decode`` per token; the bookkeeping of a step is on Python lists (at
+        batch 1 a tensor operation after a pass costs more than the Python: ``NativeDecoder.step``)."""
+        engine, sampling, finished = self.engine, self.sampling, self.finished
         ids, mask = self._prefill_inputs()
         batch, width = ids.shape
         padded = not bool(mask.all())
-        padding_mask = mask if padded else None
         positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)  # (B, T): real tokens count from 0
         cache = engine.new_cache(batch, width + self.max_new_tokens - 1)
-        seen = self._seen(ids, mask[:, :width]) if self.sampling.penalized else None
-        logits = engine.prefill(ids, positions, padding_mask, cache)  # (B, vocab): the last position only
-        next_positions = positions[:, -1:] + 1  # (B, 1)
+        seen = self._seen(ids, mask[:, :width]) if sampling.penalized else None
+        logits = engine.prefill(ids, positions, mask if padded else None, cache)  # (B, vocab): the last position
+        best = None  # the greedy tokens, when the step computed them
+        pads = [width - len(p) for p in self.prompts]
+        next_positions = [len(p) for p in self.prompts]
+        eos = set(engine.eos_ids)
         for step in range(self.max_new_tokens):
-            tokens = sample(logits, self.sampling, seen, self.generator)  # (B,)
-            tokens = tokens.masked_fill(self.finished, engine.pad_id)
-            self.finished |= torch.isin(tokens, engine.eos_tensor)
-            yield Step(tokens, logits, self.finished.clone())
-            if step + 1 == self.max_new_tokens or bool(self.finished.all()):
+            if best is None or not sampling.greedy or sampling.penalized:
+                best = sample(logits, sampling, seen, self.generator).tolist()
+            tokens = [engine.pad_id if done else token for token, done in zip(best, finished)]
+            finished[:] = [done or token in eos for token, done in zip(tokens, finished)]
+            yield Step(tokens, logits, finished.copy())
+            if step + 1 == self.max_new_tokens or all(finished):
                 return
             if seen is not None:
-                seen.scatter_(1, tokens[:, None], True)
-            logits = engine.forward(tokens[:, None], next_positions, padding_mask, cache)[:, 0]  # (B, vocab)
-            next_positions += 1
+                seen[range(batch), tokens] = True
+            logits, best = engine.decode(tokens, next_positions, pads, cache)  # (B, vocab), the greedy tokens
+            next_positions = [p + 1 for p in next_positions]
 
     def _seen(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """(B, vocab) bool: the prompt tokens, for the repetition penalty (padding excluded)."""
@@ -106,6 +106,7 @@ class GenerationStream:
 class Engine:
     """Generates token ids with a model, whose weights it uses as given (it only switches it to eval mode): prepare
     it first with ``generation.prepare.prepare_for_inference`` (int8 weights, the CPU weight layout for speed).
+    Its passes through the model run in inference mode, whatever the caller's grad mode.
 
     Args:
         model: a ``Model`` (any dtype/device; the cache follows the word embedding's).
@@ -118,7 +119,6 @@ class Engine:
         weight = model.embedding.word.embedding.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.eos_ids = tuple(eos_ids)
-        self.eos_tensor = torch.tensor(self.eos_ids, dtype=torch.long, device=self.device)
         self.pad_id = pad_id
         self.decoder: NativeDecoder | None = None  # decoding steps in C (generation/threads.py: use_threads)
         self.decoding = "decoding in PyTorch"  # what runs the decoding steps, for logs
@@ -126,6 +126,24 @@ class Engine:
     @property
     def config(self) -> ModelConfig:
         return self.model.config
+
+    def decode(self, tokens: list[int], positions: list[int], pads: list[int],
+               cache: KVCache) -> tuple[torch.Tensor, list[int] | None]:
+        """A decoding step from plain lists: token ``tokens[b]`` at rotary position ``positions[b]`` after what
+        row b of ``cache`` holds (advanced by one), row b's real tokens starting at its column ``pads[b]`` (left
+        padding). Returns the logits (B, vocab) and, when ``self.decoder`` ran the step, each row's argmax (the
+        greedy tokens; None otherwise)."""
+        if self.decoder is not None:
+            done = self.decoder.step(tokens, positions, pads, cache)
+            if done is not None:
+                return done
+        device = self.device
+        mask = None
+        if any(pads):
+            mask = torch.arange(cache.length + 1, device=device) >= torch.tensor(pads, device=device)[:, None]
+        ids, at = (torch.tensor(x, dtype=torch.long, device=device)[:, None] for x in (tokens, positions))
+        with torch.inference_mode():
+            return self.model(ids, at, mask, cache)[:, 0], None
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
                 cache: KVCache) -> torch.Tensor:
@@ -136,7 +154,8 @@ class Engine:
             logits = self.decoder(tokens, positions, padding_mask, cache)
             if logits is not None:
                 return logits
-        return self.model(tokens, positions, padding_mask, cache)
+        with torch.inference_mode():
+            return self.model(tokens, positions, padding_mask, cache)
 
     def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
                 cache: KVCache) -> torch.Tensor:
@@ -146,8 +165,9 @@ class Engine:
             logits = self.decoder.prefill(tokens, positions, padding_mask, cache)
             if logits is not None:
                 return logits
-        hidden = self.model.encode(tokens, positions, padding_mask, cache)  # (B, T, hidden)
-        return self.model.target["lm"].logits(hidden[:, -1:])[:, 0]
+        with torch.inference_mode():
+            hidden = self.model.encode(tokens, positions, padding_mask, cache)  # (B, T, hidden)
+            return self.model.target["lm"].logits(hidden[:, -1:])[:, 0]
 
     def read(self, tokens: torch.Tensor, positions: torch.Tensor, ragged, picks: list[int]) -> torch.Tensor:
         """One pass of the continuous batcher over (1, N) ``tokens`` at ``positions``, laid out and cached as the
@@ -158,8 +178,9 @@ class Engine:
             logits = self.decoder.read(tokens, positions, ragged, picks)
             if logits is not None:
                 return logits
-        hidden = self.model.encode(tokens, positions, None, ragged)[0]  # (N, hidden)
-        return self.model.target["lm"].logits(hidden[picks][None])[0]
+        with torch.inference_mode():
+            hidden = self.model.encode(tokens, positions, None, ragged)[0]  # (N, hidden)
+            return self.model.target["lm"].logits(hidden[picks][None])[0]
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         """An empty cache for ``batch`` rows of up to ``length`` positions."""
@@ -185,7 +206,7 @@ class Engine:
         outputs: list[list[int]] = [[] for _ in prompts]
         done = [False] * len(prompts)
         for step in self.stream(prompts, max_new_tokens, sampling, seed):
-            for row, token in enumerate(step.tokens.tolist()):
+            for row, token in enumerate(step.tokens):
                 if done[row]:
                     continue
                 if token in self.eos_ids:

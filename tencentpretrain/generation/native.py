@@ -38,6 +38,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import weakref
 from pathlib import Path
 
 import torch
@@ -73,7 +74,7 @@ class ModelStruct(ctypes.Structure):
 
 ROW_FIELDS = 7  # onerow.c's row_t: keys, values, layer, head and column strides, write, first (8 bytes each)
 PASS_TOKENS = 256  # most tokens of one native call (a longer prompt is read in several)
-Rows = tuple[torch.Tensor, list[int]]  # onerow.c's row_t of each token (n, ROW_FIELDS), and the columns each sees
+Rows = tuple[list[int], list[int]]  # onerow.c's row_t of each token (ROW_FIELDS each, flat), the columns each sees
 
 
 def left_spans(real: torch.Tensor, rows: int, columns: int) -> list[int] | None:
@@ -87,11 +88,19 @@ def left_spans(real: torch.Tensor, rows: int, columns: int) -> list[int] | None:
     return starts.tolist()
 
 
+def pads_of(padding_mask: torch.Tensor | None, rows: int, columns: int) -> list[int] | None:
+    """The left padding of each of the first ``rows`` rows of a real-token mask over ``columns`` columns (all 0 for
+    None); None when a row's real tokens are not one span ending at the last column."""
+    if padding_mask is None:
+        return [0] * rows
+    return left_spans(padding_mask[:rows, :columns], rows, columns)
+
+
 def joined(parts: list[Rows]) -> Rows:
     """The row descriptions of several groups of tokens, in order."""
     if len(parts) == 1:
         return parts[0]
-    return torch.cat([rows for rows, _ in parts]), [span for _, spans in parts for span in spans]
+    return [field for rows, _ in parts for field in rows], [span for _, spans in parts for span in spans]
 
 
 class Unsupported(Exception):
@@ -137,7 +146,7 @@ def load_library() -> ctypes.CDLL:
     lib.team_product.restype, lib.team_product.argtypes = None, [P, ctypes.POINTER(Matrix), P, L, P]
     lib.scratch_size.restype, lib.scratch_size.argtypes = L, [ctypes.POINTER(ModelStruct), L, L, ctypes.c_int]
     lib.forward_rows.restype = None
-    lib.forward_rows.argtypes = [P, ctypes.POINTER(ModelStruct), L, P, P, P, P, P, L, P, L, P, P]
+    lib.forward_rows.argtypes = [P, ctypes.POINTER(ModelStruct), L, P, P, P, P, P, L, P, L, P, P, P]
     return lib
 
 
@@ -204,6 +213,43 @@ def linear_weight(module: nn.Module, name: str) -> torch.Tensor | None:
     return module.weight
 
 
+class StepPlan:
+    """The native arguments of decoding steps over the first B rows of one cache, with the same left padding,
+    built once and written into at each step (``NativeDecoder.step``); it holds the cache weakly.
+
+    Args:
+        decoder: the decoder whose steps these are.
+        cache: a cache the decoder can read (``NativeDecoder._readable``) with at least ``len(pads)`` rows.
+        pads: the left padding of each row (its first real column).
+    """
+
+    def __init__(self, decoder: NativeDecoder, cache, pads: list[int]):
+        rows, self.pads = len(pads), list(pads)
+        self.cache, self.keys, self.values = weakref.ref(cache), weakref.ref(cache.keys), weakref.ref(cache.values)
+        self.columns = cache.keys.shape[3]
+        fields, _ = decoder._describe(cache, range(rows), [0] * rows, pads)  # the write column is set each step
+        self.rows = (L * len(fields))(*fields)
+        self.tokens, self.positions, self.best, self.picks = (L * rows)(), (L * rows)(), (L * rows)(), \
+            (L * rows)(*range(rows))
+        floats = decoder.lib.scratch_size(ctypes.byref(decoder.struct), rows, self.columns, decoder.threads)
+        self.scratch = torch.empty(floats, dtype=torch.float32)
+        self.scratch_pointer = self.scratch.data_ptr()
+        self.read_tables(decoder.rotary, 0)
+
+    def fits(self, cache, pads: list[int]) -> bool:
+        """Whether these are the arguments for steps over ``cache`` (its tensors unchanged) with ``pads``."""
+        return self.cache() is cache and self.keys() is cache.keys and self.values() is cache.values and \
+            pads == self.pads
+
+    def read_tables(self, rotary, position: int) -> None:
+        """Take the rotary tables, grown first to cover ``position``."""
+        if position >= rotary.cos.shape[0]:
+            rotary(torch.tensor([position]))  # grows the tables
+        self.cos, self.sin = rotary.cos, rotary.sin  # (positions, head_dim / 2) float32, contiguous
+        self.cos_pointer, self.sin_pointer, self.table_rows = self.cos.data_ptr(), self.sin.data_ptr(), \
+            self.cos.shape[0]
+
+
 class NativeDecoder:
     """Decoding steps of ``model`` in C (see the module docstring); build it with ``native_decoder``.
 
@@ -255,6 +301,8 @@ class NativeDecoder:
         self.team = Team(threads)
         self.lib = self.team.lib
         self.scratch = torch.empty(0)
+        self.struct_pointer = ctypes.pointer(self.struct)
+        self.plan: StepPlan | None = None  # the arguments of the last decoding steps (``step``)
 
     @property
     def threads(self) -> int:
@@ -274,14 +322,44 @@ class NativeDecoder:
                 columns up to ``cache.length`` must be one span ending there (left padding).
             cache: a ``KVCache`` or ``SlotCache`` whose first B rows are these rows.
         """
-        if tokens.dim() != 2 or tokens.shape[1] != 1:
+        if tokens.dim() != 2 or tokens.shape[1] != 1 or cache is None:
             return None
-        rows = self._decoding_rows(cache, tokens.shape[0], padding_mask)
-        if rows is None:
-            return None
-        logits = self._run(tokens.view(-1).tolist(), positions.view(-1).tolist(), rows, list(range(tokens.shape[0])))
+        pads = pads_of(padding_mask, tokens.shape[0], cache.length + 1)
+        done = None if pads is None else self.step(tokens.view(-1).tolist(), positions.view(-1).tolist(), pads, cache)
+        return None if done is None else done[0].unsqueeze(1)
+
+    def step(self, tokens: list[int], positions: list[int], pads: list[int],
+             cache) -> tuple[torch.Tensor, list[int]] | None:
+        """A decoding step from plain lists (``Engine.decode``): token ``tokens[b]`` at rotary position
+        ``positions[b]`` for each of the first B rows of ``cache``, row b's real tokens starting at its column
+        ``pads[b]`` (left padding). Returns the logits (B, vocab) and each row's largest (the greedy token, as
+        ``torch.argmax`` picks it), the cache advanced by one; or None when the cache is not one it can read.
+
+        The arguments of the native call are kept from step to step (``StepPlan``) and only the token, position and
+        column are written in, and no tensor work is done besides allocating the logits: once a pass has streamed
+        the weights through the processor's caches, every PyTorch call or fresh Python object costs tens of
+        microseconds of misses, at batch 1 a few percent of a token.
+        """
+        plan = self.plan
+        if plan is None or not plan.fits(cache, pads):
+            if cache is None or not self._readable(cache) or cache.keys.shape[1] < len(pads):
+                return None
+            plan = self.plan = StepPlan(self, cache, pads)
+        length, rows, vocab = cache.length, len(tokens), self.struct.vocab
+        if length + 1 > plan.columns:
+            raise ValueError(f"KV cache full: {length + 1} positions needed, {plan.columns} allocated")
+        if not all(0 <= t < vocab for t in tokens):
+            raise IndexError(f"token ids {tokens} are not all in the vocabulary of {vocab}")
+        if max(positions) >= plan.table_rows:  # (the plan keeps the tables it read alive, grown or not since)
+            plan.read_tables(self.rotary, max(positions))
+        for b in range(rows):
+            plan.tokens[b], plan.positions[b], plan.rows[ROW_FIELDS * b + 5] = tokens[b], positions[b], length
+        logits = torch.empty(rows, vocab, dtype=torch.float32)
+        self.lib.forward_rows(self.team.handle, self.struct_pointer, rows, plan.tokens, plan.positions,
+                              plan.cos_pointer, plan.sin_pointer, plan.rows, length + 1 - min(pads),
+                              plan.scratch_pointer, rows, plan.picks, logits.data_ptr(), plan.best)
         cache.advance(1)
-        return logits.unsqueeze(1)
+        return logits, plan.best[:]
 
     def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
                 cache) -> torch.Tensor | None:
@@ -317,7 +395,8 @@ class NativeDecoder:
         rows = []
         if ragged.decoding:
             mask = ragged.decode_mask[:, 0, 0, :]  # (R, length + 1)
-            decoding = self._decoding_rows(ragged.slots, ragged.decoding, mask)
+            pads = pads_of(mask, ragged.decoding, ragged.slots.length + 1)
+            decoding = None if pads is None else self._decoding_rows(ragged.slots, pads)
             if decoding is None:
                 return None
             rows.append(decoding)
@@ -335,29 +414,27 @@ class NativeDecoder:
         return keys.dtype == torch.float32 and keys.device.type == "cpu" and keys.stride(-1) == 1 and \
             keys.stride() == values.stride() and values.dtype == torch.float32
 
-    def _decoding_rows(self, cache, rows: int, padding_mask: torch.Tensor | None) -> Rows | None:
-        """The row descriptions of one new token for each of the first ``rows`` rows of ``cache`` (None: it
-        cannot)."""
-        if cache is None or not self._readable(cache) or cache.keys.shape[1] < rows:
+    def _decoding_rows(self, cache, pads: list[int]) -> Rows | None:
+        """The row descriptions of one new token for each of the first ``len(pads)`` rows of ``cache``, row b's
+        real tokens from its column ``pads[b]`` (None: it cannot read the cache)."""
+        if cache is None or not self._readable(cache) or cache.keys.shape[1] < len(pads):
             return None
         length = cache.length
-        first = [0] * rows if padding_mask is None else left_spans(padding_mask[:rows, :length + 1], rows, length + 1)
-        if first is None:
-            return None
         if length + 1 > cache.keys.shape[3]:
             raise ValueError(f"KV cache full: {length + 1} positions needed, {cache.keys.shape[3]} allocated")
-        return self._describe(cache, range(rows), [length] * rows, first)
+        return self._describe(cache, range(len(pads)), [length] * len(pads), pads)
 
     @staticmethod
-    def _describe(cache, cache_rows, writes, firsts) -> tuple[torch.Tensor, list[int]]:
-        """(n, ROW_FIELDS) int64: onerow.c's row_t of tokens in rows ``cache_rows`` of ``cache``, each writing its
-        column ``writes[i]`` and attending to columns ``firsts[i]`` .. ``writes[i]``; and the columns each attends
-        to."""
+    def _describe(cache, cache_rows, writes, firsts) -> Rows:
+        """onerow.c's row_t of tokens in rows ``cache_rows`` of ``cache`` (ROW_FIELDS integers each, one flat list),
+        each writing its column ``writes[i]`` and attending to columns ``firsts[i]`` .. ``writes[i]``; and the
+        columns each attends to."""
         keys, values = cache.keys, cache.values
         k, v, row = keys.data_ptr(), values.data_ptr(), 4 * keys.stride(1)  # addresses, bytes from row to row
         strides = (keys.stride(0), keys.stride(2), keys.stride(3))
-        rows = [(k + row * r, v + row * r, *strides, w, f) for r, w, f in zip(cache_rows, writes, firsts)]
-        return torch.tensor(rows, dtype=torch.long).reshape(-1, ROW_FIELDS), [w - f + 1 for _, _, _, _, _, w, f in rows]
+        fields = [field for r, w, f in zip(cache_rows, writes, firsts) for field in (k + row * r, v + row * r,
+                                                                                    *strides, w, f)]
+        return fields, [w - f + 1 for w, f in zip(writes, firsts)]
 
     def _run(self, ids: list[int], at: list[int], described: Rows, picks: list[int]) -> torch.Tensor:
         """forward_rows over the tokens ``ids`` at positions ``at`` as ``described``: logits (picks, vocab), for
@@ -375,7 +452,7 @@ class NativeDecoder:
         done = 0  # picks computed so far
         for start in range(0, len(ids), PASS_TOKENS):
             end = min(start + PASS_TOKENS, len(ids))
-            part = rows if end - start == len(ids) else rows[start:end]
+            part = (L * (ROW_FIELDS * (end - start)))(*rows[ROW_FIELDS * start:ROW_FIELDS * end])
             here = [p - start for p in picks[done:] if p < end]
             span = max(spans[start:end])
             needed = self.lib.scratch_size(ctypes.byref(self.struct), end - start, span, self.team.threads)
@@ -383,8 +460,9 @@ class NativeDecoder:
                 self.scratch = torch.empty(needed, dtype=torch.float32)
             self.lib.forward_rows(self.team.handle, ctypes.byref(self.struct), end - start,
                                   (L * (end - start))(*ids[start:end]), (L * (end - start))(*at[start:end]),
-                                  cos.data_ptr(), sin.data_ptr(), part.data_ptr(), span, self.scratch.data_ptr(),
-                                  len(here), (L * len(here))(*here), logits.data_ptr() + 4 * done * self.struct.vocab)
+                                  cos.data_ptr(), sin.data_ptr(), part, span, self.scratch.data_ptr(),
+                                  len(here), (L * len(here))(*here), logits.data_ptr() + 4 * done * self.struct.vocab,
+                                  None)
             done += len(here)
         return logits
 

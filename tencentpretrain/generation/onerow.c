@@ -654,6 +654,19 @@ static void run_attention(void *p, int index, int count) {
     }
 }
 
+/* The index of the largest of n floats: the first of equal ones, and the first NaN if there is one (NaN counts
+ * as the largest, as in torch.argmax and numpy.argmax). */
+static long argmax(const float *x, long n) {
+    long at = 0;
+    for (long i = 1; i < n; i++) {
+        if (isnan(x[at]))
+            break;
+        if (x[i] > x[at] || isnan(x[i]))
+            at = i;
+    }
+    return at;
+}
+
 /* Scratch floats forward_rows needs for `rows` rows attending to at most `span` columns each, on `threads`. */
 long scratch_size(const model_t *m, long rows, long span, int threads) {
     return rows * (5 * m->hidden + 2 * m->kv_heads * m->head_dim + 3 * m->feedforward) + threads * span;
@@ -661,12 +674,13 @@ long scratch_size(const model_t *m, long rows, long span, int threads) {
 
 /* One pass of the model over `rows` tokens (tokens[b] at rotary position positions[b], its cache row[b]): every
  * product reads its weight once for all rows, and each row's key and value are stored before any row attends.
- * Writes the logits (picks, vocab) of rows pick[0 .. picks - 1] only. `cos`/`sin`: the rotary tables, head_dim / 2
- * floats per position. A decoding step is a pass of one token per row of a cache; the batcher's passes add the
- * chunks of prompts being read. */
+ * Writes the logits (picks, vocab) of rows pick[0 .. picks - 1] only, and unless `best` is NULL the index of each
+ * one's largest logit into it (the greedy token, as torch.argmax picks it). `cos`/`sin`: the rotary tables, head_dim / 2 floats per
+ * position. A decoding step is a pass of one token per row of a cache; the batcher's passes add the chunks of
+ * prompts being read. */
 void forward_rows(team_t *team, const model_t *m, long rows, const long *tokens, const long *positions,
                   const float *cos, const float *sin, const row_t *row, long span, float *scratch, long picks,
-                  const long *pick, float *logits) {
+                  const long *pick, float *logits, long *best) {
     long hidden = m->hidden, kv_size = m->kv_heads * m->head_dim, ff = m->feedforward, half = m->head_dim / 2;
     float *x = scratch, *normed = x + rows * hidden, *q = normed + rows * hidden;
     float *attended = q + rows * hidden, *projected = attended + rows * hidden;
@@ -710,4 +724,6 @@ void forward_rows(team_t *team, const model_t *m, long rows, const long *tokens,
         rms_norm(x + pick[i] * hidden, m->final_norm, hidden, m->eps, normed + i * hidden);
     products_task head = {1, {&m->head}, normed, picks, {logits}};
     team_run(team, run_products, &head);
+    for (long i = 0; best && i < picks; i++)
+        best[i] = argmax(logits + i * m->vocab, m->vocab);
 }

@@ -99,19 +99,23 @@ def timed(run, n: int) -> float:
     return time.perf_counter() - start
 
 
-def measure(runners: dict, batch: int, new_tokens: int, repeats: int) -> dict[str, tuple[float, float]]:
-    """Fastest TTFT (s) and decode tokens/s of each runner, runs alternating between runners."""
+def rounds(runners: dict, new_tokens: int, repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """The times (s) of 1 and of ``new_tokens`` tokens of each runner in each of ``repeats`` rounds, each round
+    running every runner in turn (after one warm-up run each)."""
     for run in runners.values():  # warm-up
         run(2)
-    first = {name: [] for name in runners}
-    full = {name: [] for name in runners}
+    times = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
-            first[name].append(timed(run, 1))
-            full[name].append(timed(run, new_tokens))
+            times[name].append((timed(run, 1), timed(run, new_tokens)))
+    return times
+
+
+def measure(runners: dict, batch: int, new_tokens: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """Fastest TTFT (s) and decode tokens/s of each runner, runs alternating between runners (``rounds``)."""
     out = {}
-    for name in runners:
-        ttft, total = min(first[name]), min(full[name])
+    for name, times in rounds(runners, new_tokens, repeats).items():
+        ttft, total = min(t for t, _ in times), min(t for _, t in times)
         out[name] = (ttft, batch * (new_tokens - 1) / max(total - ttft, 1e-9))
     return out
 

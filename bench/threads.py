@@ -8,14 +8,18 @@ exported by our own GGUF writer). Decode tok/s = ``(N - 1) / (t(N tokens) - t(1 
 ``--repeats`` runs, the variants alternating (the machine may be shared: the minimum is the least disturbed run;
 ``bench/generate.py``'s ``measure``).
 Ratios are against our PyTorch one-thread figure ("x py1") and our native one-thread figure ("x nat1"); "same
-tokens": each variant's tokens equal ours in PyTorch on one thread. Run: ``python bench/threads.py`` (99M model,
-1 and 2 threads), ``--sizes tiny 100m``, ``--no_llama_cpp``.
+tokens": each variant's tokens equal ours in PyTorch on one thread. With llama.cpp, the last column compares native
+decoding with llama.cpp's at ``--threads`` threads twice: the ratio of the fastest runs, and the median (and range)
+of the ratios within a round, where the two ran seconds apart (``bench/generate.py``'s ``rounds``): the host's load
+moves every figure by 10-30% between minutes, and a ratio within a round cancels most of it. Run:
+``python bench/threads.py`` (99M model, 1 and 2 threads), ``--sizes tiny 100m``, ``--no_llama_cpp``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import measure, prompts_for, size_config  # noqa: E402
+from generate import prompts_for, rounds, size_config  # noqa: E402
 
 from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
 from tencentpretrain.generation.layout import LAYOUTS  # noqa: E402
@@ -81,10 +85,19 @@ def bench_size(name: str, args, temporary: Path) -> str:
     reference = variants["PyTorch 1"](prompt, args.new_tokens)
     same = {label: run(prompt, args.new_tokens) == reference for label, run in variants.items()}
     runners = {label: (lambda n, run=run: run(prompt, n)) for label, run in variants.items()}
-    speed = {label: tps for label, (_, tps) in measure(runners, 1, args.new_tokens, args.repeats).items()}
+    times = rounds(runners, args.new_tokens, args.repeats)
+    per_round = {label: [(args.new_tokens - 1) / max(full - first, 1e-9) for first, full in runs]
+                 for label, runs in times.items()}  # decode tok/s of each round
+    speed = {label: (args.new_tokens - 1) / max(min(t for _, t in runs) - min(t for t, _ in runs), 1e-9)
+             for label, runs in times.items()}  # of the fastest runs
     py1, nat1 = speed["PyTorch 1"], speed["native 1"]
     cells = [f"{speed[label]:.1f} ({speed[label] / py1:.2f}x py1, {speed[label] / nat1:.2f}x nat1)"
              for label in variants]
+    if args.llama_cpp:
+        ours, theirs = per_round[f"native {args.threads}"], per_round[f"llama.cpp {args.threads}"]
+        paired = sorted(a / b for a, b in zip(ours, theirs))
+        cells.append(f"{speed[f'native {args.threads}'] / speed[f'llama.cpp {args.threads}']:.2f}x; "
+                     f"{statistics.median(paired):.2f}x ({paired[0]:.2f}-{paired[-1]:.2f})")
     row = f"| {name} | " + " | ".join(cells) + f" | {all(same.values())} |"
     print(row, flush=True)
     return row
@@ -98,7 +111,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                         help="weight layout of our engine (row: what run_llama.py and the server pick when they "
                              "decode natively)")
     parser.add_argument("--new_tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no_llama_cpp", dest="llama_cpp", action="store_false",
                         help="leave llama.cpp out (it is left out anyway without llama-cpp-python)")
     args = parser.parse_args(argv)
@@ -107,7 +120,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     labels = ([f"PyTorch {t}" for t in counts] + [f"native {t}" for t in counts]
               + ([f"llama.cpp {t}" for t in counts] if args.llama_cpp else []))
     header = "| model | " + " | ".join(f"{label} thread{'s' * (t > 1)} tok/s" for label, t in
-                                       ((label, int(label.rsplit(" ", 1)[1])) for label in labels)) + " | same tokens |"
+                                       ((label, int(label.rsplit(" ", 1)[1])) for label in labels))
+    if args.llama_cpp:
+        header += f" | native / llama.cpp, {args.threads} threads: fastest; within a round, median (range)"
+    header += " | same tokens |"
     print(header + "\n|" + "---|" * (header.count("|") - 1))
     with tempfile.TemporaryDirectory() as tmp:
         return [bench_size(name, args, Path(tmp)) for name in args.sizes]

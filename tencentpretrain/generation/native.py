@@ -6,7 +6,8 @@ pass of a LLaMA-shaped model in C instead: the products split by output rows ove
 between tasks, each weight read once for all the pass's tokens, with the norms, rotary positions, attention over the
 cache and the SwiGLU around them. It takes three kinds of pass:
 
-- a decoding step, one new token for each of B rows of a cache (``Engine.forward``);
+- a decoding step, one new token for each of B rows of a cache (``step``, from plain lists, for ``Engine.decode``;
+  ``__call__``, from tensors, for ``Engine.forward``), also returning each row's argmax (the greedy token);
 - left-padded prompts read into an empty cache, their real tokens only (``Engine.prefill``);
 - a pass of the continuous batcher (``Engine.read``): the running rows' next tokens and chunks of the prompts being
   read, each chunk's tokens attending causally to their own request's cache. Beyond 8 tokens the products run in a

@@ -111,12 +111,22 @@ def rounds(runners: dict, new_tokens: int, repeats: int) -> dict[str, list[tuple
     return times
 
 
+def decode_rate(first: float, full: float, batch: int, new_tokens: int) -> float:
+    """Decode tokens/s from the times (s) of 1 and of ``new_tokens`` tokens for ``batch`` rows."""
+    return batch * (new_tokens - 1) / max(full - first, 1e-9)
+
+
+def fastest(times: list[tuple[float, float]]) -> tuple[float, float]:
+    """The fastest time of 1 token and the fastest of all of them over a runner's ``rounds``."""
+    return min(t for t, _ in times), min(t for _, t in times)
+
+
 def measure(runners: dict, batch: int, new_tokens: int, repeats: int) -> dict[str, tuple[float, float]]:
     """Fastest TTFT (s) and decode tokens/s of each runner, runs alternating between runners (``rounds``)."""
     out = {}
     for name, times in rounds(runners, new_tokens, repeats).items():
-        ttft, total = min(t for t, _ in times), min(t for _, t in times)
-        out[name] = (ttft, batch * (new_tokens - 1) / max(total - ttft, 1e-9))
+        ttft, total = fastest(times)
+        out[name] = (ttft, decode_rate(ttft, total, batch, new_tokens))
     return out
 
 

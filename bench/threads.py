@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import prompts_for, rounds, size_config  # noqa: E402
+from generate import decode_rate, fastest, prompts_for, rounds, size_config  # noqa: E402
 
 from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
 from tencentpretrain.generation.layout import LAYOUTS  # noqa: E402
@@ -86,10 +86,9 @@ def bench_size(name: str, args, temporary: Path) -> str:
     same = {label: run(prompt, args.new_tokens) == reference for label, run in variants.items()}
     runners = {label: (lambda n, run=run: run(prompt, n)) for label, run in variants.items()}
     times = rounds(runners, args.new_tokens, args.repeats)
-    per_round = {label: [(args.new_tokens - 1) / max(full - first, 1e-9) for first, full in runs]
+    per_round = {label: [decode_rate(first, full, 1, args.new_tokens) for first, full in runs]
                  for label, runs in times.items()}  # decode tok/s of each round
-    speed = {label: (args.new_tokens - 1) / max(min(t for _, t in runs) - min(t for t, _ in runs), 1e-9)
-             for label, runs in times.items()}  # of the fastest runs
+    speed = {label: decode_rate(*fastest(runs), 1, args.new_tokens) for label, runs in times.items()}
     py1, nat1 = speed["PyTorch 1"], speed["native 1"]
     cells = [f"{speed[label]:.1f} ({speed[label] / py1:.2f}x py1, {speed[label] / nat1:.2f}x nat1)"
              for label in variants]

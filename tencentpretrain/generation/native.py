@@ -351,8 +351,9 @@ class NativeDecoder:
             raise ValueError(f"KV cache full: {length + 1} positions needed, {plan.columns} allocated")
         if not all(0 <= t < vocab for t in tokens):
             raise IndexError(f"token ids {tokens} are not all in the vocabulary of {vocab}")
-        if max(positions) >= plan.table_rows:  # (the plan keeps the tables it read alive, grown or not since)
-            plan.read_tables(self.rotary, max(positions))
+        last = max(positions)
+        if last >= plan.table_rows:  # (the plan keeps the tables it read alive, grown or not since)
+            plan.read_tables(self.rotary, last)
         for b in range(rows):
             plan.tokens[b], plan.positions[b], plan.rows[ROW_FIELDS * b + 5] = tokens[b], positions[b], length
         logits = torch.empty(rows, vocab, dtype=torch.float32)

@@ -675,9 +675,9 @@ long scratch_size(const model_t *m, long rows, long span, int threads) {
 /* One pass of the model over `rows` tokens (tokens[b] at rotary position positions[b], its cache row[b]): every
  * product reads its weight once for all rows, and each row's key and value are stored before any row attends.
  * Writes the logits (picks, vocab) of rows pick[0 .. picks - 1] only, and unless `best` is NULL the index of each
- * one's largest logit into it (the greedy token, as torch.argmax picks it). `cos`/`sin`: the rotary tables, head_dim / 2 floats per
- * position. A decoding step is a pass of one token per row of a cache; the batcher's passes add the chunks of
- * prompts being read. */
+ * one's largest logit into it (the greedy token, as torch.argmax picks it). `cos`/`sin`: the rotary tables,
+ * head_dim / 2 floats per position. A decoding step is a pass of one token per row of a cache; the batcher's passes
+ * add the chunks of prompts being read. */
 void forward_rows(team_t *team, const model_t *m, long rows, const long *tokens, const long *positions,
                   const float *cos, const float *sin, const row_t *row, long span, float *scratch, long picks,
                   const long *pick, float *logits, long *best) {

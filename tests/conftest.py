@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]  # tests/test_isolation.py runs a pytest of its own
+
 WORDS = ("the model reads tokens and learns to predict the next one from data "
          "instruction input output response train loss batch epoch sample "
          "数据 模型 训练 语言 中文 文本 指令 回答 问题 学习").split()

@@ -31,6 +31,7 @@ from tencentpretrain.generation import Engine, prepare_for_inference
 from tencentpretrain.generation.engine import left_pad, load_generation_model
 from tencentpretrain.generation.layout import LAYOUTS, packing_available, weight_layout
 from tencentpretrain.generation.threads import use_threads
+from tencentpretrain.llamacpp import add_repack_arg
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA = {"embedding": ["word"], "encoder": "transformer", "target": ["lm"], "mask": "causal",
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                         help="also time llama.cpp (llama-cpp-python) f32 and q8_0 against our fp32 and int8 at batch 1")
     parser.add_argument("--llama_cpp_threads", nargs="+", type=int, default=[1, 2],
                         help="thread counts of the --llama_cpp table (both sides)")
+    add_repack_arg(parser)
     args = parser.parse_args(argv)
     if args.llama_cpp and importlib.util.find_spec("llama_cpp") is None:
         parser.error("--llama_cpp needs llama-cpp-python: pip install llama-cpp-python")

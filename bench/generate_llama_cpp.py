@@ -44,13 +44,13 @@ def export(model, folder: Path) -> dict[str, Path]:
     return paths
 
 
-def llama_cpp_runner(path: Path, prompt: list[int], threads: int, context: int, **sampling):
+def llama_cpp_runner(path: Path, prompt: list[int], threads: int, context: int, repack: str = "auto", **sampling):
     """A function generating ``n`` tokens with llama.cpp: greedily, or with ``sampling`` (``Llama.generate``'s
-    keywords: temp, top_k, top_p, min_p, seed...)."""
-    import llama_cpp
+    keywords: temp, top_k, top_p, min_p, seed...); ``repack``: as ``--llama_cpp_repack`` (llamacpp.py)."""
+    from tencentpretrain.llamacpp import open_llama
 
-    model = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
-                            n_batch=context, type_k=F32, type_v=F32, verbose=False)
+    model = open_llama(path, repack, n_ctx=context, n_threads=threads, n_threads_batch=threads, n_batch=context,
+                       type_k=F32, type_v=F32, verbose=False)
 
     def run(n: int) -> list[list[int]]:
         out = []
@@ -92,9 +92,10 @@ def llama_cpp_rows(name: str, ours, args, measure, ours_runner, prompts_for) -> 
         int8 = Engine(prepare_for_inference(copy.deepcopy(ours), int8=True, batch_size=1))
         for threads in args.llama_cpp_threads:
             use_threads(fp32, threads, native=args.native)
-            runners = {"llama.cpp f32": llama_cpp_runner(paths["f32"], prompt, threads, context),
+            repack = args.llama_cpp_repack
+            runners = {"llama.cpp f32": llama_cpp_runner(paths["f32"], prompt, threads, context, repack),
                        "ours fp32": threaded(ours_runner(fp32, [prompt]), threads),
-                       "llama.cpp q8_0": llama_cpp_runner(paths["q8_0"], prompt, threads, context),
+                       "llama.cpp q8_0": llama_cpp_runner(paths["q8_0"], prompt, threads, context, repack),
                        "ours int8": threaded(ours_runner(int8, [prompt]), threads)}
             same = runners["llama.cpp f32"](args.new_tokens) == runners["ours fp32"](args.new_tokens)
             result = measure(runners, 1, args.new_tokens, args.repeats)

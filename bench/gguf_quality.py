@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from tencentpretrain.generation import Engine, prepare_for_inference, quantize_int8  # noqa: E402
 from tencentpretrain.generation.engine import load_generation_model  # noqa: E402
+from tencentpretrain.llamacpp import add_repack_arg, open_llama  # noqa: E402
 from tencentpretrain.tokenizers import SentencePieceTokenizer  # noqa: E402
 
 
@@ -62,8 +63,6 @@ def measure(llama, chunks, prompts, new_tokens, ours_greedy) -> tuple[float, flo
 
 
 def main(argv=None) -> list[str]:
-    import llama_cpp
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--load_model_path", required=True)
     parser.add_argument("--config_path")
@@ -74,6 +73,7 @@ def main(argv=None) -> list[str]:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--new_tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    add_repack_arg(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tokenizer = SentencePieceTokenizer(args.spm_model_path)
@@ -104,8 +104,8 @@ def main(argv=None) -> list[str]:
             argv = ["--input_model_path", args.load_model_path, "--spm_model_path", args.spm_model_path,
                     "--output_model_path", str(path), "--outtype", outtype]
             convert(argv + (["--config_path", args.config_path] if args.config_path else []))
-            llama = llama_cpp.Llama(model_path=str(path), n_ctx=args.context + args.new_tokens, logits_all=True,
-                                    n_threads=args.threads, type_k=0, type_v=0, verbose=False)  # f32 cache
+            llama = open_llama(path, args.llama_cpp_repack, n_ctx=args.context + args.new_tokens, logits_all=True,
+                               n_threads=args.threads, type_k=0, type_v=0, verbose=False)  # f32 cache
             ppl, agree = measure(llama, chunks, prompts, args.new_tokens, ours_greedy)
             rows.append(f"| llama.cpp {outtype} | {path.stat().st_size / 2**20:.2f} MiB | {ppl:.4f} | "
                         f"{100 * (ppl / ours_ppl - 1):+.2f}% | {agree:.2f} |")

@@ -33,6 +33,7 @@ from tencentpretrain.generation import Engine, SamplingParams, prepare_for_infer
 from tencentpretrain.generation import engine as engine_module  # noqa: E402
 from tencentpretrain.generation.sampling import candidates, greedy, sample  # noqa: E402
 from tencentpretrain.generation.threads import use_threads  # noqa: E402
+from tencentpretrain.llamacpp import add_repack_arg  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
 
 SETTINGS = {
@@ -116,8 +117,8 @@ def decoding(args, temporary: Path) -> list[str]:
         from generate_llama_cpp import export, llama_cpp_runner
 
         path = export(model, temporary)["f32"]
-        llama = llama_cpp_runner(path, prompt, args.threads, len(prompt) + args.new_tokens + 8, temp=0.7, top_k=40,
-                                 top_p=0.9, min_p=0.0)
+        llama = llama_cpp_runner(path, prompt, args.threads, len(prompt) + args.new_tokens + 8,
+                                 args.llama_cpp_repack, temp=0.7, top_k=40, top_p=0.9, min_p=0.0)
         variants["llama.cpp f32"] = llama
     speed = {label: tps for label, (_, tps) in measure(variants, 1, args.new_tokens, args.repeats).items()}
     now = speed["ours, sampler now"]
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no_llama_cpp", dest="llama_cpp", action="store_false")
+    add_repack_arg(parser)
     args = parser.parse_args(argv)
     args.llama_cpp = args.llama_cpp and importlib.util.find_spec("llama_cpp") is not None
     torch.set_num_threads(args.threads)

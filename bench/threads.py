@@ -34,6 +34,7 @@ from generate import decode_rate, fastest, prompts_for, rounds, size_config  # n
 from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
 from tencentpretrain.generation.layout import LAYOUTS  # noqa: E402
 from tencentpretrain.generation.threads import use_threads  # noqa: E402
+from tencentpretrain.llamacpp import add_repack_arg  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
 
 
@@ -47,7 +48,7 @@ def engine_runner(engine: Engine, threads: int, native: bool):
     return run
 
 
-def llama_cpp_runner(path: Path, threads: int, context: int):
+def llama_cpp_runner(path: Path, threads: int, context: int, repack: str = "auto"):
     """The same with llama.cpp (``bench/generate_llama_cpp.py``) on ``threads`` threads."""
     from generate_llama_cpp import llama_cpp_runner as runner
 
@@ -56,7 +57,7 @@ def llama_cpp_runner(path: Path, threads: int, context: int):
     def run(prompt: list[int], n: int) -> list[int]:
         key = tuple(prompt)
         if key not in runners:
-            runners[key] = runner(path, prompt, threads, context)
+            runners[key] = runner(path, prompt, threads, context, repack)
         return runners[key](n)[0]
 
     return run
@@ -81,7 +82,8 @@ def bench_size(name: str, args, temporary: Path) -> str:
 
         path = export(model, temporary)["f32"]
         for threads in counts:
-            variants[f"llama.cpp {threads}"] = llama_cpp_runner(path, threads, len(prompt) + args.new_tokens + 8)
+            variants[f"llama.cpp {threads}"] = llama_cpp_runner(path, threads, len(prompt) + args.new_tokens + 8,
+                                                                args.llama_cpp_repack)
     reference = variants["PyTorch 1"](prompt, args.new_tokens)
     same = {label: run(prompt, args.new_tokens) == reference for label, run in variants.items()}
     runners = {label: (lambda n, run=run: run(prompt, n)) for label, run in variants.items()}
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no_llama_cpp", dest="llama_cpp", action="store_false",
                         help="leave llama.cpp out (it is left out anyway without llama-cpp-python)")
+    add_repack_arg(parser)
     args = parser.parse_args(argv)
     args.llama_cpp = args.llama_cpp and importlib.util.find_spec("llama_cpp") is not None
     counts = sorted({1, args.threads})

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 from tencentpretrain.checkpoint import atomic_path  # noqa: E402
 from tencentpretrain.cli import InputError, run_cli  # noqa: E402
 from tencentpretrain.generation.options import add_sampling_args  # noqa: E402
+from tencentpretrain.llamacpp import add_repack_arg, open_llama  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_llama import escape, read_prompts  # noqa: E402
@@ -36,13 +37,14 @@ def build_args(argv):
     parser.add_argument("--threads", type=int, help="CPU threads (default: llama.cpp's choice)")
     parser.add_argument("--kv_cache_type", choices=("f16", "f32"), default="f16",
                         help="key/value cache type: llama.cpp's default f16, or f32 as our engine keeps it")
+    add_repack_arg(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = build_args(argv)
     try:
-        import llama_cpp
+        import llama_cpp  # noqa: F401  (loaded by open_llama)
     except ImportError:
         raise InputError("llama-cpp-python is not installed: pip install llama-cpp-python") from None
     for flag, path in (("--load_model_path", args.load_model_path), ("--test_path", args.test_path)):
@@ -50,8 +52,8 @@ def main(argv=None) -> int:
             raise InputError(f"{flag} {path}: no such file")
     try:
         cache = {"f16": 1, "f32": 0}[args.kv_cache_type]  # GGML_TYPE_F16, GGML_TYPE_F32
-        model = llama_cpp.Llama(model_path=args.load_model_path, n_ctx=args.seq_length, n_threads=args.threads,
-                                seed=args.seed, type_k=cache, type_v=cache, verbose=False)
+        model = open_llama(args.load_model_path, args.llama_cpp_repack, n_ctx=args.seq_length,
+                           n_threads=args.threads, seed=args.seed, type_k=cache, type_v=cache, verbose=False)
     except ValueError as err:
         raise InputError(f"--load_model_path {args.load_model_path}: llama.cpp cannot load it ({err})") from None
     chat = "tokenizer.chat_template" in model.metadata and not args.raw

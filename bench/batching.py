@@ -57,9 +57,10 @@ def cpu_best(run, repeats: int, clock=time.process_time) -> float:
     return best
 
 
-def one_pass(engine: Engine, rows: int, chunks: int, chunk: int, context: int = 128) -> None:
+def one_pass(engine: Engine, rows: int, chunks: int, chunk: int, context: int = 128) -> torch.Tensor:
     """A ragged pass: ``rows`` running rows (``context`` columns each) and ``chunks`` chunks of ``chunk`` tokens of
-    different prompts, each after ``chunk`` tokens already read."""
+    different prompts, each after ``chunk`` tokens already read; the logits of each row and each chunk's last
+    token."""
     from tencentpretrain.generation.ragged import RaggedPass  # here: --part load also runs on the older batcher
     from tencentpretrain.generation.slots import SlotCache
 
@@ -78,7 +79,7 @@ def one_pass(engine: Engine, rows: int, chunks: int, chunk: int, context: int = 
     positions = torch.tensor([[context] * rows + list(range(chunk, 2 * chunk)) * chunks])
     with torch.inference_mode():
         ends = list(range(rows)) + [rows + (i + 1) * chunk - 1 for i in range(chunks)]
-        engine.read(ids, positions, ragged, ends)  # natively when the engine has a decoder
+        return engine.read(ids, positions, ragged, ends)  # natively when the engine has a decoder
 
 
 def passes(engine: Engine, layout: str, args) -> None:

@@ -2,7 +2,8 @@
 them; logits and cache writes equal the PyTorch model's, for decoding steps and for the batcher's passes of running
 rows and prompt chunks; greedy tokens equal transformers' and the PyTorch engine's on 1-3 threads, alone, batched
 with left padding and inside the continuous batcher; every model or machine it cannot take is refused with a
-reason."""
+reason. Every test runs with each build of onerow.c (``isa``: AVX2, and AVX-512 where the CPU has it); the two
+builds compute the same bits, and an AVX2-only CPU gets the AVX2 build."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from test_generation import PROMPTS, hf_greedy, tiny_hf
 from tencentpretrain.generation import Engine, load_generation_model, native, prepare_for_inference, quantize_int8
 from tencentpretrain.generation.batching import Batcher, TokenRequest
 from tencentpretrain.generation.threads import use_threads
+from tencentpretrain.hardware import CPU, cpu
 
 VOCAB = 500
 TINY = {"emb_size": 64, "hidden_size": 64, "feedforward_size": 160, "heads_num": 4, "local_kv_heads_num": 2,
@@ -30,6 +32,17 @@ def native_or_skip():
         native.load_library()
     except native.Unsupported as why:
         pytest.skip(f"native decoding unavailable here: {why}")
+
+
+@pytest.fixture(autouse=True, params=sorted(native.ISAS))
+def isa(request, monkeypatch):
+    """Each test with each build of onerow.c (``TP_NATIVE_ISA``); the AVX-512 one only where the CPU runs it."""
+    if not all(cpu().has(flag) for flag in native.ISAS[request.param][1]):
+        pytest.skip(f"the {request.param} build needs {', '.join(native.ISAS[request.param][1])}: {cpu().kind()}")
+    monkeypatch.setenv("TP_NATIVE_ISA", request.param)
+    native.load_library.cache_clear()
+    yield request.param
+    native.load_library.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +88,61 @@ def test_a_rows_product_does_not_depend_on_the_rows_beside_it():
     alone = torch.cat([team.product(weight, x[i:i + 1]) for i in range(len(x))])
     for rows in (2, 3, 7, 8, 9, 49, 100):
         assert torch.equal(team.product(weight, x[:rows]), alone[:rows])
+
+
+AVX2_ONLY = CPU("AMD EPYC 7B13", 2, frozenset({"avx2", "fma"}))
+AVX512 = CPU("Intel(R) Xeon(R) Processor", 2, frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}))
+
+
+def test_an_avx2_only_cpu_gets_the_avx2_build():
+    assert native.choose_isa(AVX2_ONLY) == native.choose_isa(AVX2_ONLY, "auto") == "avx2"
+    assert native.choose_isa(AVX2_ONLY, "avx2") == "avx2"
+    with pytest.raises(native.Unsupported, match="needs avx512f"):
+        native.choose_isa(AVX2_ONLY, "avx512")
+    assert native.choose_isa(AVX512) == "avx512" and native.choose_isa(AVX512, "avx2") == "avx2"
+    with pytest.raises(native.Unsupported, match="not auto or one of avx2, avx512"):
+        native.choose_isa(AVX512, "avx1024")
+
+
+def test_the_environment_picks_the_build_and_the_build_is_what_it_says(isa):
+    lib = native.load_library()
+    assert lib.isa == isa and lib.vector_bits() == {"avx2": 256, "avx512": 512}[isa]
+    assert native.Team(1).lib is lib and native.Team(1, "avx2").lib.vector_bits() == 256
+
+
+def test_the_two_builds_compute_the_same_bits(model):
+    """The AVX-512 build multiplies two input rows per 512-bit vector, each in its own eight lanes: every sum runs
+    in the AVX2 build's order, so products, prompts and decoding steps give the same bits on either."""
+    if not cpu().has("avx512f"):
+        pytest.skip(f"no AVX-512 here: {cpu().kind()}")
+    narrow, wide = native.Team(2, "avx2"), native.Team(2, "avx512")
+    torch.manual_seed(2)
+    for out_features, in_features in ((203, 77), (160, 64), (64, 160), (37, 19), (3, 8)):
+        weight = torch.randn(out_features, in_features)
+        for w in (weight, weight.t().contiguous().t()):
+            for rows in (1, 2, 3, 5, 8, 9, 24, 49, 100, 250):
+                x = torch.randn(rows, in_features)
+                assert torch.equal(narrow.product(w, x), wide.product(w, x)), (out_features, in_features, rows)
+    runs = {}
+    for name in ("avx2", "avx512"):
+        engine = Engine(copy.deepcopy(model))
+        engine.decoder = native.NativeDecoder(engine.model, 2, name)
+        runs[name] = engine.generate(prompts(4, seed=3), 12), *logits_of_a_prompt_and_steps(engine)
+    for got, expected in zip(runs["avx512"], runs["avx2"]):
+        assert got == expected if isinstance(got, list) else torch.equal(got, expected)
+
+
+def logits_of_a_prompt_and_steps(engine: Engine) -> tuple[torch.Tensor, torch.Tensor]:
+    """The native logits of a 70-token prompt (the blocked kernel) and of three batch-1 steps after it."""
+    prompt = torch.randint(3, VOCAB, (1, 70), generator=torch.Generator().manual_seed(4))
+    cache = engine.new_cache(1, 80)
+    with torch.inference_mode():
+        first = engine.decoder.prefill(prompt, torch.arange(prompt.shape[1])[None], None, cache)
+        steps = []
+        for i in range(3):
+            logits, _ = engine.decoder.step([5 + i], [cache.length], [0], cache)
+            steps.append(logits)
+    return first, torch.cat(steps)
 
 
 def test_decoder_logits_and_cache_equal_the_model(model):
@@ -227,11 +295,11 @@ def assert_same_greedy_tokens(reference: Engine, fast: Engine, batch: list[list[
 
 
 @pytest.mark.parametrize("threads, layout", [(1, "row"), (2, "row"), (3, "row"), (2, "column")])
-def test_native_tokens_equal_pytorch_alone_and_batched(model, threads, layout):
+def test_native_tokens_equal_pytorch_alone_and_batched(model, threads, layout, isa):
     pytorch = Engine(copy.deepcopy(model))
     fast = Engine(prepare_for_inference(copy.deepcopy(model), layout=layout))
-    assert use_threads(fast, threads) == f"native decoding on {threads} thread{'s' * (threads > 1)}"
-    assert fast.decoder is not None and fast.decoder.threads == threads
+    assert use_threads(fast, threads) == f"native decoding on {threads} thread{'s' * (threads > 1)} ({isa})"
+    assert fast.decoder is not None and fast.decoder.threads == threads and fast.decoder.lib.isa == isa
     for prompt in prompts(3, seed=threads):
         assert_same_greedy_tokens(pytorch, fast, [prompt], 40)
     batch = prompts(5, seed=10 + threads)  # left padding: each row attends from its own first column

@@ -24,9 +24,12 @@ biases, word embedding only, float32 on CPU, weights row-major or in the ``colum
 dense copy counts; int8 or packed-only layers do not). ``native_decoder`` says why it cannot take any other model.
 
 The library is compiled from ``onerow.c`` on first use with the system C compiler (``$CC``, else ``cc``) into
-``$TP_NATIVE_CACHE`` (default ``~/.cache/tencentpretrain``), once per version of the source; it needs an x86-64 CPU
-with AVX2 and FMA. ``TP_NATIVE=0`` turns it off. The logits equal PyTorch's up to float rounding (the sums run in
-another order); the greedy tokens are the same (tested against the PyTorch path).
+``$TP_NATIVE_CACHE`` (default ``~/.cache/tencentpretrain``), once per version of the source and instruction set; it
+needs an x86-64 CPU with AVX2 and FMA. ``TP_NATIVE=0`` turns it off. There are two builds of the same source
+(``ISAS``): ``avx2``, and ``avx512``, whose products of several rows use 512-bit vectors (and sum in exactly the
+order of the AVX2 build: the two compute the same bits). ``choose_isa`` picks ``avx512`` on a CPU with AVX-512F,
+else ``avx2``; ``TP_NATIVE_ISA=avx2`` (or ``avx512``) forces one. The logits equal PyTorch's up to float rounding
+(the sums run in another order); the greedy tokens are the same (tested against the PyTorch path).
 """
 
 from __future__ import annotations
@@ -47,12 +50,15 @@ from torch import nn
 
 from tencentpretrain.embeddings.embedding import WordEmbedding
 from tencentpretrain.generation.layout import PackedLinear
+from tencentpretrain.hardware import CPU, cpu
 from tencentpretrain.layers.activations import silu
 from tencentpretrain.layers.feed_forward import GatedFeedForward
 from tencentpretrain.layers.norm import RMSNorm
 
 SOURCE = Path(__file__).with_name("onerow.c")
 FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
+# The builds of onerow.c: the flags each adds to FLAGS, and the CPU features (hardware.py's names) it needs.
+ISAS = {"avx2": ((), ("avx2", "fma")), "avx512": (("-mavx512f",), ("avx2", "fma", "avx512f"))}
 SPIN_NS = 2_000_000  # an idle worker spins this long (between tokens and requests) before it sleeps
 
 P, L = ctypes.c_void_p, ctypes.c_long
@@ -112,12 +118,39 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TP_NATIVE_CACHE") or Path.home() / ".cache" / "tencentpretrain")
 
 
-@functools.cache
-def load_library() -> ctypes.CDLL:
-    """The compiled ``onerow.c`` (built on first use, see the module docstring).
+def choose_isa(processor: CPU, setting: str = "auto") -> str:
+    """The build of ``onerow.c`` (a key of ``ISAS``) to run on ``processor``.
+
+    Args:
+        processor: the CPU (``hardware.cpu()``).
+        setting: ``auto`` (the widest build the CPU runs: ``avx512`` with AVX-512F, else ``avx2``) or a build's
+            name (``TP_NATIVE_ISA``).
 
     Raises:
-        Unsupported: turned off, not an x86-64 CPU with AVX2, no C compiler, or the build failed.
+        Unsupported: an unknown setting, or a build the CPU cannot run.
+    """
+    if setting == "auto":
+        return "avx512" if all(processor.has(flag) for flag in ISAS["avx512"][1]) else "avx2"
+    if setting not in ISAS:
+        raise Unsupported(f"TP_NATIVE_ISA={setting!r} is not auto or one of {', '.join(ISAS)}")
+    missing = [flag for flag in ISAS[setting][1] if not processor.has(flag)]
+    if missing:
+        raise Unsupported(f"TP_NATIVE_ISA={setting} needs {', '.join(missing)}, which this CPU lacks "
+                          f"({processor.kind()})")
+    return setting
+
+
+@functools.cache
+def load_library(isa: str | None = None) -> ctypes.CDLL:
+    """The compiled ``onerow.c`` (built on first use, see the module docstring); its ``isa`` attribute names the
+    build.
+
+    Args:
+        isa: the build (a key of ``ISAS``); None: ``choose_isa`` of this CPU and ``$TP_NATIVE_ISA`` (default auto).
+
+    Raises:
+        Unsupported: turned off, not an x86-64 CPU with AVX2 (or the build's features), no C compiler, or the build
+            failed.
     """
     if os.environ.get("TP_NATIVE", "1") == "0":
         raise Unsupported("turned off by TP_NATIVE=0")
@@ -125,17 +158,21 @@ def load_library() -> ctypes.CDLL:
             "AVX2", "AVX512"):
         raise Unsupported(f"needs an x86-64 CPU with AVX2 and FMA (this is {platform.machine()}, "
                           f"{torch.backends.cpu.get_cpu_capability()})")
+    if isa is None:  # the same library as when asked for the build by name
+        return load_library(choose_isa(cpu(), os.environ.get("TP_NATIVE_ISA") or "auto"))
+    isa = choose_isa(cpu(), isa)
+    flags = FLAGS + ISAS[isa][0]
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
         raise Unsupported(f"no C compiler {compiler!r} on PATH (set CC) to build {SOURCE.name}")
     source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join(FLAGS).encode()).hexdigest()[:16]
-    target = cache_dir() / f"onerow-{digest}.so"
+    digest = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
+    target = cache_dir() / f"onerow-{isa}-{digest}.so"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             built = Path(tmp) / target.name
-            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True,
+            result = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built), "-lm"], capture_output=True,
                                     text=True, timeout=300)
             if result.returncode != 0:
                 raise Unsupported(f"building {SOURCE.name} with {compiler} failed: {result.stderr.strip()[-2000:]}")
@@ -148,6 +185,8 @@ def load_library() -> ctypes.CDLL:
     lib.scratch_size.restype, lib.scratch_size.argtypes = L, [ctypes.POINTER(ModelStruct), L, L, ctypes.c_int]
     lib.forward_rows.restype = None
     lib.forward_rows.argtypes = [P, ctypes.POINTER(ModelStruct), L, P, P, P, P, P, L, P, L, P, P, P]
+    lib.vector_bits.restype, lib.vector_bits.argtypes = ctypes.c_int, []
+    lib.isa = isa
     return lib
 
 
@@ -156,12 +195,13 @@ class Team:
 
     Args:
         threads: threads in all (the caller counts as one).
+        isa: the build of ``onerow.c`` to run (None: ``load_library``'s choice).
     """
 
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, isa: str | None = None):
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        self.lib = load_library()
+        self.lib = load_library(isa)
         self.handle = self.lib.team_new(threads, SPIN_NS)
         if not self.handle:
             raise MemoryError("could not allocate the native thread team")
@@ -257,9 +297,10 @@ class NativeDecoder:
     Args:
         model: a supported ``Model`` (checked: raises ``Unsupported`` otherwise).
         threads: threads of the products (the calling thread included).
+        isa: the build of ``onerow.c`` to run (None: ``load_library``'s choice).
     """
 
-    def __init__(self, model: nn.Module, threads: int):
+    def __init__(self, model: nn.Module, threads: int, isa: str | None = None):
         self.model = model
         keep: list[torch.Tensor] = []  # every tensor the C side points into, kept alive here
 
@@ -299,7 +340,7 @@ class NativeDecoder:
                                   ctypes.cast(self.layers, ctypes.POINTER(Layer)))
         self.keep = keep
         self.rotary = encoder.rotary  # its tables may grow (and be replaced) between calls: read them each call
-        self.team = Team(threads)
+        self.team = Team(threads, isa)
         self.lib = self.team.lib
         self.scratch = torch.empty(0)
         self.struct_pointer = ctypes.pointer(self.struct)
@@ -510,6 +551,7 @@ def native_unavailable(model: nn.Module) -> str | None:
 def native_decoder(model: nn.Module, threads: int) -> tuple[NativeDecoder | None, str]:
     """A ``NativeDecoder`` for ``model`` on ``threads`` threads, or None and the reason it cannot be used."""
     try:
-        return NativeDecoder(model, threads), f"native decoding on {threads} thread{'s' * (threads > 1)}"
+        decoder = NativeDecoder(model, threads)
+        return decoder, f"native decoding on {threads} thread{'s' * (threads > 1)} ({decoder.lib.isa})"
     except Unsupported as why:
         return None, f"decoding in PyTorch (not natively: {why})"

@@ -10,7 +10,11 @@
  * between the threads by output rows; the workers spin between tasks (a hand-off costs about a microsecond, not the
  * tens of microseconds of a wake-up), yield the core now and then while they spin (so that an oversubscribed
  * machine still makes progress) and sleep after `spin_ns` without work. Every product sums in one order whatever
- * kernel, thread or group of rows computes it, so a row's results never depend on the rows beside it. */
+ * kernel, thread or group of rows computes it, so a row's results never depend on the rows beside it.
+ *
+ * Compiled twice by native.py: with AVX2 and FMA, and with AVX-512F too (__AVX512F__), where the products of
+ * several input rows multiply two rows at once in 512-bit vectors, each row in its own eight lanes, and so sum in
+ * exactly the order of the AVX2 build: the two builds compute the same bits. */
 #include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
@@ -234,6 +238,51 @@ static void swiglu(const float *g, const float *u, float *h, long n) {
                            * 7-12% faster at 4-8 rows, and at 64; one row gains nothing from it) */
 #endif
 
+int vector_bits(void) {
+#ifdef __AVX512F__
+    return 512;
+#else
+    return 256;
+#endif
+}
+
+/* hsum(acc) plus wr[t] * x[t] for the columns t = c .. cols - 1 left over, one fused multiply-add each: how every
+ * product kernel ends a sum. */
+static inline float finish(__m256 acc, const float *wr, const float *x, long c, long cols) {
+    float s = hsum(acc);
+    for (; c < cols; c++)
+        s = fmaf(wr[c], x[c], s);
+    return s;
+}
+
+#ifdef __AVX512F__
+/* The eight floats at p in both halves of a vector. */
+static inline __m512 twice(const float *p) {
+    return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(p))));
+}
+
+static inline __m256 low_half(__m512 v) { return _mm512_castps512_ps256(v); }
+
+static inline __m256 high_half(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+
+/* Input rows two by two for the 512-bit kernels (NULL when out of memory: the caller then runs the 256-bit ones):
+ * columns 8k .. 8k + 7 of rows 2p and 2p + 1 (`ldx` apart) side by side in the 16 floats at (p * (cols / 8) + k) *
+ * 16. A vector of a pair times the same eight weights in both halves (twice) gives each row its own eight lanes,
+ * summed in the order of the 256-bit kernels. Freed with free(). */
+static float *pack_pairs(const float *x, long ldx, long cols, long pairs) {
+    long chunks = cols / 8;
+    float *packed = aligned_alloc(64, 64 * (pairs * chunks > 0 ? pairs * chunks : 1));
+    if (packed == NULL)
+        return NULL;
+    for (long p = 0; p < pairs; p++)
+        for (long k = 0; k < chunks; k++) {
+            memcpy(packed + (p * chunks + k) * 16, x + 2 * p * ldx + 8 * k, 32);
+            memcpy(packed + (p * chunks + k) * 16 + 8, x + (2 * p + 1) * ldx + 8 * k, 32);
+        }
+    return packed;
+}
+#endif
+
 /* w[r, :] . x[j, :] for one weight row, in the order every product kernel sums in (eight lanes over the columns,
  * then across the lanes, then the columns left over). */
 static float dot_1(const float *wr, long cols, const float *xj) {
@@ -277,10 +326,53 @@ static void rows_dot_1(const float *w, long cols, const float *x, float *y, long
         y[r] = dot_1(w + r * cols, cols, x);
 }
 
+#ifdef __AVX512F__
+/* rows_dot_n with the input rows in pairs (pack_pairs): half the vectors loaded and multiplied, the same sums. */
+static inline __attribute__((always_inline)) void rows_dot_pairs(const float *w, long cols, const float *x,
+                                                                 const float *packed, int rows, float *y, long ldy,
+                                                                 long lo, long hi) {
+    const int pairs = rows / 2;
+    const long chunks = cols / 8;
+    const float *odd = x + (rows - 1) * cols; /* the last row, alone, when `rows` is odd */
+    for (long r = lo; r < hi; r++) {
+        const float *wr = w + r * cols;
+        __m512 acc[MAX_ROWS / 2];
+        __m256 last = _mm256_setzero_ps();
+        for (int p = 0; p < pairs; p++)
+            acc[p] = _mm512_setzero_ps();
+        const char *ahead = (const char *)(wr + PREFETCH_ROWS * cols);
+        for (long k = 0; k < chunks; k++) {
+            long c = 8 * k;
+            if ((c & 15) == 0 && r + PREFETCH_ROWS < hi)
+                _mm_prefetch(ahead + 4 * c, _MM_HINT_T0);
+            __m512 wv = twice(wr + c);
+            for (int p = 0; p < pairs; p++)
+                acc[p] = _mm512_fmadd_ps(wv, _mm512_load_ps(packed + (p * chunks + k) * 16), acc[p]);
+            if (rows & 1)
+                last = _mm256_fmadd_ps(low_half(wv), _mm256_loadu_ps(odd + c), last);
+        }
+        for (int p = 0; p < pairs; p++) {
+            y[2 * p * ldy + r] = finish(low_half(acc[p]), wr, x + 2 * p * cols, 8 * chunks, cols);
+            y[(2 * p + 1) * ldy + r] = finish(high_half(acc[p]), wr, x + (2 * p + 1) * cols, 8 * chunks, cols);
+        }
+        if (rows & 1)
+            y[(rows - 1) * ldy + r] = finish(last, wr, odd, 8 * chunks, cols);
+    }
+}
+#endif
+
 /* y[b, r] = w[r, :] . x[b, :] for r in [lo, hi) and `rows` (2 .. MAX_ROWS, a constant where it is inlined) input
  * rows of `cols`; y's rows are `ldy` apart. Each weight vector is loaded once for all input rows. */
 static inline __attribute__((always_inline)) void rows_dot_n(const float *w, long cols, const float *x, int rows,
                                                              float *y, long ldy, long lo, long hi) {
+#ifdef __AVX512F__
+    float *packed = pack_pairs(x, cols, cols, rows / 2);
+    if (packed != NULL) {
+        rows_dot_pairs(w, cols, x, packed, rows, y, ldy, lo, hi);
+        free(packed);
+        return;
+    }
+#endif
     for (long r = lo; r < hi; r++) {
         const float *wr = w + r * cols;
         __m256 acc[MAX_ROWS];
@@ -356,9 +448,93 @@ static inline __attribute__((always_inline)) void dot_4xn(const float *w, long c
     }
 }
 
+#ifdef __AVX512F__
+#define PAIRS 4 /* input pairs dot_4xp multiplies at once: 16 accumulators, 4 inputs and a weight in registers */
+
+/* dot_4xn for np (1 .. PAIRS, a constant where it is inlined) pairs of input rows (pack_pairs, `chunks` = cols / 8
+ * vectors per pair; x: the same rows unpacked, `ldx` apart, for the columns left over): 4 x np accumulators of two
+ * rows each, the same sums as dot_4xn's. */
+static inline __attribute__((always_inline)) void dot_4xp(const float *w, long cols, const float *packed, long chunks,
+                                                          int np, const float *x, long ldx, float *y, long ldy, long r,
+                                                          const float *ahead) {
+    const float *w0 = w + r * cols, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
+    __m512 a0[PAIRS], a1[PAIRS], a2[PAIRS], a3[PAIRS];
+    for (int p = 0; p < np; p++)
+        a0[p] = a1[p] = a2[p] = a3[p] = _mm512_setzero_ps();
+    for (long k = 0; k < chunks; k++) {
+        long c = 8 * k;
+        if (ahead != NULL && (c & 15) == 0) {
+            _mm_prefetch((const char *)(ahead + c), _MM_HINT_T0);
+            _mm_prefetch((const char *)(ahead + cols + c), _MM_HINT_T0);
+            _mm_prefetch((const char *)(ahead + 2 * cols + c), _MM_HINT_T0);
+            _mm_prefetch((const char *)(ahead + 3 * cols + c), _MM_HINT_T0);
+        }
+        __m512 xv[PAIRS];
+        for (int p = 0; p < np; p++)
+            xv[p] = _mm512_load_ps(packed + (p * chunks + k) * 16);
+        __m512 wv = twice(w0 + c);
+        for (int p = 0; p < np; p++)
+            a0[p] = _mm512_fmadd_ps(wv, xv[p], a0[p]);
+        wv = twice(w1 + c);
+        for (int p = 0; p < np; p++)
+            a1[p] = _mm512_fmadd_ps(wv, xv[p], a1[p]);
+        wv = twice(w2 + c);
+        for (int p = 0; p < np; p++)
+            a2[p] = _mm512_fmadd_ps(wv, xv[p], a2[p]);
+        wv = twice(w3 + c);
+        for (int p = 0; p < np; p++)
+            a3[p] = _mm512_fmadd_ps(wv, xv[p], a3[p]);
+    }
+    long c = 8 * chunks;
+    for (int p = 0; p < np; p++) {
+        const float *xa = x + 2 * p * ldx, *xb = xa + ldx;
+        float *ya = y + 2 * p * ldy + r, *yb = ya + ldy;
+        ya[0] = finish(low_half(a0[p]), w0, xa, c, cols);
+        ya[1] = finish(low_half(a1[p]), w1, xa, c, cols);
+        ya[2] = finish(low_half(a2[p]), w2, xa, c, cols);
+        ya[3] = finish(low_half(a3[p]), w3, xa, c, cols);
+        yb[0] = finish(high_half(a0[p]), w0, xb, c, cols);
+        yb[1] = finish(high_half(a1[p]), w1, xb, c, cols);
+        yb[2] = finish(high_half(a2[p]), w2, xb, c, cols);
+        yb[3] = finish(high_half(a3[p]), w3, xb, c, cols);
+    }
+}
+
+#define PAIRS_CASE(np)                                                                                            \
+    case np:                                                                                                      \
+        dot_4xp(w, cols, packed + p * chunks * 16, chunks, np, xt + 2 * p * cols, cols, yt + 2 * p * ldy, ldy, r, \
+                p ? NULL : ahead);                                                                                \
+        break;
+
+/* rows_dot's blocks of four weight rows against a tile of n input rows, packed in pairs: PAIRS pairs at a time,
+ * the last row of an odd tile by dot_4xn. */
+static void rows_dot_tile(const float *w, long cols, const float *xt, const float *packed, long n, float *yt,
+                          long ldy, long lo, long hi) {
+    long chunks = cols / 8, pairs = n / 2, r = lo;
+    for (; r + 4 <= hi; r += 4) {
+        const float *ahead = r + PREFETCH_ROWS + 4 <= hi ? w + (r + PREFETCH_ROWS) * cols : NULL;
+        long p = 0;
+        for (; p + PAIRS <= pairs; p += PAIRS)
+            dot_4xp(w, cols, packed + p * chunks * 16, chunks, PAIRS, xt + 2 * p * cols, cols, yt + 2 * p * ldy, ldy,
+                    r, p ? NULL : ahead);
+        switch (pairs - p) {
+            PAIRS_CASE(1)
+            PAIRS_CASE(2)
+            PAIRS_CASE(3)
+        }
+        if (n & 1)
+            dot_4xn(w, cols, xt + (n - 1) * cols, cols, 1, yt + (n - 1) * ldy, ldy, r, pairs ? NULL : ahead);
+    }
+    for (; r < hi; r++)
+        for (long b = 0; b < n; b++)
+            yt[b * ldy + r] = dot_1(w + r * cols, cols, xt + b * cols);
+}
+#endif
+
 /* y[b, r] = w[r, :] . x[b, :] for weight rows r in [lo, hi) (row-major, `cols` columns) and `rows` input rows of
  * `cols`; y's rows are `ldy` apart. The weight is read from memory once per tile of input rows (ROW_TILE_BYTES),
- * four rows at a time, each block of four then multiplied by the tile's rows three at a time from the caches. */
+ * four rows at a time, each block of four then multiplied by the tile's rows three at a time from the caches (with
+ * AVX-512, eight at a time, in pairs: rows_dot_tile). */
 static void rows_dot(const float *w, long cols, const float *x, long rows, float *y, long ldy, long lo, long hi) {
     long tile = ROW_TILE_BYTES / (long)sizeof(float) / cols;
     tile = tile < 24 ? 24 : tile > 192 ? 192 : tile;
@@ -366,6 +542,14 @@ static void rows_dot(const float *w, long cols, const float *x, long rows, float
         long n = rows - b0 < tile ? rows - b0 : tile;
         const float *xt = x + b0 * cols;
         float *yt = y + b0 * ldy;
+#ifdef __AVX512F__
+        float *packed = pack_pairs(xt, cols, cols, n / 2);
+        if (packed != NULL) {
+            rows_dot_tile(w, cols, xt, packed, n, yt, ldy, lo, hi);
+            free(packed);
+            continue;
+        }
+#endif
         long r = lo;
         for (; r + 4 <= hi; r += 4) {
             const float *ahead = r + PREFETCH_ROWS + 4 <= hi ? w + (r + PREFETCH_ROWS) * cols : NULL;
@@ -407,7 +591,20 @@ static inline __attribute__((always_inline)) void cols_axpy_n(const float *wt, l
                 __m256 x0 = _mm256_set1_ps(xb[0]), x1 = _mm256_set1_ps(xb[1]);
                 __m256 x2 = _mm256_set1_ps(xb[2]), x3 = _mm256_set1_ps(xb[3]);
                 float *ab = acc + b * block;
-                for (long c = 0; c < n8; c += 8) {
+                long c = 0;
+#ifdef __AVX512F__
+                __m512 y0 = _mm512_set1_ps(xb[0]), y1 = _mm512_set1_ps(xb[1]);
+                __m512 y2 = _mm512_set1_ps(xb[2]), y3 = _mm512_set1_ps(xb[3]);
+                for (; c + 16 <= n8; c += 16) { /* sixteen columns at once: each its own sum, in the same order */
+                    __m512 a = _mm512_loadu_ps(ab + c);
+                    a = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + c), y0, a);
+                    a = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + c), y1, a);
+                    a = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + c), y2, a);
+                    a = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + c), y3, a);
+                    _mm512_storeu_ps(ab + c, a);
+                }
+#endif
+                for (; c < n8; c += 8) {
                     __m256 a = _mm256_load_ps(ab + c);
                     a = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + c), x0, a);
                     a = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + c), x1, a);

@@ -94,3 +94,11 @@ def main_of(relative: str, argv: list[str]):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main(argv)
+
+
+def loaded_repacking(path, repack: str) -> tuple[bool, float]:
+    """Whether llama.cpp loaded ``path`` with its extra buffer types (repacking) under ``repack``, and the sum of
+    the logits of a short prompt (so that the file is evaluated, not only loaded)."""
+    model = open_llama(path, repack, n_ctx=64, n_threads=1, verbose=False, type_k=F32, type_v=F32)
+    model.eval([1, 5, 9, 7])
+    return bool(model.model_params.use_extra_bufts), float(np.sum(model.scores[3]))

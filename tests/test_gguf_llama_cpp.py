@@ -39,6 +39,7 @@ from tencentpretrain import load_model  # noqa: E402
 from tencentpretrain.checkpoint import save_state_dict  # noqa: E402
 from tencentpretrain.generation import Engine  # noqa: E402
 from tencentpretrain.generation.chat import ChatSession, chat_prompt, encode_prompt  # noqa: E402
+from tencentpretrain.hardware import cpu  # noqa: E402
 from tencentpretrain.tokenizers import SentencePieceTokenizer  # noqa: E402
 
 VOCAB = 416
@@ -198,6 +199,19 @@ def test_quantised_quality(trained, tiny_spm):
     assert results["q8_0"][0] == pytest.approx(want_ppl, rel=0.01) and results["q8_0"][1] >= 0.7
     assert results["q4_0"][0] == pytest.approx(want_ppl, rel=0.05) and results["q4_0"][1] >= 0.25
     assert results["q4_0"][2] < results["q8_0"][2] < results["f32"][2] / 3
+
+
+def test_repack_switch_reaches_llama_cpp(trained, tiny_spm):
+    """--llama_cpp_repack off and on load a q4_0 file with llama.cpp's extra buffer types off and on (auto: off on
+    AMX CPUs, where on would crash); repacking changes the kernels, not the model: the logits stay close."""
+    folder, config_path, model_path, _ = trained
+    path = to_gguf(model_path, config_path, tiny_spm, folder / "repack-q4_0.gguf", "q4_0")
+    off, off_sum = llama_cpp(side.loaded_repacking, path, "off")
+    auto, _ = llama_cpp(side.loaded_repacking, path, "auto")
+    assert not off and auto == (not cpu().amx)
+    if not cpu().amx:  # forcing it on is what crashes an AMX machine
+        on, on_sum = llama_cpp(side.loaded_repacking, path, "on")
+        assert on and on_sum == pytest.approx(off_sum, rel=1e-2, abs=1e-2)
 
 
 MESSAGES = [

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up .venv if needed, then run the test suite. Extra arguments go to pytest.
+# Set up .venv if needed (scripts/setup_env.sh: the versions of constraints.txt), then run the test suite.
+# Extra arguments go to pytest. UPGRADE=1 VENV=.venv-upgrade bash scripts/run_tests.sh tries the newest versions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-exec .venv/bin/python -m pytest -q "$@"
+exec "${VENV:-.venv}/bin/python" -m pytest -q "$@"

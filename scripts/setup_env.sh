@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) .venv with a CPU build of PyTorch and this package installed editable with its extras.
 # Usage: bash scripts/setup_env.sh            (VENV=path to use another location, EXTRAS=... to choose extras)
+# Versions: exactly those of constraints.txt, what CI last passed with; UPGRADE=1 installs the newest versions
+# setup.py's ranges allow instead (scripts/refresh_constraints.sh tests them and rewrites constraints.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -17,4 +19,9 @@ fi
 # Every extra by default, so that no test skips: EXTRAS=test,deepspeed,logging for a lighter environment (the
 # tests of serve, gguf, eval and llamacpp then skip). llama-cpp-python compiles llama.cpp the first time (about
 # 10 minutes on 2 cores); pip keeps the built wheel, so later environments install it in seconds.
-$PIP install -e ".[${EXTRAS:-test,deepspeed,logging,serve,gguf,eval,llamacpp}]"
+if [ "${UPGRADE:-0}" = 1 ]; then
+    PINS=(--upgrade --upgrade-strategy eager)
+else
+    PINS=(-c constraints.txt)
+fi
+$PIP install "${PINS[@]}" -e ".[${EXTRAS:-test,deepspeed,logging,serve,gguf,eval,llamacpp}]"

@@ -27,7 +27,8 @@ def test_json_report():
     data = json.loads(run("--json"))
     assert data["cpu"]["features"] == cpu().features() and data["cpu"]["amx"] == cpu().amx
     assert data["versions"]["torch"] == metadata.version("torch")
-    assert set(data["versions"]) >= {"transformers", "deepspeed", "sentencepiece", "llama-cpp-python", "gguf", "lm-eval"}
+    assert set(data["versions"]) >= {"transformers", "deepspeed", "sentencepiece", "llama-cpp-python", "gguf",
+                                     "lm-eval"}
     native = data["native_kernel"]
     assert native["works"] is True or native["why"]
     assert data["llama_cpp_repack_auto"] == ("off (AMX)" if cpu().amx else "on")

@@ -31,14 +31,14 @@ def synthetic_vocabulary(rows: int):
                       {"unk": 0, "bos": 1, "eos": 2}, True)
 
 
-def export(model, folder: Path) -> dict[str, Path]:
-    """Our model as f32 and q8_0 GGUF files in ``folder``."""
+def export(model, folder: Path, outtypes: tuple[str, ...] = ("f32", "q8_0")) -> dict[str, Path]:
+    """Our model as GGUF files in ``folder``, one per type of ``outtypes`` (``convert.gguf.OUTTYPES``)."""
     from tencentpretrain.convert.gguf import LazyTensor, write_gguf
 
     tensors = {name: LazyTensor(tuple(t.shape), lambda t=t: t) for name, t in model.state_dict().items()}
     vocab = synthetic_vocabulary(model.vocab_size)
     paths = {}
-    for outtype in ("f32", "q8_0"):
+    for outtype in outtypes:
         paths[outtype] = folder / f"bench-{outtype}.gguf"
         write_gguf(paths[outtype], model.config, tensors, vocab, outtype)
     return paths

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
 import sys
 import tempfile
 import time
@@ -33,24 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generate import decode_rate, prompts_for, size_config  # noqa: E402
-from generate_llama_cpp import F32, synthetic_vocabulary  # noqa: E402
+from generate_llama_cpp import F32, export  # noqa: E402
+from isa import paired  # noqa: E402
 
-from tencentpretrain.convert.gguf import LazyTensor, write_gguf  # noqa: E402
 from tencentpretrain.hardware import cpu  # noqa: E402
 from tencentpretrain.llamacpp import open_llama  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
 
 OUTTYPES = ("q8_0", "q4_0")
-
-
-def export(model, folder: Path) -> dict[str, Path]:
-    """Our model as q8_0 and q4_0 GGUF files in ``folder``."""
-    tensors = {name: LazyTensor(tuple(t.shape), lambda t=t: t) for name, t in model.state_dict().items()}
-    vocab = synthetic_vocabulary(model.vocab_size)
-    paths = {outtype: folder / f"bench-{outtype}.gguf" for outtype in OUTTYPES}
-    for outtype, path in paths.items():
-        write_gguf(path, model.config, tensors, vocab, outtype)
-    return paths
 
 
 class Variant:
@@ -78,12 +67,6 @@ class Variant:
         start = time.perf_counter()
         self.generate(prompt, n)
         return time.perf_counter() - start
-
-
-def paired(on: list[float], off: list[float]) -> str:
-    """The median (range) of the per-round off/on ratios of two lists of speeds."""
-    ratios = sorted(b / a for a, b in zip(on, off))
-    return f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
 
 
 def bench_file(outtype: str, path: Path, settings: tuple[str, ...], args) -> list[str]:
@@ -134,7 +117,7 @@ def main(argv: list[str] | None = None) -> list[str]:
           "round, median (range) | same tokens |\n|---|---|---|---|---|---|---|")
     table = []
     with tempfile.TemporaryDirectory() as tmp:
-        for outtype, path in export(model, Path(tmp)).items():
+        for outtype, path in export(model, Path(tmp), OUTTYPES).items():
             for row in bench_file(outtype, path, settings, args):
                 print(row, flush=True)
                 table.append(row)

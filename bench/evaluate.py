@@ -5,8 +5,9 @@ Both score the same windows in the same batches (``rolling_windows`` of ``--seq_
 ``--batch_size`` at a time). transformers computes the full logits of every position, then the log-softmax of the
 scored ones (as lm-evaluation-harness's ``HFLM`` does); ours runs the encoder, then the LM head on the scored
 positions only. Reported: scored tokens per second of each, the ratio, and the relative difference of the two
-total negative log-likelihoods (they must agree). One timed run each after a one-batch warm-up; the order is
-alternated over ``--repeats`` and the fastest kept.
+total negative log-likelihoods (they must agree), in each dtype of ``--dtype`` (default: fp32, and bf16 where the
+device has bf16 hardware, so the two are side by side with the machine named). One timed run each after a
+one-batch warm-up; the order is alternated over ``--repeats`` and the fastest kept.
 
 The documents are the English wiki corpus of ``../shared`` tokenized with the LLaMA tokenizer when present,
 random tokens otherwise. Run: ``python bench/evaluate.py`` (``--sizes tiny`` for a quick look).
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))  # run from a clone without installing
 sys.path.insert(0, str(ROOT / "bench"))
 
 from generate import SIZES, build_pair, size_config  # noqa: E402  (bench/generate.py: the same models)
+from train import default_dtypes, machine  # noqa: E402  (bench/train.py: the same choice of dtypes)
 
 from tencentpretrain.evaluation.choice import ChoiceScorer, evaluate_subject  # noqa: E402
 from tencentpretrain.evaluation.perplexity import rolling_windows  # noqa: E402
@@ -94,13 +96,13 @@ def timed(run) -> tuple[float, float]:
     return time.perf_counter() - start, value
 
 
-def bench_size(name: str, args) -> str:
-    """One table row."""
+def bench_size(name: str, dtype_name: str, args) -> tuple[str, float, float]:
+    """One table row, and the tokens/s of transformers and of ours."""
     config = size_config(name)
     with tempfile.TemporaryDirectory() as tmp:
         hf, ours = build_pair(config, Path(tmp))
     params = sum(p.numel() for p in hf.parameters()) / 1e6  # before packing drops the dense weights of ours
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    device, dtype = torch.device(args.device), DTYPES[dtype_name]
     hf, ours = hf.to(device, dtype), ours.to(device, dtype)
     layout = weight_layout("auto", args.batch_size, device, dtype)
     engine = Engine(prepare_for_inference(ours, layout=layout, batch_size=args.batch_size))  # as load_engine
@@ -120,10 +122,10 @@ def bench_size(name: str, args) -> str:
             times[key].append(seconds)
     hf_tps, our_tps = (scored / min(times[key]) for key in ("transformers", "ours"))
     diff = abs(nll["ours"] - nll["transformers"]) / abs(nll["transformers"])
-    row = (f"| {name} ({params:.0f}M) | {args.seq_length} | {args.batch_size} | {scored} ({source}) | {hf_tps:.0f} | "
-           f"{our_tps:.0f} | **{our_tps / hf_tps:.2f}x** | {diff:.1e} |")
+    row = (f"| {name} ({params:.0f}M) | {dtype_name} | {args.seq_length} | {args.batch_size} | {scored} ({source}) | "
+           f"{hf_tps:.0f} | {our_tps:.0f} | **{our_tps / hf_tps:.2f}x** | {diff:.1e} |")
     print(row, flush=True)
-    return row
+    return row, hf_tps, our_tps
 
 
 def choice_inputs(args) -> tuple:
@@ -193,7 +195,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per implementation (fastest reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both implementations")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (perplexity only)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights of both models")
+    parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=None,
+                        help="weights of both models, each in turn (perplexity only; default: fp32, and bf16 where "
+                             "the device has bf16 hardware)")
     parser.add_argument("--choice", action="store_true", help="time multiple choice instead of perplexity")
     parser.add_argument("--questions", type=int, default=32, help="prompts of the choice benchmark")
     parser.add_argument("--shots", type=int, default=3, help="examples in each prompt of the choice benchmark")
@@ -206,10 +210,19 @@ def main(argv: list[str] | None = None) -> list[str]:
         print(header)
         print("|" + "---|" * (header.count("|") - 1))
         return [bench_choice(name, args) for name in args.sizes]
-    header = ("| model | seq_length | batch | tokens scored | HF tok/s | ours tok/s | speed-up | NLL rel. diff |")
+    device = torch.device(args.device)
+    dtypes = args.dtype or default_dtypes(device)
+    print(f"machine: {machine(device)}; {args.threads} threads")
+    header = ("| model | dtype | seq_length | batch | tokens scored | HF tok/s | ours tok/s | speed-up | "
+              "NLL rel. diff |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    return [bench_size(name, args) for name in args.sizes]
+    results = {(name, dtype): bench_size(name, dtype, args) for name in args.sizes for dtype in dtypes}
+    for name in args.sizes:
+        if "fp32" in dtypes and "bf16" in dtypes:
+            (_, hf32, ours32), (_, hf16, ours16) = results[name, "fp32"], results[name, "bf16"]
+            print(f"{name} bf16/fp32: ours {ours16 / ours32:.2f}x, transformers {hf16 / hf32:.2f}x")
+    return [row for row, _, _ in results.values()]
 
 
 if __name__ == "__main__":

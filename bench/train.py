@@ -7,7 +7,11 @@ both the same implementation instead, to compare the models alone. Rounds altern
 (AB, BA, AB, ...) so machine noise hits both; each side's tokens/s is the median over rounds. MFU is measured against
 the best FLOP/s of a large matmul timed on the same device in the same dtype.
 
-    python bench/train.py                                    # CPU, fp32, vocab 32000
+Each dtype of ``--dtype`` is measured in turn (default: fp32, and bf16 where the device has bf16 hardware: a GPU, or a
+CPU with AVX512-BF16 or AMX; on AVX2-only CPUs bf16 is emulated, hundreds of times slower, and left out unless
+asked), and a closing table puts them side by side with the machine named.
+
+    python bench/train.py                                    # CPU, vocab 32000: fp32, and bf16 where the CPU has it
     python bench/train.py --vocab_size 4096                  # the transformer layers dominate instead of the head
     python bench/train.py --device cuda --dtype bf16 --preset gpu_1b --batch_size 8 --seq_length 2048
 """
@@ -24,6 +28,7 @@ import torch
 
 from tencentpretrain import ModelConfig, build_model
 from tencentpretrain.convert.llama import LLAMA_ARCHITECTURE, config_to_hf, ours_to_hf
+from tencentpretrain.hardware import cpu
 from tencentpretrain.training.flops import measure_matmul_peak, mfu, model_flops_per_token
 from tencentpretrain.training.optim import build_adamw, param_groups
 
@@ -45,8 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=2, help="Timed training steps per model per round.")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps per model first.")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
-                        help="Parameter and compute dtype of both models (bf16 only makes sense on a GPU).")
+    parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=None,
+                        help="Parameter and compute dtypes of both models, measured in turn (default: fp32, and bf16 "
+                             "where the device has bf16 hardware).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--adamw", choices=("as-used", "default", "foreach", "fused"), default="as-used",
                         help="as-used: ours with the framework's optimizer (fused AdamW where the device has it), "
@@ -148,7 +154,9 @@ def check_first_losses(steps: dict, src: torch.Tensor, tgt: torch.Tensor, dtype:
         raise SystemExit(f"bench/train.py: error: first losses differ {losses}: the models do not compute the same")
 
 
-def report(rates: dict[str, list[float]], config: ModelConfig, args: argparse.Namespace, peak: float) -> None:
+def report(rates: dict[str, list[float]], config: ModelConfig, args: argparse.Namespace,
+           peak: float) -> dict[str, float]:
+    """Print each model's median tokens/s and MFU and their ratio; return the medians and MFUs."""
     flops = model_flops_per_token(config, args.seq_length)
     medians = {name: statistics.median(values) for name, values in rates.items()}
     for name, rate in medians.items():
@@ -158,21 +166,33 @@ def report(rates: dict[str, list[float]], config: ModelConfig, args: argparse.Na
     print(f"ratio ours/transformers: {medians['ours'] / medians['transformers']:.3f} "
           f"(per-round ratios: median {statistics.median(ratios):.3f}, min {min(ratios):.3f}, max {max(ratios):.3f})")
     print(f"model FLOPs/token {flops / 1e6:.1f} M; measured matmul peak {peak / 1e9:.1f} GFLOP/s")
+    return {**medians, "mfu": mfu(medians["ours"], flops, peak), "peak": peak}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print tokens/s, the ratio and MFU."""
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+def machine(device: torch.device) -> str:
+    """The device as the closing table names it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu().kind()
+
+
+def default_dtypes(device: torch.device) -> list[str]:
+    """fp32, and bf16 where the device has bf16 hardware (else bf16 is emulated and would take hours)."""
+    if device.type == "cuda" or cpu().bf16:
+        return ["fp32", "bf16"]
+    print(f"bf16 left out: {cpu().kind()} has no bf16 hardware (ask with --dtype fp32 bf16)")
+    return ["fp32"]
+
+
+def bench_dtype(config: ModelConfig, args: argparse.Namespace, device: torch.device, name: str) -> dict[str, float]:
+    """Build both models in dtype ``name``, check their first losses agree, time them; the medians and MFU."""
+    dtype = DTYPES[name]
     torch.manual_seed(args.seed)
-    config = bench_config(args)
     ours, theirs = build_pair(config, args.device, dtype)
     params = sum(p.numel() for p in ours.parameters())
-    print(f"config: hidden {config.hidden_size}, layers {config.layers_num}, heads {config.heads_num}/"
+    print(f"== {name}: hidden {config.hidden_size}, layers {config.layers_num}, heads {config.heads_num}/"
           f"{config.kv_heads_num}, ffn {config.feedforward_size}, vocab {config.vocab_size}, {params / 1e6:.1f} M "
-          f"params; batch {args.batch_size} x seq {args.seq_length}; {args.device} {args.dtype}, "
+          f"params; batch {args.batch_size} x seq {args.seq_length}; {args.device}, "
           f"{torch.get_num_threads()} threads, AdamW {args.adamw}; torch {torch.__version__}")
     data = torch.randint(0, config.vocab_size, (args.steps + 1, args.batch_size, args.seq_length + 1), device=device)
     batches = [(row[:, :-1].contiguous(), row[:, 1:].contiguous()) for row in data]
@@ -182,7 +202,32 @@ def main(argv: list[str] | None = None) -> int:
         for step in steps.values():
             step(*batches[-1])
     rates = measure(steps, batches[:-1], args, device)
-    report(rates, config, args, measure_matmul_peak(device, dtype))
+    return report(rates, config, args, measure_matmul_peak(device, dtype))
+
+
+def side_by_side(results: dict[str, dict[str, float]], device: torch.device) -> None:
+    """The closing table: each dtype's tokens/s, ratio and MFU, and bf16 against fp32 for each model."""
+    print(f"\nmachine: {machine(device)}")
+    print("| dtype | ours tok/s | transformers tok/s | ours/transformers | ours MFU | matmul peak GFLOP/s |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['ours']:,.0f} | {r['transformers']:,.0f} | {r['ours'] / r['transformers']:.2f}x | "
+              f"{100 * r['mfu']:.1f}% | {r['peak'] / 1e9:,.0f} |")
+    if "fp32" in results and "bf16" in results:
+        fp32, bf16 = results["fp32"], results["bf16"]
+        print(f"bf16/fp32: ours {bf16['ours'] / fp32['ours']:.2f}x, "
+              f"transformers {bf16['transformers'] / fp32['transformers']:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark in each dtype and print tokens/s, the ratio and MFU, then the dtypes side by side."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    config = bench_config(args)
+    results = {name: bench_dtype(config, args, device, name) for name in args.dtype or default_dtypes(device)}
+    side_by_side(results, device)
     return 0
 
 

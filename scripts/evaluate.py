@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     read, run = TASKS[args.task]
     inputs = read(args)  # a malformed file stops the run before the model is loaded
     try:
-        engine, tokenizer = load_engine(args, args.batch_size)
+        engine, tokenizer = load_engine(args, args.batch_size, decoding=False)
     except InputError:
         raise
     except (ValueError, FileNotFoundError, KeyError) as err:

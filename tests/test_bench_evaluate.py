@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from bench_support import load_bench
 
+from tencentpretrain.hardware import cpu
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TP_SHARED_DIR", ROOT.parent / "shared")) / "data"
 
@@ -17,9 +19,11 @@ def bench_evaluate():
 
 def test_bench_evaluate_tiny():
     rows = bench_evaluate().main(["--sizes", "tiny", "--seq_length", "32", "--batch_size", "3", "--tokens", "200"])
-    cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
-    assert cells[3].startswith("200 ")  # every token scored once
-    assert float(cells[-1]) < 1e-5  # ours and transformers' total NLL agree
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    assert [row[1] for row in cells] == (["fp32", "bf16"] if cpu().bf16 else ["fp32"])  # side by side
+    assert all(row[4].startswith("200 ") for row in cells)  # every token scored once
+    assert float(cells[0][-1]) < 1e-5  # ours and transformers' total NLL agree in fp32
+    assert all(float(row[-1]) < 1e-2 for row in cells)  # and within bf16's rounding in bf16
 
 
 @pytest.mark.skipif(not (SHARED / "tokenizers" / "llama_tokenizer.model").exists(), reason="../shared is absent")

@@ -16,6 +16,7 @@ from evaluation_support import DATA, ROOT, script_main, tiny_model
 from tencentpretrain.cli import run_cli
 from tencentpretrain.evaluation import EvaluationInputError, read_choice_file, read_documents, rolling_windows
 from tencentpretrain.evaluation.choice import ChoiceScorer
+from tencentpretrain.hardware import cpu
 from tencentpretrain.tokenizers import SentencePieceTokenizer
 
 SHARED = Path(os.environ.get("TP_SHARED_DIR", ROOT.parent / "shared")) / "data"
@@ -350,3 +351,19 @@ def test_corpus_formats(tmp_path):
     (tmp_path / "b.json").write_text('[{"text": "one"},\n {"text": 2}]', encoding="utf-8")
     with pytest.raises(EvaluationInputError, match="b.json:2: key 'text' must be a string"):
         read_documents(tmp_path / "b.json")
+
+
+@pytest.mark.skipif(not cpu().bf16, reason=f"no bf16 hardware on {cpu().kind()}: bf16 is emulated")
+def test_perplexity_in_bf16_follows_fp32(model, tmp_path):
+    """``--dtype bfloat16`` on the CPU: the NLL within the documented bf16 tolerance of fp32 (docs/machines.md)."""
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("the model reads tokens and words\n" * 20, encoding="utf-8")
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / f"{dtype}.json"
+        assert evaluate(["--task", "perplexity", *model.model_flags(), "--corpus_path", str(corpus), "--seq_length",
+                         "32", "--batch_size", "2", "--dtype", dtype, "--output_path", str(out)]) == 0
+        results[dtype] = json.loads(out.read_text(encoding="utf-8"))
+    assert results["bfloat16"]["tokens"] == results["float32"]["tokens"]
+    assert results["bfloat16"]["nll"] == pytest.approx(results["float32"]["nll"], rel=0.005)
+    assert results["bfloat16"]["nll"] != results["float32"]["nll"]  # it did run in bf16

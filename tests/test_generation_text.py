@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+import train_support
 from conftest import generated_lines
 
 from tencentpretrain.checkpoint import save_state_dict
@@ -38,12 +37,7 @@ TINY = {"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 
 
 
 def load_script(name: str):
-    """Import ``inference/<name>.py`` as a module (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"inference_{name}", ROOT / "inference" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return train_support.load_script(name, "inference")
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 """LoRA adapters, freezing by pattern, adapter files and merging (library and scripts/merge_lora.py)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+import train_support
 from torch import nn
 
 from tencentpretrain import ModelConfig, build_model
@@ -57,10 +57,7 @@ def batch(seed: int = 2) -> torch.Tensor:
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return train_support.load_script(name, "scripts")
 
 
 def test_name_matching_rule():

@@ -21,10 +21,12 @@ MICRO_LLAMA = {
 }
 
 
-def load_script(name: str):
-    """Import a top-level script (``pretrain.py``, ``preprocess.py``) as a module."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+def load_script(name: str, folder: str = ""):
+    """Import a script (``pretrain.py``, ``preprocess.py``; ``folder="inference"``: ``inference/run_llama.py``...)
+    as a module, registered in ``sys.modules`` (the folders are not packages)."""
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}" if folder else name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -9,7 +9,7 @@ import torch
 
 from tencentpretrain.cli import InputError, naming
 from tencentpretrain.config import ModelConfig
-from tencentpretrain.dtypes import TORCH_DTYPES
+from tencentpretrain.dtypes import TORCH_DTYPES, auto_dtype
 from tencentpretrain.generation.engine import Engine, load_generation_model
 from tencentpretrain.generation.layout import LAYOUTS, weight_layout
 from tencentpretrain.generation.native import native_unavailable
@@ -38,8 +38,10 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--spm_model_path", help="SentencePiece model (default: tokenizer.model of a HF directory)")
     group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                        help="torch device (default: cuda when available, else cpu)")
-    group.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None,
-                       help="weight dtype (default: float32 on cpu, bfloat16 on cuda)")
+    group.add_argument("--dtype", choices=["auto", *sorted(TORCH_DTYPES)], default="auto",
+                       help="weight dtype; auto: bfloat16 where it is faster than float32 (GPUs with bf16, CPUs "
+                            "with AMX, except where the float32 native kernel decodes), else float32 "
+                            "(docs/machines.md)")
     group.add_argument("--int8", action="store_true",
                        help="weight-only int8 linear layers, one scale per output channel (about 4x less memory)")
     group.add_argument("--weight_layout", choices=("auto",) + LAYOUTS, default="auto",
@@ -74,8 +76,10 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
 
 
 
-def load_engine(args: argparse.Namespace, batch_size: int = 1) -> tuple[Engine, SentencePieceTokenizer]:
-    """The engine and tokenizer the options describe, for generating ``batch_size`` prompts at a time."""
+def load_engine(args: argparse.Namespace, batch_size: int = 1,
+                decoding: bool = True) -> tuple[Engine, SentencePieceTokenizer]:
+    """The engine and tokenizer the options describe, for generating ``batch_size`` prompts at a time
+    (``decoding=False``: for scoring only, as evaluation does, so the native decoding kernel does not count)."""
     spm = args.spm_model_path
     if spm is None and Path(args.load_model_path).is_dir():
         spm = Path(args.load_model_path) / "tokenizer.model"
@@ -83,7 +87,8 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1) -> tuple[Engine, 
         raise InputError("--spm_model_path is required for a checkpoint file")
     with naming("--spm_model_path", spm):
         tokenizer = SentencePieceTokenizer(spm)
-    dtype = TORCH_DTYPES[args.dtype] if args.dtype else (torch.float32 if args.device == "cpu" else torch.bfloat16)
+    requested = None if args.dtype == "auto" else TORCH_DTYPES[args.dtype]
+    dtype = requested or (torch.float32 if torch.device(args.device).type == "cpu" else auto_dtype(args.device))
     if args.seed is not None:
         torch.manual_seed(args.seed)
     with naming("--load_model_path", args.load_model_path), naming("--config_path", args.config_path):
@@ -92,6 +97,10 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1) -> tuple[Engine, 
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     native = args.device == "cpu" and dtype == torch.float32 and not args.int8 and native_unavailable(model) is None
+    if requested is None and dtype == torch.float32 and not args.int8 and not (decoding and native) \
+            and auto_dtype(args.device) == torch.bfloat16:  # an AMX CPU, where PyTorch would run in float32
+        model.to(torch.bfloat16)
+        dtype, native = torch.bfloat16, False
     layout = weight_layout(args.weight_layout, batch_size, args.device, dtype, native=native)
     prepare_for_inference(model, int8=args.int8, layout=layout, batch_size=batch_size)
     engine = Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id)

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import torch
 
 from tencentpretrain.data import BinaryDataset, DataLoader
-from tencentpretrain.dtypes import DTYPES
+from tencentpretrain.dtypes import DTYPES, bf16_is_faster
+from tencentpretrain.hardware import cpu
 from tencentpretrain.training.checkpointing import Checkpointer
 from tencentpretrain.training.distributed import init_distributed, seed_everything
 from tencentpretrain.training.engine import DistInfo, Engine
 from tencentpretrain.training.flops import measure_matmul_peak, model_flops_per_token
 from tencentpretrain.training.inputs import read_inputs
-from tencentpretrain.training.logging import TrainLogger
+from tencentpretrain.training.logging import TrainLogger, note
 from tencentpretrain.training.memory import MemoryTrace
 from tencentpretrain.training.model_setup import ModelSetup
 from tencentpretrain.training.options import TrainOptions, parse_options
@@ -61,6 +62,7 @@ def build(opts: TrainOptions, info: DistInfo, trace: MemoryTrace | None = None) 
     ``trace`` (default: one enabled by ``TP_MEMORY_TRACE=1``) marks the memory after each stage.
     """
     trace = trace or MemoryTrace(info.rank)
+    note_slow_precision(opts, info)
     inputs = read_inputs(opts)
     trace.mark("reading the data and config")
     engine = engine_class(opts).build(opts, ModelSetup.of(opts, inputs), info, trace)
@@ -92,5 +94,13 @@ def engine_class(opts: TrainOptions) -> type[Engine]:
 
 
 def compute_dtype(opts: TrainOptions, info: DistInfo) -> torch.dtype:
-    """The dtype the matrix products run in (for the MFU's peak): ``--fp16``/``--bf16`` on GPUs, else float32."""
-    return DTYPES[opts.precision] if info.device.type == "cuda" else torch.float32
+    """The dtype the matrix products run in under autocast (for the MFU's peak): ``--fp16``/``--bf16``, else
+    float32, on GPUs and CPUs alike."""
+    return DTYPES[opts.precision]
+
+
+def note_slow_precision(opts: TrainOptions, info: DistInfo) -> None:
+    """Say once (rank 0) when ``--bf16`` was asked for on a CPU where bf16 runs slower than fp32."""
+    if opts.precision == "bf16" and info.device.type == "cpu" and info.is_main and not bf16_is_faster("cpu"):
+        note(f"--bf16 on {cpu().kind()}: bf16 matrix products run slower than fp32 without AMX "
+             "(docs/machines.md); training goes on in bf16 autocast as asked")

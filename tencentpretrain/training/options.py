@@ -73,8 +73,9 @@ class TrainOptions:
     max_grad_norm: float = _opt(1.0, "Clip the gradient norm to this (0 disables clipping).")
     max_skipped_steps: int = _opt(10, "Stop after this many steps skipped for a non-finite loss or gradient.")
     # precision and memory
-    fp16: bool = _opt(False, "Mixed precision fp16 with loss scaling (GPU).")
-    bf16: bool = _opt(False, "Mixed precision bf16 (GPU).")
+    fp16: bool = _opt(False, "Mixed precision fp16 with loss scaling (GPUs).")
+    bf16: bool = _opt(False, "Mixed precision bf16 (autocast): GPUs with bf16, and CPUs, where it is faster than fp32 "
+                                 "only with AMX (docs/machines.md).")
     save_dtype: str = _opt("fp32", "Dtype of the consolidated checkpoints.", choices=SAVE_DTYPES)
     checkpoint_activations: bool = _opt(False, "Recompute each layer's activations in the backward pass.")
     deepspeed_checkpoint_activations: bool = _opt(False, "Same as --checkpoint_activations (TencentPretrain name).")

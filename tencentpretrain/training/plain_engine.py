@@ -20,7 +20,7 @@ from tencentpretrain.training.options import TrainOptions
 
 
 class PlainEngine(Engine):
-    """PyTorch AdamW on one process, or DDP over several; autocast and GradScaler for fp16/bf16 on GPUs.
+    """PyTorch AdamW on one process, or DDP over several; autocast for fp16/bf16 (GPUs and CPUs), GradScaler for fp16.
 
     Args:
         model: the model, already on its device.

@@ -15,6 +15,7 @@ setup(
         "logging": ["tensorboard", "matplotlib"],
         "eval": ["lm-eval>=0.4.2", "accelerate>=0.26"],  # lm-evaluation-harness and its hf backend
         "gguf": ["gguf>=0.19"],
+        "peft": ["peft>=0.18"],  # loading our PEFT adapters with PEFT itself (tests); our conversion needs no peft
         "llamacpp": ["llama-cpp-python>=0.3"],  # compiles llama.cpp on install (about 10 minutes on 2 cores)
     },
 )

@@ -24,4 +24,4 @@ if [ "${UPGRADE:-0}" = 1 ]; then
 else
     PINS=(-c constraints.txt)
 fi
-$PIP install "${PINS[@]}" -e ".[${EXTRAS:-test,deepspeed,logging,serve,gguf,eval,llamacpp}]"
+$PIP install "${PINS[@]}" -e ".[${EXTRAS:-test,deepspeed,logging,serve,gguf,eval,peft,llamacpp}]"

@@ -22,7 +22,7 @@ from tencentpretrain.hardware import cpu
 from tencentpretrain.llamacpp import repack_decision
 
 DISTRIBUTIONS = ("torch", "transformers", "deepspeed", "sentencepiece", "tokenizers", "llama-cpp-python", "gguf",
-                 "lm-eval", "numpy", "safetensors")
+                 "lm-eval", "peft", "numpy", "safetensors")
 
 
 def _version(name: str) -> str | None:

@@ -44,8 +44,9 @@ from tencentpretrain.checkpoint import save_state_dict
 from tencentpretrain.convert import save_hf_gpt2, save_hf_llama
 from tencentpretrain.convert.keymap import invert, rename
 from tencentpretrain.convert.meta import META_TO_OURS
+from tencentpretrain.convert.peft import write_peft_adapter
 from tencentpretrain.training.loop import main as pretrain
-from tencentpretrain.training.lora import apply_lora, save_adapter
+from tencentpretrain.training.lora import apply_lora, lora_config_of, lora_state_dict, save_adapter
 
 VOCAB = 400  # the tiny_spm fixture's
 
@@ -115,6 +116,15 @@ COMMANDS = [
     Command("merge_lora", "scripts/merge_lora.py",
             {"--base_model_path": ("checkpoint", "checkpoint"), "--lora_model_path": ("checkpoint", "adapter")},
             {"--output_model_path": "merged.bin"}),
+    Command("merge_lora_peft", "scripts/merge_lora.py",
+            {"--base_model_path": ("checkpoint", "checkpoint"), "--lora_model_path": ("peft_dir", "peft_adapter"),
+             "--config_path": ("json", "config")}, {"--output_model_path": "merged.bin"}),
+    Command("convert_lora_tp_to_peft", "scripts/convert_lora_from_tencentpretrain_to_peft.py",
+            {"--input_model_path": ("checkpoint", "adapter"), "--config_path": ("json", "config")},
+            {"--output_model_path": "peft"}),
+    Command("convert_lora_peft_to_tp", "scripts/convert_lora_from_peft_to_tencentpretrain.py",
+            {"--input_model_path": ("peft_dir", "peft_adapter"), "--config_path": ("json", "config")},
+            {"--output_model_path": "lora.bin"}),
     Command("train_tokenizer", "scripts/train_tokenizer.py", {"--corpus_path": ("corpus", "corpus")},
             {"--model_prefix": "spm"}, ("--vocab_size", "300")),
     Command("plot_loss", "scripts/plot_loss.py", {"--log_path": ("log", "log")}, {"--output_path": "loss.png"}),
@@ -212,7 +222,11 @@ def broken_hf_dir(source: Path, folder: Path, damage: Callable[[Path], Path]) ->
 
 
 def garble_weights(path: Path) -> Path:
-    weights = path / "model.safetensors"
+    return garbled_in_place(path / "model.safetensors")
+
+
+def garbled_in_place(weights: Path) -> Path:
+    """``weights`` with its first 16 bytes (the safetensors header length) made nonsense."""
     data = bytearray(weights.read_bytes())
     data[:16] = b"\xff" * 16
     weights.write_bytes(bytes(data))
@@ -270,6 +284,14 @@ BROKEN: dict[str, dict[str, Callable[[dict, Path], Path]]] = {
         "garbled_safetensors": lambda src, d: broken_hf_dir(src, d, garble_weights),
         "truncated_safetensors": lambda src, d: broken_hf_dir(src, d, truncate_weights),
         "config_json_list": lambda src, d: broken_hf_dir(src, d, config_as_list),
+    },
+    "peft_dir": {
+        "garbled_safetensors": lambda src, d: broken_hf_dir(src, d, lambda p: garbled_in_place(
+            p / "adapter_model.safetensors")),
+        "truncated_safetensors": lambda src, d: broken_hf_dir(
+            src, d, lambda p: truncated(p / "adapter_model.safetensors", p)),
+        "config_json_list": lambda src, d: broken_hf_dir(src, d, lambda p: text_file(p, "adapter_config.json",
+                                                                                       b"[1, 2]\n")),
     },
     "meta_dir": {
         "truncated_pth": lambda src, d: broken_hf_dir(
@@ -343,6 +365,9 @@ def build_good(folder: Path, spm: Path) -> dict[str, Path]:
     apply_lora(llama, rank=2, alpha=4, target_modules=("self_attn.linear_layers.*",))
     good["adapter"] = folder / "lora.bin"
     save_adapter(llama, good["adapter"])
+    good["peft_adapter"] = folder / "peft_adapter"
+    write_peft_adapter(lora_state_dict(llama), lora_config_of(llama), ModelConfig.from_json(good["config"]),
+                       good["peft_adapter"])
     good["dataset"] = make_dataset(folder, spm, lines=100, seq_length=16)
     pretrain(train_argv(good["dataset"], spm, good["config"], folder / "run" / "m", steps=1, save=1, batch=2))
     good["state"] = folder / "run" / "m" / "1"

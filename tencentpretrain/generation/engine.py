@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tencentpretrain.checkpoint import load_model, model_from_state
+from tencentpretrain.checkpoint import load_state_dict, model_from_state
 from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation.native import NativeDecoder
@@ -229,7 +229,8 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, extra: int = 0) -> t
 
 
 def load_generation_model(model_path: str | Path, config_path: str | Path | None = None,
-                          device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Model:
+                          device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                          lora_path: str | Path | None = None) -> Model:
     """Load a model for generation from a TencentPretrain checkpoint or a Hugging Face directory.
 
     Args:
@@ -239,6 +240,8 @@ def load_generation_model(model_path: str | Path, config_path: str | Path | None
             config.json is used), where it must describe the same sizes.
         device: where to put the model.
         dtype: cast floating-point weights (default: keep the checkpoint's).
+        lora_path: a LoRA adapter merged into the weights first: our ``lora.bin`` (with its ``.lora.json``) or a
+            PEFT adapter directory (``convert/peft.py``).
     """
     model_path = Path(model_path)
     if not model_path.exists():
@@ -246,13 +249,29 @@ def load_generation_model(model_path: str | Path, config_path: str | Path | None
     if not model_path.is_dir():
         if config_path is None:
             raise InputError(f"{model_path}: a checkpoint file needs --config_path")
-        return load_model(config_path, model_path, device=device, dtype=dtype)
-    from tencentpretrain.convert import load_hf_llama
+        config, state = ModelConfig.from_json(config_path), load_state_dict(model_path)
+    else:
+        from tencentpretrain.convert import load_hf_llama
 
-    config, state = load_hf_llama(model_path)
-    if config_path is not None:
-        _check_same_architecture(ModelConfig.from_json(config_path), config)
+        config, state = load_hf_llama(model_path)
+        if config_path is not None:
+            _check_same_architecture(ModelConfig.from_json(config_path), config)
+    if lora_path is not None:
+        state = with_adapter(state, lora_path, config)
     return model_from_state(config, state, str(model_path), device, dtype)
+
+
+def with_adapter(state: dict[str, torch.Tensor], lora_path: str | Path, config: ModelConfig) -> dict:
+    """``state`` with the adapter at ``lora_path`` (either format) merged in; errors name ``--lora_path``."""
+    from tencentpretrain.cli import naming
+    from tencentpretrain.convert.peft import read_adapter
+    from tencentpretrain.training.lora import merge_lora_state
+
+    with naming("--lora_path", lora_path):
+        if not Path(lora_path).exists():
+            raise InputError(f"{lora_path}: no such adapter file or PEFT directory")
+        adapter, lora = read_adapter(lora_path, config)
+        return merge_lora_state(state, adapter, lora.rank, lora.alpha)
 
 
 def _check_same_architecture(given: ModelConfig, found: ModelConfig) -> None:

@@ -36,6 +36,9 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
                        help="TencentPretrain .bin/.safetensors checkpoint, or a Hugging Face LLaMA directory")
     group.add_argument("--config_path", help="model JSON config (required for a checkpoint file)")
     group.add_argument("--spm_model_path", help="SentencePiece model (default: tokenizer.model of a HF directory)")
+    group.add_argument("--lora_path", help="LoRA adapter merged into the model on loading: a lora.bin written by "
+                                           "pretrain.py --use_lora (its .lora.json beside it) or a PEFT adapter "
+                                           "directory")
     group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                        help="torch device (default: cuda when available, else cpu)")
     group.add_argument("--dtype", choices=["auto", *sorted(TORCH_DTYPES)], default="auto",
@@ -92,7 +95,8 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1,
     if args.seed is not None:
         torch.manual_seed(args.seed)
     with naming("--load_model_path", args.load_model_path), naming("--config_path", args.config_path):
-        model = load_generation_model(args.load_model_path, args.config_path, device=args.device, dtype=dtype)
+        model = load_generation_model(args.load_model_path, args.config_path, device=args.device, dtype=dtype,
+                                      lora_path=args.lora_path)
     check_model_vocab(model, tokenizer, args)
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")

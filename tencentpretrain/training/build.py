@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tencentpretrain.convert.peft import check_peft_exportable
 from tencentpretrain.data import BinaryDataset, DataLoader
 from tencentpretrain.dtypes import DTYPES, bf16_is_faster
 from tencentpretrain.hardware import cpu
@@ -69,7 +70,10 @@ def build(opts: TrainOptions, info: DistInfo, trace: MemoryTrace | None = None) 
     trace.mark("building the engine (optimizer)")
     loader = DataLoader(inputs.dataset, opts.batch_size, info.rank, info.world_size, seed=opts.seed, shuffle=True,
                         seq_length=opts.seq_length)
-    checkpointer = Checkpointer(opts.output_model_path, info, DTYPES[opts.save_dtype])
+    formats = ("tencentpretrain", "peft") if opts.lora_format == "both" else (opts.lora_format,)
+    if opts.use_lora and "peft" in formats:
+        check_peft_exportable(inputs.config)  # before training, not at the first save
+    checkpointer = Checkpointer(opts.output_model_path, info, DTYPES[opts.save_dtype], formats, inputs.config)
     resumed = {}
     if opts.resume or opts.resume_from_checkpoint is not None:
         resumed = checkpointer.resume(engine, opts.resume_from_checkpoint)

@@ -9,7 +9,9 @@ For ``--output_model_path models/llama_zh_7b``:
 - ``models/llama_zh_7b/<step>/``: the full training state (engine files, plus ``rank<r>.pt`` per rank: step, data
   position, RNG), and ``models/llama_zh_7b/latest`` naming the newest complete one;
 - with ``--use_lora``: ``models/llama_zh_7b-lora-<step>.bin`` / ``models/llama_zh_7b-lora.bin`` (the adapter) and
-  their ``.lora.json`` settings; the consolidated files then hold the merged weights.
+  their ``.lora.json`` settings; with ``--lora_format peft`` (or ``both``) PEFT adapter directories
+  ``models/llama_zh_7b-lora-<step>/`` / ``models/llama_zh_7b-lora/`` instead (or as well); the consolidated files
+  then hold the merged weights.
 
 ``Checkpointer`` writes them (``save``: model, adapter, then the training state staged in ``.tmp-<step>`` and
 renamed into place) and reads the training state back (``resume``).
@@ -29,6 +31,8 @@ import torch
 
 from tencentpretrain.checkpoint import CheckpointError, atomic_path, replace_dir, save_state_dict
 from tencentpretrain.cli import naming
+from tencentpretrain.config import ModelConfig
+from tencentpretrain.convert.peft import write_peft_adapter
 from tencentpretrain.training.engine import DistInfo, Engine, ModelExport
 from tencentpretrain.training.logging import note
 from tencentpretrain.training.lora import write_adapter
@@ -49,6 +53,11 @@ def final_model_path(output: str) -> Path:
 def adapter_path(output: str, step: int | None = None) -> Path:
     """The LoRA adapter: ``<output>-lora-<step>.bin``, or ``<output>-lora.bin`` at the end."""
     return Path(f"{output}-lora-{step}.bin" if step is not None else f"{output}-lora.bin")
+
+
+def peft_adapter_path(output: str, step: int | None = None) -> Path:
+    """The PEFT adapter directory: ``<output>-lora-<step>/``, or ``<output>-lora/`` at the end."""
+    return Path(f"{output}-lora-{step}" if step is not None else f"{output}-lora")
 
 
 def state_root(output: str) -> Path:
@@ -156,11 +165,15 @@ class Checkpointer:
         output: the output prefix.
         dist: this rank (rank 0 writes the model files; every rank its own state file).
         save_dtype: dtype of the consolidated model files.
+        lora_formats: the formats LoRA adapters are written in ("tencentpretrain", "peft").
+        config: the model's config (PEFT adapters name the Hugging Face modules, which depend on it).
     """
 
     output: str
     dist: DistInfo
     save_dtype: torch.dtype = torch.float32
+    lora_formats: tuple[str, ...] = ("tencentpretrain",)
+    config: ModelConfig | None = None
 
     def save(self, engine: Engine, step: int, final: bool, loop_state: dict) -> None:
         """The consolidated model (and LoRA adapter), then the full training state (``engine.save`` plus
@@ -184,9 +197,13 @@ class Checkpointer:
 
     def _publish_model(self, export: ModelExport, step: int, final: bool) -> None:
         if export.adapter is not None:
-            paths = [adapter_path(self.output, step)] + ([adapter_path(self.output)] if final else [])
-            for path in paths:
-                write_adapter(export.adapter, export.lora, path)
+            steps = [step, None] if final else [step]
+            if "tencentpretrain" in self.lora_formats:
+                for at in steps:
+                    write_adapter(export.adapter, export.lora, adapter_path(self.output, at))
+            if "peft" in self.lora_formats:
+                for at in steps:
+                    write_peft_adapter(export.adapter, export.lora, self.config, peft_adapter_path(self.output, at))
         publish_model(export.state, self.output, step, final)
 
     def resume(self, engine: Engine, directory: str | None = None) -> dict:

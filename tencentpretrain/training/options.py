@@ -105,6 +105,9 @@ class TrainOptions:
     lora_target_modules: tuple[str, ...] = _opt(("linear_layers.*",), "Linear layers that get adapters.", nargs="+")
     lora_train_modules: tuple[str, ...] = _opt((), "Parameters trained in full with LoRA (e.g. embedding.* "
                                              "target.lm.output_layer).", nargs="*")
+    lora_format: str = _opt("tencentpretrain", "Adapter files: tencentpretrain (<output>-lora.bin and its .lora.json), "
+                            "peft (<output>-lora/, what peft.PeftModel.from_pretrained loads on the Hugging Face "
+                            "export) or both.", choices=("tencentpretrain", "peft", "both"))
     freeze_patterns: tuple[str, ...] = _opt((), "Freeze parameters whose names match these patterns.", nargs="*")
 
     def __post_init__(self) -> None:

@@ -4,6 +4,8 @@
         --data_processor lm --seq_length 512 --processes_num 8
     python preprocess.py --corpus_path alpaca.json --spm_model_path tokenizer.model --dataset_path sft \
         --data_processor alpaca --seq_length 512 --processes_num 8
+    python preprocess.py --corpus_path conversations.json --spm_model_path tokenizer.model --dataset_path chat \
+        --data_processor chat --template alpaca --seq_length 2048
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from tencentpretrain.cli import InputError, naming, run_cli
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.data import ProcessorSpec, build_dataset
+from tencentpretrain.data.chat import LOSS_ON
+from tencentpretrain.data.chat_template import load_template
 from tencentpretrain.data.corpus import resolve_format
 from tencentpretrain.data.processors import TAILS
 from tencentpretrain.registry import DATA_PROCESSORS, TEMPLATES, TOKENIZERS
@@ -37,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "jsonl.")
     parser.add_argument("--tail", choices=TAILS, default="drop", help="lm: drop the last partial sample, or keep it "
                         "padded (the padding never counts in the loss).")
-    parser.add_argument("--template", choices=TEMPLATES.names(), default="alpaca", help="alpaca: the prompt template.")
+    parser.add_argument("--template", default="alpaca",
+                        help=f"alpaca: the prompt template ({', '.join(TEMPLATES.names())}); chat: one of those, a "
+                             "Jinja chat template file, a tokenizer_config.json with a chat_template, or a Hugging "
+                             "Face directory holding one.")
+    parser.add_argument("--loss_on", choices=LOSS_ON, default="all",
+                        help="chat: the loss on every assistant turn and its end token, or on the last turn only.")
     for name in SPECIAL_TOKENS:
         parser.add_argument(f"--{name}_token", help=f"The {name} token, a piece or an id (default: the model's).")
     parser.add_argument("--special_tokens_path", help='JSON file of special tokens, e.g. {"pad": "<unk>"}; the '
@@ -70,10 +80,18 @@ def make_spec(args: argparse.Namespace) -> ProcessorSpec:
         raise InputError(f"--seq_length must be at least 4, got {args.seq_length}")
     requested = "jsonl" if args.json_format_corpus else args.corpus_format
     allowed = DATA_PROCESSORS.get(args.data_processor).formats
+    if args.data_processor == "alpaca" and args.template not in TEMPLATES:
+        raise InputError(f"--template {args.template!r}: alpaca takes one of {', '.join(TEMPLATES.names())}")
+    template = args.template
+    if args.data_processor == "chat":
+        with naming("--template", args.template):
+            load_template(args.template)  # an unreadable or invalid template stops here, before any work
+            template = args.template if args.template in TEMPLATES else str(Path(args.template).resolve())
     return ProcessorSpec(
         processor=args.data_processor, tokenizer=args.tokenizer, tokenizer_path=args.spm_model_path,
         special_tokens=special_tokens(args), seq_length=args.seq_length,
-        corpus_format=resolve_format(args.corpus_path, requested, allowed), tail=args.tail, template=args.template,
+        corpus_format=resolve_format(args.corpus_path, requested, allowed), tail=args.tail, template=template,
+        loss_on=args.loss_on,
     )
 
 

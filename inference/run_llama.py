@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 from tencentpretrain.checkpoint import atomic_path  # noqa: E402
 from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
+from tencentpretrain.data.chat_template import load_template  # noqa: E402
 from tencentpretrain.generation import Engine  # noqa: E402
-from tencentpretrain.generation.chat import ChatSession, encode_prompt, fit_prompt, generate_text  # noqa: E402
+from tencentpretrain.generation.chat import ChatSession, fit_prompt, generate_text, question_ids  # noqa: E402
 from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args  # noqa: E402
 from tencentpretrain.jsonfile import read_text  # noqa: E402
-from tencentpretrain.registry import TEMPLATES  # noqa: E402
 
 
 def build_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,13 +90,13 @@ def escape(text: str) -> str:
 def run_file(args: argparse.Namespace, engine: Engine, tokenizer, prompts: list[str] | None = None) -> list[str]:
     """Generate for every prompt of ``--test_path`` (or ``prompts``, read from it); write ``--prediction_path``
     atomically."""
-    template = TEMPLATES.get(args.template)
+    template = load_template(args.template)
     prompts = read_prompts(args.test_path) if prompts is None else prompts
     budget = args.seq_length - args.max_new_tokens
     outputs = []
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start:start + args.batch_size]
-        ids = fit_prompts([encode_prompt(tokenizer, template.render(p)) for p in batch], budget, start, args)
+        ids = fit_prompts([question_ids(tokenizer, template, p) for p in batch], budget, start, args)
         stream_row = None if args.quiet or len(batch) > 1 else (lambda _row, piece: print(piece, end="", flush=True))
         if stream_row is not None:
             print(f"\n>>> {batch[0]}\n", flush=True)
@@ -113,7 +113,7 @@ def run_file(args: argparse.Namespace, engine: Engine, tokenizer, prompts: list[
 def warn_if_cut(args: argparse.Namespace, tokenizer, question: str) -> None:
     """Chat drops the oldest turns to fit; a message too long even alone loses its start: say how much."""
     budget = args.seq_length - args.max_new_tokens
-    tokens = len(encode_prompt(tokenizer, TEMPLATES.get(args.template).render(question)))
+    tokens = len(question_ids(tokenizer, args.template, question))
     if tokens > budget:
         print(f"(your message has {tokens} tokens with the template; its first {tokens - budget} are cut to fit "
               f"--seq_length {args.seq_length} - --max_new_tokens {args.max_new_tokens})", file=sys.stderr,

@@ -24,8 +24,10 @@ def parse_args(argv):
     parser.add_argument("--output_model_path", required=True, help="the .gguf file to write")
     parser.add_argument("--outtype", choices=("f32", "f16", "q8_0", "q4_0"), default="f16",
                         help="weight type: f32, f16, or 8-/4-bit blocks q8_0 and q4_0 (norms always f32)")
-    parser.add_argument("--template", choices=TEMPLATES.names(),
-                        help="write this prompt template as the chat template (the one the model was tuned with)")
+    parser.add_argument("--template", metavar="NAME|FILE",
+                        help="the chat template to write (the one the model was tuned with): a name (" +
+                        ", ".join(TEMPLATES.names()) + "), a Jinja file, a tokenizer_config.json or a Hugging Face "
+                        "directory")
     parser.add_argument("--name", help="general.name of the model (default: the output file name)")
     return parser.parse_args(argv)
 
@@ -44,8 +46,11 @@ def main(argv=None) -> int:
 
 def convert(args) -> None:
     from tencentpretrain.convert.gguf import read_checkpoint, write_gguf
-    from tencentpretrain.convert.gguf_vocab import chat_template, read_vocabulary
+    from tencentpretrain.convert.gguf_vocab import read_vocabulary
+    from tencentpretrain.data.chat_template import exported_source, load_template
 
+    if args.template is not None:  # a bad template file is reported before the weights are read
+        load_template(args.template)
     spm = args.spm_model_path
     if spm is None:
         if not Path(args.input_model_path).is_dir():
@@ -55,7 +60,7 @@ def convert(args) -> None:
     vocab = read_vocabulary(spm, tensors["embedding.word.embedding.weight"].shape[0])
     for warning in vocab.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    template = chat_template(TEMPLATES.get(args.template), vocab.add_space_prefix) if args.template else None
+    template = exported_source(args.template, vocab.add_space_prefix) if args.template else None
     write_gguf(args.output_model_path, config, tensors, vocab, args.outtype, template, args.name)
     size = Path(args.output_model_path).stat().st_size
     print(f"wrote {args.output_model_path} ({args.outtype}, {size / 2**20:.1f} MiB, {config.layers_num} layers, "

@@ -214,3 +214,31 @@ def test_missing_weights_are_reported(tmp_path, capsys):
     assert run_cli(hf_to_ours, ["--input_model_path", str(tmp_path / "hf"), "--output_model_path",
                                 str(tmp_path / "o.bin")]) == 1
     assert "no model.safetensors, pytorch_model.bin" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+@pytest.mark.parametrize("template", ["alpaca", "none"])
+def test_huggingface_export_carries_the_chat_template_we_trained_with(tmp_path, template):
+    """The exported tokenizer's apply_chat_template gives the ids the chat processor trained on."""
+    from transformers import AutoTokenizer
+
+    from tencentpretrain.data.chat import conversation_ids
+    from tencentpretrain.data.chat_template import load_template
+    from tencentpretrain.tokenizers import SentencePieceTokenizer
+
+    hf = tiny_llama(32, 4, 4, 1, 48, 32000, False)
+    hf.save_pretrained(tmp_path / "hf")
+    hf_to_ours(["--input_model_path", str(tmp_path / "hf"), "--output_model_path", str(tmp_path / "m.bin"),
+                "--output_config_path", str(tmp_path / "c.json")])
+    spm = SHARED / "tokenizers" / "llama_tokenizer.model"
+    ours_to_hf(["--input_model_path", str(tmp_path / "m.bin"), "--config_path", str(tmp_path / "c.json"),
+                "--output_model_path", str(tmp_path / "out"), "--spm_model_path", str(spm),
+                "--template", template])
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    messages = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Hello, 你好"},
+                {"role": "assistant", "content": "Hi! 你好。"}, {"role": "user", "content": "What is a model?"}]
+    for upto, generation in ((3, False), (4, True)):
+        ids = tokenizer.apply_chat_template(messages[:upto], tokenize=True, add_generation_prompt=generation)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        ours = conversation_ids(SentencePieceTokenizer(spm), load_template(template), messages[:upto], generation)
+        assert ids == ours[0]

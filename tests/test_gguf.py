@@ -17,7 +17,7 @@ from tencentpretrain import load_model  # noqa: E402
 from tencentpretrain.checkpoint import load_state_dict  # noqa: E402
 from tencentpretrain.config import ModelConfig  # noqa: E402
 from tencentpretrain.convert.gguf import LazyTensor, write_gguf  # noqa: E402
-from tencentpretrain.convert.gguf_vocab import Vocabulary, chat_template, read_vocabulary  # noqa: E402
+from tencentpretrain.convert.gguf_vocab import Vocabulary, read_vocabulary  # noqa: E402
 from tencentpretrain.convert.llama import LLAMA_ARCHITECTURE  # noqa: E402
 from tencentpretrain.data.templates import ALPACA  # noqa: E402
 from tencentpretrain.generation.chat import chat_prompt  # noqa: E402
@@ -186,7 +186,7 @@ def test_chat_template_renders_our_prompt(tiny_spm):
         raise ValueError(message)
 
     env = jinja2_sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    template = env.from_string(chat_template(ALPACA))
+    template = env.from_string(ALPACA.chat(" "))
     text = template.render(messages=messages, bos_token="<s>", eos_token="</s>", raise_exception=raise_exception)
     ids = []
     for part in text.replace("</s>", "\x00</s>\x00").replace("<s>", "\x00<s>\x00").split("\x00"):

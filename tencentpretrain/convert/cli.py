@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from tencentpretrain.checkpoint import check_state_dict, load_state_dict, save_state_dict, vocab_size_of
-from tencentpretrain.cli import naming
+from tencentpretrain.cli import InputError, naming
 from tencentpretrain.config import ConfigError, ModelConfig
 from tencentpretrain.dtypes import DTYPES
 from tencentpretrain.model import build_model
@@ -84,6 +84,10 @@ def from_tencentpretrain(save: Callable[..., None], description: str, family: st
     parser.add_argument("--type", help="model size such as 7B, to pick a config from models/ without --config_path")
     if "spm_model_path" in save_options:
         parser.add_argument("--spm_model_path", help="SentencePiece model to ship as the HF tokenizer")
+        parser.add_argument("--template", metavar="NAME|FILE",
+                            help="chat template the model was tuned with, written into tokenizer_config.json so "
+                                 "apply_chat_template renders it: a name, a Jinja file, a tokenizer_config.json or a "
+                                 "Hugging Face directory (needs --spm_model_path)")
     args = parser.parse_args(argv)
     _from_ours(save, args, family)
     return 0
@@ -102,6 +106,15 @@ def _from_ours(save, args, family: str) -> None:
         state = load_state_dict(args.input_model_path)
     _check(config, state, args.input_model_path, spm)  # its messages name every file
     extra = {"spm_model_path": spm} if hasattr(args, "spm_model_path") else {}
+    if getattr(args, "template", None):
+        if spm is None:
+            raise InputError("--template is written with the tokenizer: give --spm_model_path too")
+        from tencentpretrain.data.chat_template import exported_source
+        from tencentpretrain.tokenizers.merge import read_model_proto
+
+        with naming("--spm_model_path", spm):
+            prefix = read_model_proto(spm).normalizer_spec.add_dummy_prefix
+        extra["chat_template"] = exported_source(args.template, prefix)
     with naming("--spm_model_path", spm):
         save(state, config, args.output_model_path, max_shard_size=args.max_shard_size,
              dtype=DTYPES[args.dtype] if args.dtype else None, **extra)

@@ -8,12 +8,10 @@ a conversation as our ``generation/chat.py`` does, turn by turn ``bos + prompt +
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tencentpretrain.convert.keymap import ConversionError
-from tencentpretrain.data.templates import Template
 from tencentpretrain.tokenizers.merge import read_model_proto
 
 # SentencePiece's ModelProto.SentencePiece.Type numbers, which llama.cpp's token types (gguf.TokenType) share.
@@ -87,49 +85,6 @@ def _tokenizer_warnings(proto, path) -> list[str]:
     if not proto.trainer_spec.byte_fallback:
         out.append(f"{path} has no byte fallback: llama.cpp cannot tokenise characters outside its pieces")
     return out
-
-
-def chat_template(template: Template, add_space_prefix: bool = True) -> str:
-    """A Jinja chat template that renders ``messages`` as ``generation.chat.chat_prompt`` tokenises them.
-
-    System messages (before the first user message) are joined by newlines and put, followed by a blank line,
-    before the first question; each question is rendered through ``template`` without an input and follows
-    ``bos_token``; each answer follows its prompt (after a space when SentencePiece adds one before a text, since
-    ours encodes prompt and answer apart; an empty answer is no tokens) and ends with ``eos_token``. Roles out of
-    order raise, as ours do. llama.cpp tokenises the rendered text with special tokens parsed, so ``bos_token``
-    and ``eos_token`` become their ids. The last prompt already ends with the response header, so
-    ``add_generation_prompt`` changes nothing; history is not cut to fit the context, as ours is.
-    """
-    marker = "\x00"
-    before, after = template.without_input.format(instruction=marker).split(marker)
-    gap = " " if add_space_prefix else ""
-    return "\n".join((  # every line ends in a whitespace-stripping tag, so the newlines render as nothing
-        "{%- set ns = namespace(system='', systems=0, turn=0) -%}",
-        "{%- for message in messages -%}",
-        "{%- if message['role'] == 'system' -%}",
-        "{%- if ns.turn > 0 -%}{{ raise_exception('system messages must come before the conversation') }}"
-        "{%- endif -%}",
-        "{%- set ns.system = (ns.system ~ '\\n' if ns.systems > 0 else '') ~ message['content'] -%}",
-        "{%- set ns.systems = ns.systems + 1 -%}",
-        "{%- elif message['role'] == 'user' and ns.turn % 2 == 0 -%}",
-        "{%- set question = (ns.system ~ '\\n\\n' ~ message['content']) if ns.turn == 0 and ns.system "
-        "else message['content'] -%}",
-        "{{ bos_token ~ " + _literal(before) + " ~ question ~ " + _literal(after) + " }}",
-        "{%- set ns.turn = ns.turn + 1 -%}",
-        "{%- elif message['role'] == 'assistant' and ns.turn % 2 == 1 -%}",
-        "{{ ((" + _literal(gap) + " ~ message['content']) if message['content'] else '') ~ eos_token }}",
-        "{%- set ns.turn = ns.turn + 1 -%}",
-        "{%- else -%}",
-        "{{ raise_exception('unexpected role ' ~ message['role'] ~ ': expected system messages first, then user "
-        "and assistant alternating') }}",
-        "{%- endif -%}",
-        "{%- endfor -%}",
-    ))
-
-
-def _literal(text: str) -> str:
-    """A Jinja string literal for ``text`` (JSON's escapes are Jinja's)."""
-    return json.dumps(text, ensure_ascii=False)
 
 
 def sentencepiece_from_gguf(reader, out_path: str | Path) -> int:

@@ -146,12 +146,12 @@ def load_hf_llama(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
 
 def save_hf_llama(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: str | Path,
                   spm_model_path: str | Path | None = None, max_shard_size: str | int = "5GB",
-                  dtype: torch.dtype | None = None) -> None:
+                  dtype: torch.dtype | None = None, chat_template: str | None = None) -> None:
     """Write a directory ``transformers.AutoModelForCausalLM.from_pretrained`` loads.
 
     Contents: config.json, generation_config.json, model.safetensors (or shards with an index) and, given a
-    SentencePiece model, tokenizer.model with tokenizer_config.json and special_tokens_map.json. The directory
-    appears only once complete.
+    SentencePiece model, tokenizer.model with tokenizer_config.json (holding ``chat_template``, a Jinja text, when
+    given) and special_tokens_map.json. The directory appears only once complete.
     """
     vocab = state["embedding.word.embedding.weight"].shape[0]
     dtype = dtype or state["embedding.word.embedding.weight"].dtype
@@ -168,10 +168,10 @@ def save_hf_llama(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: 
         _write_json(tmp / "generation_config.json",
                     {"bos_token_id": special["bos"], "eos_token_id": special["eos"], "pad_token_id": special["unk"]})
         if spm_model_path is not None:
-            write_hf_tokenizer(tmp, tokenizer)
+            write_hf_tokenizer(tmp, tokenizer, chat_template)
 
 
-def write_hf_tokenizer(out_dir: Path, tokenizer) -> None:
+def write_hf_tokenizer(out_dir: Path, tokenizer, chat_template: str | None = None) -> None:
     """Write ``tokenizer.model``, ``tokenizer_config.json`` and ``special_tokens_map.json`` into ``out_dir``, the
     files with which ``transformers.AutoTokenizer`` loads a ``SentencePieceTokenizer``'s model as LLaMA's."""
     import shutil
@@ -184,6 +184,7 @@ def write_hf_tokenizer(out_dir: Path, tokenizer) -> None:
         "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": True,
         "model_max_length": 1000000000000000019884624838656,
         **{f"{k}_token": v for k, v in pieces.items()}, "pad_token": None,
+        **({"chat_template": chat_template} if chat_template else {}),
     })
 
 

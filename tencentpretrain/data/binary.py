@@ -8,6 +8,8 @@ Files in a dataset directory:
   ``tokens[index[i]:index[i+1]]``, padded with the pad id to ``seq_length + 1`` by the reader.
 - ``loss_start.bin`` (only where a prompt is masked, e.g. alpaca): ``uint32`` per sample, the first target
   position whose loss counts. Targets ``[loss_start, length - 1)`` count; the others are prompt or pad.
+- ``loss_mask.bin`` (chat: several spans per sample): ``uint8`` per token of ``tokens.bin``, 1 where that token is
+  a target whose loss counts; it takes the place of ``loss_start`` (whose values are then 0).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tencentpretrain.jsonfile import read_json
 FORMAT_NAME = "tencentpretrain-binary"
 FORMAT_VERSION = 1
 META_FILE, TOKENS_FILE, INDEX_FILE, LOSS_START_FILE = "meta.json", "tokens.bin", "index.bin", "loss_start.bin"
+LOSS_MASK_FILE = "loss_mask.bin"
 
 
 class DatasetError(InputError):
@@ -101,6 +104,10 @@ class DatasetWriter:
         """Append per-sample first counted target positions (processors that mask a prompt)."""
         self._file(LOSS_START_FILE).write(np.asarray(values, dtype=np.uint32).tobytes())
 
+    def write_loss_mask(self, values: np.ndarray) -> None:
+        """Append per-token loss flags (1: the token is a counted target), aligned with the tokens written."""
+        self._file(LOSS_MASK_FILE).write(np.asarray(values, dtype=np.uint8).tobytes())
+
     def commit(self, meta: dict[str, Any]) -> Path:
         """Write ``meta.json``, fsync, and move the finished directory to ``path``."""
         self._file(TOKENS_FILE)
@@ -145,6 +152,8 @@ class BinaryDataset:
         self.tokens = _memmap(self.path / TOKENS_FILE, dtype, int(self.offsets[-1]))
         has_mask = (self.path / LOSS_START_FILE).exists()
         self.loss_start = _memmap(self.path / LOSS_START_FILE, np.uint32, samples) if has_mask else None
+        has_flags = (self.path / LOSS_MASK_FILE).exists()
+        self.loss_mask = _memmap(self.path / LOSS_MASK_FILE, np.uint8, int(self.offsets[-1])) if has_flags else None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "meta": self.meta, "seq_length": self.seq_length, "pad_id": self.pad_id}
@@ -168,6 +177,10 @@ class BinaryDataset:
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         tokens = np.full(self.seq_length + 1, self.pad_id, dtype=np.int64)
         tokens[:end - start] = self.tokens[start:end]
+        if self.loss_mask is not None:  # targets are tokens[1:]: the flags of the tokens after the first
+            mask = np.zeros(self.seq_length, dtype=np.bool_)
+            mask[:end - start - 1] = self.loss_mask[start + 1:end]
+            return tokens, mask
         first = int(self.loss_start[i]) if self.loss_start is not None else 0
         if first == 0 and end - start == self.seq_length + 1:
             return tokens, None

@@ -90,7 +90,10 @@ def _write_chunk(writer: DatasetWriter, encoded: Encoded, counts: Counter) -> No
     """Write one encoded chunk; samples of processors that give ``lengths`` are indexed right away."""
     base = writer.tokens_written
     writer.write_tokens(encoded.tokens)
-    counts.update(documents=encoded.documents, empty=encoded.empty, truncated=encoded.truncated)
+    counts.update(documents=encoded.documents, empty=encoded.empty, truncated=encoded.truncated,
+                  dropped_turns=encoded.dropped_turns, too_long=encoded.too_long)
+    if encoded.loss_mask is not None:
+        writer.write_loss_mask(encoded.loss_mask)
     if encoded.lengths is not None:
         writer.write_offsets(base + np.cumsum(encoded.lengths, dtype=np.uint64))
         writer.write_loss_start(encoded.loss_start)
@@ -109,7 +112,8 @@ def _finish_stream(writer: DatasetWriter, processor, counts: Counter) -> None:
 
 
 def _meta(spec: ProcessorSpec, tokenizer, counts: Counter) -> dict[str, Any]:
-    keys = ("documents", "samples", "tokens", "skipped", "truncated", "empty", "dropped_tokens")
+    keys = ("documents", "samples", "tokens", "skipped", "truncated", "empty", "dropped_tokens", "dropped_turns",
+            "too_long")
     return {
         "data_processor": spec.processor,
         "seq_length": spec.seq_length,
@@ -118,7 +122,8 @@ def _meta(spec: ProcessorSpec, tokenizer, counts: Counter) -> dict[str, Any]:
         "tokenizer_fingerprint": tokenizer.fingerprint,
         "special_tokens": tokenizer.special_tokens,
         "corpus_format": spec.corpus_format,
-        "options": {"tail": spec.tail} if spec.processor == "lm" else {"template": spec.template},
+        "options": {"tail": spec.tail} if spec.processor == "lm" else {"template": spec.template} if
+        spec.processor == "alpaca" else {"template": spec.template, "loss_on": spec.loss_on},
         "counts": {key: int(counts[key]) for key in keys},
     }
 

@@ -8,6 +8,8 @@ processor (and tokenizer) once from it, through :func:`build_processor`'s cache.
   that is cut into samples of ``seq_length + 1`` tokens (:meth:`LmProcessor.pack`).
 - ``alpaca``: each instruction becomes one sample ``bos + prompt + response + eos`` whose loss covers only
   the response and its eos.
+- ``chat`` (``data/chat.py``): each conversation becomes one sample rendered by a chat template, the loss on the
+  assistant turns.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class ProcessorSpec:
         seq_length: a sample has ``seq_length + 1`` tokens (inputs and shifted targets).
         corpus_format: ``text``, ``jsonl`` or ``json`` (resolved, not ``auto``).
         tail: lm only: what to do with the last partial sample (``drop`` or ``pad``).
-        template: alpaca only: the TEMPLATES name.
+        template: alpaca: the TEMPLATES name; chat: a name or a template file (``data/chat_template.py``).
+        loss_on: chat only: ``all`` assistant turns or the ``last`` one.
     """
 
     processor: str
@@ -48,6 +51,7 @@ class ProcessorSpec:
     corpus_format: str
     tail: str = "drop"
     template: str = "alpaca"
+    loss_on: str = "all"
 
 
 @dataclass
@@ -62,6 +66,9 @@ class Encoded:
         errors: ``(line_no, message)`` of invalid records, in file order.
         empty: blank documents, left out.
         truncated: samples cut to fit ``seq_length + 1``.
+        loss_mask: chat: uint8 per token, 1 where the token is a target whose loss counts (else None).
+        dropped_turns: chat: assistant turns left out to fit ``seq_length + 1``.
+        too_long: chat: conversations left out whole (their first turn alone does not fit).
     """
 
     tokens: np.ndarray
@@ -71,6 +78,9 @@ class Encoded:
     errors: list[tuple[int, str]] = field(default_factory=list)
     empty: int = 0
     truncated: int = 0
+    loss_mask: np.ndarray | None = None
+    dropped_turns: int = 0
+    too_long: int = 0
 
 
 @functools.cache

@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
+from tencentpretrain.data.chat_template import load_template
 from tencentpretrain.generation.batching import SEED_MAX, SEED_MIN, Batcher, TextRequest
 from tencentpretrain.generation.chat import Completion, chat_prompt, encode_prompt, fit_prompt, split_messages
 from tencentpretrain.generation.sampling import SamplingParams
@@ -105,7 +106,7 @@ class Service:
         engine: the token engine.
         tokenizer: its tokenizer.
         model_name: the id ``/v1/models`` reports.
-        template: the chat template (a name in ``TEMPLATES``).
+        template: the chat template (a registered name, a template file or a ``ChatTemplate``).
         seq_length: context size: prompt plus new tokens.
         max_new_tokens: default ``max_tokens``.
         sampling: default sampling settings.
@@ -117,7 +118,7 @@ class Service:
     def __init__(self, engine, tokenizer, model_name: str = "tencentpretrain", template: str = "alpaca",
                  seq_length: int = 2048, max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                  stop: tuple[str, ...] = (), max_batch_size: int = 8, prefill_chunk: int = 64):
-        self.tokenizer, self.model_name, self.template = tokenizer, model_name, template
+        self.tokenizer, self.model_name, self.template = tokenizer, model_name, load_template(template)
         self.seq_length, self.max_new_tokens, self.sampling, self.stop = seq_length, max_new_tokens, sampling, stop
         self.batcher = Batcher(engine, max_batch_size, seq_length, prefill_chunk)
         self.started = time.time()

@@ -1,8 +1,9 @@
 """Text on top of the token engine: prompts through the training template, streamed text with stop strings,
 and multi-turn chat histories cut to fit the context.
 
-Prompts are tokenised as training saw them (the ``alpaca`` data processor): ``bos + encode(prompt)`` and, for a
-finished turn, ``bos + encode(prompt) + encode(response) + eos``.
+Prompts are tokenised as training saw them (the ``alpaca`` and ``chat`` data processors): the conversation is
+rendered through the chat template (``data/chat_template.py``) and each piece tokenised as ``data/chat.py`` does;
+for the registered templates a turn is ``bos + encode(prompt) + encode(response) + eos``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from tencentpretrain.data.chat import conversation_ids
+from tencentpretrain.data.chat_template import ChatTemplate, load_template
 from tencentpretrain.generation.engine import Engine
 from tencentpretrain.generation.sampling import SamplingParams
-from tencentpretrain.registry import TEMPLATES
 
 REPLACEMENT = "\ufffd"  # what SentencePiece decodes an incomplete UTF-8 byte sequence to
 
@@ -150,36 +152,37 @@ def fit_prompt(ids: list[int], budget: int) -> list[int]:
     return ids if len(ids) <= budget else ids[:1] + ids[len(ids) - budget + 1:]
 
 
-def chat_prompt(tokenizer, template: str, history: Sequence[tuple[str, str]], question: str, budget: int,
-                system: str = "") -> list[int]:
-    """Token ids of a conversation, rendered through a training template and cut to ``budget`` tokens.
+def chat_prompt(tokenizer, template: str | ChatTemplate, history: Sequence[tuple[str, str]], question: str,
+                budget: int, system: str = "") -> list[int]:
+    """Token ids of a conversation, rendered through a chat template and cut to ``budget`` tokens.
 
     Args:
         tokenizer: the model's tokenizer.
-        template: a name in ``TEMPLATES``.
+        template: a registered name, a template file or a ``ChatTemplate`` (``load_template``).
         history: earlier (question, answer) turns, oldest first; the oldest are dropped until the prompt fits.
         question: the new user message.
         budget: the most prompt tokens (context length minus room for the answer).
-        system: text put before the first kept question (on its own paragraph).
+        system: the system message (the registered templates put it before the first kept question).
 
     Returns:
-        ``[bos + prompt + answer + eos for each kept turn] + bos + prompt`` (the last prompt itself cut from the
-        left if even it alone does not fit).
+        The ids of the kept turns and the question with the generation prompt, as ``data/chat.py`` tokenises a
+        conversation for training (the last prompt itself cut from the left if even it alone does not fit).
     """
-    render = TEMPLATES.get(template).render
+    template = load_template(template)
     for first in range(len(history) + 1):
-        kept: list[tuple[str, str | None]] = [*history[first:], (question, None)]
-        if system:
-            kept[0] = (f"{system}\n\n{kept[0][0]}", kept[0][1])
-        ids = [token for q, a in kept for token in _turn_ids(tokenizer, render(q), a)]
+        messages = [{"role": "system", "content": system}] if system else []
+        for q, a in history[first:]:
+            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        messages.append({"role": "user", "content": question})
+        ids = conversation_ids(tokenizer, template, messages, add_generation_prompt=True)[0]
         if len(ids) <= budget:
             return ids
     return fit_prompt(ids, budget)
 
 
-def _turn_ids(tokenizer, prompt: str, answer: str | None) -> list[int]:
-    ids = encode_prompt(tokenizer, prompt)
-    return ids if answer is None else ids + tokenizer.encode(answer) + [tokenizer.eos_id]
+def question_ids(tokenizer, template: str | ChatTemplate, question: str) -> list[int]:
+    """Token ids of one question through the template, uncut (``run_llama.py``'s prompts)."""
+    return chat_prompt(tokenizer, template, [], question, 1 << 62)
 
 
 def split_messages(messages: Sequence[dict]) -> tuple[str, list[tuple[str, str]], str]:
@@ -214,7 +217,7 @@ class ChatSession:
     Args:
         engine: the generation engine.
         tokenizer: the model's tokenizer.
-        template: a name in ``TEMPLATES`` (the one the model was fine-tuned with).
+        template: a registered name, a template file or a ``ChatTemplate`` (the one the model was tuned with).
         seq_length: context size: prompt plus answer never exceed it (oldest turns are dropped).
         max_new_tokens: most tokens per answer.
         sampling: how tokens are chosen.
@@ -222,14 +225,13 @@ class ChatSession:
         system: optional text before the conversation.
     """
 
-    def __init__(self, engine: Engine, tokenizer, template: str = "alpaca", seq_length: int = 2048,
+    def __init__(self, engine: Engine, tokenizer, template: str | ChatTemplate = "alpaca", seq_length: int = 2048,
                  max_new_tokens: int = 512, sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
                  system: str = ""):
         if max_new_tokens >= seq_length:
             raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in seq_length "
                              f"{seq_length}")
-        TEMPLATES.get(template)
-        self.engine, self.tokenizer, self.template = engine, tokenizer, template
+        self.engine, self.tokenizer, self.template = engine, tokenizer, load_template(template)
         self.seq_length, self.max_new_tokens = seq_length, max_new_tokens
         self.sampling, self.stop, self.system = sampling, tuple(stop), system
         self.history: list[tuple[str, str]] = []

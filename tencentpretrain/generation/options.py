@@ -9,6 +9,7 @@ import torch
 
 from tencentpretrain.cli import InputError, naming
 from tencentpretrain.config import ModelConfig
+from tencentpretrain.data.chat_template import load_template
 from tencentpretrain.dtypes import TORCH_DTYPES, auto_dtype
 from tencentpretrain.generation.engine import Engine, load_generation_model
 from tencentpretrain.generation.layout import LAYOUTS, weight_layout
@@ -74,8 +75,9 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     add_sampling_args(group)
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="stop when this text is generated (repeatable); eos always stops")
-    group.add_argument("--template", choices=TEMPLATES.names(), default="none",
-                       help="prompt template the model was fine-tuned with (none for a base model)")
+    group.add_argument("--template", default="none", metavar="NAME|FILE",
+                       help="chat template the model was tuned with: a name (" + ", ".join(TEMPLATES.names()) +
+                       "; none for a base model), a Jinja file, a tokenizer_config.json or a Hugging Face directory")
 
 
 
@@ -83,6 +85,8 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1,
                 decoding: bool = True) -> tuple[Engine, SentencePieceTokenizer]:
     """The engine and tokenizer the options describe, for generating ``batch_size`` prompts at a time
     (``decoding=False``: for scoring only, as evaluation does, so the native decoding kernel does not count)."""
+    if getattr(args, "template", None) is not None:  # checked (file, line) before the model is read
+        args.template = load_template(args.template)
     spm = args.spm_model_path
     if spm is None and Path(args.load_model_path).is_dir():
         spm = Path(args.load_model_path) / "tokenizer.model"

@@ -302,3 +302,22 @@ def test_pretrain_tunes_on_a_chat_dataset(tmp_path, tiny_spm):
     curve = losses(out.with_name("model-log.jsonl"))
     assert sorted(curve) == list(range(1, 41))
     assert sum(curve[s] for s in range(31, 41)) / 10 < curve[1] - 1.0
+
+
+def test_run_llama_reports_a_bad_template_file_before_loading_the_model(tmp_path, tiny_spm, capsys):
+    from train_support import load_script
+
+    from tencentpretrain.cli import run_cli
+
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{{ messages[0]['content'] \n", encoding="utf-8")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello\n", encoding="utf-8")
+    run_llama = load_script("run_llama", "inference")
+    argv = ["--load_model_path", str(tmp_path / "missing.bin"), "--config_path", str(tmp_path / "missing.json"),
+            "--spm_model_path", str(tiny_spm), "--test_path", str(prompts), "--prediction_path",
+            str(tmp_path / "out.txt"), "--template", str(bad)]
+    assert run_cli(run_llama.main, argv) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "line 1" in err and "missing.bin" not in err
+    assert not (tmp_path / "out.txt").exists()

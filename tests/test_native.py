@@ -2,8 +2,8 @@
 them; logits and cache writes equal the PyTorch model's, for decoding steps and for the batcher's passes of running
 rows and prompt chunks; greedy tokens equal transformers' and the PyTorch engine's on 1-3 threads, alone, batched
 with left padding and inside the continuous batcher; every model or machine it cannot take is refused with a
-reason. Every test runs with each build of onerow.c (``isa``: AVX2, and AVX-512 where the CPU has it); the two
-builds compute the same bits, and an AVX2-only CPU gets the AVX2 build."""
+reason. Every test runs with each build of onerow.c (``isa``: AVX2, and AVX-512 and AVX-512 with VNNI where the CPU
+has them); the builds compute the same bits, and an AVX2-only CPU gets the AVX2 build."""
 
 from __future__ import annotations
 
@@ -92,6 +92,7 @@ def test_a_rows_product_does_not_depend_on_the_rows_beside_it():
 
 AVX2_ONLY = CPU("AMD EPYC 7B13", 2, frozenset({"avx2", "fma"}))
 AVX512 = CPU("Intel(R) Xeon(R) Processor", 2, frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}))
+AVX512_NO_VNNI = CPU("Intel(R) Xeon(R) Gold 6148", 2, frozenset({"avx2", "fma", "avx512f"}))
 
 
 def test_an_avx2_only_cpu_gets_the_avx2_build():
@@ -99,14 +100,17 @@ def test_an_avx2_only_cpu_gets_the_avx2_build():
     assert native.choose_isa(AVX2_ONLY, "avx2") == "avx2"
     with pytest.raises(native.Unsupported, match="needs avx512f"):
         native.choose_isa(AVX2_ONLY, "avx512")
-    assert native.choose_isa(AVX512) == "avx512" and native.choose_isa(AVX512, "avx2") == "avx2"
+    assert native.choose_isa(AVX512) == "avx512vnni" and native.choose_isa(AVX512, "avx2") == "avx2"
+    assert native.choose_isa(AVX512_NO_VNNI) == "avx512"
+    with pytest.raises(native.Unsupported, match="needs avx512_vnni"):
+        native.choose_isa(AVX512_NO_VNNI, "avx512vnni")
     with pytest.raises(native.Unsupported, match="not auto or one of avx2, avx512"):
         native.choose_isa(AVX512, "avx1024")
 
 
 def test_the_environment_picks_the_build_and_the_build_is_what_it_says(isa):
     lib = native.load_library()
-    assert lib.isa == isa and lib.vector_bits() == {"avx2": 256, "avx512": 512}[isa]
+    assert lib.isa == isa and lib.vector_bits() == {"avx2": 256, "avx512": 512, "avx512vnni": 512}[isa]
     assert native.Team(1).lib is lib and native.Team(1, "avx2").lib.vector_bits() == 256
 
 

@@ -6,9 +6,11 @@ llama.cpp's own converter permutes transformers' q/k rows back to that layout, a
 reads a Hugging Face directory.
 
 Tensors are read lazily (a memory-mapped ``.bin``, ``safetensors`` slices) and written one at a time after the header,
-so converting takes about one tensor of memory. Quantisation is the ``gguf`` package's own (``gguf.quants``):
-q8_0 and q4_0 store blocks of 32 weights with one scale; norms stay f32, and under q4_0 the output projection (or the
-tied embedding that serves as it) is kept in q8_0, as llama.cpp's quantiser keeps it in higher precision.
+so converting takes about one tensor of memory. q8_0 is quantised by ``generation/q8.py`` (ggml's reference
+arithmetic, the quantiser ``--quant q8_0`` decodes with; tested equal to ``gguf.quants``), q4_0 by the ``gguf``
+package (``gguf.quants``). Both store blocks of 32 weights with one scale; norms stay f32, and under q4_0 the output
+projection (or the tied embedding that serves as it) is kept in q8_0, as llama.cpp's quantiser keeps it in higher
+precision.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from tencentpretrain.convert.llama import (
     config_from_hf,
     permute_rotary,
 )
+from tencentpretrain.generation import q8
 from tencentpretrain.model import build_model
 
 ARCH = "llama"
@@ -129,10 +132,15 @@ def tensor_type(name: str, shape: tuple[int, ...], outtype: str, tied: bool):
 
 
 def encode(tensor: torch.Tensor, qtype) -> np.ndarray:
-    """The bytes llama.cpp reads for ``tensor`` in ``qtype`` (an array of the GGUF element type or of uint8)."""
-    from gguf import quants
+    """The bytes llama.cpp reads for ``tensor`` in ``qtype`` (an array of the GGUF element type or of uint8): q8_0
+    through ``generation/q8.py``'s quantiser (the one the q8_0 engine holds, so the two agree bit for bit), the
+    others through the ``gguf`` package's."""
+    from gguf import GGMLQuantizationType, quants
 
-    return quants.quantize(tensor.detach().to(torch.float32).contiguous().numpy(), qtype)
+    array = tensor.detach().to(torch.float32).contiguous().numpy()
+    if qtype == GGMLQuantizationType.Q8_0:
+        return q8.gguf_bytes(*q8.quantize_blocks(array))
+    return quants.quantize(array, qtype)
 
 
 def gguf_plan(config: ModelConfig, tensors: dict[str, LazyTensor], outtype: str) -> list[tuple[str, str, object]]:

@@ -50,22 +50,27 @@ from torch import nn
 
 from tencentpretrain.embeddings.embedding import WordEmbedding
 from tencentpretrain.generation.layout import PackedLinear
+from tencentpretrain.generation.q8 import Q8Linear, Q8Weight
 from tencentpretrain.hardware import CPU, cpu
 from tencentpretrain.layers.activations import silu
 from tencentpretrain.layers.feed_forward import GatedFeedForward
 from tencentpretrain.layers.norm import RMSNorm
 
 SOURCE = Path(__file__).with_name("onerow.c")
-FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
-# The builds of onerow.c: the flags each adds to FLAGS, and the CPU features (hardware.py's names) it needs.
-ISAS = {"avx2": ((), ("avx2", "fma")), "avx512": (("-mavx512f",), ("avx2", "fma", "avx512f"))}
+FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
+# The builds of onerow.c: the flags each adds to FLAGS, and the CPU features (hardware.py's names) it needs (every
+# AVX2 CPU has F16C; every one with AVX512-VNNI has AVX-512 VL and BW). ``avx512vnni`` is ``avx512`` whose q8_0
+# products sum each block's int8 products with VNNI's dpbusd (the same integers as AVX2's maddubs/madd).
+ISAS = {"avx2": ((), ("avx2", "fma")), "avx512": (("-mavx512f",), ("avx2", "fma", "avx512f")),
+        "avx512vnni": (("-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512vnni"),
+                       ("avx2", "fma", "avx512f", "avx512_vnni"))}
 SPIN_NS = 2_000_000  # an idle worker spins this long (between tokens and requests) before it sleeps
 
 P, L = ctypes.c_void_p, ctypes.c_long
 
 
 class Matrix(ctypes.Structure):
-    _fields_ = [("w", P), ("out", L), ("in_", L), ("transposed", L)]
+    _fields_ = [("w", P), ("out", L), ("in_", L), ("transposed", L), ("q", P), ("d", P)]
 
 
 class Layer(ctypes.Structure):
@@ -123,14 +128,14 @@ def choose_isa(processor: CPU, setting: str = "auto") -> str:
 
     Args:
         processor: the CPU (``hardware.cpu()``).
-        setting: ``auto`` (the widest build the CPU runs: ``avx512`` with AVX-512F, else ``avx2``) or a build's
-            name (``TP_NATIVE_ISA``).
+        setting: ``auto`` (the widest build the CPU runs: ``avx512vnni`` with AVX512-VNNI, ``avx512`` with
+            AVX-512F, else ``avx2``) or a build's name (``TP_NATIVE_ISA``).
 
     Raises:
         Unsupported: an unknown setting, or a build the CPU cannot run.
     """
     if setting == "auto":
-        return "avx512" if all(processor.has(flag) for flag in ISAS["avx512"][1]) else "avx2"
+        return next(isa for isa in ("avx512vnni", "avx512", "avx2") if all(processor.has(f) for f in ISAS[isa][1]))
     if setting not in ISAS:
         raise Unsupported(f"TP_NATIVE_ISA={setting!r} is not auto or one of {', '.join(ISAS)}")
     missing = [flag for flag in ISAS[setting][1] if not processor.has(flag)]
@@ -186,6 +191,8 @@ def load_library(isa: str | None = None) -> ctypes.CDLL:
     lib.forward_rows.restype = None
     lib.forward_rows.argtypes = [P, ctypes.POINTER(ModelStruct), L, P, P, P, P, P, L, P, L, P, P, P]
     lib.vector_bits.restype, lib.vector_bits.argtypes = ctypes.c_int, []
+    lib.q8_vnni.restype, lib.q8_vnni.argtypes = ctypes.c_int, []
+    lib.quantize_row_q8.restype, lib.quantize_row_q8.argtypes = None, [P, L, P, P]
     lib.isa = isa
     return lib
 
@@ -212,13 +219,20 @@ class Team:
             self.lib.team_free(self.handle)
             self.handle = None
 
-    def product(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``x @ weight.T`` for a float32 (out, in) weight, row- or column-major, and float32 rows ``x`` (rows, in)."""
-        matrix, _ = matrix_of(weight, "weight")
+    def product(self, weight, x: torch.Tensor) -> torch.Tensor:
+        """``x @ weight.T`` for a float32 (out, in) weight, row- or column-major, and float32 rows ``x`` (rows, in);
+        or, for a ``Q8Weight``, the q8_0 product (``x`` quantised to q8_0, integer block sums times scales)."""
+        matrix, _ = q8_matrix_of(weight) if isinstance(weight, Q8Weight) else matrix_of(weight, "weight")
         x = x.detach().float().contiguous()
         out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
         self.lib.team_product(self.handle, ctypes.byref(matrix), x.data_ptr(), x.shape[0], out.data_ptr())
         return out
+
+
+def q8_matrix_of(weight: Q8Weight) -> tuple[Matrix, Q8Weight]:
+    """The C description of a q8_0 weight, and the object to keep."""
+    out, in_ = weight.shape
+    return Matrix(0, out, in_, 0, weight.qs.data_ptr(), weight.scales.data_ptr()), weight
 
 
 def matrix_of(weight: torch.Tensor | None, name: str) -> tuple[Matrix, torch.Tensor]:
@@ -248,7 +262,7 @@ def linear_weight(module: nn.Module, name: str) -> torch.Tensor | None:
     """The weight of a bias-free float linear layer: an ``nn.Linear``, or ``PackedLinear``'s dense copy (None for a
     layer packed without one)."""
     if type(module) is not nn.Linear and not isinstance(module, PackedLinear):
-        raise Unsupported(f"{name} is a {type(module).__name__} (e.g. int8), not a float linear layer")
+        raise Unsupported(f"{name} is a {type(module).__name__} (e.g. --int8), not a float or q8_0 linear layer")
     if module.bias is not None:
         raise Unsupported(f"{name} has a bias")
     return module.weight
@@ -310,6 +324,10 @@ class NativeDecoder:
             return pointer
 
         def mat(module, name):
+            if isinstance(module, Q8Linear):
+                matrix, kept = q8_matrix_of(module.q8)
+                keep.append(kept)
+                return matrix
             matrix, kept = matrix_of(linear_weight(module, name), f"{name}.weight")
             keep.append(kept)
             return matrix

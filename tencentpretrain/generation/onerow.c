@@ -167,6 +167,8 @@ typedef struct {
     const float *w;
     long out, in;
     long transposed;
+    const signed char *q;     /* q8_0 weights instead of w when not NULL: `out` rows of q8_blocks(in) * 32 int8 */
+    const unsigned short *d;  /* and their scales, one float16 per block (out rows of q8_blocks(in)) */
 } matrix;
 
 static inline float hsum(__m256 v) {
@@ -625,6 +627,135 @@ static inline __attribute__((always_inline)) void cols_axpy_n(const float *wt, l
     }
 }
 
+
+/* ---- q8_0 products ---- */
+
+/* llama.cpp's q8_0: blocks of 32 values, each stored as round(v / d) in int8 with one float16 scale d = max|v| / 127
+ * (rounded half away from zero, with the float32 1 / d; d = 0 for a block of zeros). A row whose length is not a
+ * multiple of 32 ends in a block padded with zeros, which add nothing to the integer sums. The input rows of a
+ * q8_0 product are quantised in the same way (q8_0 activations) and each block's dot product is an integer sum. */
+#define Q8_BLOCK 32
+
+static inline long q8_blocks(long n) { return (n + Q8_BLOCK - 1) / Q8_BLOCK; }
+
+/* `rows` rows quantised to q8_0: row j at q + j * blocks * 32, its scales at d + j * blocks. */
+typedef struct {
+    signed char *q;
+    unsigned short *d;
+    long blocks;
+} q8_rows;
+
+/* round(t) half away from zero for integral-or-not floats, exactly: floor(|t|) + floor(2 (|t| - floor(|t|))), with
+ * t's sign (the gguf package's np_roundf, which is C's roundf). */
+static inline __m256 round_away(__m256 t) {
+    __m256 sign = _mm256_set1_ps(-0.0f), a = _mm256_andnot_ps(sign, t), f = _mm256_floor_ps(a);
+    __m256 frac2 = _mm256_mul_ps(_mm256_sub_ps(a, f), _mm256_set1_ps(2.0f));
+    return _mm256_or_ps(_mm256_add_ps(f, _mm256_floor_ps(frac2)), _mm256_and_ps(sign, t));
+}
+
+/* One row of n floats to q8_0 (q8_blocks(n) blocks). */
+void quantize_row_q8(const float *x, long n, signed char *q, unsigned short *d) {
+    long blocks = q8_blocks(n);
+    for (long b = 0; b < blocks; b++) {
+        float v[Q8_BLOCK];
+        long m = n - b * Q8_BLOCK < Q8_BLOCK ? n - b * Q8_BLOCK : Q8_BLOCK;
+        memcpy(v, x + b * Q8_BLOCK, sizeof(float) * m);
+        for (long k = m; k < Q8_BLOCK; k++)
+            v[k] = 0.0f;
+        __m256 sign = _mm256_set1_ps(-0.0f), top = _mm256_setzero_ps();
+        for (int k = 0; k < Q8_BLOCK; k += 8)
+            top = _mm256_max_ps(top, _mm256_andnot_ps(sign, _mm256_loadu_ps(v + k)));
+        float lanes[8], amax = 0.0f;
+        _mm256_storeu_ps(lanes, top);
+        for (int k = 0; k < 8; k++)
+            amax = lanes[k] > amax ? lanes[k] : amax;
+        float scale = amax / 127.0f, inverse = scale != 0.0f ? 1.0f / scale : 0.0f;
+        d[b] = _cvtss_sh(scale, 0);
+        for (int k = 0; k < Q8_BLOCK; k += 8) {
+            int ints[8];
+            __m256 t = round_away(_mm256_mul_ps(_mm256_loadu_ps(v + k), _mm256_set1_ps(inverse)));
+            _mm256_storeu_si256((__m256i *)ints, _mm256_cvtps_epi32(t));
+            for (int i = 0; i < 8; i++)
+                q[b * Q8_BLOCK + k + i] = (signed char)ints[i];
+        }
+    }
+}
+
+static void quantize_rows_q8(const float *x, long rows, long n, const q8_rows *out) {
+    for (long j = 0; j < rows; j++)
+        quantize_row_q8(x + j * n, n, out->q + j * out->blocks * Q8_BLOCK, out->d + j * out->blocks);
+}
+
+int q8_vnni(void) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* The eight int32 sums of four adjacent products w[4i .. 4i + 3] . x[4i .. 4i + 3] of a block (values within
+ * +-127, so no 16-bit sum saturates): VNNI's dpbusd, else AVX2's maddubs and madd, the same integers. */
+static inline __m256i dot4_i8(__m256i w, __m256i x) {
+    __m256i magnitude = _mm256_sign_epi8(w, w), signed_x = _mm256_sign_epi8(x, w);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), magnitude, signed_x);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed_x), _mm256_set1_epi16(1));
+#endif
+}
+
+/* acc + float(sums) * (dw * dx): how every q8_0 product adds a block (a multiply, then an add, each rounded). */
+static inline __m256 q8_add(__m256 acc, __m256i sums, float dw, float dx) {
+    return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(dw * dx)));
+}
+
+/* The q8_0 dot product of one weight row and one quantised input row: eight lanes summed block by block, then
+ * across the lanes as hsum does. */
+static float q8_dot(const signed char *wq, const unsigned short *wd, const signed char *xq, const unsigned short *xd,
+                    long blocks) {
+    __m256 acc = _mm256_setzero_ps();
+    for (long b = 0; b < blocks; b++) {
+        __m256i sums = dot4_i8(_mm256_loadu_si256((const __m256i *)(wq + b * Q8_BLOCK)),
+                               _mm256_loadu_si256((const __m256i *)(xq + b * Q8_BLOCK)));
+        acc = q8_add(acc, sums, _cvtsh_ss(wd[b]), _cvtsh_ss(xd[b]));
+    }
+    return hsum(acc);
+}
+
+/* y[j, r] for r in [lo, hi) and the `rows` quantised input rows: one input row, four weight rows at a time (the
+ * same sums as q8_dot); several, each weight row against every input row while it is in L1. */
+static void q8_product(const matrix *m, const q8_rows *x, long rows, float *y, long ldy, long lo, long hi) {
+    long blocks = q8_blocks(m->in), stride = blocks * Q8_BLOCK;
+    long r = lo;
+    if (rows == 1) {
+        const signed char *xq = x->q;
+        const unsigned short *xd = x->d;
+        for (; r + 4 <= hi; r += 4) {
+            const signed char *w0 = m->q + r * stride, *w1 = w0 + stride, *w2 = w1 + stride, *w3 = w2 + stride;
+            const unsigned short *d0 = m->d + r * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (long b = 0; b < blocks; b++) {
+                long c = b * Q8_BLOCK;
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + c));
+                float dx = _cvtsh_ss(xd[b]);
+                a0 = q8_add(a0, dot4_i8(_mm256_loadu_si256((const __m256i *)(w0 + c)), xv), _cvtsh_ss(d0[b]), dx);
+                a1 = q8_add(a1, dot4_i8(_mm256_loadu_si256((const __m256i *)(w1 + c)), xv), _cvtsh_ss(d1[b]), dx);
+                a2 = q8_add(a2, dot4_i8(_mm256_loadu_si256((const __m256i *)(w2 + c)), xv), _cvtsh_ss(d2[b]), dx);
+                a3 = q8_add(a3, dot4_i8(_mm256_loadu_si256((const __m256i *)(w3 + c)), xv), _cvtsh_ss(d3[b]), dx);
+            }
+            y[r] = hsum(a0);
+            y[r + 1] = hsum(a1);
+            y[r + 2] = hsum(a2);
+            y[r + 3] = hsum(a3);
+        }
+    }
+    for (; r < hi; r++)
+        for (long j = 0; j < rows; j++)
+            y[j * ldy + r] = q8_dot(m->q + r * stride, m->d + r * blocks, x->q + j * x->blocks * Q8_BLOCK,
+                                    x->d + j * x->blocks, blocks);
+}
+
 #define ROWS_CASE(n)                                                                                              \
     case n:                                                                                                       \
         if (m->transposed)                                                                                        \
@@ -636,8 +767,14 @@ static inline __attribute__((always_inline)) void cols_axpy_n(const float *wt, l
 /* y[b, lo:hi] of m x[b] for `rows` input rows of m->in (y's rows `ldy` apart). Up to MAX_ROWS rows (decoding),
  * each weight row is streamed once for all of them (rows_dot_1, rows_dot_n: the fastest when the weight comes from
  * memory); more rows (prompts), row-major weights go through the register-blocked rows_dot, transposed ones
- * MAX_ROWS rows per pass. The sums run in the same order in every kernel. */
-static void product(const matrix *m, const float *x, long rows, float *y, long ldy, long lo, long hi) {
+ * MAX_ROWS rows per pass. The sums run in the same order in every kernel. A q8_0 weight (m->q) multiplies the
+ * input rows quantised to q8_0 (xq) in q8_product. */
+static void product(const matrix *m, const float *x, const q8_rows *xq, long rows, float *y, long ldy, long lo,
+                    long hi) {
+    if (m->q != NULL) {
+        q8_product(m, xq, rows, y, ldy, lo, hi);
+        return;
+    }
     if (!m->transposed && rows > MAX_ROWS) {
         rows_dot(m->w, m->in, x, rows, y, ldy, lo, hi);
         return;
@@ -673,7 +810,8 @@ typedef struct {
     const matrix *m[3];
     const float *x;
     long rows;
-    float *y[3]; /* y[i] holds rows x m[i]->out */
+    float *y[3];      /* y[i] holds rows x m[i]->out */
+    const q8_rows *xq; /* x quantised to q8_0, for q8_0 weights (else unused) */
 } products_task;
 
 static void run_products(void *p, int index, int count) {
@@ -686,15 +824,23 @@ static void run_products(void *p, int index, int count) {
     for (int i = 0; i < t->n && base < hi; i++) {
         long out = t->m[i]->out, a = lo > base ? lo - base : 0, b = hi - base < out ? hi - base : out;
         if (a < b)
-            product(t->m[i], t->x, t->rows, t->y[i], out, a, b);
+            product(t->m[i], t->x, t->xq, t->rows, t->y[i], out, a, b);
         base += out;
     }
 }
 
 /* y = x m^T on the team for `rows` rows of x (tested against F.linear). */
 void team_product(team_t *team, const matrix *m, const float *x, long rows, float *y) {
-    products_task t = {1, {m}, x, rows, {y}};
+    q8_rows xq = {NULL, NULL, q8_blocks(m->in)};
+    if (m->q != NULL) {
+        xq.q = malloc(rows * xq.blocks * Q8_BLOCK + 1);
+        xq.d = malloc(sizeof(unsigned short) * (rows * xq.blocks + 1));
+        quantize_rows_q8(x, rows, m->in, &xq);
+    }
+    products_task t = {1, {m}, x, rows, {y}, &xq};
     team_run(team, run_products, &t);
+    free(xq.q);
+    free(xq.d);
 }
 
 /* h = silu(x gate^T) * (x up^T), split by columns of h; g and u hold the two products. */
@@ -703,6 +849,7 @@ typedef struct {
     const float *x;
     long rows;
     float *g, *u, *h;
+    const q8_rows *xq;
 } gated_task;
 
 static void run_gated(void *p, int index, int count) {
@@ -711,8 +858,8 @@ static void run_gated(void *p, int index, int count) {
     share(ff, 16, index, count, &lo, &hi);
     if (lo >= hi)
         return;
-    product(t->gate, t->x, t->rows, t->g, ff, lo, hi);
-    product(t->up, t->x, t->rows, t->u, ff, lo, hi);
+    product(t->gate, t->x, t->xq, t->rows, t->g, ff, lo, hi);
+    product(t->up, t->x, t->xq, t->rows, t->u, ff, lo, hi);
     for (long b = 0; b < t->rows; b++)
         swiglu(t->g + b * ff + lo, t->u + b * ff + lo, t->h + b * ff + lo, hi - lo);
 }
@@ -864,6 +1011,29 @@ static long argmax(const float *x, long n) {
     return at;
 }
 
+/* Whether any product of the model has q8_0 weights. */
+static int uses_q8(const model_t *m) {
+    if (m->head.q != NULL)
+        return 1;
+    for (long l = 0; l < m->layers; l++)
+        if (m->layer[l].q.q || m->layer[l].k.q || m->layer[l].v.q || m->layer[l].o.q || m->layer[l].gate.q ||
+            m->layer[l].up.q || m->layer[l].down.q)
+            return 1;
+    return 0;
+}
+
+/* The `rows` rows of n floats at x quantised into q / d for a q8_0 weight m (NULL, nothing done, for a float one). */
+static const q8_rows *quantized_input(const matrix *m, const float *x, long rows, long n, signed char *q,
+                                      unsigned short *d, q8_rows *out) {
+    if (m->q == NULL)
+        return NULL;
+    out->q = q;
+    out->d = d;
+    out->blocks = q8_blocks(n);
+    quantize_rows_q8(x, rows, n, out);
+    return out;
+}
+
 /* Scratch floats forward_rows needs for `rows` rows attending to at most `span` columns each, on `threads`. */
 long scratch_size(const model_t *m, long rows, long span, int threads) {
     return rows * (5 * m->hidden + 2 * m->kv_heads * m->head_dim + 3 * m->feedforward) + threads * span;
@@ -885,11 +1055,21 @@ void forward_rows(team_t *team, const model_t *m, long rows, const long *tokens,
     float *g = v + rows * kv_size, *u = g + rows * ff, *h = u + rows * ff, *scores = h + rows * ff;
     for (long b = 0; b < rows; b++)
         memcpy(x + b * hidden, m->embedding + tokens[b] * hidden, sizeof(float) * hidden);
+    long widest = q8_blocks(hidden > ff ? hidden : ff);
+    q8_rows xq = {NULL, NULL, 0}; /* the input rows of each q8_0 product, quantised (set by quantized_input) */
+    signed char *xq_q = NULL;
+    unsigned short *xq_d = NULL;
+    if (uses_q8(m)) {
+        xq_q = malloc(rows * widest * Q8_BLOCK);
+        xq_d = malloc(sizeof(unsigned short) * rows * widest);
+    }
     for (long l = 0; l < m->layers; l++) {
         const layer_t *layer = &m->layer[l];
         for (long b = 0; b < rows; b++)
             rms_norm(x + b * hidden, layer->attention_norm, hidden, m->eps, normed + b * hidden);
-        products_task qkv = {3, {&layer->q, &layer->k, &layer->v}, normed, rows, {q, k, v}};
+        const matrix *any_qkv = layer->q.q ? &layer->q : layer->k.q ? &layer->k : &layer->v; /* q8_0 or not */
+        const q8_rows *in = quantized_input(any_qkv, normed, rows, hidden, xq_q, xq_d, &xq);
+        products_task qkv = {3, {&layer->q, &layer->k, &layer->v}, normed, rows, {q, k, v}, in};
         team_run(team, run_products, &qkv);
         for (long b = 0; b < rows; b++) {
             const float *c = cos + positions[b] * half, *sn = sin + positions[b] * half;
@@ -904,23 +1084,30 @@ void forward_rows(team_t *team, const model_t *m, long rows, const long *tokens,
         }
         attention_task attention = {m, row, l, rows, span, q, attended, scores};
         team_run(team, run_attention, &attention);
-        products_task o = {1, {&layer->o}, attended, rows, {projected}};
+        products_task o = {1, {&layer->o}, attended, rows, {projected},
+                           quantized_input(&layer->o, attended, rows, hidden, xq_q, xq_d, &xq)};
         team_run(team, run_products, &o);
         for (long i = 0; i < rows * hidden; i++)
             x[i] += projected[i];
         for (long b = 0; b < rows; b++)
             rms_norm(x + b * hidden, layer->feed_forward_norm, hidden, m->eps, normed + b * hidden);
-        gated_task gated = {&layer->gate, &layer->up, normed, rows, g, u, h};
+        gated_task gated = {&layer->gate, &layer->up, normed, rows, g, u, h,
+                            quantized_input(layer->gate.q ? &layer->gate : &layer->up, normed, rows, hidden, xq_q,
+                                            xq_d, &xq)};
         team_run(team, run_gated, &gated);
-        products_task down = {1, {&layer->down}, h, rows, {projected}};
+        products_task down = {1, {&layer->down}, h, rows, {projected},
+                              quantized_input(&layer->down, h, rows, ff, xq_q, xq_d, &xq)};
         team_run(team, run_products, &down);
         for (long i = 0; i < rows * hidden; i++)
             x[i] += projected[i];
     }
     for (long i = 0; i < picks; i++)
         rms_norm(x + pick[i] * hidden, m->final_norm, hidden, m->eps, normed + i * hidden);
-    products_task head = {1, {&m->head}, normed, picks, {logits}};
+    products_task head = {1, {&m->head}, normed, picks, {logits},
+                          quantized_input(&m->head, normed, picks, hidden, xq_q, xq_d, &xq)};
     team_run(team, run_products, &head);
+    free(xq_q);
+    free(xq_d);
     for (long i = 0; best && i < picks; i++)
         best[i] = argmax(logits + i * m->vocab, m->vocab);
 }

@@ -14,7 +14,7 @@ from tencentpretrain.dtypes import TORCH_DTYPES, auto_dtype
 from tencentpretrain.generation.engine import Engine, load_generation_model
 from tencentpretrain.generation.layout import LAYOUTS, weight_layout
 from tencentpretrain.generation.native import native_unavailable
-from tencentpretrain.generation.prepare import prepare_for_inference
+from tencentpretrain.generation.prepare import QUANTS, prepare_for_inference
 from tencentpretrain.generation.sampling import SamplingParams
 from tencentpretrain.generation.threads import use_threads
 from tencentpretrain.registry import TEMPLATES
@@ -46,8 +46,12 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
                        help="weight dtype; auto: bfloat16 where it is faster than float32 (GPUs with bf16, CPUs "
                             "with AMX, except where the float32 native kernel decodes), else float32 "
                             "(docs/machines.md)")
-    group.add_argument("--int8", action="store_true",
-                       help="weight-only int8 linear layers, one scale per output channel (about 4x less memory)")
+    group.add_argument("--quant", choices=QUANTS, default="none",
+                       help="quantised linear layers: q8_0 (llama.cpp's blocks of 32 int8 weights with a float16 "
+                            "scale, input rows quantised alike, integer dot products in the native kernel; float32 "
+                            "CPU models), int8 (PyTorch, weight-only, one scale per output channel, the same as "
+                            "--int8); about 4x less weight memory either way (docs/inference.md)")
+    group.add_argument("--int8", action="store_true", help="the same as --quant int8")
     group.add_argument("--weight_layout", choices=("auto",) + LAYOUTS, default="auto",
                        help="how float32 CPU weights are laid out for speed: row (fastest for native decoding), "
                             "column (fastest for one prompt at a time in PyTorch), packed (oneDNN, fastest for "
@@ -104,16 +108,27 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1,
     check_model_vocab(model, tokenizer, args)
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
-    native = args.device == "cpu" and dtype == torch.float32 and not args.int8 and native_unavailable(model) is None
-    if requested is None and dtype == torch.float32 and not args.int8 and not (decoding and native) \
+    quant = quant_of(args)
+    native = args.device == "cpu" and dtype == torch.float32 and quant != "int8" and native_unavailable(model) is None
+    if requested is None and dtype == torch.float32 and quant == "none" and not (decoding and native) \
             and auto_dtype(args.device) == torch.bfloat16:  # an AMX CPU, where PyTorch would run in float32
         model.to(torch.bfloat16)
         dtype, native = torch.bfloat16, False
     layout = weight_layout(args.weight_layout, batch_size, args.device, dtype, native=native)
-    prepare_for_inference(model, int8=args.int8, layout=layout, batch_size=batch_size)
+    prepare_for_inference(model, layout=layout, batch_size=batch_size, quant=quant)
     engine = Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id)
     use_threads(engine, args.threads)
     return engine, tokenizer
+
+
+def quant_of(args: argparse.Namespace) -> str:
+    """The quantisation ``--quant`` and ``--int8`` ask for (one of ``prepare.QUANTS``)."""
+    quant = getattr(args, "quant", "none")
+    if getattr(args, "int8", False):
+        if quant not in ("none", "int8"):
+            raise InputError(f"--int8 is --quant int8; it contradicts --quant {quant}")
+        return "int8"
+    return quant
 
 
 def check_model_vocab(model, tokenizer: SentencePieceTokenizer, args: argparse.Namespace) -> None:

@@ -117,6 +117,13 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
         elif tuple(state[name].shape) != tuple(shape):
             problems.append(f"tensor {name}: checkpoint has shape {list(state[name].shape)}, "
                             f"the model config expects {list(shape)}")
+    tied = getattr(model, "config", None) is not None and model.config.tie_weights
+    embedding = state.get("embedding.word.embedding.weight")
+    if tied and LM_HEAD in state and embedding is not None and state[LM_HEAD] is not embedding and \
+            state[LM_HEAD].shape == embedding.shape and not embedding.is_meta and \
+            not torch.equal(state[LM_HEAD], embedding):
+        problems.append(f"tensor {LM_HEAD} differs from embedding.word.embedding.weight, but the config ties them "
+                        "(tie_weights: true); use an untied config")
     problems += [f"unexpected tensor {name} with shape {list(state[name].shape)}"
                  for name in sorted(set(state) - set(expected))]
     if problems:

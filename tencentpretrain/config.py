@@ -15,7 +15,16 @@ from typing import Any
 
 from tencentpretrain.cli import InputError
 from tencentpretrain.jsonfile import read_json_object
-from tencentpretrain.registry import ACTIVATIONS, DATA_PROCESSORS, EMBEDDINGS, ENCODERS, FEED_FORWARDS, NORMS, TARGETS
+from tencentpretrain.registry import (
+    ACTIVATIONS,
+    DATA_PROCESSORS,
+    EMBEDDINGS,
+    ENCODERS,
+    FEED_FORWARDS,
+    NORMS,
+    ROPE_SCALINGS,
+    TARGETS,
+)
 
 MASKS = ("causal", "fully_visible")
 LAYERNORM_POSITIONS = ("pre", "post")
@@ -23,6 +32,56 @@ LAYERNORM_POSITIONS = ("pre", "post")
 
 class ConfigError(InputError):
     """A model config that cannot describe a model; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """The ``rope_scaling`` object: how the rotary frequencies are stretched beyond the pretraining context.
+
+    Keys are transformers' (``rope_type`` one of ``ROPE_SCALINGS.names()``: ``linear``, ``dynamic``, ``llama3``,
+    ``yarn``); each type's required keys are checked here and its frequencies computed in ``layers/rope_scaling.py``.
+    """
+
+    rope_type: str
+    factor: float | None = None
+    original_max_position_embeddings: int | None = None
+    low_freq_factor: float | None = None  # llama3
+    high_freq_factor: float | None = None  # llama3
+    beta_fast: float | None = None  # yarn (default 32)
+    beta_slow: float | None = None  # yarn (default 1)
+    attention_factor: float | None = None  # yarn: scale of cos/sin (default from factor and mscale)
+    mscale: float | None = None  # yarn
+    mscale_all_dim: float | None = None  # yarn
+    truncate: bool = True  # yarn: round the correction range to whole dimensions
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "") -> RopeScaling:
+        """Read the JSON object strictly: unknown keys, unknown types and missing required keys raise."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}rope_scaling must be an object such as {{\"rope_type\": \"linear\", "
+                              f"\"factor\": 2.0}} or null, got {data!r}")
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ConfigError(f"{where}unknown rope_scaling key(s) {', '.join(map(repr, unknown))}; "
+                              f"valid keys: {', '.join(sorted(valid))}")
+        kind = data.get("rope_type")
+        if kind not in ROPE_SCALINGS:
+            raise ConfigError(f"{where}unsupported rope_scaling rope_type {kind!r}; "
+                              f"known: {', '.join(ROPE_SCALINGS.names())}")
+        missing = [key for key in ROPE_SCALINGS.get(kind).required if data.get(key) is None]
+        if missing:
+            raise ConfigError(f"{where}rope_scaling of type {kind!r} needs {', '.join(missing)}")
+        for key, value in data.items():
+            if key not in ("rope_type", "truncate") and value is not None and (
+                    not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+                raise ConfigError(f"{where}rope_scaling {key} must be a positive number, got {value!r}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, without the keys left at None."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None and not (f.name == "truncate" and self.truncate)}
 
 
 @dataclass(frozen=True)
@@ -51,6 +110,11 @@ class ModelConfig:
     remove_embedding_layernorm: bool = False
     rotary_position_embedding: bool = False
     rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None  # {"rope_type": "llama3" | "linear" | "dynamic" | "yarn", ...}
+    attention_head_size: int | None = None  # width of one head when it is not hidden_size / heads_num (Qwen3)
+    qkv_bias: bool = False  # biases on the query/key/value projections only, not the output (Qwen2)
+    qk_norm: bool = False  # a `layernorm` over each query and key head before the rotation (Qwen3)
+    sliding_window: int | None = None  # each query sees only the last sliding_window keys, itself included (Mistral)
     tie_weights: bool = False
     has_lmtarget_bias: bool = False
     vocab_size: int | None = None  # None: taken from the tokenizer or the checkpoint
@@ -63,6 +127,9 @@ class ModelConfig:
         for name in ("embedding", "target"):  # JSON gives lists; keep the dataclass hashable and immutable
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            where = f"{self.source}: " if self.source else ""
+            object.__setattr__(self, "rope_scaling", RopeScaling.from_dict(self.rope_scaling, where))
         self._check()
 
     # ----------------------------------------------------------------------------------------------- loading
@@ -93,6 +160,8 @@ class ModelConfig:
             value = getattr(self, f.name)
             if f.name == "source" or value is None:
                 continue
+            if isinstance(value, RopeScaling):
+                value = value.to_dict()
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -112,8 +181,8 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        """Width of one attention head."""
-        return self.hidden_size // self.heads_num
+        """Width of one attention head: ``attention_head_size``, else ``hidden_size / heads_num``."""
+        return self.attention_head_size or self.hidden_size // self.heads_num
 
     # ----------------------------------------------------------------------------------------------- checking
     def _check_types(self) -> None:
@@ -145,12 +214,16 @@ class ModelConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 fail(f"{key} must be a positive integer, got {value!r}")
         for key in ("remove_transformer_bias", "remove_embedding_layernorm", "rotary_position_embedding",
-                    "tie_weights", "has_lmtarget_bias", "allow_padded_vocab"):
+                    "tie_weights", "has_lmtarget_bias", "allow_padded_vocab", "qkv_bias", "qk_norm"):
             if not isinstance(getattr(self, key), bool):
                 fail(f"{key} must be true or false, got {getattr(self, key)!r}")
         if not 0.0 <= self.dropout < 1.0:
             fail(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.hidden_size % self.heads_num:
+        for key in ("attention_head_size", "sliding_window"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                fail(f"{key} must be a positive integer or null, got {value!r}")
+        if self.attention_head_size is None and self.hidden_size % self.heads_num:
             fail(f"hidden_size {self.hidden_size} is not divisible by heads_num {self.heads_num}")
         kv = self.kv_heads_num
         if not isinstance(kv, int) or kv <= 0 or self.heads_num % kv:
@@ -160,6 +233,12 @@ class ModelConfig:
                  "(factorized embeddings are not supported)")
         if self.rotary_position_embedding and self.head_dim % 2:
             fail(f"rotary_position_embedding needs an even head size, got {self.head_dim}")
+        if self.qkv_bias and not self.remove_transformer_bias:
+            fail("qkv_bias: true needs remove_transformer_bias: true (otherwise every projection has a bias)")
+        if self.rope_scaling is not None and not self.rotary_position_embedding:
+            fail("rope_scaling needs rotary_position_embedding: true")
+        if self.sliding_window is not None and self.mask != "causal":
+            fail(f"sliding_window needs mask: causal, got {self.mask!r}")
         if self.vocab_size is not None and (not isinstance(self.vocab_size, int) or self.vocab_size <= 0):
             fail(f"vocab_size must be a positive integer, got {self.vocab_size!r}")
         if self.rope_theta <= 0:

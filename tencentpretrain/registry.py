@@ -62,3 +62,4 @@ DATA_PROCESSORS = Registry("data_processor")
 TOKENIZERS = Registry("tokenizer")
 TEMPLATES = Registry("template")
 SCHEDULERS = Registry("scheduler")
+ROPE_SCALINGS = Registry("rope_scaling")  # the rope_type values of the rope_scaling key

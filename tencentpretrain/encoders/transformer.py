@@ -27,13 +27,15 @@ class TransformerEncoder(nn.Module):
     def __init__(self, config: ModelConfig, checkpoint_activations: bool = False):
         super().__init__()
         self.causal = config.mask == "causal"
+        self.window = config.sliding_window  # None: every earlier position is visible
         self.transformer = nn.ModuleList(TransformerLayer(config) for _ in range(config.layers_num))
         self.layer_norm = None
         if config.layernorm_positioning == "pre":
             self.layer_norm = NORMS.get(config.layernorm)(config.hidden_size, eps=config.layernorm_eps)
         self.rotary = None
         if config.rotary_position_embedding:
-            self.rotary = RotaryEmbedding(config.head_dim, 2 * config.max_seq_length, config.rope_theta)
+            self.rotary = RotaryEmbedding(config.head_dim, 2 * config.max_seq_length, config.rope_theta,
+                                          config.rope_scaling)
         self.checkpoint_activations = checkpoint_activations
 
     def forward(self, emb: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None = None,
@@ -66,14 +68,17 @@ class TransformerEncoder(nn.Module):
     def _mask(self, length: int, past: int, padding_mask: torch.Tensor | None,
               device: torch.device) -> torch.Tensor | None:
         """Boolean (B|1, 1, T, S) mask, or None when SDPA's is_causal (or no mask at all) is exact."""
-        if padding_mask is None and (past == 0 or length == 1 or not self.causal):
-            return None
         total = past + length
-        if length == 1 and past > 0 and padding_mask is not None:  # one decoded token, a real query: a view
+        window = self.window if self.window is not None and total > self.window else None
+        if padding_mask is None and window is None and (past == 0 or length == 1 or not self.causal):
+            return None
+        if length == 1 and past > 0 and padding_mask is not None and window is None:  # one decoded token: a view
             return padding_mask[:, None, None, :total]
         mask = torch.ones(length, total, dtype=torch.bool, device=device)
         if self.causal:
             mask = torch.tril(mask, diagonal=past)  # query i sees keys up to past + i
+        if window is not None:
+            mask = torch.triu(mask, diagonal=past - window + 1)  # ... and from past + i - window + 1 on
         mask = mask[None, None]  # (1, 1, T, S)
         if padding_mask is not None:
             mask = mask & padding_mask[:, None, None, :total]

@@ -196,6 +196,9 @@ class Batcher:
         if max_batch_size < 1 or max_length < 2 or prefill_chunk < 1:
             raise ValueError("max_batch_size and prefill_chunk must be >= 1 and max_length >= 2")
         config = engine.config
+        if config.sliding_window is not None and config.sliding_window < max_length:
+            raise ValueError(f"continuous batching does not apply the sliding window: max_length {max_length} is "
+                             f"longer than the model's sliding_window {config.sliding_window}; lower max_length")
         self.engine, self.max_batch_size, self.max_length = engine, max_batch_size, max_length
         self.prefill_chunk = prefill_chunk
         capacity = max_length + (max(16, max_length // 8) if slack is None else slack)

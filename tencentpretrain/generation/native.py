@@ -542,6 +542,10 @@ def check_shape(model: nn.Module) -> None:
         raise Unsupported("the encoder is not causal with rotary positions and a final RMSNorm")
     if encoder.rotary.cos.dtype != torch.float32 or not encoder.rotary.cos.is_contiguous():
         raise Unsupported("the rotary tables are not contiguous float32")
+    for key, part in (("qkv_bias", "query/key/value biases"), ("qk_norm", "query/key norms"),
+                      ("rope_scaling", "rope scaling"), ("sliding_window", "a sliding attention window")):
+        if getattr(config, key, None):
+            raise Unsupported(f"the model has {part} ({key}), which the C step does not compute")
     if config.hidden_size != config.emb_size or config.hidden_size != config.heads_num * config.head_dim or \
             config.heads_num % config.kv_heads_num:
         raise Unsupported("the attention shape is not hidden = heads x head_dim with whole key/value groups")

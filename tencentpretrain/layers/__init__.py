@@ -1,7 +1,7 @@
 """Building blocks shared by the model parts. Importing this package registers the norms,
-feed-forward layers and activations."""
+feed-forward layers, activations and rope scaling types."""
 
-from tencentpretrain.layers import activations, feed_forward, norm  # noqa: F401  (registration)
+from tencentpretrain.layers import activations, feed_forward, norm, rope_scaling  # noqa: F401  (registration)
 from tencentpretrain.layers.attention import MultiHeadedAttention
 from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.layers.rope import RotaryEmbedding, apply_rotary

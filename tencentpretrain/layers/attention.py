@@ -16,20 +16,37 @@ class MultiHeadedAttention(nn.Module):
     Parameter names follow TencentPretrain: ``linear_layers.{0,1,2}`` project to query, key and value and
     ``final_linear`` projects back. With grouped-query attention the key and value projections have
     ``kv_heads_num * head_dim`` outputs and each key/value head serves ``heads_num / kv_heads_num`` query heads.
+
+    Args:
+        hidden_size: width of the residual stream.
+        heads_num: query heads.
+        kv_heads_num: key/value heads.
+        dropout: attention dropout while training.
+        bias: biases on all four projections.
+        head_dim: width of one head (default ``hidden_size / heads_num``; Qwen3 sets it apart).
+        qkv_bias: biases on the query/key/value projections even without ``bias`` (Qwen2).
+        qk_norm: a norm class: ``q_norm`` and ``k_norm`` normalise each query and key head before the rotation
+            (Qwen3); None for none.
+        eps: the norms' epsilon.
     """
 
-    def __init__(self, hidden_size: int, heads_num: int, kv_heads_num: int, dropout: float, bias: bool = True):
+    def __init__(self, hidden_size: int, heads_num: int, kv_heads_num: int, dropout: float, bias: bool = True,
+                 head_dim: int | None = None, qkv_bias: bool = False, qk_norm: type[nn.Module] | None = None,
+                 eps: float = 1e-6):
         super().__init__()
         self.heads_num = heads_num
         self.kv_heads_num = kv_heads_num
-        self.head_dim = hidden_size // heads_num
-        kv_size = kv_heads_num * self.head_dim
+        self.head_dim = head_dim or hidden_size // heads_num
+        q_size, kv_size = heads_num * self.head_dim, kv_heads_num * self.head_dim
+        in_bias = bias or qkv_bias
         self.linear_layers = nn.ModuleList([
-            nn.Linear(hidden_size, hidden_size, bias=bias),
-            nn.Linear(hidden_size, kv_size, bias=bias),
-            nn.Linear(hidden_size, kv_size, bias=bias),
+            nn.Linear(hidden_size, q_size, bias=in_bias),
+            nn.Linear(hidden_size, kv_size, bias=in_bias),
+            nn.Linear(hidden_size, kv_size, bias=in_bias),
         ])
-        self.final_linear = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.final_linear = nn.Linear(q_size, hidden_size, bias=bias)
+        self.q_norm = qk_norm(self.head_dim, eps=eps) if qk_norm is not None else None
+        self.k_norm = qk_norm(self.head_dim, eps=eps) if qk_norm is not None else None
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -50,6 +67,8 @@ class MultiHeadedAttention(nn.Module):
         q = self.linear_layers[0](x).view(batch, length, self.heads_num, self.head_dim)
         k = self.linear_layers[1](x).view(batch, length, self.kv_heads_num, self.head_dim)
         v = self.linear_layers[2](x).view(batch, length, self.kv_heads_num, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # per head, over head_dim
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)

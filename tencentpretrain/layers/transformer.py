@@ -19,11 +19,13 @@ class TransformerLayer(nn.Module):
         super().__init__()
         bias = not config.remove_transformer_bias
         self.pre_norm = config.layernorm_positioning == "pre"
+        norm = NORMS.get(config.layernorm)
         self.self_attn = MultiHeadedAttention(config.hidden_size, config.heads_num, config.kv_heads_num,
-                                              config.dropout, bias=bias)
+                                              config.dropout, bias=bias, head_dim=config.head_dim,
+                                              qkv_bias=config.qkv_bias, qk_norm=norm if config.qk_norm else None,
+                                              eps=config.layernorm_eps)
         self.feed_forward = FEED_FORWARDS.get(config.feed_forward)(config.hidden_size, config.feedforward_size,
                                                                    config.hidden_act, bias=bias)
-        norm = NORMS.get(config.layernorm)
         self.layer_norm_1 = norm(config.hidden_size, eps=config.layernorm_eps)
         self.layer_norm_2 = norm(config.hidden_size, eps=config.layernorm_eps)
         self.dropout_1 = nn.Dropout(config.dropout)

@@ -1,19 +1,23 @@
-"""LLaMA / Llama-2 checkpoints: Hugging Face <-> TencentPretrain, through one key map used both ways.
+"""LLaMA-shaped checkpoints: Hugging Face <-> TencentPretrain, through one key map per family used both ways.
 
-The only non-renaming step is the rotary layout: Meta and TencentPretrain rotate interleaved feature pairs, transformers
-rotates halves, so the query and key projection rows are permuted (``permute_rotary``) with head counts taken from the
-config (the key projection has ``kv_heads_num`` heads under grouped-query attention).
+Families (``HF_FAMILIES``, by transformers' ``model_type``): ``llama`` (LLaMA, Llama-2, Llama-3.x), ``mistral``
+(sliding window), ``qwen2`` (Qwen2 / Qwen2.5: query/key/value biases) and ``qwen3`` (per-head query/key RMSNorm,
+explicit head size). The only non-renaming step is the rotary layout: Meta and TencentPretrain rotate interleaved
+feature pairs, transformers rotates halves, so the query and key rows (weights, biases, and the per-head norm weights)
+are permuted (``permute_rotary``) with head counts taken from the config (the key projection has ``kv_heads_num``
+heads under grouped-query attention).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from tencentpretrain.checkpoint import atomic_dir
-from tencentpretrain.config import ModelConfig
+from tencentpretrain.config import ConfigError, ModelConfig, RopeScaling
 from tencentpretrain.convert.hf_io import (
     ConversionError,
     check_architecture,
@@ -25,6 +29,7 @@ from tencentpretrain.convert.hf_io import (
     with_tied_head,
 )
 from tencentpretrain.convert.keymap import invert, renamed
+from tencentpretrain.registry import ROPE_SCALINGS, Registry
 
 HF_TO_OURS = {
     "model.embed_tokens.weight": "embedding.word.embedding.weight",
@@ -41,7 +46,18 @@ HF_TO_OURS = {
     "lm_head.weight": "target.lm.output_layer.weight",
 }
 OURS_TO_HF = invert(HF_TO_OURS)
+QKV_BIAS = {  # Qwen2: biases on q/k/v, none on o_proj
+    f"model.layers.{{}}.self_attn.{hf}_proj.bias": f"encoder.transformer.{{}}.self_attn.linear_layers.{i}.bias"
+    for i, hf in enumerate("qkv")
+}
+QK_NORM = {  # Qwen3: RMSNorm over each query/key head
+    "model.layers.{}.self_attn.q_norm.weight": "encoder.transformer.{}.self_attn.q_norm.weight",
+    "model.layers.{}.self_attn.k_norm.weight": "encoder.transformer.{}.self_attn.k_norm.weight",
+}
 QUERY, KEY = "model.layers.{}.self_attn.q_proj.weight", "model.layers.{}.self_attn.k_proj.weight"
+QUERY_ROWS = (QUERY, "model.layers.{}.self_attn.q_proj.bias")  # rows in the query heads' rotary layout
+KEY_ROWS = (KEY, "model.layers.{}.self_attn.k_proj.bias")
+HEAD_NORMS = tuple(QK_NORM)  # one head's features, in the rotary layout
 HF_IGNORED = ("rotary_emb.inv_freq",)  # buffers some old exports saved
 
 # The fixed part of every LLaMA config: GPT-2's parts plus pre-norm RMSNorm, SwiGLU and rotary embeddings.
@@ -53,93 +69,196 @@ LLAMA_ARCHITECTURE = {
 }
 
 
+@dataclass(frozen=True)
+class Family:
+    """One transformers architecture of the LLaMA shape.
+
+    Attributes:
+        architecture: the class name in config.json's ``architectures``.
+        key_map: ``{hf_template: our_template}``, inverted for the way back.
+        unsupported: transformers config flags that, when true, ask for parts we do not have.
+        padded_vocab: the embedding has more rows than the tokenizer has tokens (Qwen pads to a multiple of 128).
+    """
+
+    architecture: str
+    key_map: dict[str, str]
+    unsupported: tuple[str, ...] = ()
+    padded_vocab: bool = False
+
+    @property
+    def inverse(self) -> dict[str, str]:
+        return invert(self.key_map)
+
+
+HF_FAMILIES = Registry("Hugging Face model_type")
+HF_FAMILIES.register("llama")(Family("LlamaForCausalLM", HF_TO_OURS, ("attention_bias", "mlp_bias")))
+HF_FAMILIES.register("mistral")(Family("MistralForCausalLM", HF_TO_OURS))
+HF_FAMILIES.register("qwen2")(Family("Qwen2ForCausalLM", {**HF_TO_OURS, **QKV_BIAS}, ("use_sliding_window",),
+                                     padded_vocab=True))
+HF_FAMILIES.register("qwen3")(Family("Qwen3ForCausalLM", {**HF_TO_OURS, **QK_NORM},
+                                     ("attention_bias", "use_sliding_window"), padded_vocab=True))
+
+
 def permute_rotary(weight: torch.Tensor, heads: int, to_hf: bool) -> torch.Tensor:
     """Reorder q/k projection rows between interleaved pairs (Meta, ours) and halves (transformers).
 
     Args:
-        weight: (heads * head_dim, in_features) projection weight.
+        weight: (heads * head_dim, in_features) projection weight, or its (heads * head_dim,) bias, or a
+            (head_dim,) per-head norm weight with ``heads`` 1.
         heads: heads in this projection (``heads_num`` for q, ``kv_heads_num`` for k).
         to_hf: True for ours -> transformers, False for the way back.
     """
-    rows, cols = weight.shape
+    rows, cols = weight.shape[0], weight[0].numel()
     half = rows // heads // 2
     if to_hf:  # per head: (pair, 2) -> (2, pair)
-        return weight.reshape(heads, half, 2, cols).transpose(1, 2).reshape(rows, cols)
-    return weight.reshape(heads, 2, half, cols).transpose(1, 2).reshape(rows, cols)
+        return weight.reshape(heads, half, 2, cols).transpose(1, 2).reshape(weight.shape)
+    return weight.reshape(heads, 2, half, cols).transpose(1, 2).reshape(weight.shape)
 
 
-def _rope_theta(hf: dict) -> float:
-    params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or params
-    if scaling.get("rope_type", scaling.get("type", "default")) not in ("default", None):
-        raise ConversionError(f"rope scaling {scaling} is not supported (only plain rotary embeddings)")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+def family_of_hf(hf: dict, source: str) -> str:
+    """The family of a transformers config, from ``architectures`` (else ``model_type``); unknown ones raise."""
+    architectures = hf.get("architectures") or []
+    by_class = {HF_FAMILIES.get(name).architecture: name for name in HF_FAMILIES.names()}
+    for architecture in architectures:
+        if architecture not in by_class:
+            raise ConversionError(f"{source}: architecture {architecture!r} is not supported; supported: "
+                                  f"{', '.join(sorted(by_class))}")
+    name = by_class[architectures[0]] if architectures else hf.get("model_type", "llama")
+    if name not in HF_FAMILIES:
+        raise ConversionError(f"{source}: model_type {name!r} is not supported; supported: "
+                              f"{', '.join(HF_FAMILIES.names())}")
+    return name
+
+
+def family_of(config: ModelConfig) -> str:
+    """The transformers family our config exports as: the one whose parts it uses (LLaMA without any)."""
+    if config.qk_norm:
+        return "qwen3"
+    if config.qkv_bias:
+        return "qwen2"
+    return "mistral" if config.sliding_window is not None else "llama"
+
+
+def _rope_from_hf(hf: dict, source: str) -> tuple[float, RopeScaling | None]:
+    """rope_theta and our rope_scaling from transformers' ``rope_parameters`` (v5) or ``rope_scaling`` (v4)."""
+    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = float(params.pop("rope_theta", hf.get("rope_theta") or 10000.0))
+    kind = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
+    partial = params.pop("partial_rotary_factor", hf.get("partial_rotary_factor"))
+    if partial not in (None, 1, 1.0):
+        raise ConversionError(f"{source}: partial_rotary_factor {partial} is not supported (rotary on every feature)")
+    if kind == "default":
+        return theta, None
+    if kind not in ROPE_SCALINGS:
+        raise ConversionError(f"{source}: rope_scaling rope_type {kind!r} is not supported; supported: default, "
+                              f"{', '.join(ROPE_SCALINGS.names())}")
+    longest = hf.get("max_position_embeddings")
+    if kind == "dynamic":  # transformers measures the growth from max_position_embeddings
+        params["original_max_position_embeddings"] = longest
+    elif kind in ("llama3", "yarn"):
+        params["original_max_position_embeddings"] = hf.get("original_max_position_embeddings") or \
+            params.get("original_max_position_embeddings") or longest
+    if kind == "yarn" and params.get("factor") is None and longest:
+        params["factor"] = longest / params["original_max_position_embeddings"]
+    try:
+        return theta, RopeScaling.from_dict({"rope_type": kind, **params}, f"{source}: ")
+    except ConfigError as err:
+        raise ConversionError(str(err)) from None
+
+
+def _rope_to_hf(config: ModelConfig) -> dict:
+    if config.rope_scaling is None:
+        return {"rope_theta": config.rope_theta}
+    scaling = config.rope_scaling.to_dict()
+    if scaling["rope_type"] == "dynamic":
+        scaling.pop("original_max_position_embeddings")  # transformers takes max_position_embeddings
+    return {"rope_theta": config.rope_theta, "rope_scaling": scaling}
 
 
 def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
-    """Our ModelConfig from a transformers ``LlamaConfig`` dict."""
-    check_hf_config(hf, source, "llama", ("attention_bias", "mlp_bias"))
+    """Our ModelConfig from a transformers Llama, Mistral, Qwen2 or Qwen3 config dict."""
+    name = family_of_hf(hf, source)
+    family = HF_FAMILIES.get(name)
+    check_hf_config(hf, source, name, family.unsupported)
     require_ints(hf, source, ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
                               "vocab_size"))
-    heads = hf["num_attention_heads"]
-    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
-    if head_dim * heads != hf["hidden_size"]:
-        raise ConversionError(f"{source}: head_dim {head_dim} * heads {heads} != hidden_size {hf['hidden_size']}")
+    heads, hidden = hf["num_attention_heads"], hf["hidden_size"]
+    head_dim = hf.get("head_dim") or hidden // heads
+    if name in ("llama", "mistral") and head_dim * heads != hidden and hf.get("head_dim") is None:
+        raise ConversionError(f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
     kv = hf.get("num_key_value_heads") or heads
+    theta, scaling = _rope_from_hf(hf, source)
     return ModelConfig.from_dict({
         **LLAMA_ARCHITECTURE,
-        "emb_size": hf["hidden_size"], "hidden_size": hf["hidden_size"],
-        "feedforward_size": hf["intermediate_size"], "heads_num": heads,
+        "emb_size": hidden, "hidden_size": hidden, "feedforward_size": hf["intermediate_size"], "heads_num": heads,
         "local_kv_heads_num": kv if kv != heads else None, "layers_num": hf["num_hidden_layers"],
+        "attention_head_size": head_dim if head_dim * heads != hidden else None,
         "max_seq_length": hf.get("max_position_embeddings", 2048), "layernorm_eps": hf.get("rms_norm_eps", 1e-6),
-        "rope_theta": _rope_theta(hf), "vocab_size": hf["vocab_size"],
+        "rope_theta": theta, "rope_scaling": scaling, "vocab_size": hf["vocab_size"],
         "tie_weights": bool(hf.get("tie_word_embeddings", False)),
+        "qkv_bias": name == "qwen2", "qk_norm": name == "qwen3",
+        "sliding_window": hf.get("sliding_window") if name == "mistral" else None,
+        "allow_padded_vocab": family.padded_vocab,
     }, source=source)
 
 
 def config_to_hf(config: ModelConfig, vocab_size: int, dtype: torch.dtype, bos_id: int = 1, eos_id: int = 2) -> dict:
-    """A transformers ``LlamaConfig`` dict for our config."""
+    """A transformers config dict (``LlamaConfig``, ``MistralConfig``, ``Qwen2Config`` or ``Qwen3Config``)."""
     check_architecture(config, LLAMA_ARCHITECTURE, "LLaMA", free=("dropout", "data_processor"))
+    name = family_of(config)
+    extra = {
+        "llama": {"attention_bias": False, "mlp_bias": False},
+        "mistral": {"sliding_window": config.sliding_window},
+        "qwen2": {"use_sliding_window": False, "sliding_window": None, "max_window_layers": config.layers_num},
+        "qwen3": {"attention_bias": False, "use_sliding_window": False, "sliding_window": None,
+                  "max_window_layers": config.layers_num},
+    }[name]
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "architectures": [HF_FAMILIES.get(name).architecture], "model_type": name,
         "hidden_size": config.hidden_size, "intermediate_size": config.feedforward_size,
         "num_attention_heads": config.heads_num, "num_key_value_heads": config.kv_heads_num,
         "num_hidden_layers": config.layers_num, "head_dim": config.head_dim,
         "max_position_embeddings": config.max_seq_length, "rms_norm_eps": config.layernorm_eps,
-        "rope_theta": config.rope_theta, "vocab_size": vocab_size, "tie_word_embeddings": config.tie_weights,
-        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "initializer_range": 0.02,
+        **_rope_to_hf(config), "vocab_size": vocab_size, "tie_word_embeddings": config.tie_weights,
+        "hidden_act": "silu", **extra, "initializer_range": 0.02,
         "bos_token_id": bos_id, "eos_token_id": eos_id, "torch_dtype": str(dtype).removeprefix("torch."),
         "use_cache": True,
     }
 
 
 def _rotary(hf_template: str, tensor: torch.Tensor, config: ModelConfig, to_hf: bool) -> torch.Tensor:
-    """Permute the q and k projections between the rotary layouts; other tensors pass unchanged."""
-    if hf_template == QUERY:
+    """Permute the query/key rows (and the per-head norms) between the rotary layouts; other tensors pass."""
+    if hf_template in QUERY_ROWS:
         return permute_rotary(tensor, config.heads_num, to_hf)
-    if hf_template == KEY:
+    if hf_template in KEY_ROWS:
         return permute_rotary(tensor, config.kv_heads_num, to_hf)
+    if hf_template in HEAD_NORMS:
+        return permute_rotary(tensor, 1, to_hf)
     return tensor
 
 
 def hf_to_ours(tensors, config: ModelConfig) -> dict[str, torch.Tensor]:
     """Rename (name, tensor) pairs from transformers to ours, un-permuting q and k."""
+    key_map = HF_FAMILIES.get(family_of(config)).key_map
     out = {name: _rotary(template, tensor, config, to_hf=False)
-           for template, name, tensor in renamed(tensors, HF_TO_OURS, "the Hugging Face checkpoint", HF_IGNORED)}
+           for template, name, tensor in renamed(tensors, key_map, "the Hugging Face checkpoint", HF_IGNORED)}
     return with_tied_head(out, config)
 
 
 def ours_to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """Rename our state dict to transformers' names, permuting q and k."""
-    out = {name: _rotary(OURS_TO_HF[template], tensor, config, to_hf=True)
-           for template, name, tensor in renamed(state.items(), OURS_TO_HF, "the TencentPretrain checkpoint")}
+    inverse = HF_FAMILIES.get(family_of(config)).inverse
+    out = {name: _rotary(inverse[template], tensor, config, to_hf=True)
+           for template, name, tensor in renamed(state.items(), inverse, "the TencentPretrain checkpoint")}
     if config.tie_weights:
         out.pop("lm_head.weight", None)
     return out
 
 
 def load_hf_llama(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Read a transformers LLaMA directory (single or sharded, safetensors or bin) as our config and state dict."""
+    """Read a transformers Llama / Mistral / Qwen2 / Qwen3 directory (single or sharded, safetensors or bin) as our
+    config and state dict."""
     config = config_from_hf(read_hf_config(hf_dir), source=str(Path(hf_dir) / "config.json"))
     return config, hf_to_ours(iter_hf_tensors(hf_dir), config)
 

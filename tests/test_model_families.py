@@ -145,3 +145,23 @@ def test_unsupported_hf_architecture_and_rope_type_are_refused_by_name(tmp_path,
         assert run_cli(hf_to_ours, argv) == 1
         assert message in capsys.readouterr().err
         assert not (tmp_path / "o.bin").exists()
+
+
+PUBLISHED = {  # parameters (billions) of the released checkpoints, embeddings counted once where tied
+    "llama3/8b": 8.03, "llama3/70b": 70.55, "llama3.2/1b": 1.24, "llama3.2/3b": 3.21, "qwen2.5/0.5b": 0.49,
+    "qwen2.5/1.5b": 1.54, "qwen2.5/7b": 7.62, "qwen3/0.6b": 0.60, "qwen3/8b": 8.19, "mistral/7b": 7.24,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_zoo_configs_load_strictly_and_have_the_published_size(name):
+    from tencentpretrain.model import build_model
+
+    config = ModelConfig.from_json(f"models/{name}_config.json")
+    with torch.device("meta"):
+        model = build_model(config, config.vocab_size)
+    params = sum(p.numel() for p in model.parameters()) / 1e9  # tied tensors are one parameter
+    assert abs(params - PUBLISHED[name]) <= 0.01 * PUBLISHED[name], f"{name}: {params:.3f}B"
+    tiny = ModelConfig.from_json(f"models/{name.split('/')[0]}/tiny_config.json")
+    assert (tiny.qkv_bias, tiny.qk_norm, tiny.sliding_window is None, tiny.rope_scaling is None) == \
+        (config.qkv_bias, config.qk_norm, config.sliding_window is None, config.rope_scaling is None)

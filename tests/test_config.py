@@ -30,8 +30,9 @@ TENCENTPRETRAIN_GPT2 = {
 def shrink(config: ModelConfig) -> ModelConfig:
     heads = 4
     kv = None if config.local_kv_heads_num is None else 2
+    head_size = None if config.attention_head_size is None else 16
     return config.replace(emb_size=32, hidden_size=32, feedforward_size=48, heads_num=heads, local_kv_heads_num=kv,
-                          layers_num=2, max_seq_length=64)
+                          layers_num=2, max_seq_length=64, vocab_size=None, attention_head_size=head_size)
 
 
 def test_zoo_is_complete():

@@ -7,7 +7,8 @@ setup(
     packages=find_packages(include=["tencentpretrain", "tencentpretrain.*"]),
     package_data={"tencentpretrain.generation": ["onerow.c"]},  # native decoding, compiled on first use
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "sentencepiece", "numpy", "regex", "safetensors", "tqdm", "jinja2>=3.1"],
+    install_requires=["torch>=2.4", "sentencepiece", "numpy", "regex", "safetensors", "tqdm", "jinja2>=3.1",
+                      "tokenizers>=0.19"],
     extras_require={
         "deepspeed": ["deepspeed>=0.14"],
         "test": ["pytest", "transformers>=4.40", "openai", "ruff", "hypothesis", "httpx", "schemathesis>=4"],

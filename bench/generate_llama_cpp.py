@@ -109,7 +109,8 @@ def llama_cpp_rows(name: str, ours, args, measure, ours_runner, prompts_for) -> 
     return rows
 
 
-Q8_HEADER = ("| model | batch | threads | llama.cpp q8_0 tok/s | ours q8_0 tok/s | ours / llama.cpp | ours fp32 tok/s | "
+Q8_HEADER = ("| model | batch | threads | llama.cpp q8_0 tok/s | ours q8_0 tok/s | ours / llama.cpp | "
+             "ours fp32 tok/s | "
              "TTFT ms llama.cpp q8_0 / ours q8_0 / ours fp32 | greedy tokens equal to llama.cpp's |")
 
 

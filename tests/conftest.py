@@ -47,3 +47,33 @@ def tiny_spm(tmp_path_factory) -> Path:
     corpus = folder / "corpus.txt"
     corpus.write_text("\n".join(generated_lines(400)) + "\n", encoding="utf-8")
     return train_sentencepiece(corpus, folder / "tiny", vocab_size=400)
+
+
+CHATML = ("{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+          "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def bpe_lines() -> list[str]:
+    """Training text for the tiny byte-level BPEs: the generated sentences, code, emoji and odd spacing."""
+    extra = ["def f(x):\n    return x + 1  # done", "emoji 😀 🎉 and 👍🏽 here", "  two  spaces\n\n\nthree newlines",
+             "numbers 12345 and 3.14159", "tab\tseparated\tvalues", "mixed 中文 and English 文本"]
+    return generated_lines(400) + extra * 5
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe(tmp_path_factory) -> Path:
+    """A Llama-3-like byte-level BPE directory (tokenizer.json + tokenizer_config.json), 400 tokens: bos
+    <|begin_of_text|>, eos <|end_of_text|>, end of turn <|eot_id|>."""
+    from tencentpretrain.tokenizers.train import train_byte_level_bpe
+
+    return train_byte_level_bpe(bpe_lines(), tmp_path_factory.mktemp("bpe") / "llama3_like", 400)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_bpe(tmp_path_factory) -> Path:
+    """A Qwen-like byte-level BPE directory: no bos, eos <|im_end|>, pad <|endoftext|>, a ChatML chat template."""
+    from tencentpretrain.tokenizers.train import train_byte_level_bpe
+
+    return train_byte_level_bpe(bpe_lines(), tmp_path_factory.mktemp("bpe") / "qwen_like", 400,
+                                special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"), bos=None,
+                                eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML)

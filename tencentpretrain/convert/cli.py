@@ -18,14 +18,14 @@ from tencentpretrain.vocab import check_vocab, vocab_rows
 ZOO = Path(__file__).resolve().parents[2] / "models"
 
 
-def _check(config: ModelConfig, state: dict[str, torch.Tensor], source: str, spm_model_path: str | None = None) -> None:
+def _check(config: ModelConfig, state: dict[str, torch.Tensor], source: str, spm_model_path: str | None = None,
+           tokenizer_path: str | None = None) -> None:
     """The state fits the config, and (given a tokenizer) tokenizer, config and state agree on the vocabulary."""
-    if spm_model_path is not None:
-        from tencentpretrain.tokenizers import SentencePieceTokenizer
+    if spm_model_path is not None or tokenizer_path is not None:
+        from tencentpretrain.tokenizers import open_tokenizer
 
-        with naming("--spm_model_path", spm_model_path):
-            size = SentencePieceTokenizer(spm_model_path).vocab_size
-        check_vocab(size, spm_model_path, vocab_rows(state), source, config)
+        size = open_tokenizer(spm_model_path, tokenizer_path).vocab_size
+        check_vocab(size, str(spm_model_path or tokenizer_path), vocab_rows(state), source, config)
     with torch.device("meta"):  # the checkpoint's vocabulary: an extended one converts with the zoo config
         model = build_model(config, vocab_size_of(state, source))
     check_state_dict(model, state, source)
@@ -42,6 +42,9 @@ def to_tencentpretrain(load: Callable[[str], tuple[ModelConfig, dict]], descript
                                        "checkpoint's own config")
     parser.add_argument("--spm_model_path", help="the model's SentencePiece tokenizer, checked against the "
                                                  "embedding (default: tokenizer.model in the input directory)")
+    parser.add_argument("--tokenizer_path", help="the model's Hugging Face tokenizer.json or directory, checked "
+                                                 "against the embedding (default: tokenizer.json in the input "
+                                                 "directory when it has no tokenizer.model)")
     parser.add_argument("--allow_padded_vocab", action="store_true", help="accept more embedding rows than "
                         "tokenizer pieces (recorded in --output_config_path)")
     args = parser.parse_args(argv)
@@ -49,13 +52,16 @@ def to_tencentpretrain(load: Callable[[str], tuple[ModelConfig, dict]], descript
     return 0
 
 
-def _input_tokenizer(args) -> str | None:
-    """--spm_model_path, else the tokenizer.model beside the input checkpoint (None when there is none)."""
-    if args.spm_model_path:
-        return args.spm_model_path
+def _input_tokenizer(args) -> tuple[str | None, str | None]:
+    """(SentencePiece model, Hugging Face tokenizer) to check: the flags, else the tokenizer.model or tokenizer.json
+    beside the input checkpoint ((None, None) when there is none)."""
+    if args.spm_model_path or args.tokenizer_path:
+        return args.spm_model_path, args.tokenizer_path
     folder = Path(args.input_model_path)
     folder = folder if folder.is_dir() else folder.parent
-    return str(folder / "tokenizer.model") if (folder / "tokenizer.model").is_file() else None
+    if (folder / "tokenizer.model").is_file():
+        return str(folder / "tokenizer.model"), None
+    return None, str(folder) if (folder / "tokenizer.json").is_file() else None
 
 
 def _to_ours(load, args) -> None:
@@ -65,7 +71,7 @@ def _to_ours(load, args) -> None:
         config = config.replace(allow_padded_vocab=True)
     if args.dtype:
         state = {k: v.to(DTYPES[args.dtype]) for k, v in state.items()}
-    _check(config, state, args.input_model_path, _input_tokenizer(args))
+    _check(config, state, args.input_model_path, *_input_tokenizer(args))
     save_state_dict(state, args.output_model_path)
     if args.output_config_path:
         config.save(args.output_config_path)
@@ -84,10 +90,12 @@ def from_tencentpretrain(save: Callable[..., None], description: str, family: st
     parser.add_argument("--type", help="model size such as 7B, to pick a config from models/ without --config_path")
     if "spm_model_path" in save_options:
         parser.add_argument("--spm_model_path", help="SentencePiece model to ship as the HF tokenizer")
+        parser.add_argument("--tokenizer_path", help="Hugging Face tokenizer.json or directory to ship (its "
+                                                     "tokenizer_config.json and special tokens map with it)")
         parser.add_argument("--template", metavar="NAME|FILE",
                             help="chat template the model was tuned with, written into tokenizer_config.json so "
                                  "apply_chat_template renders it: a name, a Jinja file, a tokenizer_config.json or a "
-                                 "Hugging Face directory (needs --spm_model_path)")
+                                 "Hugging Face directory (needs --spm_model_path or --tokenizer_path)")
     args = parser.parse_args(argv)
     _from_ours(save, args, family)
     return 0
@@ -101,21 +109,23 @@ def _from_ours(save, args, family: str) -> None:
         config_path = ZOO / family / f"{args.type.lower()}_config.json"
     with naming("--config_path", config_path):
         config = ModelConfig.from_json(config_path)
-    spm = getattr(args, "spm_model_path", None)
+    spm, hf = getattr(args, "spm_model_path", None), getattr(args, "tokenizer_path", None)
     with naming("--input_model_path", args.input_model_path):
         state = load_state_dict(args.input_model_path)
-    _check(config, state, args.input_model_path, spm)  # its messages name every file
-    extra = {"spm_model_path": spm} if hasattr(args, "spm_model_path") else {}
+    _check(config, state, args.input_model_path, spm, hf)  # its messages name every file
+    extra = {"spm_model_path": spm, "tokenizer_path": hf} if hasattr(args, "spm_model_path") else {}
     if getattr(args, "template", None):
-        if spm is None:
-            raise InputError("--template is written with the tokenizer: give --spm_model_path too")
+        if spm is None and hf is None:
+            raise InputError("--template is written with the tokenizer: give --spm_model_path or --tokenizer_path")
         from tencentpretrain.data.chat_template import exported_source
         from tencentpretrain.tokenizers.merge import read_model_proto
 
-        with naming("--spm_model_path", spm):
-            prefix = read_model_proto(spm).normalizer_spec.add_dummy_prefix
+        prefix = False
+        if spm is not None:
+            with naming("--spm_model_path", spm):
+                prefix = read_model_proto(spm).normalizer_spec.add_dummy_prefix
         extra["chat_template"] = exported_source(args.template, prefix)
-    with naming("--spm_model_path", spm):
+    with naming("--spm_model_path", spm), naming("--tokenizer_path", hf):
         save(state, config, args.output_model_path, max_shard_size=args.max_shard_size,
              dtype=DTYPES[args.dtype] if args.dtype else None, **extra)
     print(f"wrote {args.output_model_path}")

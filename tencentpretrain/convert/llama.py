@@ -265,29 +265,60 @@ def load_hf_llama(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
 
 def save_hf_llama(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: str | Path,
                   spm_model_path: str | Path | None = None, max_shard_size: str | int = "5GB",
-                  dtype: torch.dtype | None = None, chat_template: str | None = None) -> None:
+                  dtype: torch.dtype | None = None, chat_template: str | None = None,
+                  tokenizer_path: str | Path | None = None) -> None:
     """Write a directory ``transformers.AutoModelForCausalLM.from_pretrained`` loads.
 
-    Contents: config.json, generation_config.json, model.safetensors (or shards with an index) and, given a
-    SentencePiece model, tokenizer.model with tokenizer_config.json (holding ``chat_template``, a Jinja text, when
-    given) and special_tokens_map.json. The directory appears only once complete.
+    Contents: config.json, generation_config.json, model.safetensors (or shards with an index) and the tokenizer:
+    given a SentencePiece model, tokenizer.model with tokenizer_config.json (holding ``chat_template``, a Jinja
+    text, when given) and special_tokens_map.json; given a Hugging Face tokenizer (``tokenizer_path``), its
+    tokenizer.json with its tokenizer_config.json (``chat_template`` replaced when given) and special tokens map.
+    generation_config.json lists every end token of the tokenizer as ``eos_token_id``. The directory appears only
+    once complete.
     """
     vocab = state["embedding.word.embedding.weight"].shape[0]
     dtype = dtype or state["embedding.word.embedding.weight"].dtype
     hf_state = {k: v.to(dtype) for k, v in ours_to_hf(state, config).items()}
-    special = {"bos": 1, "eos": 2, "unk": 0}
-    if spm_model_path is not None:
-        from tencentpretrain.tokenizers import SentencePieceTokenizer
+    if spm_model_path is not None and tokenizer_path is not None:
+        raise ValueError("give a SentencePiece model or a Hugging Face tokenizer, not both")
+    tokenizer = None
+    if spm_model_path is not None or tokenizer_path is not None:
+        from tencentpretrain.tokenizers import open_tokenizer
 
-        tokenizer = SentencePieceTokenizer(spm_model_path)
-        special = {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "unk": tokenizer.unk_id}
+        tokenizer = open_tokenizer(spm_model_path, tokenizer_path)
+    special = {"bos": 1, "eos": 2, "pad": 0} if tokenizer is None else \
+        {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id}
+    ends = [special["eos"]] if tokenizer is None else list(tokenizer.end_ids)
     with atomic_dir(out_dir) as tmp:
         save_sharded_safetensors(hf_state, tmp, max_shard_size)
         _write_json(tmp / "config.json", config_to_hf(config, vocab, dtype, special["bos"], special["eos"]))
-        _write_json(tmp / "generation_config.json",
-                    {"bos_token_id": special["bos"], "eos_token_id": special["eos"], "pad_token_id": special["unk"]})
+        _write_json(tmp / "generation_config.json", {"bos_token_id": special["bos"],
+                                                    "eos_token_id": ends[0] if len(ends) == 1 else ends,
+                                                    "pad_token_id": special["pad"]})
         if spm_model_path is not None:
             write_hf_tokenizer(tmp, tokenizer, chat_template)
+        elif tokenizer is not None:
+            copy_hf_tokenizer(tmp, tokenizer, chat_template)
+
+
+def copy_hf_tokenizer(out_dir: Path, tokenizer, chat_template: str | None = None) -> None:
+    """Copy a Hugging Face tokenizer's files into ``out_dir`` (tokenizer.json, or GPT-2's vocab.json and
+    merges.txt, with tokenizer_config.json and special_tokens_map.json), ``chat_template`` written into its
+    tokenizer_config.json when given."""
+    import shutil
+
+    from tencentpretrain.jsonfile import read_json_object
+
+    files = [tokenizer.file] + ([tokenizer.file.parent / "merges.txt"] if tokenizer.file.name == "vocab.json" else [])
+    for path in files + [p for p in tokenizer.config_files if p.name != "tokenizer_config.json"]:
+        shutil.copyfile(path, out_dir / path.name)
+    config_file = tokenizer.file.parent / "tokenizer_config.json"
+    config = read_json_object(config_file, ConversionError) if config_file.is_file() else \
+        {"tokenizer_class": "PreTrainedTokenizerFast",
+         **{f"{name}_token": tokenizer.id_to_piece(i) for name, i in tokenizer.special_tokens.items() if i is not None}}
+    if chat_template:
+        config["chat_template"] = chat_template
+    _write_json(out_dir / "tokenizer_config.json", config)
 
 
 def write_hf_tokenizer(out_dir: Path, tokenizer, chat_template: str | None = None) -> None:

@@ -155,7 +155,8 @@ def _located_spans(render, messages, turns: list[int], whole: str, name: str) ->
 
 def special_texts(tokenizer) -> dict[str, str]:
     """``bos_token``/``eos_token`` for a template: the pieces of the tokenizer's bos and eos."""
-    return {"bos_token": tokenizer.id_to_piece(tokenizer.bos_id), "eos_token": tokenizer.id_to_piece(tokenizer.eos_id)}
+    ids = {"bos_token": tokenizer.bos_id, "eos_token": tokenizer.eos_id}  # a tokenizer without bos (Qwen) gives none
+    return {name: tokenizer.id_to_piece(i) for name, i in ids.items() if i is not None}
 
 
 def encode_text(tokenizer, text: str) -> list[int]:

@@ -61,7 +61,8 @@ class Encoded:
     Attributes:
         tokens: int32 ids, the chunk's documents (lm) or samples (alpaca) back to back.
         lengths: alpaca: tokens per sample; None for lm, whose stream is cut by :meth:`LmProcessor.pack`.
-        loss_start: alpaca: per sample, the first target position whose loss counts (= prompt tokens kept).
+        loss_start: alpaca: per sample, the first target position whose loss counts (the position of the prompt's
+            last token: prompt tokens kept, minus one without bos).
         documents: records turned into tokens.
         errors: ``(line_no, message)`` of invalid records, in file order.
         empty: blank documents, left out.
@@ -170,14 +171,14 @@ class LmProcessor:
 class AlpacaProcessor:
     """Instruction tuning: one ``{"instruction", "input", "output"}`` record -> one sample.
 
-    Sample: ``bos + prompt + response + eos``, where the prompt is ``TEMPLATES[template].render(instruction,
-    input)`` and the response is ``output``. Literal two-character ``\\n`` escapes in the fields read as
-    newlines. The loss covers the response and its eos only.
+    Sample: ``bos + prompt + response + eos`` (no bos for a tokenizer without one, such as Qwen's), where the
+    prompt is ``TEMPLATES[template].render(instruction, input)`` and the response is ``output``. Literal
+    two-character ``\\n`` escapes in the fields read as newlines. The loss covers the response and its eos only.
 
     Truncation, when the sample exceeds ``seq_length + 1`` tokens: of the ``seq_length - 1`` tokens between
-    bos and eos, the prompt keeps its last ``max(room - len(response), room // 2)`` tokens at most (its end,
-    which carries the template's response marker), the response keeps its first tokens in the remaining room,
-    and eos always ends the sample. Such samples are counted as ``truncated``.
+    bos and eos (``seq_length`` without bos), the prompt keeps its last ``max(room - len(response), room // 2)``
+    tokens at most (its end, which carries the template's response marker), the response keeps its first tokens
+    in the remaining room, and eos always ends the sample. Such samples are counted as ``truncated``.
     """
 
     formats = ("json", "jsonl")
@@ -186,6 +187,7 @@ class AlpacaProcessor:
     def __init__(self, spec: ProcessorSpec, tokenizer):
         self.spec, self.tokenizer = spec, tokenizer
         self.template = TEMPLATES.get(spec.template)
+        self.wrap = 1 + (tokenizer.bos_id is not None)  # eos, and bos unless the tokenizer has none (Qwen)
 
     def fields(self, payload) -> tuple[str, str]:
         """(prompt, response) of one record."""
@@ -213,8 +215,8 @@ class AlpacaProcessor:
         samples = [[*p, *r] for p, r, _ in fitted]
         return Encoded(
             tokens=flatten(samples, self.tokenizer.bos_id, self.tokenizer.eos_id),
-            lengths=np.fromiter((len(s) + 2 for s in samples), np.int64, len(samples)),
-            loss_start=np.fromiter((len(p) for p, _, _ in fitted), np.int64, len(samples)),
+            lengths=np.fromiter((len(s) + self.wrap for s in samples), np.int64, len(samples)),
+            loss_start=np.fromiter((max(len(p) + self.wrap - 2, 0) for p, _, _ in fitted), np.int64, len(samples)),
             documents=len(samples),
             errors=errors,
             truncated=sum(cut for _, _, cut in fitted),
@@ -222,7 +224,7 @@ class AlpacaProcessor:
 
     def fit(self, prompt: list[int], response: list[int]) -> tuple[list[int], list[int], bool]:
         """Prompt and response cut to fit between bos and eos in ``seq_length + 1`` tokens."""
-        room = self.spec.seq_length - 1
+        room = self.spec.seq_length + 1 - self.wrap
         if len(prompt) + len(response) <= room:
             return prompt, response, False
         keep = min(len(prompt), max(room - len(response), room // 2))

@@ -31,6 +31,7 @@ from tencentpretrain.cli import InputError
 from tencentpretrain.evaluation.readers import LETTERS, Question
 from tencentpretrain.evaluation.scoring import next_token_logits, next_token_logits_after_prefix
 from tencentpretrain.model import Model
+from tencentpretrain.tokenizers import prefix_ids
 
 CHOICE_TOKENS = ("continuation", "standalone")
 
@@ -144,14 +145,14 @@ class ChoiceScorer:
             if len(ids) < self.seq_length:
                 break
         cut = len(ids) >= self.seq_length
-        return [self.tokenizer.bos_id, *ids][-self.seq_length:], self.letter_ids(text, ids), kept, cut
+        return [*prefix_ids(self.tokenizer), *ids][-self.seq_length:], self.letter_ids(text, ids), kept, cut
 
 
     def shared_prefix(self, examples: Sequence[Question], subject: str) -> list[int]:
         """The ids (bos first) of the header and all ``examples``: the start of every prompt that keeps them all,
         wherever the tokenizer cuts the question after them the same way (checked per prompt)."""
         shots = "".join(format_question(example, self.style, with_answer=True) for example in examples)
-        return [self.tokenizer.bos_id, *self.tokenizer.encode(self.style.header.format(subject=subject) + shots)]
+        return [*prefix_ids(self.tokenizer), *self.tokenizer.encode(self.style.header.format(subject=subject) + shots)]
 
 
 def evaluate_subject(model: Model, scorer: ChoiceScorer, name: str, questions: Sequence[Question],

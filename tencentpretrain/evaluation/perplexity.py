@@ -107,7 +107,8 @@ def evaluate_perplexity(model: Model, tokenizer, documents: Sequence[str], seq_l
     if seq_length > model.config.max_seq_length:
         raise ValueError(f"seq_length {seq_length} exceeds the model's max_seq_length {model.config.max_seq_length}")
     encoded = tokenizer.encode_batch(list(documents))
-    windows = [w for tokens in encoded for w in rolling_windows(tokens, tokenizer.bos_id, seq_length)]
+    first = tokenizer.eos_id if tokenizer.bos_id is None else tokenizer.bos_id  # lm-eval's prefix_token_id
+    windows = [w for tokens in encoded for w in rolling_windows(tokens, first, seq_length)]
     nll = math.fsum(window_nlls(model, windows, batch_size, tokenizer.pad_id, desc="perplexity"))
     return PerplexityResult(
         documents=len(documents), tokens=sum(map(len, encoded)), characters=sum(map(len, documents)),

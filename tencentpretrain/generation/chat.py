@@ -15,8 +15,9 @@ from tencentpretrain.data.chat import conversation_ids
 from tencentpretrain.data.chat_template import ChatTemplate, load_template
 from tencentpretrain.generation.engine import Engine
 from tencentpretrain.generation.sampling import SamplingParams
+from tencentpretrain.tokenizers import prefix_ids
 
-REPLACEMENT = "\ufffd"  # what SentencePiece decodes an incomplete UTF-8 byte sequence to
+REPLACEMENT = "\ufffd"  # what SentencePiece and byte-level BPE decode an incomplete UTF-8 byte sequence to
 
 
 class TextStream:
@@ -141,8 +142,8 @@ def generate_text(engine: Engine, tokenizer, prompts: Sequence[Sequence[int]], m
 
 
 def encode_prompt(tokenizer, text: str, add_bos: bool = True) -> list[int]:
-    """``bos + encode(text)``."""
-    return ([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(text)
+    """``bos + encode(text)`` (no bos for a tokenizer without one, such as Qwen's)."""
+    return (prefix_ids(tokenizer) if add_bos else []) + tokenizer.encode(text)
 
 
 def fit_prompt(ids: list[int], budget: int) -> list[int]:

@@ -18,7 +18,7 @@ from tencentpretrain.generation.prepare import QUANTS, prepare_for_inference
 from tencentpretrain.generation.sampling import SamplingParams
 from tencentpretrain.generation.threads import use_threads
 from tencentpretrain.registry import TEMPLATES
-from tencentpretrain.tokenizers import SentencePieceTokenizer
+from tencentpretrain.tokenizers import SentencePieceTokenizer, open_tokenizer
 from tencentpretrain.vocab import check_vocab, vocab_rows
 
 
@@ -36,7 +36,9 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--load_model_path", required=True,
                        help="TencentPretrain .bin/.safetensors checkpoint, or a Hugging Face LLaMA directory")
     group.add_argument("--config_path", help="model JSON config (required for a checkpoint file)")
-    group.add_argument("--spm_model_path", help="SentencePiece model (default: tokenizer.model of a HF directory)")
+    group.add_argument("--spm_model_path", help="SentencePiece model (default: the tokenizer of a HF directory)")
+    group.add_argument("--tokenizer_path", help="Hugging Face tokenizer.json or directory (Llama-3, Qwen), instead of "
+                                                "--spm_model_path")
     group.add_argument("--lora_path", help="LoRA adapter merged into the model on loading: a lora.bin written by "
                                            "pretrain.py --use_lora (its .lora.json beside it) or a PEFT adapter "
                                            "directory")
@@ -91,13 +93,7 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1,
     (``decoding=False``: for scoring only, as evaluation does, so the native decoding kernel does not count)."""
     if getattr(args, "template", None) is not None:  # checked (file, line) before the model is read
         args.template = load_template(args.template)
-    spm = args.spm_model_path
-    if spm is None and Path(args.load_model_path).is_dir():
-        spm = Path(args.load_model_path) / "tokenizer.model"
-    if spm is None:
-        raise InputError("--spm_model_path is required for a checkpoint file")
-    with naming("--spm_model_path", spm):
-        tokenizer = SentencePieceTokenizer(spm)
+    tokenizer = load_tokenizer(args)
     requested = None if args.dtype == "auto" else TORCH_DTYPES[args.dtype]
     dtype = requested or (torch.float32 if torch.device(args.device).type == "cpu" else auto_dtype(args.device))
     if args.seed is not None:
@@ -116,9 +112,25 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1,
         dtype, native = torch.bfloat16, False
     layout = weight_layout(args.weight_layout, batch_size, args.device, dtype, native=native)
     prepare_for_inference(model, layout=layout, batch_size=batch_size, quant=quant)
-    engine = Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id)
+    engine = Engine(model, eos_ids=tokenizer.end_ids, pad_id=tokenizer.pad_id)
     use_threads(engine, args.threads)
     return engine, tokenizer
+
+
+def load_tokenizer(args: argparse.Namespace):
+    """--spm_model_path's or --tokenizer_path's tokenizer, else the one in a Hugging Face --load_model_path
+    directory (its tokenizer.model, else its tokenizer.json)."""
+    spm, hf = args.spm_model_path, getattr(args, "tokenizer_path", None)
+    model_dir = Path(args.load_model_path)
+    if spm is None and hf is None and model_dir.is_dir():
+        if (model_dir / "tokenizer.model").is_file() or not (model_dir / "tokenizer.json").is_file():
+            spm = model_dir / "tokenizer.model"
+        else:
+            hf = model_dir
+    if spm is None and hf is None:
+        raise InputError("a checkpoint file needs its tokenizer: --spm_model_path (SentencePiece) or "
+                         "--tokenizer_path (Hugging Face tokenizer.json)")
+    return open_tokenizer(spm, hf)
 
 
 def quant_of(args: argparse.Namespace) -> str:

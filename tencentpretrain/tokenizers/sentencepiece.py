@@ -91,6 +91,7 @@ class SentencePieceTokenizer:
                 raise TokenizerError(f"{self.model_path}: the model defines no {name} token; give one with a "
                                  "special-tokens override")
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = ids["bos"], ids["eos"], ids["pad"], ids["unk"]
+        self.end_ids = (self.eos_id,)  # the tokens that end a generated answer
 
     def _to_id(self, name: str, value: int | str) -> int:
         if isinstance(value, int):

@@ -1,4 +1,9 @@
-"""How well tokenizers compress a corpus: characters, bytes, tokens, tokens per character, byte-fallback share."""
+"""How well tokenizers compress a corpus: characters, bytes, tokens, tokens per character, byte-fallback share.
+
+The byte-fallback share counts the tokens that hold less than a whole character: SentencePiece's ``<0x..>``
+pieces, and a byte-level BPE's single bytes of a multi-byte UTF-8 character (the characters its merges never
+reached).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from pathlib import Path
 
 from tencentpretrain.cli import InputError
 from tencentpretrain.jsonfile import read_text
-from tencentpretrain.tokenizers.sentencepiece import SentencePieceTokenizer
+from tencentpretrain.tokenizers import HuggingFaceTokenizer, SentencePieceTokenizer
 
 
 @dataclass(frozen=True)
@@ -41,16 +46,38 @@ def corpus_lines(corpus_path: str | Path, max_lines: int | None = None) -> list[
     return lines[:max_lines] if max_lines is not None else lines
 
 
-def tokenizer_stats(lines: list[str], spm_model_path: str | Path, batch: int = 256) -> TokenizerStats:
-    """Encode ``lines`` with one SentencePiece model and count."""
-    tokenizer = SentencePieceTokenizer(spm_model_path)
-    is_byte = [tokenizer.sp.is_byte(i) for i in range(tokenizer.vocab_size)]
+def byte_pieces(tokenizer) -> list[bool]:
+    """Per id: whether the token holds less than a whole character (module docstring)."""
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        return [tokenizer.sp.is_byte(i) for i in range(tokenizer.vocab_size)]
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    high = {c for c in ByteLevel.alphabet() if _byte_of(c) >= 0x80}
+    return [tokenizer.id_to_piece(i) in high for i in range(tokenizer.vocab_size)]
+
+
+def _byte_of(char: str) -> int:
+    """The byte GPT-2's byte-level alphabet writes as ``char`` (printable bytes as themselves, others from U+0100)."""
+    code = ord(char)
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    if code in printable:
+        return code
+    others = [b for b in range(256) if b not in printable]
+    return others[code - 256]
+
+
+def tokenizer_stats(lines: list[str], spm_model_path: str | Path | None = None, batch: int = 256,
+                    tokenizer_path: str | Path | None = None) -> TokenizerStats:
+    """Encode ``lines`` with one tokenizer (a SentencePiece model or a Hugging Face tokenizer) and count."""
+    tokenizer = SentencePieceTokenizer(spm_model_path) if tokenizer_path is None else \
+        HuggingFaceTokenizer(tokenizer_path)
+    is_byte = byte_pieces(tokenizer)
     tokens = byte_tokens = 0
     for start in range(0, len(lines), batch):
         for ids in tokenizer.encode_batch(lines[start:start + batch]):
             tokens += len(ids)
             byte_tokens += sum(is_byte[i] for i in ids)
-    return TokenizerStats(str(spm_model_path), tokenizer.vocab_size, sum(map(len, lines)),
+    return TokenizerStats(str(tokenizer_path or spm_model_path), tokenizer.vocab_size, sum(map(len, lines)),
                           sum(len(line.encode("utf-8")) for line in lines), tokens, byte_tokens)
 
 

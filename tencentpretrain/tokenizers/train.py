@@ -1,7 +1,9 @@
-"""Training a LLaMA-style SentencePiece model on a corpus (for new languages, tests and the quickstart)."""
+"""Training a LLaMA-style SentencePiece model or a Llama-3-style byte-level BPE on a corpus (for new languages, tests
+and the quickstart)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -48,3 +50,44 @@ def train_sentencepiece(corpus_path: str | Path, model_prefix: str | Path, vocab
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return prefix.with_name(prefix.name + ".model")
+
+
+# Llama-3's pre-tokenizer split (Qwen's is the same with single digits): contractions, letters with one leading
+# non-letter, digit runs of up to three, punctuation runs, newlines, spaces.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def train_byte_level_bpe(lines: list[str], out_dir: str | Path, vocab_size: int,
+                         special_tokens: tuple[str, ...] = ("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"),
+                         bos: str | None = "<|begin_of_text|>", eos: str = "<|end_of_text|>", pad: str | None = None,
+                         chat_template: str | None = None) -> Path:
+    """Train a byte-level BPE set up like Llama-3's (its split regex, the 256-byte alphabet, no unknown token) and
+    write ``tokenizer.json`` and ``tokenizer_config.json`` into ``out_dir``; returns ``out_dir``.
+
+    The special tokens are appended after the learned tokens, as Llama-3 and Qwen have them; ``bos`` None makes a
+    Qwen-like tokenizer without one.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+
+    from tencentpretrain.checkpoint import atomic_dir
+
+    tokenizer = Tokenizer(BPE(ignore_merges=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(special_tokens), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    tokenizer.train_from_iterator(lines, trainer)
+    tokenizer.add_special_tokens(list(special_tokens))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": eos, "pad_token": pad,
+              "clean_up_tokenization_spaces": False, "model_max_length": 131072,
+              **({"chat_template": chat_template} if chat_template else {})}
+    with atomic_dir(out_dir) as tmp:
+        tokenizer.save(str(tmp / "tokenizer.json"))
+        (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                                   encoding="utf-8")
+    return Path(out_dir)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from tencentpretrain.cli import InputError, naming
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.data import BinaryDataset
-from tencentpretrain.tokenizers.sentencepiece import SentencePieceTokenizer, file_fingerprint
+from tencentpretrain.tokenizers import open_tokenizer
 from tencentpretrain.training.options import TrainOptions
 from tencentpretrain.vocab import check_vocab
 
@@ -49,7 +49,7 @@ def read_inputs(opts: TrainOptions) -> Inputs:
         config = ModelConfig.from_json(opts.config_path, **overrides)
     with naming("--dataset_path", opts.dataset_path):
         dataset = BinaryDataset(opts.dataset_path)
-    with naming("--spm_model_path", opts.spm_model_path):
+    with naming("--spm_model_path", opts.spm_model_path), naming("--tokenizer_path", opts.tokenizer_path):
         tokenizer = tokenizer_of(opts, dataset)
         vocab_size = vocab_size_of(opts, config, dataset, tokenizer)
     with naming("--dev_dataset_path", opts.dev_dataset_path):
@@ -61,9 +61,11 @@ def read_inputs(opts: TrainOptions) -> Inputs:
 
 
 def tokenizer_of(opts: TrainOptions, dataset: BinaryDataset) -> tuple[int, str]:
-    """The tokenizer's size and its name for messages: --spm_model_path's, else the one the dataset records."""
-    if opts.spm_model_path:
-        return SentencePieceTokenizer(opts.spm_model_path).vocab_size, opts.spm_model_path
+    """The tokenizer's size and its name for messages: --spm_model_path's or --tokenizer_path's, else the one the
+    dataset records."""
+    if opts.spm_model_path or opts.tokenizer_path:
+        return open_tokenizer(opts.spm_model_path, opts.tokenizer_path).vocab_size, \
+            opts.tokenizer_path or opts.spm_model_path
     return int(dataset.meta["vocab_size"]), f"(the one recorded in dataset {opts.dataset_path})"
 
 
@@ -75,11 +77,11 @@ def check_dataset(dataset: BinaryDataset, opts: TrainOptions, config: ModelConfi
     if int(meta["vocab_size"]) != size:
         raise SetupError(f"{where} was made with a tokenizer of {meta['vocab_size']} pieces, tokenizer {name} has "
                          f"{size}")
-    if opts.spm_model_path:
-        mine = file_fingerprint(opts.spm_model_path)
+    if opts.spm_model_path or opts.tokenizer_path:
+        mine = open_tokenizer(opts.spm_model_path, opts.tokenizer_path).fingerprint
         if meta.get("tokenizer_fingerprint") != mine:
             raise SetupError(f"{where} was tokenized with another tokenizer: its fingerprint is "
-                             f"{meta.get('tokenizer_fingerprint')}, {opts.spm_model_path} has {mine}")
+                             f"{meta.get('tokenizer_fingerprint')}, {name} has {mine}")
     processor, source = expected_processor(opts, config)
     if processor and meta.get("data_processor") != processor:
         raise SetupError(f"{where} was made by data processor {meta.get('data_processor')!r}, {source} says "

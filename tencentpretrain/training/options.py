@@ -42,6 +42,8 @@ class TrainOptions:
                                         "(training state); see docs/training.md.", required=True)
     config_path: str = _opt(None, "Model config JSON (e.g. models/llama/7b_config.json).", required=True)
     spm_model_path: str | None = _opt(None, "SentencePiece model; its fingerprint must match the dataset's.")
+    tokenizer_path: str | None = _opt(None, "Hugging Face tokenizer.json or directory (instead of --spm_model_path); "
+                                            "its fingerprint must match the dataset's.")
     vocab_path: str | None = _opt(None, "Accepted for TencentPretrain compatibility; unused (use --spm_model_path).")
     tokenizer: str = _opt("sentencepiece", "Accepted for TencentPretrain compatibility.")
     dev_dataset_path: str | None = _opt(None, "Preprocessed dev dataset: dev loss/perplexity every --dev_steps.")

@@ -1,0 +1,292 @@
+"""Hugging Face byte-level BPE tokenizers (``--tokenizer_path``) against transformers' AutoTokenizer: tiny ones
+trained here (always run) and the real Llama-3 and Qwen3 tokenizers of ../shared (skipped without it); the
+special tokens each model was trained with in the ``lm``, ``alpaca`` and ``chat`` datasets; bad input named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import generated_lines
+from train_support import load_script
+
+from tencentpretrain.cli import run_cli
+from tencentpretrain.data import BinaryDataset
+from tencentpretrain.tokenizers import HuggingFaceTokenizer, TokenizerError, open_tokenizer
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL = {name: SHARED / "tokenizers" / name for name in ("llama3", "qwen3")}
+HARD_TEXTS = [
+    "Hello world", " leading space", "trailing space ", "  runs   of    spaces", "\n\n\nnewlines\n\n", "\r\n windows",
+    "tab\tand\t\ttabs", "def f(x):\n    return {'a': [1, 2, 3]}  # comment\n", "emoji 😀🎉👍🏽👨‍👩‍👧 flags 🇨🇳",
+    "中文文本，标点。数字１２３", "数据 模型 训练", "numbers 1234567 3.14159 1e-9", "I'm you're they'll WE'VE",
+    "special <|im_end|> and <|endoftext|> and <|eot_id|> <|begin_of_text|> in text", "<|im_start|>user\nhi<|im_end|>",
+    "combining é and precomposed é", "Ω≈ç√∫ ½ ∑ ™ ©", "", " ", "\u00a0nbsp\u3000ideographic space",
+]
+
+
+def corpus_texts(limit: int = 150) -> list[str]:
+    texts = []
+    for name in ("clue_small_zh.txt", "wiki_demo_en.txt"):
+        path = SHARED / "corpora" / name
+        if path.is_file():
+            texts += path.read_text(encoding="utf-8").splitlines()[:limit]
+    return texts
+
+
+def transformers_ids(folder: Path, texts: list[str]) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(str(folder))
+    return [reference(text, add_special_tokens=False).input_ids for text in texts]
+
+
+@pytest.mark.parametrize("which", ["tiny_bpe", "tiny_qwen_bpe"])
+def test_tiny_bpe_ids_equal_transformers_and_round_trip(request, which):
+    folder = request.getfixturevalue(which)
+    tokenizer = HuggingFaceTokenizer(folder)
+    texts = HARD_TEXTS + generated_lines(50, seed=3)
+    assert tokenizer.encode_batch(texts) == transformers_ids(folder, texts)
+    assert [tokenizer.encode(t) for t in texts] == tokenizer.encode_batch(texts)
+    for text, ids in zip(texts, tokenizer.encode_batch(texts)):
+        assert tokenizer.decode(ids) == text
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_tokenizer_ids_equal_transformers(name):
+    folder = REAL[name]
+    if not (folder / "tokenizer.json").is_file():
+        pytest.skip(f"{folder} not present (../shared)")
+    tokenizer = HuggingFaceTokenizer(folder)
+    texts = HARD_TEXTS + corpus_texts()
+    mine = tokenizer.encode_batch(texts)
+    assert mine == transformers_ids(folder, texts)
+    assert all(tokenizer.decode(ids) == text for text, ids in zip(texts, mine) if "é" not in text or name != "qwen3")
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(str(folder))
+    assert tokenizer.vocab_size == len(reference)
+    assert tokenizer.bos_id == reference.bos_token_id and tokenizer.eos_id == reference.eos_token_id
+
+
+def test_real_tokenizers_special_tokens_and_end_tokens():
+    if not (REAL["llama3"] / "tokenizer.json").is_file():
+        pytest.skip("../shared not present")
+    llama3, qwen3 = HuggingFaceTokenizer(REAL["llama3"]), HuggingFaceTokenizer(REAL["qwen3"])
+    assert (llama3.vocab_size, llama3.bos_id, llama3.eos_id) == (128256, 128000, 128001)
+    assert set(llama3.end_ids) == {128001, 128009}  # <|end_of_text|>, <|eot_id|>
+    assert (qwen3.vocab_size, qwen3.bos_id, qwen3.eos_id, qwen3.pad_id) == (151669, None, 151645, 151643)
+    assert set(qwen3.end_ids) == {151645, 151643}  # <|im_end|>, <|endoftext|>
+
+
+def test_special_tokens_end_tokens_and_overrides(tiny_bpe, tiny_qwen_bpe, tmp_path):
+    llama_like, qwen_like = HuggingFaceTokenizer(tiny_bpe), HuggingFaceTokenizer(tiny_qwen_bpe)
+    token = llama_like.tk.token_to_id
+    assert llama_like.vocab_size == 400 and token("<|eot_id|>") == 399
+    assert llama_like.special_tokens == {"bos": token("<|begin_of_text|>"), "eos": token("<|end_of_text|>"),
+                                         "pad": token("<|end_of_text|>"), "unk": None}
+    assert set(llama_like.end_ids) == {token("<|end_of_text|>"), token("<|eot_id|>")}
+    assert qwen_like.bos_id is None and qwen_like.pad_id == qwen_like.tk.token_to_id("<|endoftext|>")
+    assert HuggingFaceTokenizer(tiny_bpe, {"eos": "<|eot_id|>", "pad": 5}).special_tokens["eos"] == token("<|eot_id|>")
+    folder = tmp_path / "with_generation_config"
+    shutil.copytree(tiny_bpe, folder)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 8]}))
+    assert set(HuggingFaceTokenizer(folder).end_ids) >= {7, 8}
+    # the fingerprint covers tokenizer.json and tokenizer_config.json: the same for the file and its directory,
+    # another when the special tokens change
+    assert HuggingFaceTokenizer(tiny_bpe).fingerprint == HuggingFaceTokenizer(tiny_bpe / "tokenizer.json").fingerprint
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|eot_id|>"}))
+    assert HuggingFaceTokenizer(folder).fingerprint != HuggingFaceTokenizer(tiny_bpe).fingerprint
+
+
+def test_gpt2_vocab_and_merges_equal_transformers(tiny_bpe, tmp_path):
+    """GPT-2's own files: vocab.json + merges.txt, read as transformers' GPT2Tokenizer reads them."""
+    from transformers import GPT2Tokenizer
+
+    HuggingFaceTokenizer(tiny_bpe).tk.model.save(str(tmp_path))
+    vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    vocab["<|endoftext|>"] = len(vocab)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    ours = HuggingFaceTokenizer(tmp_path / "vocab.json")
+    reference = GPT2Tokenizer.from_pretrained(str(tmp_path))  # reads vocab.json and merges.txt
+    texts = [t for t in HARD_TEXTS if "<|" not in t] + generated_lines(30, seed=5)
+    assert ours.encode_batch(texts) == [reference(t, add_special_tokens=False).input_ids for t in texts]
+    assert ours.eos_id == vocab["<|endoftext|>"] and ours.bos_id is None
+    assert HuggingFaceTokenizer(tmp_path).vocab_size == len(vocab)  # the directory finds vocab.json
+
+
+def preprocess(*argv: str) -> dict:
+    return load_script("preprocess").main(list(argv))
+
+
+def test_lm_dataset_has_bos_where_the_model_was_trained_with_one(tmp_path, tiny_bpe, tiny_qwen_bpe):
+    corpus = tmp_path / "corpus.txt"
+    lines = generated_lines(40, seed=2)
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for name, folder in (("llama3", tiny_bpe), ("qwen", tiny_qwen_bpe)):
+        preprocess("--corpus_path", str(corpus), "--tokenizer_path", str(folder), "--dataset_path",
+                   str(tmp_path / name), "--seq_length", "16", "--tail", "pad")
+        tokenizer = HuggingFaceTokenizer(folder)
+        ds = BinaryDataset(tmp_path / name)
+        stream = np.concatenate([ds.tokens[int(a):int(b)] for a, b in zip([0, *ds.offsets[:-1]], ds.offsets)])
+        docs = tokenizer.encode_batch(lines)
+        prefix = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+        expected = [i for doc in docs for i in [*prefix, *doc, tokenizer.eos_id]]
+        assert stream.tolist() == expected
+        assert ds.meta["tokenizer"] == "huggingface" and ds.meta["special_tokens"]["bos"] == tokenizer.bos_id
+        assert ds.meta["tokenizer_fingerprint"] == tokenizer.fingerprint
+
+
+def test_alpaca_and_chat_datasets_with_a_qwen_like_tokenizer(tmp_path, tiny_qwen_bpe):
+    from transformers import AutoTokenizer
+
+    records = [{"instruction": "what is a model", "input": "", "output": "a thing that learns"},
+               {"instruction": "数据", "input": "训练", "output": "模型 😀"}]
+    (tmp_path / "alpaca.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    preprocess("--corpus_path", str(tmp_path / "alpaca.json"), "--tokenizer_path", str(tiny_qwen_bpe),
+               "--dataset_path", str(tmp_path / "sft"), "--data_processor", "alpaca", "--seq_length", "256")
+    tokenizer = HuggingFaceTokenizer(tiny_qwen_bpe)
+    from tencentpretrain.registry import TEMPLATES
+
+    sft = BinaryDataset(tmp_path / "sft")
+    for i, record in enumerate(records):  # no bos: prompt + response + eos, the loss on response + eos alone
+        prompt = tokenizer.encode(TEMPLATES.get("alpaca").render(record["instruction"], record["input"]))
+        response = tokenizer.encode(record["output"])
+        tokens, mask = sft[i]
+        assert tokens[:len(prompt) + len(response) + 1].tolist() == [*prompt, *response, tokenizer.eos_id]
+        assert tokens[1:][mask].tolist() == [*response, tokenizer.eos_id]
+    conversations = [{"messages": [{"role": "user", "content": "what is a model"},
+                                   {"role": "assistant", "content": "a thing 😀"}]}]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations),
+                                         encoding="utf-8")
+    preprocess("--corpus_path", str(tmp_path / "chat.jsonl"), "--tokenizer_path", str(tiny_qwen_bpe),
+               "--dataset_path", str(tmp_path / "chat"), "--data_processor", "chat", "--template",
+               str(tiny_qwen_bpe), "--seq_length", "64", "--tail", "pad")
+    ds = BinaryDataset(tmp_path / "chat")
+    reference = AutoTokenizer.from_pretrained(str(tiny_qwen_bpe))
+    expected = reference.apply_chat_template(conversations[0]["messages"], tokenize=True, return_dict=False)
+    assert ds.tokens[:len(expected)].tolist() == list(expected)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("missing.json", None, "tokenizer file not found"),
+    ("", None, "a directory without tokenizer.json"),
+    ("tokenizer.model", "x", "expected a tokenizer.json"),
+    ("vocab.json", "{}", "needs merges.txt beside it"),
+    ("tokenizer.json", '{"model": 3}', "not a Hugging Face tokenizer"),
+    ("tokenizer.json", "", "not a Hugging Face tokenizer"),
+])
+def test_bad_tokenizer_files_are_named(tmp_path, capsys, name, content, message):
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    path = folder / name if name else folder
+    if content is not None:
+        path.write_text(content)
+    (tmp_path / "corpus.txt").write_text("hello\n")
+    argv = ["--corpus_path", str(tmp_path / "corpus.txt"), "--tokenizer_path", str(path), "--dataset_path",
+            str(tmp_path / "ds")]
+    assert run_cli(load_script("preprocess").main, argv) == 1
+    err = capsys.readouterr().err
+    assert f"--tokenizer_path {path}" in err and message in err
+    assert not (tmp_path / "ds").exists()
+
+
+def test_bad_special_tokens_and_both_tokenizer_flags(tmp_path, tiny_bpe, tiny_spm, capsys):
+    with pytest.raises(TokenizerError, match=r"special token eos='<\|nope\|>' \(the override\) is not a token"):
+        HuggingFaceTokenizer(tiny_bpe, {"eos": "<|nope|>"})
+    folder = tmp_path / "no_eos"
+    shutil.copytree(tiny_bpe, folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|begin_of_text|>"}))
+    with pytest.raises(TokenizerError, match="no eos token"):
+        HuggingFaceTokenizer(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|missing|>"}))
+    with pytest.raises(TokenizerError, match=r"tokenizer_config.json\) is not a token"):
+        HuggingFaceTokenizer(folder)
+    with pytest.raises(TokenizerError, match="not both"):
+        open_tokenizer(tiny_spm, tiny_bpe)
+    (tmp_path / "corpus.txt").write_text("hello\n")
+    assert run_cli(load_script("preprocess").main, ["--corpus_path", str(tmp_path / "corpus.txt")]) == 1
+    assert "--spm_model_path" in capsys.readouterr().err
+
+
+def test_a_tiny_qwen3_tunes_converts_back_and_chats_as_transformers_does(tmp_path, tiny_qwen_bpe):
+    """HF Qwen3 (embeddings padded past the tokenizer, like Qwen's) -> ours -> chat dataset through its own template
+    -> pretrain.py -> HF with the tokenizer; our server's greedy chat answer equals transformers' generate on the
+    model and tokenizer written, prompted with the template from its tokenizer_config.json."""
+    import torch
+    from test_convert import hf_to_ours, ours_to_hf
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    from tencentpretrain.generation.api import ServerThread, Service, create_app
+    from tencentpretrain.generation.options import add_model_args, load_engine
+
+    torch.manual_seed(0)
+    hf = Qwen3ForCausalLM(Qwen3Config(vocab_size=416, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                                      num_key_value_heads=2, head_dim=24, num_hidden_layers=2,
+                                      max_position_embeddings=256, tie_word_embeddings=True,
+                                      initializer_range=0.1)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(tiny_qwen_bpe / name, tmp_path / "hf" / name)
+    start, config = tmp_path / "start.bin", tmp_path / "qwen3.json"
+    assert hf_to_ours(["--input_model_path", str(tmp_path / "hf"), "--output_model_path", str(start),
+                       "--output_config_path", str(config), "--allow_padded_vocab"]) == 0
+    tokenizer_dir = str(tmp_path / "hf")  # the tokenizer files travel with the model
+    talks = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in
+             [("what is a model", "a thing that learns"), ("数据 模型", "训练 语言"), ("emoji", "😀 🎉")]]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps({"messages": t}, ensure_ascii=False) + "\n"
+                                                 for t in talks * 8), encoding="utf-8")
+    preprocess("--corpus_path", str(tmp_path / "chat.jsonl"), "--tokenizer_path", tokenizer_dir, "--dataset_path",
+               str(tmp_path / "chat"), "--data_processor", "chat", "--template", tokenizer_dir, "--seq_length", "64")
+    out = tmp_path / "tuned" / "qwen3"
+    load_script("pretrain").main([
+        "--dataset_path", str(tmp_path / "chat"), "--tokenizer_path", tokenizer_dir, "--config_path", str(config),
+        "--pretrained_model_path", str(start), "--output_model_path", str(out), "--data_processor", "chat",
+        "--total_steps", "12", "--save_checkpoint_steps", "12", "--report_steps", "4", "--batch_size", "4",
+        "--learning_rate", "3e-3", "--warmup", "0.05"])
+    assert ours_to_hf(["--input_model_path", f"{out}.bin", "--config_path", str(config), "--output_model_path",
+                       str(tmp_path / "hf_tuned"), "--tokenizer_path", tokenizer_dir]) == 0
+
+    reference = AutoTokenizer.from_pretrained(str(tmp_path / "hf_tuned"))
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf_tuned")).eval()
+    question = [{"role": "user", "content": "what is a model"}]
+    prompt = reference.apply_chat_template(question, add_generation_prompt=True, tokenize=True, return_dict=False)
+    ends = model.generation_config.eos_token_id
+    assert set(ends) == {reference.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    generated = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=ends,
+                               pad_token_id=reference.pad_token_id)[0, len(prompt):].tolist()
+    expected = reference.decode([t for t in generated if t not in ends])
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    args = parser.parse_args(["--load_model_path", f"{out}.bin", "--config_path", str(config), "--tokenizer_path",
+                              tokenizer_dir, "--template", tokenizer_dir])
+    engine, tokenizer = load_engine(args, batch_size=2)
+    httpd = ServerThread(create_app(Service(engine, tokenizer, model_name="qwen3-tiny", template=args.template,
+                                            seq_length=128, max_new_tokens=12))).start()
+    try:
+        status, data = post_json(httpd, "/v1/chat/completions", {"messages": question, "max_tokens": 12,
+                                                                 "temperature": 0})
+    finally:
+        httpd.close()
+    assert expected.strip()  # the tuned model answers (it learned "a thing that learns" here)
+    assert status == 200 and data["choices"][0]["message"]["content"] == expected
+    assert data["usage"]["prompt_tokens"] == len(prompt)
+
+
+def post_json(server, path: str, body: dict) -> tuple[int, dict]:
+    import http.client
+
+    host, port = server.server_address
+    conn = http.client.HTTPConnection(host, port, timeout=120)
+    conn.request("POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    data = json.loads(response.read())
+    conn.close()
+    return response.status, data

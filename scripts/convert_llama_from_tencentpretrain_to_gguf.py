@@ -1,6 +1,7 @@
-"""Convert a TencentPretrain LLaMA checkpoint (or a Hugging Face LLaMA directory) to a GGUF file for llama.cpp.
+"""Convert a TencentPretrain LLaMA-family checkpoint (or a Hugging Face directory) to a GGUF file for llama.cpp.
 
-The file holds the architecture, the SentencePiece vocabulary, the chat template of --template and the weights in
+The file holds the architecture (llama; qwen2 and qwen3 for Qwen's), the vocabulary (SentencePiece's, or a byte-level
+BPE's from --tokenizer_path), the chat template of --template and the weights in
 f32, f16, q8_0 or q4_0 (docs/deployment.md). Needs the ``gguf`` package: ``pip install -e .[gguf]``.
 """
 
@@ -20,7 +21,9 @@ def parse_args(argv):
     parser.add_argument("--input_model_path", required=True,
                         help="TencentPretrain .bin/.safetensors checkpoint, or a Hugging Face LLaMA directory")
     parser.add_argument("--config_path", help="the checkpoint's JSON config (not needed for a directory)")
-    parser.add_argument("--spm_model_path", help="SentencePiece model (default: tokenizer.model of a directory)")
+    parser.add_argument("--spm_model_path", help="SentencePiece model (default: the tokenizer of a directory)")
+    parser.add_argument("--tokenizer_path", help="Hugging Face tokenizer.json or directory (Llama-3, Qwen: byte-level "
+                                                 "BPE), instead of --spm_model_path")
     parser.add_argument("--output_model_path", required=True, help="the .gguf file to write")
     parser.add_argument("--outtype", choices=("f32", "f16", "q8_0", "q4_0"), default="f16",
                         help="weight type: f32, f16, or 8-/4-bit blocks q8_0 and q4_0 (norms always f32)")
@@ -39,25 +42,30 @@ def main(argv=None) -> int:
     except ImportError:
         raise InputError("the gguf package is not installed: pip install -e .[gguf]") from None
     with naming("--input_model_path", args.input_model_path), naming("--config_path", args.config_path), \
-            naming("--spm_model_path", args.spm_model_path):
+            naming("--spm_model_path", args.spm_model_path), naming("--tokenizer_path", args.tokenizer_path):
         convert(args)
     return 0
 
 
 def convert(args) -> None:
     from tencentpretrain.convert.gguf import read_checkpoint, write_gguf
-    from tencentpretrain.convert.gguf_vocab import read_vocabulary
+    from tencentpretrain.convert.gguf_vocab import read_bpe_vocabulary, read_vocabulary
     from tencentpretrain.data.chat_template import exported_source, load_template
 
     if args.template is not None:  # a bad template file is reported before the weights are read
         load_template(args.template)
-    spm = args.spm_model_path
-    if spm is None:
-        if not Path(args.input_model_path).is_dir():
-            raise ConversionError("--spm_model_path is required for a checkpoint file")
-        spm = Path(args.input_model_path) / "tokenizer.model"
+    spm, hf = args.spm_model_path, args.tokenizer_path
+    if spm and hf:
+        raise ConversionError("give one of --spm_model_path and --tokenizer_path, not both")
+    if spm is None and hf is None:
+        folder = Path(args.input_model_path)
+        if not folder.is_dir():
+            raise ConversionError("a checkpoint file needs its tokenizer: --spm_model_path or --tokenizer_path")
+        spm, hf = (folder / "tokenizer.model", None) if (folder / "tokenizer.model").is_file() or not \
+            (folder / "tokenizer.json").is_file() else (None, folder)
     config, tensors = read_checkpoint(args.input_model_path, args.config_path)
-    vocab = read_vocabulary(spm, tensors["embedding.word.embedding.weight"].shape[0])
+    rows = tensors["embedding.word.embedding.weight"].shape[0]
+    vocab = read_vocabulary(spm, rows) if hf is None else read_bpe_vocabulary(hf, rows)
     for warning in vocab.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     template = exported_source(args.template, vocab.add_space_prefix) if args.template else None

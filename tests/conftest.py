@@ -71,9 +71,11 @@ def tiny_bpe(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen_bpe(tmp_path_factory) -> Path:
-    """A Qwen-like byte-level BPE directory: no bos, eos <|im_end|>, pad <|endoftext|>, a ChatML chat template."""
-    from tencentpretrain.tokenizers.train import train_byte_level_bpe
+    """A Qwen-like byte-level BPE directory (single-digit split): no bos, eos <|im_end|>, pad <|endoftext|>, a
+    ChatML chat template."""
+    from tencentpretrain.tokenizers.train import QWEN2_SPLIT, train_byte_level_bpe
 
     return train_byte_level_bpe(bpe_lines(), tmp_path_factory.mktemp("bpe") / "qwen_like", 400,
                                 special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"), bos=None,
-                                eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML)
+                                eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML,
+                                split=QWEN2_SPLIT)

@@ -290,3 +290,19 @@ def post_json(server, path: str, body: dict) -> tuple[int, dict]:
     data = json.loads(response.read())
     conn.close()
     return response.status, data
+
+
+def test_streamed_text_is_whole_characters(tiny_bpe):
+    """Byte-level tokens split emoji and CJK characters across tokens: the stream holds a piece back until its
+    character is complete, so no piece carries U+FFFD and the pieces add up to the decoded text."""
+    from tencentpretrain.generation.chat import REPLACEMENT, TextStream
+
+    tokenizer = HuggingFaceTokenizer(tiny_bpe)
+    text = "emoji 😀🎉👍🏽 中文文本 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ✓"
+    ids = tokenizer.encode(text)
+    assert any(REPLACEMENT in tokenizer.decode([i]) for i in ids)  # some tokens are parts of a character
+    stream = TextStream(tokenizer, prefix=tokenizer.encode("say")[-1])
+    pieces = [stream.push(i) for i in ids]
+    pieces.append(stream.finish())
+    assert all(REPLACEMENT not in piece for piece in pieces)
+    assert "".join(pieces) == text

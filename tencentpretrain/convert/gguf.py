@@ -55,8 +55,41 @@ GGUF_TO_OURS = {
     "blk.{}.ffn_down.weight": _LAYER + "feed_forward.linear_2.weight",
     "output_norm.weight": "encoder.layer_norm.weight",
     "output.weight": LM_HEAD,
+    **{f"blk.{{}}.attn_{p}.bias": _LAYER + f"self_attn.linear_layers.{i}.bias" for i, p in enumerate("qkv")},  # qwen2
+    "blk.{}.attn_q_norm.weight": _LAYER + "self_attn.q_norm.weight",  # qwen3
+    "blk.{}.attn_k_norm.weight": _LAYER + "self_attn.k_norm.weight",
 }
 OURS_TO_GGUF = invert(GGUF_TO_OURS)
+# llama.cpp's qwen2 and qwen3 rotate the two halves of each head (its "neox" rope mode), transformers' layout:
+# their q/k rows (weights, biases) and per-head norms are written permuted so (the llama architecture takes ours).
+NEOX_ARCHS = ("qwen2", "qwen3")
+QUERY_ROWS = ("blk.{}.attn_q.weight", "blk.{}.attn_q.bias")
+KEY_ROWS = ("blk.{}.attn_k.weight", "blk.{}.attn_k.bias")
+HEAD_NORMS = ("blk.{}.attn_q_norm.weight", "blk.{}.attn_k_norm.weight")
+
+
+def gguf_arch(config: ModelConfig) -> str:
+    """The llama.cpp architecture of a config: qwen3 (per-head q/k norms), qwen2 (q/k/v biases), else llama.
+
+    Raises ConversionError for what llama.cpp's architectures do not compute as we do (dynamic NTK scaling, a
+    sliding window shorter than the context, both q/k norms and biases)."""
+    if config.qk_norm and config.qkv_bias:
+        raise ConversionError("q/k norms together with q/k/v biases: no llama.cpp architecture has both")
+    if config.sliding_window is not None and config.sliding_window < config.max_seq_length:
+        raise ConversionError(f"sliding_window {config.sliding_window} < max_seq_length {config.max_seq_length}: "
+                              "llama.cpp's llama architecture attends to the whole context; set sliding_window to "
+                              "null (Mistral v0.2 and later) or max_seq_length to the window")
+    if config.rope_scaling is not None and config.rope_scaling.rope_type == "dynamic":
+        raise ConversionError("rope_scaling 'dynamic' (NTK) has no GGUF form; llama.cpp computes linear, yarn and "
+                              "llama3 (rope_freqs) scaling")
+    return "qwen3" if config.qk_norm else "qwen2" if config.qkv_bias else ARCH
+
+
+def _to_neox(gguf_name: str, tensor: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    template, _ = match(gguf_name, GGUF_TO_OURS)
+    heads = config.heads_num if template in QUERY_ROWS else config.kv_heads_num if template in KEY_ROWS else \
+        1 if template in HEAD_NORMS else None
+    return tensor if heads is None else permute_rotary(tensor, heads, to_hf=True)
 OUTTYPES = ("f32", "f16", "q8_0", "q4_0")
 
 
@@ -165,7 +198,8 @@ def _position(gguf_name: str) -> tuple[int, int]:
 def write_gguf(path: str | Path, config: ModelConfig, tensors: dict[str, LazyTensor], vocab: Vocabulary,
                outtype: str = "f16", chat_template: str | None = None, name: str | None = None,
                on_tensor: Callable[[str, object], None] | None = None) -> None:
-    """Write a GGUF file llama.cpp loads as a ``llama`` model, atomically, one tensor in memory at a time.
+    """Write a GGUF file llama.cpp loads as a ``llama``, ``qwen2`` or ``qwen3`` model (``gguf_arch``), atomically,
+    one tensor in memory at a time.
 
     Args:
         path: the ``.gguf`` file to write.
@@ -184,23 +218,43 @@ def write_gguf(path: str | Path, config: ModelConfig, tensors: dict[str, LazyTen
     rows = tensors[WORD_EMBEDDING].shape[0]
     if len(vocab.tokens) != rows:
         raise ConversionError(f"the vocabulary has {len(vocab.tokens)} tokens but the model {rows} embedding rows")
+    arch = gguf_arch(config)
     plan = gguf_plan(config, tensors, outtype)
+    freqs = rope_freqs(config)
     path = Path(path)
     with atomic_path(path) as tmp:
-        writer = gguf.GGUFWriter(tmp, ARCH)
+        writer = gguf.GGUFWriter(tmp, arch)
         _add_model_metadata(writer, config, rows, outtype, name or path.stem)
         _add_vocabulary(writer, vocab, chat_template)
+        if freqs is not None:
+            writer.add_tensor_info("rope_freqs.weight", freqs.shape, np.dtype(np.float32), freqs.nbytes)
         for gguf_name, ours, qtype in plan:
             shape = gguf.quant_shape_to_byte_shape(tensors[ours].shape, qtype)
             writer.add_tensor_info(gguf_name, shape, np.dtype(np.uint8), int(np.prod(shape)), raw_dtype=qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
+        if freqs is not None:
+            writer.write_tensor_data(freqs)
         for gguf_name, ours, qtype in plan:
-            writer.write_tensor_data(encode(tensors[ours].load(), qtype))
+            tensor = tensors[ours].load()
+            if arch in NEOX_ARCHS:
+                tensor = _to_neox(gguf_name, tensor, config)
+            writer.write_tensor_data(encode(tensor, qtype))
             if on_tensor is not None:
                 on_tensor(gguf_name, qtype)
         writer.close()
+
+
+def rope_freqs(config: ModelConfig) -> np.ndarray | None:
+    """llama.cpp's ``rope_freqs`` tensor for Llama-3.1's scaling: per frequency, the factor it divides the
+    unscaled one by (head_dim / 2 float32 values); None for other configs."""
+    if config.rope_scaling is None or config.rope_scaling.rope_type != "llama3":
+        return None
+    from tencentpretrain.layers.rope_scaling import default_inv_freq, inv_frequencies
+
+    scaled, _ = inv_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
+    return (default_inv_freq(config.head_dim, config.rope_theta) / scaled).numpy().astype(np.float32)
 
 
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0"}
@@ -219,25 +273,39 @@ def _add_model_metadata(writer, config: ModelConfig, vocab_rows: int, outtype: s
     writer.add_feed_forward_length(config.feedforward_size)
     writer.add_head_count(config.heads_num)
     writer.add_head_count_kv(config.kv_heads_num)
+    if config.head_dim != config.hidden_size // config.heads_num:  # Qwen3's explicit head size
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
     writer.add_rope_dimension_count(config.head_dim)
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.layernorm_eps)
+    scaling = config.rope_scaling
+    if scaling is not None and scaling.rope_type in ("linear", "yarn"):
+        writer.add_rope_scaling_type(gguf.RopeScalingType[scaling.rope_type.upper()])
+        writer.add_rope_scaling_factor(scaling.factor)
+        if scaling.rope_type == "yarn":
+            writer.add_rope_scaling_orig_ctx_len(scaling.original_max_position_embeddings)
 
 
 def _add_vocabulary(writer, vocab: Vocabulary, chat_template: str | None) -> None:
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
-    writer.add_token_scores(vocab.scores)
+    if vocab.model == "llama":
+        writer.add_token_scores(vocab.scores)
     writer.add_token_types(vocab.types)
+    if vocab.merges:
+        writer.add_token_merges(vocab.merges)
     writer.add_bos_token_id(vocab.special["bos"])
     writer.add_eos_token_id(vocab.special["eos"])
-    writer.add_unk_token_id(vocab.special["unk"])
+    if "unk" in vocab.special:
+        writer.add_unk_token_id(vocab.special["unk"])
     if "pad" in vocab.special:
         writer.add_pad_token_id(vocab.special["pad"])
-    writer.add_add_bos_token(True)
+    writer.add_add_bos_token(vocab.add_bos)
     writer.add_add_eos_token(False)
-    writer.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.model == "llama":
+        writer.add_add_space_prefix(vocab.add_space_prefix)
     if chat_template:
         writer.add_chat_template(chat_template)
 

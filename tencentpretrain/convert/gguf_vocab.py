@@ -1,4 +1,5 @@
-"""What llama.cpp needs besides the weights: the SentencePiece vocabulary and the chat template.
+"""What llama.cpp needs besides the weights: the vocabulary (SentencePiece's, or a byte-level BPE's) and the chat
+template.
 
 The vocabulary goes in as llama.cpp's ``llama`` tokenizer (SentencePiece BPE run over the piece scores): each piece
 with its score and type, the special-token ids and whether a space is put before the text. The chat template is a
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from tencentpretrain.convert.keymap import ConversionError
 from tencentpretrain.tokenizers.merge import read_model_proto
+from tencentpretrain.tokenizers.train import LLAMA3_SPLIT, QWEN2_SPLIT
 
 # SentencePiece's ModelProto.SentencePiece.Type numbers, which llama.cpp's token types (gguf.TokenType) share.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -39,6 +41,10 @@ class Vocabulary:
     special: dict[str, int]
     add_space_prefix: bool
     warnings: list[str] = field(default_factory=list)
+    model: str = "llama"  # tokenizer.ggml.model: llama (SentencePiece) or gpt2 (byte-level BPE)
+    pre: str = "default"  # tokenizer.ggml.pre: the pre-tokenizer llama.cpp splits text with
+    merges: list[str] = field(default_factory=list)  # gpt2: "left right" pairs, highest priority first
+    add_bos: bool = True
 
 
 def read_vocabulary(spm_model_path: str | Path, rows: int) -> Vocabulary:
@@ -65,6 +71,74 @@ def read_vocabulary(spm_model_path: str | Path, rows: int) -> Vocabulary:
         raise ConversionError(f"--spm_model_path {spm_model_path}: defines no {' / '.join(missing)} piece")
     return Vocabulary(tokens, scores, types, special, proto.normalizer_spec.add_dummy_prefix,
                       _tokenizer_warnings(proto, spm_model_path))
+
+
+# The pre-tokenizer split regexes llama.cpp knows by name (tokenizer.ggml.pre), as the tokenizer.json files write them.
+PRE_TOKENIZERS = {"llama-bpe": LLAMA3_SPLIT, "qwen2": QWEN2_SPLIT}
+
+
+def read_bpe_vocabulary(tokenizer_path: str | Path, rows: int) -> Vocabulary:
+    """The vocabulary of a Hugging Face byte-level BPE (``tokenizer.json``) for a model with ``rows`` embedding rows,
+    as llama.cpp's ``gpt2`` tokenizer takes it: tokens in id order (byte-level strings), special added tokens as
+    CONTROL, other added tokens as USER_DEFINED, the merges, and the pre-tokenizer named by its split regex
+    (``llama-bpe`` for Llama-3's, ``qwen2`` for Qwen's).
+
+    Raises:
+        ConversionError: not a byte-level BPE, a pre-tokenizer llama.cpp does not know, or more tokens than rows.
+    """
+    from tencentpretrain.jsonfile import read_json_object
+    from tencentpretrain.tokenizers import HuggingFaceTokenizer
+
+    tokenizer = HuggingFaceTokenizer(tokenizer_path)
+    where = f"--tokenizer_path {tokenizer_path}"
+    if tokenizer.vocab_size > rows:
+        raise ConversionError(f"{where}: {tokenizer.vocab_size} tokens but the model's word embedding has only "
+                              f"{rows} rows; is it the model's tokenizer?")
+    if tokenizer.file.name == "vocab.json":
+        merges_text = (tokenizer.file.parent / "merges.txt").read_text(encoding="utf-8").splitlines()
+        merges = [m for m in merges_text if m and not m.startswith("#version")]
+        pre = "gpt2"
+    else:
+        data = read_json_object(tokenizer.file, ConversionError, what="a tokenizer")
+        model = data.get("model") or {}
+        if model.get("type") != "BPE":
+            raise ConversionError(f"{where}: a {model.get('type')} model; llama.cpp's gpt2 vocabulary takes "
+                                  "byte-level BPE")
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        pre = _pre_tokenizer_name(data.get("pre_tokenizer"), where)
+    added = {i: token.special for i, token in tokenizer.tk.get_added_tokens_decoder().items()}
+    tokens, types = [], []
+    for i in range(tokenizer.vocab_size):
+        token = tokenizer.id_to_piece(i)
+        if token is None:  # a hole in the ids
+            token, kind = f"[PAD{i}]", UNUSED
+        else:
+            kind = NORMAL if i not in added else CONTROL if added[i] else USER_DEFINED
+        tokens.append(token)
+        types.append(kind)
+    tokens += [f"[PAD{i}]" for i in range(tokenizer.vocab_size, rows)]
+    types += [UNUSED] * (rows - tokenizer.vocab_size)
+    special = {name: i for name, i in tokenizer.special_tokens.items() if i is not None}
+    if tokenizer.bos_id is None:  # llama.cpp needs an id; it is never added (add_bos false)
+        special["bos"] = tokenizer.eos_id
+    return Vocabulary(tokens, [0.0] * rows, types, special, False, model="gpt2", pre=pre, merges=merges,
+                      add_bos=tokenizer.bos_id is not None)
+
+
+def _pre_tokenizer_name(pre_tokenizer, where: str) -> str:
+    """The llama.cpp name of a tokenizer.json's pre-tokenizer: its Split regex looked up in PRE_TOKENIZERS."""
+    steps = (pre_tokenizer or {}).get("pretokenizers") or [pre_tokenizer or {}]
+    for step in steps:
+        regex = (step.get("pattern") or {}).get("Regex") if step.get("type") == "Split" else None
+        if regex is not None:
+            for name, known in PRE_TOKENIZERS.items():
+                if regex == known:
+                    return name
+            raise ConversionError(f"{where}: its pre-tokenizer splits with {regex!r}, which llama.cpp knows by no "
+                                  f"name we write (known: {', '.join(PRE_TOKENIZERS)})")
+        if step.get("type") == "ByteLevel" and step.get("use_regex", True) and len(steps) == 1:
+            return "gpt2"
+    raise ConversionError(f"{where}: no byte-level pre-tokenizer llama.cpp knows")
 
 
 def _token_text(piece: str, kind: int) -> str:

@@ -52,21 +52,22 @@ def train_sentencepiece(corpus_path: str | Path, model_prefix: str | Path, vocab
     return prefix.with_name(prefix.name + ".model")
 
 
-# Llama-3's pre-tokenizer split (Qwen's is the same with single digits): contractions, letters with one leading
-# non-letter, digit runs of up to three, punctuation runs, newlines, spaces.
+# Llama-3's pre-tokenizer split: contractions, letters with one leading non-letter, digit runs of up to three,
+# punctuation runs, newlines, spaces. Qwen's is the same with single digits.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 
 
 def train_byte_level_bpe(lines: list[str], out_dir: str | Path, vocab_size: int,
                          special_tokens: tuple[str, ...] = ("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"),
                          bos: str | None = "<|begin_of_text|>", eos: str = "<|end_of_text|>", pad: str | None = None,
-                         chat_template: str | None = None) -> Path:
+                         chat_template: str | None = None, split: str = LLAMA3_SPLIT) -> Path:
     """Train a byte-level BPE set up like Llama-3's (its split regex, the 256-byte alphabet, no unknown token) and
     write ``tokenizer.json`` and ``tokenizer_config.json`` into ``out_dir``; returns ``out_dir``.
 
-    The special tokens are appended after the learned tokens, as Llama-3 and Qwen have them; ``bos`` None makes a
-    Qwen-like tokenizer without one.
+    The special tokens are appended after the learned tokens, as Llama-3 and Qwen have them; ``bos`` None and
+    ``split`` QWEN2_SPLIT make a Qwen-like tokenizer.
     """
     from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, trainers
     from tokenizers.models import BPE
@@ -75,7 +76,7 @@ def train_byte_level_bpe(lines: list[str], out_dir: str | Path, vocab_size: int,
 
     tokenizer = Tokenizer(BPE(ignore_merges=True))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.Split(Regex(split), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tokenizer.decoder = decoders.ByteLevel()

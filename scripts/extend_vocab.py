@@ -3,6 +3,8 @@
     python scripts/extend_vocab.py --input_model_path models/llama-7b.bin --config_path models/llama/7b_config.json \\
         --base_spm_model_path llama.model --spm_model_path merged/tokenizer.model \\
         --output_model_path models/llama-7b-zh-init.bin --init subword_mean
+    python scripts/extend_vocab.py --input_model_path models/llama3-8b.bin --config_path models/llama3/8b_config.json \\
+        --base_tokenizer_path Llama-3.1-8B --tokenizer_path merged --output_model_path models/llama3-8b-zh-init.bin
 
 Old rows are kept bit for bit; new rows start as the mean of the base rows of the pieces their text tokenizes into
 (subword_mean), the mean of all base rows (mean) or N(0, --init_std) (normal). Reads and writes .bin or
@@ -18,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 from tencentpretrain.checkpoint import atomic_path, load_state_dict, save_state_dict  # noqa: E402
-from tencentpretrain.cli import naming, run_cli  # noqa: E402
+from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
 from tencentpretrain.config import ModelConfig  # noqa: E402
 from tencentpretrain.convert.vocab import INITS, extend_state  # noqa: E402
 
@@ -27,8 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input_model_path", required=True, help="TencentPretrain .bin or .safetensors")
     parser.add_argument("--config_path", required=True, help="its JSON config")
-    parser.add_argument("--base_spm_model_path", required=True, help="the tokenizer the checkpoint was trained with")
-    parser.add_argument("--spm_model_path", required=True, help="the merged tokenizer (extends the base)")
+    parser.add_argument("--base_spm_model_path", help="the tokenizer the checkpoint was trained with")
+    parser.add_argument("--spm_model_path", help="the merged tokenizer (extends the base)")
+    parser.add_argument("--base_tokenizer_path", help="byte-level BPE: the tokenizer.json (or directory) the "
+                        "checkpoint was trained with")
+    parser.add_argument("--tokenizer_path", help="byte-level BPE: the merged tokenizer.json (or directory)")
     parser.add_argument("--output_model_path", required=True, help=".bin or .safetensors to write")
     parser.add_argument("--output_config_path", help="also write the config with the new vocab_size here (needed "
                         "when --config_path fixes vocab_size)")
@@ -44,9 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         config = ModelConfig.from_json(args.config_path)
     with naming("--input_model_path", args.input_model_path):
         state = load_state_dict(args.input_model_path)
-    with naming("--base_spm_model_path", args.base_spm_model_path), naming("--spm_model_path", args.spm_model_path):
-        out = extend_state(state, config, args.base_spm_model_path, args.spm_model_path, args.init, args.init_std,
-                           args.seed, source=args.input_model_path)
+    bpe = args.base_tokenizer_path is not None or args.tokenizer_path is not None
+    base, merged = (args.base_tokenizer_path, args.tokenizer_path) if bpe else \
+        (args.base_spm_model_path, args.spm_model_path)
+    flags = ("--base_tokenizer_path", "--tokenizer_path") if bpe else ("--base_spm_model_path", "--spm_model_path")
+    if base is None or merged is None or (bpe and (args.base_spm_model_path or args.spm_model_path)):
+        raise InputError("give --base_spm_model_path and --spm_model_path (SentencePiece), or --base_tokenizer_path "
+                         "and --tokenizer_path (byte-level BPE)")
+    with naming(flags[0], base), naming(flags[1], merged):
+        out = extend_state(state, config, base, merged, args.init, args.init_std, args.seed,
+                           source=args.input_model_path, bpe=bpe)
     old, new = state["embedding.word.embedding.weight"].shape[0], out["embedding.word.embedding.weight"].shape[0]
     save_state_dict(out, args.output_model_path)
     if args.output_config_path:

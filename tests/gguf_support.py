@@ -23,6 +23,28 @@ SHAPES = {
 }
 
 
+# Tiny members of the byte-level BPE families, as our config keys (their llama.cpp architectures: llama, qwen2, qwen3).
+FAMILIES = {
+    "llama3": {"rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                         "high_freq_factor": 4.0,
+                                                         "original_max_position_embeddings": 16}},
+    "llama3-linear": {"rope_theta": 500000.0, "rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+    "qwen2": {"rope_theta": 1000000.0, "qkv_bias": True, "tie_weights": True},
+    "qwen3": {"rope_theta": 1000000.0, "qk_norm": True, "attention_head_size": 24, "tie_weights": True},
+    "qwen3-yarn": {"rope_theta": 1000000.0, "qk_norm": True, "attention_head_size": 24, "tie_weights": True,
+                   "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}},
+}
+
+
+def family_config(family: str) -> ModelConfig:
+    """A tiny model of one of FAMILIES (hidden 64, GQA 4/2, 2 layers, context 512)."""
+    return ModelConfig.from_dict({
+        **LLAMA_ARCHITECTURE, "emb_size": 64, "hidden_size": 64, "feedforward_size": 96, "heads_num": 4,
+        "local_kv_heads_num": 2, "layers_num": 2, "max_seq_length": 512, "layernorm_eps": 1e-6,
+        "allow_padded_vocab": True, **FAMILIES[family],
+    })
+
+
 def shared_data() -> Path | None:
     """``../shared/data`` beside the repository, or ``$TP_SHARED_DIR/data``; None when neither exists."""
     for base in (ROOT.parent / "shared", Path(os.environ.get("TP_SHARED_DIR", "/nonexistent"))):

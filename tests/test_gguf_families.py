@@ -11,7 +11,7 @@ import llama_cpp_side as side
 import numpy as np
 import pytest
 import torch
-from gguf_support import random_state, script, shared_data, write_checkpoint
+from gguf_support import FAMILIES, family_config, random_state, script, shared_data, write_checkpoint
 from isolation import in_child
 
 pytest.importorskip("gguf")
@@ -21,36 +21,17 @@ if importlib.util.find_spec("llama_cpp") is None:
 from tencentpretrain import load_model  # noqa: E402
 from tencentpretrain.config import ModelConfig  # noqa: E402
 from tencentpretrain.convert.keymap import ConversionError  # noqa: E402
-from tencentpretrain.convert.llama import LLAMA_ARCHITECTURE  # noqa: E402
 from tencentpretrain.generation import Engine  # noqa: E402
 from tencentpretrain.tokenizers import HuggingFaceTokenizer  # noqa: E402
 
 ABOUT = ("llama-cpp-python", "gguf")
 ROWS = 416  # past the tokenizers' 400 tokens, as Qwen pads
-FAMILIES = {
-    "llama3": {"rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                                         "high_freq_factor": 4.0,
-                                                         "original_max_position_embeddings": 16}},
-    "llama3-linear": {"rope_theta": 500000.0, "rope_scaling": {"rope_type": "linear", "factor": 2.0}},
-    "qwen2": {"rope_theta": 1000000.0, "qkv_bias": True, "tie_weights": True},
-    "qwen3": {"rope_theta": 1000000.0, "qk_norm": True, "attention_head_size": 24, "tie_weights": True},
-    "qwen3-yarn": {"rope_theta": 1000000.0, "qk_norm": True, "attention_head_size": 24, "tie_weights": True,
-                   "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}},
-}
 TEXTS = ["the model reads tokens", "  two  spaces\n\n\nthree newlines", "def f(x):\n    return x + 1  # done",
          "emoji 😀 🎉 and 👍🏽 here", "mixed 中文 and English 文本", "numbers 12345 and 3.14159", "tab\tseparated"]
 
 
 def llama_cpp(function, *args):
     return in_child(function, *args, about=ABOUT)
-
-
-def family_config(family: str) -> ModelConfig:
-    return ModelConfig.from_dict({
-        **LLAMA_ARCHITECTURE, "emb_size": 64, "hidden_size": 64, "feedforward_size": 96, "heads_num": 4,
-        "local_kv_heads_num": 2, "layers_num": 2, "max_seq_length": side.CTX, "layernorm_eps": 1e-6,
-        "allow_padded_vocab": True, **FAMILIES[family],
-    })
 
 
 def to_gguf(model, config, tokenizer, out, outtype: str = "f32"):

@@ -9,6 +9,9 @@ tokenizer appended to the base tokenizer. Every old row is kept bit for bit; eac
 - ``mean``: the mean of all base rows;
 - ``normal``: drawn from N(0, ``std``).
 
+A checkpoint whose config allows a padded vocabulary (Qwen's rows past its tokenizer) gives its padding rows to the
+new tokens first; padding rows they do not need stay as they were.
+
 Other tensors are passed through untouched (memory-mapped from a ``.bin``), so only the two grown matrices are held
 in memory beside the checkpoint.
 """
@@ -76,7 +79,7 @@ def grow(base: torch.Tensor, new_rows: torch.Tensor) -> torch.Tensor:
 
 def extend_state(state: dict[str, torch.Tensor], config: ModelConfig, base_spm_path: str | Path,
                  spm_path: str | Path, init: str = "subword_mean", std: float = 0.02, seed: int = 7,
-                 source: str = "checkpoint") -> dict[str, torch.Tensor]:
+                 source: str = "checkpoint", bpe: bool = False) -> dict[str, torch.Tensor]:
     """A state dict whose embedding and head have a row per piece of the merged tokenizer ``spm_path``.
 
     Args:
@@ -88,6 +91,8 @@ def extend_state(state: dict[str, torch.Tensor], config: ModelConfig, base_spm_p
         std: standard deviation of ``normal``.
         seed: seed of ``normal``.
         source: the checkpoint's file, for messages.
+        bpe: the two tokenizers are Hugging Face byte-level BPEs (tokenizer.json files or directories), merged by
+            ``tokenizers/bpe_merge.py``; a new token's subwords are the base's tokens of its bytes.
 
     Returns:
         A new dict; tensors other than the embedding and head are the same objects. A tied head is left out (it
@@ -96,23 +101,38 @@ def extend_state(state: dict[str, torch.Tensor], config: ModelConfig, base_spm_p
     Raises:
         VocabError: the base tokenizer's size is not the checkpoint's rows, or the merged tokenizer does not extend it.
     """
-    base_size = check_extends(base_spm_path, spm_path)
-    merged = read_model_proto(spm_path)
+    if bpe:
+        from tencentpretrain.tokenizers.bpe_merge import base_parts, check_bpe_extends
+        from tencentpretrain.tokenizers.huggingface import HuggingFaceTokenizer
+
+        base_size = check_bpe_extends(base_spm_path, spm_path)
+        new_ids = list(range(base_size, HuggingFaceTokenizer(spm_path).vocab_size))
+    else:
+        base_size = check_extends(base_spm_path, spm_path)
+        new_pieces = [p.piece for p in read_model_proto(spm_path).pieces[base_size:]]
     rows = vocab_rows(state)
     if WORD_EMBEDDING not in rows:
         raise VocabError(f"{source} has no {WORD_EMBEDDING}; is it a TencentPretrain checkpoint?")
-    wrong = {name: n for name, n in rows.items() if n != base_size}
+    padded = config.allow_padded_vocab  # rows past the tokenizer (Qwen's): the new tokens take them first
+    wrong = {name: n for name, n in rows.items() if n != base_size and not (padded and n > base_size)}
     if wrong:
         sizes = ", ".join(f"{name} has {n} rows" for name, n in wrong.items())
         raise VocabError(f"base tokenizer {base_spm_path} has {base_size} pieces but checkpoint {source}: {sizes}; "
                          "pass the tokenizer the checkpoint was trained with as --base_spm_model_path")
-    new_pieces = [p.piece for p in merged.pieces[base_size:]]
-    parts = subword_ids(base_spm_path, new_pieces) if init == "subword_mean" else None
+    if init != "subword_mean":
+        parts = None
+    else:
+        parts = base_parts(base_spm_path, spm_path, new_ids) if bpe else subword_ids(base_spm_path, new_pieces)
+    count = len(new_ids) if bpe else len(new_pieces)
     generator = torch.Generator().manual_seed(seed)
     out = dict(state)
     names = [WORD_EMBEDDING] if config.tie_weights else [n for n in (WORD_EMBEDDING, LM_HEAD) if n in state]
     for name in names:
-        out[name] = grow(state[name], init_rows(state[name], len(new_pieces), init, parts, std, generator))
+        base_rows = state[name][:base_size]
+        grown = grow(base_rows, init_rows(base_rows, count, init, parts, std, generator))
+        if grown.shape[0] < state[name].shape[0]:  # padding rows the new tokens did not need: kept
+            grown = grow(grown, state[name][grown.shape[0]:])
+        out[name] = grown
     if config.tie_weights:
         out.pop(LM_HEAD, None)
     return out

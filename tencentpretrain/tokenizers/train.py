@@ -62,12 +62,14 @@ QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 def train_byte_level_bpe(lines: list[str], out_dir: str | Path, vocab_size: int,
                          special_tokens: tuple[str, ...] = ("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"),
                          bos: str | None = "<|begin_of_text|>", eos: str = "<|end_of_text|>", pad: str | None = None,
-                         chat_template: str | None = None, split: str = LLAMA3_SPLIT) -> Path:
+                         chat_template: str | None = None, split: str = LLAMA3_SPLIT,
+                         like: str | Path | None = None) -> Path:
     """Train a byte-level BPE set up like Llama-3's (its split regex, the 256-byte alphabet, no unknown token) and
     write ``tokenizer.json`` and ``tokenizer_config.json`` into ``out_dir``; returns ``out_dir``.
 
     The special tokens are appended after the learned tokens, as Llama-3 and Qwen have them; ``bos`` None and
-    ``split`` QWEN2_SPLIT make a Qwen-like tokenizer.
+    ``split`` QWEN2_SPLIT make a Qwen-like tokenizer. ``like``, a base tokenizer.json, gives its normalizer and
+    pre-tokenizer instead (the extra tokenizer of a vocabulary merge must split text exactly as its base).
     """
     from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, trainers
     from tokenizers.models import BPE
@@ -80,6 +82,11 @@ def train_byte_level_bpe(lines: list[str], out_dir: str | Path, vocab_size: int,
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tokenizer.decoder = decoders.ByteLevel()
+    if like is not None:
+        base = Tokenizer.from_file(str(like))
+        tokenizer.pre_tokenizer = base.pre_tokenizer
+        if base.normalizer is not None:
+            tokenizer.normalizer = base.normalizer
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(special_tokens), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
     tokenizer.train_from_iterator(lines, trainer)

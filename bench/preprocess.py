@@ -11,6 +11,14 @@ then loading: opening our dataset and reading every sample vs unpickling Tencent
 and peak RSS (process tree) of our preprocess on the corpus and on 10x the corpus.
 
     python bench/preprocess.py --repeat 4 --processes_num 2 --tencentpretrain_dir /tmp/tp_copy --trials 3
+
+With ``--tokenizer_path`` (a byte-level BPE tokenizer.json, e.g. ../shared/data/tokenizers/qwen3) the tokenizer is
+that one: raw is the ``tokenizers`` library's ``encode_batch_fast`` of the same chunks in this process on its own
+thread pool (all cores), ours ``build_dataset`` as ``preprocess.py --tokenizer_path`` runs it at 1 and at
+``--processes_num`` processes (the scaling); TencentPretrain,
+which has no byte-level BPE tokenizer, is skipped.
+
+    python bench/preprocess.py --repeat 4 --processes_num 2 --tokenizer_path ../shared/data/tokenizers/qwen3
 """
 
 from __future__ import annotations
@@ -58,21 +66,27 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float]
     return wall, peak / 2**20
 
 
+def tokenizer_flag(args) -> str:
+    return "--tokenizer_path" if args.tokenizer_path else "--spm_model_path"
+
+
 def ours(corpus: Path, spm: Path, out: Path, args) -> tuple[float, float, dict]:
-    cmd = [sys.executable, str(ROOT / "preprocess.py"), "--corpus_path", str(corpus), "--spm_model_path", str(spm),
+    cmd = [sys.executable, str(ROOT / "preprocess.py"), "--corpus_path", str(corpus), tokenizer_flag(args), str(spm),
            "--dataset_path", str(out), "--seq_length", str(args.seq_length), "--processes_num",
            str(args.processes_num), "--overwrite"]
     wall, rss = run_measured(cmd)
     return wall, rss, json.loads((out / "meta.json").read_text())
 
 
-def ours_in_process(corpus: Path, spm: Path, out: Path, args) -> tuple[float, dict]:
+def ours_in_process(corpus: Path, spm: Path, out: Path, args, processes: int | None = None) -> tuple[float, dict]:
     from tencentpretrain.data import ProcessorSpec, build_dataset
 
-    spec = ProcessorSpec(processor="lm", tokenizer="sentencepiece", tokenizer_path=str(spm), special_tokens=(),
+    kind = "huggingface" if args.tokenizer_path else "sentencepiece"
+    spec = ProcessorSpec(processor="lm", tokenizer=kind, tokenizer_path=str(spm), special_tokens=(),
                          seq_length=args.seq_length, corpus_format="text")
     start = time.perf_counter()
-    meta = build_dataset(spec, corpus, out, processes_num=args.processes_num, overwrite=True, progress=False)
+    meta = build_dataset(spec, corpus, out, processes_num=processes or args.processes_num, overwrite=True,
+                         progress=False)
     return time.perf_counter() - start, meta
 
 
@@ -132,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=SHARED / "corpora" / "clue_small_zh.txt")
     parser.add_argument("--spm", type=Path, default=SHARED / "tokenizers" / "llama_tokenizer.model")
+    parser.add_argument("--tokenizer_path", type=Path, help="a byte-level BPE tokenizer.json or directory instead of "
+                        "--spm (module docstring)")
     parser.add_argument("--repeat", type=int, default=4, help="Replicate the corpus this many times.")
     parser.add_argument("--processes_num", type=int, default=2)
     parser.add_argument("--seq_length", type=int, default=512)
@@ -140,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rss_factor", type=int, default=10)
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.tokenizer_path:
+        bpe(args)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -177,6 +196,53 @@ def main(argv: list[str] | None = None) -> None:
         big_wall, big_rss, _ = ours(big, args.spm, tmp / "ours_big", args)
         print(f"peak RSS: x{args.repeat} corpus {rss:.0f} MiB, x{args.repeat * args.rss_factor} corpus "
               f"{big_rss:.0f} MiB (ratio {big_rss / rss:.2f}; {big_wall:.1f} s)")
+
+
+def raw_bpe(corpus: Path, path: Path, trials: int, chunk: int = 1024) -> tuple[float, int]:
+    """The library alone: the lines (stripped, blank ones left out, as ``lm`` reads them) in chunks through
+    ``encode_batch_fast`` in this process; the best of ``trials``, and the tokens with each document's bos/eos
+    counted. Each trial loads the tokenizer afresh (not timed), so its word cache starts cold as in our workers."""
+    from tencentpretrain.tokenizers import HuggingFaceTokenizer
+
+    lines = [line.strip() for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+    best = float("inf")
+    for _ in range(trials):
+        tokenizer = HuggingFaceTokenizer(path)
+        wrap = 1 + (tokenizer.bos_id is not None)
+        start = time.perf_counter()
+        tokens = 0
+        for i in range(0, len(lines), chunk):
+            tokens += sum(len(e.ids) for e in tokenizer.tk.encode_batch_fast(lines[i:i + chunk],
+                                                                             add_special_tokens=False))
+        best = min(best, time.perf_counter() - start)
+    return best, tokens + wrap * len(lines)
+
+
+def bpe(args) -> None:
+    """The byte-level BPE comparison: raw ``tokenizers`` and ours at 1 and ``--processes_num`` processes."""
+    from tencentpretrain.data.processors import build_processor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        corpus = replicate(args.corpus, args.repeat, tmp / "corpus.txt")
+        print(f"corpus: {args.corpus.name} x{args.repeat} = {corpus.stat().st_size / 2**20:.1f} MiB, tokenizer "
+              f"{args.tokenizer_path}, seq_length {args.seq_length}, cpu {os.cpu_count()} logical")
+        raw_s, raw_tokens = raw_bpe(corpus, args.tokenizer_path, args.trials)
+        print(f"raw tokenizers (in process, its own {os.cpu_count()} threads): {raw_s:6.2f} s "
+              f"{raw_tokens / raw_s:12,.0f} tokens/s")
+        for processes in sorted({1, args.processes_num}):
+            ours_s = float("inf")
+            for _ in range(args.trials):
+                build_processor.cache_clear()  # each run loads its tokenizer (timed), as a command does
+                seconds, meta = ours_in_process(corpus, args.tokenizer_path, tmp / "ours", args, processes)
+                ours_s = min(ours_s, seconds)
+            tokens = meta["counts"]["tokens"] + meta["counts"]["dropped_tokens"]
+            assert tokens == raw_tokens, (tokens, raw_tokens)
+            print(f"ours, {processes} process(es): {ours_s:6.2f} s {tokens / ours_s:12,.0f} tokens/s   "
+                  f"ours/raw = {raw_s / ours_s:.2f}")
+        wall, rss, _ = ours(corpus, args.tokenizer_path, tmp / "ours", args)
+        print(f"ours (command, {args.processes_num} processes): {wall:6.2f} s  {tokens / wall:12,.0f} tokens/s   "
+              f"peak RSS {rss:4.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -306,3 +306,16 @@ def test_streamed_text_is_whole_characters(tiny_bpe):
     pieces.append(stream.finish())
     assert all(REPLACEMENT not in piece for piece in pieces)
     assert "".join(pieces) == text
+
+
+def test_bench_preprocess_bpe_counts_the_same_tokens_as_the_library(tmp_path, tiny_qwen_bpe, capsys):
+    """bench/preprocess.py --tokenizer_path: ours and raw tokenizers encode the same corpus to the same number of
+    tokens (the bench asserts it) at 1 and 2 processes, and it prints both rates."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(generated_lines(300, seed=8)) + "\n", encoding="utf-8")
+    load_script("preprocess", "bench").main(["--corpus", str(corpus), "--tokenizer_path", str(tiny_qwen_bpe),
+                                             "--repeat", "2", "--processes_num", "2", "--trials", "1",
+                                             "--seq_length", "64"])
+    out = capsys.readouterr().out
+    assert "raw tokenizers" in out and "ours, 1 process(es)" in out and "ours, 2 process(es)" in out
+    assert "ours/raw" in out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 import sys
 import time
 from collections import Counter, deque
@@ -128,6 +129,12 @@ def _meta(spec: ProcessorSpec, tokenizer, counts: Counter) -> dict[str, Any]:
     }
 
 
+def _one_thread_each() -> None:
+    """In a worker: the processes are the parallelism, so the ``tokenizers`` library encodes on this process's
+    thread alone instead of starting a thread per core in every worker."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
 class _mapper:
     """Context manager giving an ordered, bounded-memory ``map(fn, items)`` over worker processes.
 
@@ -141,7 +148,7 @@ class _mapper:
     def __enter__(self) -> Callable[[Callable, Iterable], Iterator]:
         if self.processes_num == 1:
             return map
-        self.pool = multiprocessing.get_context("fork").Pool(self.processes_num)
+        self.pool = multiprocessing.get_context("fork").Pool(self.processes_num, initializer=_one_thread_each)
         return self._map
 
     def _map(self, fn: Callable, items: Iterable) -> Iterator:

@@ -28,7 +28,7 @@ from tencentpretrain.generation.options import add_model_args, load_engine, samp
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
-    parser.set_defaults(template="alpaca", seq_length=2048)
+    parser.set_defaults(template="auto", seq_length=2048)
     group = parser.add_argument_group("server")
     group.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     group.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")

@@ -319,3 +319,22 @@ def test_bench_preprocess_bpe_counts_the_same_tokens_as_the_library(tmp_path, ti
     out = capsys.readouterr().out
     assert "raw tokenizers" in out and "ours, 1 process(es)" in out and "ours, 2 process(es)" in out
     assert "ours/raw" in out
+
+
+def test_template_auto_is_the_tokenizers_own(tiny_bpe, tiny_qwen_bpe, tiny_spm, tmp_path):
+    """The server's default --template auto: a Hugging Face tokenizer's chat template (tokenizer_config.json's, or a
+    chat_template.jinja beside it), else alpaca."""
+    from conftest import CHATML
+
+    from tencentpretrain.generation.options import own_template
+    from tencentpretrain.tokenizers import SentencePieceTokenizer
+
+    assert own_template(HuggingFaceTokenizer(tiny_qwen_bpe)).source == CHATML
+    assert own_template(HuggingFaceTokenizer(tiny_bpe)).name == "alpaca"  # no chat_template in its config
+    assert own_template(SentencePieceTokenizer(tiny_spm)).name == "alpaca"
+    folder = tmp_path / "jinja"
+    shutil.copytree(tiny_bpe, folder)
+    (folder / "chat_template.jinja").write_text("{{ messages[0]['content'] }}", encoding="utf-8")
+    assert own_template(HuggingFaceTokenizer(folder)).source == "{{ messages[0]['content'] }}"
+    assert load_script("server", "inference").build_parser().parse_args(
+        ["--load_model_path", "m.bin"]).template == "auto"

@@ -83,7 +83,9 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
                        help="stop when this text is generated (repeatable); eos always stops")
     group.add_argument("--template", default="none", metavar="NAME|FILE",
                        help="chat template the model was tuned with: a name (" + ", ".join(TEMPLATES.names()) +
-                       "; none for a base model), a Jinja file, a tokenizer_config.json or a Hugging Face directory")
+                       "; none for a base model), a Jinja file, a tokenizer_config.json, a Hugging Face directory, "
+                       "or auto: the --tokenizer_path tokenizer's own chat template, else alpaca (the server's "
+                       "default)")
 
 
 
@@ -91,9 +93,12 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1,
                 decoding: bool = True) -> tuple[Engine, SentencePieceTokenizer]:
     """The engine and tokenizer the options describe, for generating ``batch_size`` prompts at a time
     (``decoding=False``: for scoring only, as evaluation does, so the native decoding kernel does not count)."""
-    if getattr(args, "template", None) is not None:  # checked (file, line) before the model is read
+    auto = getattr(args, "template", None) == "auto"
+    if getattr(args, "template", None) is not None and not auto:  # checked (file, line) before the model is read
         args.template = load_template(args.template)
     tokenizer = load_tokenizer(args)
+    if auto:
+        args.template = own_template(tokenizer)
     requested = None if args.dtype == "auto" else TORCH_DTYPES[args.dtype]
     dtype = requested or (torch.float32 if torch.device(args.device).type == "cpu" else auto_dtype(args.device))
     if args.seed is not None:
@@ -115,6 +120,19 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1,
     engine = Engine(model, eos_ids=tokenizer.end_ids, pad_id=tokenizer.pad_id)
     use_threads(engine, args.threads)
     return engine, tokenizer
+
+
+def own_template(tokenizer):
+    """``--template auto``: a Hugging Face tokenizer's own chat template (``chat_template.jinja`` beside it, or the
+    ``chat_template`` of its tokenizer_config.json, as transformers and llama.cpp use it), else ``alpaca``."""
+    folder = getattr(tokenizer, "file", None)
+    folder = None if folder is None else folder.parent
+    with naming("--tokenizer_path", str(tokenizer.model_path)):
+        if folder is not None and (folder / "chat_template.jinja").is_file():
+            return load_template(folder / "chat_template.jinja")
+        if getattr(tokenizer, "config", {}).get("chat_template"):
+            return load_template(folder / "tokenizer_config.json")
+    return load_template("alpaca")
 
 
 def load_tokenizer(args: argparse.Namespace):

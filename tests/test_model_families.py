@@ -165,3 +165,24 @@ def test_zoo_configs_load_strictly_and_have_the_published_size(name):
     tiny = ModelConfig.from_json(f"models/{name.split('/')[0]}/tiny_config.json")
     assert (tiny.qkv_bias, tiny.qk_norm, tiny.sliding_window is None, tiny.rope_scaling is None) == \
         (config.qkv_bias, config.qk_norm, config.sliding_window is None, config.rope_scaling is None)
+
+
+def test_dynamic_rope_past_the_original_context_equals_transformers(tmp_path):
+    """Dynamic NTK scaling only changes anything past the original context: a model trained on 32 positions read
+    at 80, where transformers grows the base with the sequence length, as we do."""
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(**{**COMMON, "max_position_embeddings": 32},
+                                      rope_parameters={"rope_theta": 10000.0, **ROPE["dynamic"]})).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    out, cfg = tmp_path / "ours.bin", tmp_path / "ours.json"
+    assert hf_to_ours(["--input_model_path", str(tmp_path / "hf"), "--output_model_path", str(out),
+                       "--output_config_path", str(cfg)]) == 0
+    config = ModelConfig.from_json(cfg)
+    assert config.rope_scaling.original_max_position_embeddings == 32
+    config.replace(max_seq_length=128).save(cfg)  # read past the original context
+    ours = load_model(cfg, out).eval()
+    for length in (24, 80):  # inside (unchanged frequencies) and past the original context
+        ids = torch.randint(0, VOCAB, (1, length), generator=torch.Generator().manual_seed(length))
+        with torch.no_grad():
+            theirs, mine = hf(ids).logits, ours(ids)
+        assert (theirs - mine).abs().max().item() <= 1e-4 * max(1.0, theirs.abs().max().item()), length

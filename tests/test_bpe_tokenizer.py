@@ -214,8 +214,8 @@ def test_bad_special_tokens_and_both_tokenizer_flags(tmp_path, tiny_bpe, tiny_sp
 
 
 def test_a_tiny_qwen3_tunes_converts_back_and_chats_as_transformers_does(tmp_path, tiny_qwen_bpe):
-    """HF Qwen3 (embeddings padded past the tokenizer, like Qwen's) -> ours -> chat dataset through its own template
-    -> pretrain.py -> HF with the tokenizer; our server's greedy chat answer equals transformers' generate on the
+    """HF Qwen3 (embeddings padded past the tokenizer, like Qwen's) -> ours -> continued pretraining on an lm dataset
+    -> instruction tuning on a chat dataset made through its own template -> HF with the tokenizer; our server's greedy chat answer equals transformers' generate on the
     model and tokenizer written, prompted with the template from its tokenizer_config.json."""
     import torch
     from test_convert import hf_to_ours, ours_to_hf
@@ -236,6 +236,15 @@ def test_a_tiny_qwen3_tunes_converts_back_and_chats_as_transformers_does(tmp_pat
     assert hf_to_ours(["--input_model_path", str(tmp_path / "hf"), "--output_model_path", str(start),
                        "--output_config_path", str(config), "--allow_padded_vocab"]) == 0
     tokenizer_dir = str(tmp_path / "hf")  # the tokenizer files travel with the model
+    (tmp_path / "corpus.txt").write_text("\n".join(generated_lines(200, seed=6)) + "\n", encoding="utf-8")
+    preprocess("--corpus_path", str(tmp_path / "corpus.txt"), "--tokenizer_path", tokenizer_dir, "--dataset_path",
+               str(tmp_path / "lm"), "--seq_length", "64")
+    continued = tmp_path / "continued" / "qwen3"  # stage 1: continued pretraining on plain text
+    load_script("pretrain").main([
+        "--dataset_path", str(tmp_path / "lm"), "--tokenizer_path", tokenizer_dir, "--config_path", str(config),
+        "--pretrained_model_path", str(start), "--output_model_path", str(continued), "--data_processor", "lm",
+        "--total_steps", "6", "--save_checkpoint_steps", "6", "--report_steps", "3", "--batch_size", "4",
+        "--learning_rate", "1e-3", "--warmup", "0.05"])
     talks = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in
              [("what is a model", "a thing that learns"), ("数据 模型", "训练 语言"), ("emoji", "😀 🎉")]]
     (tmp_path / "chat.jsonl").write_text("".join(json.dumps({"messages": t}, ensure_ascii=False) + "\n"
@@ -245,7 +254,7 @@ def test_a_tiny_qwen3_tunes_converts_back_and_chats_as_transformers_does(tmp_pat
     out = tmp_path / "tuned" / "qwen3"
     load_script("pretrain").main([
         "--dataset_path", str(tmp_path / "chat"), "--tokenizer_path", tokenizer_dir, "--config_path", str(config),
-        "--pretrained_model_path", str(start), "--output_model_path", str(out), "--data_processor", "chat",
+        "--pretrained_model_path", f"{continued}.bin", "--output_model_path", str(out), "--data_processor", "chat",
         "--total_steps", "12", "--save_checkpoint_steps", "12", "--report_steps", "4", "--batch_size", "4",
         "--learning_rate", "3e-3", "--warmup", "0.05"])
     assert ours_to_hf(["--input_model_path", f"{out}.bin", "--config_path", str(config), "--output_model_path",

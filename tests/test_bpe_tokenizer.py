@@ -215,8 +215,9 @@ def test_bad_special_tokens_and_both_tokenizer_flags(tmp_path, tiny_bpe, tiny_sp
 
 def test_a_tiny_qwen3_tunes_converts_back_and_chats_as_transformers_does(tmp_path, tiny_qwen_bpe):
     """HF Qwen3 (embeddings padded past the tokenizer, like Qwen's) -> ours -> continued pretraining on an lm dataset
-    -> instruction tuning on a chat dataset made through its own template -> HF with the tokenizer; our server's greedy chat answer equals transformers' generate on the
-    model and tokenizer written, prompted with the template from its tokenizer_config.json."""
+    -> instruction tuning on a chat dataset made through its own template -> HF with the tokenizer; our server's
+    greedy chat answer equals transformers' generate on the model and tokenizer written, prompted with the template
+    from its tokenizer_config.json."""
     import torch
     from test_convert import hf_to_ours, ours_to_hf
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM

@@ -3,7 +3,9 @@
     python bench/gguf_quality.py --load_model_path model.bin --config_path cfg.json --spm_model_path tok.model \\
         --text_path held_out.txt [--outtypes f32 f16 q8_0 q4_0] [--context 512] [--prompts 16] [--new_tokens 32]
 
-Our own ``--int8`` engine is measured the same way for comparison. The model (a checkpoint or a Hugging Face
+Our own ``--int8`` engine and our ``--quant q8_0`` (the same blocks as llama.cpp's q8_0 file; perplexity through
+the PyTorch q8_0 layers, greedy tokens through the native kernel where it runs) are measured the same way, so the
+q8_0 rows compare our q8_0 and llama.cpp's on the same weights. The model (a checkpoint or a Hugging Face
 directory) is exported with ``scripts/convert_llama_from_tencentpretrain_
 to_gguf.py`` once per outtype and run by llama.cpp through llama-cpp-python. Perplexity: the text's lines, each as
 ``bos + encode(line)``, joined and cut into windows of ``--context`` tokens, every token after the first of a window
@@ -28,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tencentpretrain.generation import Engine, prepare_for_inference, quantize_int8  # noqa: E402
+from tencentpretrain.generation.q8 import quantize_q8_0  # noqa: E402
+from tencentpretrain.generation.threads import use_threads  # noqa: E402
 from tencentpretrain.generation.engine import load_generation_model  # noqa: E402
 from tencentpretrain.llamacpp import add_repack_arg, open_llama  # noqa: E402
 from tencentpretrain.tokenizers import SentencePieceTokenizer  # noqa: E402
@@ -48,18 +52,19 @@ def common_start(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def measure(llama, chunks, prompts, new_tokens, ours_greedy) -> tuple[float, float]:
-    """(perplexity, greedy agreement) of a llama-cpp-python model."""
+def measure(llama, chunks, prompts, new_tokens, ours_greedy) -> tuple[float, float, list[list[int]]]:
+    """(perplexity, greedy agreement with ``ours_greedy``, its greedy tokens) of a llama-cpp-python model."""
     total = 0.0
     for ids in chunks:
         llama.reset()
         llama.eval(ids)
         total += nll(llama.scores[: len(ids)], ids)
-    agree = []
+    agree, greedy = [], []
     for prompt, want in zip(prompts, ours_greedy):
         got = [t for t, _ in zip(llama.generate(prompt, temp=0.0, reset=True), range(new_tokens))]
         agree.append(common_start(got, want) / new_tokens)
-    return math.exp(total / sum(len(c) - 1 for c in chunks)), float(np.mean(agree))
+        greedy.append(got)
+    return math.exp(total / sum(len(c) - 1 for c in chunks)), float(np.mean(agree)), greedy
 
 
 def main(argv=None) -> list[str]:
@@ -91,11 +96,20 @@ def main(argv=None) -> list[str]:
                             / sum(len(c) - 1 for c in chunks))
     int8_greedy = Engine(prepare_for_inference(int8)).generate(prompts, args.new_tokens)
     int8_agree = np.mean([common_start(a, b) / args.new_tokens for a, b in zip(int8_greedy, ours_greedy)])
+    q8 = quantize_q8_0(copy.deepcopy(ours))
+    with torch.no_grad():
+        q8_ppl = math.exp(sum(nll(q8(torch.tensor([c]))[0].numpy(), c) for c in chunks)
+                          / sum(len(c) - 1 for c in chunks))
+    q8_engine = Engine(prepare_for_inference(copy.deepcopy(ours), layout="row", quant="q8_0"))
+    use_threads(q8_engine, args.threads)  # the native q8_0 kernel where it can run
+    q8_greedy = q8_engine.generate(prompts, args.new_tokens)
+    q8_agree = np.mean([common_start(a, b) / args.new_tokens for a, b in zip(q8_greedy, ours_greedy)])
     convert = _script("convert_llama_from_tencentpretrain_to_gguf")
     rows = [f"| ours (PyTorch fp32) | - | {ours_ppl:.4f} | - | 1.00 |"]
     print(f"{sum(len(c) for c in chunks)} tokens in {len(chunks)} windows; {len(prompts)} prompts")
     rows.append(f"| ours --int8 (PyTorch) | - | {int8_ppl:.4f} | {100 * (int8_ppl / ours_ppl - 1):+.2f}% | "
                 f"{int8_agree:.2f} |")
+    rows.append(f"| ours --quant q8_0 | - | {q8_ppl:.4f} | {100 * (q8_ppl / ours_ppl - 1):+.2f}% | {q8_agree:.2f} |")
     print("| weights | GGUF size | perplexity | vs ours | greedy agreement |\n|---|---|---|---|---|")
     print("\n".join(rows))
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,10 +120,15 @@ def main(argv=None) -> list[str]:
             convert(argv + (["--config_path", args.config_path] if args.config_path else []))
             llama = open_llama(path, args.llama_cpp_repack, n_ctx=args.context + args.new_tokens, logits_all=True,
                                n_threads=args.threads, type_k=0, type_v=0, verbose=False)  # f32 cache
-            ppl, agree = measure(llama, chunks, prompts, args.new_tokens, ours_greedy)
+            ppl, agree, greedy = measure(llama, chunks, prompts, args.new_tokens, ours_greedy)
             rows.append(f"| llama.cpp {outtype} | {path.stat().st_size / 2**20:.2f} MiB | {ppl:.4f} | "
                         f"{100 * (ppl / ours_ppl - 1):+.2f}% | {agree:.2f} |")
             print(rows[-1], flush=True)
+            if outtype == "q8_0":  # the same weights on both sides: how often do the two q8_0 engines agree?
+                same = np.mean([common_start(a, b) / args.new_tokens for a, b in zip(greedy, q8_greedy)])
+                rows.append(f"| (our q8_0 against llama.cpp q8_0: perplexity {100 * (q8_ppl / ppl - 1):+.2f}%, "
+                            f"greedy agreement {same:.2f}) | | | | |")
+                print(rows[-1], flush=True)
     return rows
 
 

@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tencentpretrain.generation import Engine, prepare_for_inference, quantize_int8  # noqa: E402
+from tencentpretrain.generation.engine import load_generation_model  # noqa: E402
 from tencentpretrain.generation.q8 import quantize_q8_0  # noqa: E402
 from tencentpretrain.generation.threads import use_threads  # noqa: E402
-from tencentpretrain.generation.engine import load_generation_model  # noqa: E402
 from tencentpretrain.llamacpp import add_repack_arg, open_llama  # noqa: E402
 from tencentpretrain.tokenizers import SentencePieceTokenizer  # noqa: E402
 

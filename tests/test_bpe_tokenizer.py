@@ -348,3 +348,74 @@ def test_template_auto_is_the_tokenizers_own(tiny_bpe, tiny_qwen_bpe, tiny_spm, 
     assert own_template(HuggingFaceTokenizer(folder)).source == "{{ messages[0]['content'] }}"
     assert load_script("server", "inference").build_parser().parse_args(
         ["--load_model_path", "m.bin"]).template == "auto"
+
+
+@pytest.fixture(scope="module")
+def qwen3_dir(tmp_path_factory, tiny_qwen_bpe):
+    """A tiny random Hugging Face Qwen3 directory with the Qwen-like tokenizer's files in it."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(1)
+    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=416, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                                         num_key_value_heads=2, head_dim=24, num_hidden_layers=2,
+                                         max_position_embeddings=256, tie_word_embeddings=True,
+                                         initializer_range=0.2)).eval()
+    folder = tmp_path_factory.mktemp("qwen3") / "hf"
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(tiny_qwen_bpe / name, folder / name)
+    return folder
+
+
+def test_evaluate_perplexity_of_a_qwen3_directory_equals_transformers(qwen3_dir, tmp_path):
+    """scripts/evaluate.py on a Hugging Face directory with a tokenizer.json: its tokenizer found there, each
+    document scored after eos (there is no bos: lm-eval's prefix), as transformers scores it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    docs = ["what is a model", "数据 模型 训练 😀", "def f(x):\n    return x"]
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    tokenizer = HuggingFaceTokenizer(qwen3_dir)
+    hf = AutoModelForCausalLM.from_pretrained(str(qwen3_dir)).eval()
+    nll = 0.0
+    for doc in docs:
+        ids = torch.tensor([[tokenizer.eos_id, *tokenizer.encode(doc)]])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(hf(ids).logits[0, :-1].double(), -1)
+        nll -= float(logprobs.gather(1, ids[0, 1:, None]).sum())
+    out = tmp_path / "ppl.json"
+    assert load_script("evaluate", "scripts").main(["--task", "perplexity", "--load_model_path", str(qwen3_dir),
+                                                    "--corpus_path", str(corpus), "--output_path", str(out)]) == 0
+    got = json.loads(out.read_text(encoding="utf-8"))
+    assert got["tokens"] == sum(len(tokenizer.encode(d)) for d in docs)
+    assert got["nll"] == pytest.approx(nll, rel=1e-5)
+
+
+def test_run_llama_with_tokenizer_path_generates_as_transformers(qwen3_dir, tmp_path):
+    """inference/run_llama.py --tokenizer_path on a converted Qwen3: greedy text equal to transformers' generate
+    (no bos before the prompt, stopped at an end token or the length)."""
+    import torch
+    from test_convert import hf_to_ours
+    from transformers import AutoModelForCausalLM
+
+    model, config = tmp_path / "q.bin", tmp_path / "q.json"
+    assert hf_to_ours(["--input_model_path", str(qwen3_dir), "--output_model_path", str(model),
+                       "--output_config_path", str(config)]) == 0
+    prompts = ["the model reads", "数据 模型"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    out = tmp_path / "out.txt"
+    texts = load_script("run_llama", "inference").main([
+        "--load_model_path", str(model), "--config_path", str(config), "--tokenizer_path", str(qwen3_dir),
+        "--test_path", str(tmp_path / "prompts.txt"), "--prediction_path", str(out), "--temperature", "0",
+        "--max_new_tokens", "12", "--quiet"])
+    tokenizer = HuggingFaceTokenizer(qwen3_dir)
+    hf = AutoModelForCausalLM.from_pretrained(str(qwen3_dir)).eval()
+    expected = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt)
+        new = hf.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                          eos_token_id=list(tokenizer.end_ids), pad_token_id=tokenizer.pad_id)[0, len(ids):].tolist()
+        expected.append(tokenizer.decode([t for t in new if t not in tokenizer.end_ids]).rstrip("\ufffd"))
+    assert texts == expected and out.is_file()

@@ -723,11 +723,102 @@ static float q8_dot(const signed char *wq, const unsigned short *wd, const signe
     return hsum(acc);
 }
 
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+/* Four weight rows (w, their -128 * four-byte sums `starts` and float scales `wd`) against `n` (1 to 4) input rows
+ * shifted to unsigned (xu, scales xd), each block loaded once for the 4 x n pairs; y's rows `ldy` apart. */
+static inline __attribute__((always_inline)) void q8_vnni_tile(const signed char *w, long stride, long blocks,
+                                                               const __m256i *starts, const float *wd,
+                                                               const unsigned char *xu, const float *xd, int n,
+                                                               float *y, long ldy) {
+    __m256 a[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < n; j++)
+            a[i][j] = _mm256_setzero_ps();
+    for (long b = 0; b < blocks; b++) {
+        __m256i u[4];
+        float e[4];
+        for (int j = 0; j < n; j++) {
+            u[j] = _mm256_loadu_si256((const __m256i *)(xu + (j * blocks + b) * Q8_BLOCK));
+            e[j] = xd[j * blocks + b];
+        }
+        for (int i = 0; i < 4; i++) {
+            __m256i wv = _mm256_loadu_si256((const __m256i *)(w + i * stride + b * Q8_BLOCK));
+            __m256i start = starts[i * blocks + b];
+            float dw = wd[i * blocks + b];
+            for (int j = 0; j < n; j++)
+                a[i][j] = q8_add(a[i][j], _mm256_dpbusd_epi32(start, u[j], wv), dw, e[j]);
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < n; j++)
+            y[j * ldy + i] = hsum(a[i][j]);
+}
+
+/* Several input rows with VNNI: four weight rows against four (then two, then one) input rows at a time, each
+ * weight and input block loaded once for all the pairs of the tile. dpbusd multiplies unsigned by signed bytes,
+ * so the input is shifted to x + 128 (x ^ 0x80) and the accumulation starts from -128 * (the weight's four-byte
+ * sums): the same integer lane sums as dot4_i8, then the same q8_add of each block in the same order, so the bits
+ * equal q8_dot's. Returns the first weight row it did not compute (the rest go through q8_dot). */
+static long q8_product_vnni(const matrix *m, const q8_rows *x, long rows, float *y, long ldy, long lo, long hi) {
+    long blocks = q8_blocks(m->in), stride = blocks * Q8_BLOCK;
+    if (hi - lo < 4)
+        return lo;
+    unsigned char *xu = malloc((size_t)(rows * blocks * Q8_BLOCK));
+    float *xd = malloc(sizeof(float) * (size_t)(rows * blocks)), *wd = malloc(sizeof(float) * 4 * blocks);
+    __m256i *starts = aligned_alloc(sizeof(__m256i), sizeof(__m256i) * 4 * blocks);  /* aligned: whole vectors */
+    if (xu == NULL || xd == NULL || wd == NULL || starts == NULL) {
+        free(xu);
+        free(xd);
+        free(wd);
+        free(starts);
+        return lo;
+    }
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    for (long j = 0; j < rows; j++)
+        for (long b = 0; b < blocks; b++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(x->q + j * x->blocks * Q8_BLOCK + b * Q8_BLOCK));
+            _mm256_storeu_si256((__m256i *)(xu + (j * blocks + b) * Q8_BLOCK), _mm256_xor_si256(v, flip));
+            xd[j * blocks + b] = _cvtsh_ss(x->d[j * x->blocks + b]);
+        }
+    long r = lo;
+    for (; r + 4 <= hi; r += 4) {
+        const signed char *w = m->q + r * stride;
+        for (int i = 0; i < 4; i++)  /* per weight block, once for all the input rows: -128 * its sums, its scale */
+            for (long b = 0; b < blocks; b++) {
+                __m256i wv = _mm256_loadu_si256((const __m256i *)(w + i * stride + b * Q8_BLOCK));
+                starts[i * blocks + b] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                                          _mm256_dpbusd_epi32(_mm256_setzero_si256(), flip, wv));
+                wd[i * blocks + b] = _cvtsh_ss(m->d[(r + i) * blocks + b]);
+            }
+        long j = 0;
+        for (; j + 4 <= rows; j += 4)
+            q8_vnni_tile(w, stride, blocks, starts, wd, xu + j * blocks * Q8_BLOCK, xd + j * blocks, 4,
+                         y + j * ldy + r, ldy);
+        for (; j + 2 <= rows; j += 2)
+            q8_vnni_tile(w, stride, blocks, starts, wd, xu + j * blocks * Q8_BLOCK, xd + j * blocks, 2,
+                         y + j * ldy + r, ldy);
+        for (; j < rows; j++)
+            q8_vnni_tile(w, stride, blocks, starts, wd, xu + j * blocks * Q8_BLOCK, xd + j * blocks, 1,
+                         y + j * ldy + r, ldy);
+    }
+    free(xu);
+    free(xd);
+    free(wd);
+    free(starts);
+    return r;
+}
+#endif
+
 /* y[j, r] for r in [lo, hi) and the `rows` quantised input rows: one input row, four weight rows at a time (the
- * same sums as q8_dot); several, each weight row against every input row while it is in L1. */
+ * same sums as q8_dot); several, each weight row against every input row while it is in L1 (with VNNI four
+ * weight rows against two input rows at a time, q8_product_vnni). */
 static void q8_product(const matrix *m, const q8_rows *x, long rows, float *y, long ldy, long lo, long hi) {
     long blocks = q8_blocks(m->in), stride = blocks * Q8_BLOCK;
     long r = lo;
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    if (rows > 1)
+        r = q8_product_vnni(m, x, rows, y, ldy, lo, hi);
+#endif
     if (rows == 1) {
         const signed char *xq = x->q;
         const unsigned short *xd = x->d;

@@ -809,15 +809,64 @@ static long q8_product_vnni(const matrix *m, const q8_rows *x, long rows, float 
 }
 #endif
 
+#if !(defined(__AVX512VNNI__) && defined(__AVX512VL__))
+/* Several input rows without VNNI: four weight rows against two input rows at a time (eight accumulators fit
+ * AVX2's sixteen registers), each block loaded once for the eight pairs and each weight block's magnitude taken
+ * once; the sums are dot4_i8's (maddubs of |w| and sign(x, w), then madd), added as q8_dot adds them, so the
+ * bits equal q8_dot's. Returns the first weight row it did not compute. */
+static long q8_product_avx2(const matrix *m, const q8_rows *x, long rows, float *y, long ldy, long lo, long hi) {
+    long blocks = q8_blocks(m->in), stride = blocks * Q8_BLOCK, xs = x->blocks * Q8_BLOCK;
+    const __m256i ones = _mm256_set1_epi16(1);
+    long r = lo;
+    for (; r + 4 <= hi; r += 4) {
+        const signed char *w = m->q + r * stride;
+        const unsigned short *d = m->d + r * blocks;
+        long j = 0;
+        for (; j + 2 <= rows; j += 2) {
+            const signed char *x0 = x->q + j * xs, *x1 = x0 + xs;
+            const unsigned short *e0 = x->d + j * x->blocks, *e1 = e0 + x->blocks;
+            __m256 a[4][2];
+            for (int i = 0; i < 4; i++)
+                a[i][0] = a[i][1] = _mm256_setzero_ps();
+            for (long b = 0; b < blocks; b++) {
+                __m256i u0 = _mm256_loadu_si256((const __m256i *)(x0 + b * Q8_BLOCK));
+                __m256i u1 = _mm256_loadu_si256((const __m256i *)(x1 + b * Q8_BLOCK));
+                float f0 = _cvtsh_ss(e0[b]), f1 = _cvtsh_ss(e1[b]);
+                for (int i = 0; i < 4; i++) {
+                    __m256i wv = _mm256_loadu_si256((const __m256i *)(w + i * stride + b * Q8_BLOCK));
+                    __m256i magnitude = _mm256_sign_epi8(wv, wv);
+                    float dw = _cvtsh_ss(d[i * blocks + b]);
+                    __m256i s0 = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(u0, wv)), ones);
+                    __m256i s1 = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(u1, wv)), ones);
+                    a[i][0] = q8_add(a[i][0], s0, dw, f0);
+                    a[i][1] = q8_add(a[i][1], s1, dw, f1);
+                }
+            }
+            for (int i = 0; i < 4; i++) {
+                y[j * ldy + r + i] = hsum(a[i][0]);
+                y[(j + 1) * ldy + r + i] = hsum(a[i][1]);
+            }
+        }
+        for (; j < rows; j++)  /* an odd last input row */
+            for (int i = 0; i < 4; i++)
+                y[j * ldy + r + i] = q8_dot(w + i * stride, d + i * blocks, x->q + j * xs, x->d + j * x->blocks,
+                                            blocks);
+    }
+    return r;
+}
+#endif
+
 /* y[j, r] for r in [lo, hi) and the `rows` quantised input rows: one input row, four weight rows at a time (the
- * same sums as q8_dot); several, each weight row against every input row while it is in L1 (with VNNI four
- * weight rows against two input rows at a time, q8_product_vnni). */
+ * same sums as q8_dot); several, each weight row against every input row while it is in L1 (tiles of weight
+ * rows by input rows: q8_product_vnni, q8_product_avx2). */
 static void q8_product(const matrix *m, const q8_rows *x, long rows, float *y, long ldy, long lo, long hi) {
     long blocks = q8_blocks(m->in), stride = blocks * Q8_BLOCK;
     long r = lo;
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
     if (rows > 1)
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
         r = q8_product_vnni(m, x, rows, y, ldy, lo, hi);
+#else
+        r = q8_product_avx2(m, x, rows, y, ldy, lo, hi);
 #endif
     if (rows == 1) {
         const signed char *xq = x->q;

@@ -419,3 +419,25 @@ def test_run_llama_with_tokenizer_path_generates_as_transformers(qwen3_dir, tmp_
                           eos_token_id=list(tokenizer.end_ids), pad_token_id=tokenizer.pad_id)[0, len(ids):].tolist()
         expected.append(tokenizer.decode([t for t in new if t not in tokenizer.end_ids]).rstrip("\ufffd"))
     assert texts == expected and out.is_file()
+
+
+def test_conversion_carries_the_chat_template_beside_the_checkpoint(qwen3_dir, tmp_path, tiny_bpe, capsys):
+    """Hugging Face -> ours writes the directory's chat template as <model>.chat_template.jinja, which --template
+    auto then finds for that checkpoint; a broken template stops the conversion before any output."""
+    from conftest import CHATML
+    from test_convert import hf_to_ours
+
+    from tencentpretrain.convert.cli import chat_template_path
+    from tencentpretrain.generation.options import own_template
+
+    out = tmp_path / "q.bin"
+    assert hf_to_ours(["--input_model_path", str(qwen3_dir), "--output_model_path", str(out)]) == 0
+    assert chat_template_path(out).read_text(encoding="utf-8") == CHATML
+    assert own_template(HuggingFaceTokenizer(tiny_bpe), out).source == CHATML  # its tokenizer has no template
+    broken = tmp_path / "broken"
+    shutil.copytree(qwen3_dir, broken)
+    config = json.loads((broken / "tokenizer_config.json").read_text(encoding="utf-8"))
+    (broken / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": "{% for m in x %}"}))
+    assert run_cli(hf_to_ours, ["--input_model_path", str(broken), "--output_model_path", str(tmp_path / "b.bin")]) == 1
+    assert "tokenizer_config.json" in capsys.readouterr().err
+    assert not (tmp_path / "b.bin").exists() and not chat_template_path(tmp_path / "b.bin").exists()

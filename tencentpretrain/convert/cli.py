@@ -64,6 +64,29 @@ def _input_tokenizer(args) -> tuple[str | None, str | None]:
     return None, str(folder) if (folder / "tokenizer.json").is_file() else None
 
 
+def chat_template_path(model_path: str | Path) -> Path:
+    """Where the chat template of a converted checkpoint is kept: ``<model>.chat_template.jinja`` beside it."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + ".chat_template.jinja")
+
+
+def _chat_template_of(input_path: str) -> str | None:
+    """The Hugging Face directory's chat template (its chat_template.jinja, or tokenizer_config.json's
+    chat_template); None when it has none."""
+    from tencentpretrain.data.chat_template import load_template
+
+    folder = Path(input_path)
+    folder = folder if folder.is_dir() else folder.parent
+    source = folder / "chat_template.jinja"
+    if not source.is_file():
+        config = folder / "tokenizer_config.json"
+        if not config.is_file() or '"chat_template"' not in config.read_text(encoding="utf-8", errors="replace"):
+            return None
+        source = config
+    with naming("--input_model_path", str(source)):
+        return load_template(str(source)).source
+
+
 def _to_ours(load, args) -> None:
     with naming("--input_model_path", args.input_model_path):
         config, state = load(args.input_model_path)
@@ -72,9 +95,16 @@ def _to_ours(load, args) -> None:
     if args.dtype:
         state = {k: v.to(DTYPES[args.dtype]) for k, v in state.items()}
     _check(config, state, args.input_model_path, *_input_tokenizer(args))
+    template = _chat_template_of(args.input_model_path)  # a broken one stops the conversion before any output
     save_state_dict(state, args.output_model_path)
     if args.output_config_path:
         config.save(args.output_config_path)
+    if template is not None:  # carried across beside the checkpoint, for --template auto
+        from tencentpretrain.checkpoint import atomic_path
+
+        with atomic_path(chat_template_path(args.output_model_path)) as tmp:
+            Path(tmp).write_text(template, encoding="utf-8")
+        print(f"wrote {chat_template_path(args.output_model_path)} (the model's chat template)")
     print(f"wrote {args.output_model_path} ({len(state)} tensors, {config.layers_num} layers, "
           f"hidden {config.hidden_size}, vocab {state['embedding.word.embedding.weight'].shape[0]})")
 

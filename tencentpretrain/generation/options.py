@@ -84,8 +84,8 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--template", default="none", metavar="NAME|FILE",
                        help="chat template the model was tuned with: a name (" + ", ".join(TEMPLATES.names()) +
                        "; none for a base model), a Jinja file, a tokenizer_config.json, a Hugging Face directory, "
-                       "or auto: the --tokenizer_path tokenizer's own chat template, else alpaca (the server's "
-                       "default)")
+                       "or auto: the --tokenizer_path tokenizer's own chat template, else the <model>.chat_template.jinja "
+                       "a conversion wrote beside the checkpoint, else alpaca (the server's default)")
 
 
 
@@ -98,7 +98,7 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1,
         args.template = load_template(args.template)
     tokenizer = load_tokenizer(args)
     if auto:
-        args.template = own_template(tokenizer)
+        args.template = own_template(tokenizer, args.load_model_path)
     requested = None if args.dtype == "auto" else TORCH_DTYPES[args.dtype]
     dtype = requested or (torch.float32 if torch.device(args.device).type == "cpu" else auto_dtype(args.device))
     if args.seed is not None:
@@ -122,9 +122,13 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1,
     return engine, tokenizer
 
 
-def own_template(tokenizer):
-    """``--template auto``: a Hugging Face tokenizer's own chat template (``chat_template.jinja`` beside it, or the
-    ``chat_template`` of its tokenizer_config.json, as transformers and llama.cpp use it), else ``alpaca``."""
+def own_template(tokenizer, model_path: str | Path | None = None):
+    """``--template auto``: the model's own chat template: a Hugging Face tokenizer's (``chat_template.jinja``
+    beside it, or the ``chat_template`` of its tokenizer_config.json, as transformers and llama.cpp use it), else
+    the one a conversion from Hugging Face wrote beside the checkpoint (``<model>.chat_template.jinja``), else
+    ``alpaca``."""
+    from tencentpretrain.convert.cli import chat_template_path
+
     folder = getattr(tokenizer, "file", None)
     folder = None if folder is None else folder.parent
     with naming("--tokenizer_path", str(tokenizer.model_path)):
@@ -132,6 +136,9 @@ def own_template(tokenizer):
             return load_template(folder / "chat_template.jinja")
         if getattr(tokenizer, "config", {}).get("chat_template"):
             return load_template(folder / "tokenizer_config.json")
+    if model_path is not None and Path(model_path).is_file() and chat_template_path(model_path).is_file():
+        with naming("--load_model_path", str(model_path)):
+            return load_template(chat_template_path(model_path))
     return load_template("alpaca")
 
 

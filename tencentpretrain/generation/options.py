@@ -84,8 +84,9 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--template", default="none", metavar="NAME|FILE",
                        help="chat template the model was tuned with: a name (" + ", ".join(TEMPLATES.names()) +
                        "; none for a base model), a Jinja file, a tokenizer_config.json, a Hugging Face directory, "
-                       "or auto: the --tokenizer_path tokenizer's own chat template, else the <model>.chat_template.jinja "
-                       "a conversion wrote beside the checkpoint, else alpaca (the server's default)")
+                       "or auto: the --tokenizer_path tokenizer's own chat template, else the "
+                       "<model>.chat_template.jinja a conversion wrote beside the checkpoint, else alpaca (the "
+                       "server's default)")
 
 
 

@@ -50,20 +50,12 @@ def byte_pieces(tokenizer) -> list[bool]:
     """Per id: whether the token holds less than a whole character (module docstring)."""
     if isinstance(tokenizer, SentencePieceTokenizer):
         return [tokenizer.sp.is_byte(i) for i in range(tokenizer.vocab_size)]
+    from tokenizers import decoders
     from tokenizers.pre_tokenizers import ByteLevel
 
-    high = {c for c in ByteLevel.alphabet() if _byte_of(c) >= 0x80}
+    to_text = decoders.ByteLevel()  # a byte of 0x80 or above alone is no UTF-8 character: it decodes to U+FFFD
+    high = {c for c in ByteLevel.alphabet() if to_text.decode([c]) == "\ufffd"}
     return [tokenizer.id_to_piece(i) in high for i in range(tokenizer.vocab_size)]
-
-
-def _byte_of(char: str) -> int:
-    """The byte GPT-2's byte-level alphabet writes as ``char`` (printable bytes as themselves, others from U+0100)."""
-    code = ord(char)
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    if code in printable:
-        return code
-    others = [b for b in range(256) if b not in printable]
-    return others[code - 256]
 
 
 def tokenizer_stats(lines: list[str], spm_model_path: str | Path | None = None, batch: int = 256,

@@ -35,6 +35,7 @@ from tencentpretrain.convert.llama import (
     LLAMA_ARCHITECTURE,
     QUERY,
     config_from_hf,
+    in_hf_layout,
     permute_rotary,
 )
 from tencentpretrain.generation import q8
@@ -61,11 +62,10 @@ GGUF_TO_OURS = {
 }
 OURS_TO_GGUF = invert(GGUF_TO_OURS)
 # llama.cpp's qwen2 and qwen3 rotate the two halves of each head (its "neox" rope mode), transformers' layout:
-# their q/k rows (weights, biases) and per-head norms are written permuted so (the llama architecture takes ours).
+# their q/k rows (weights, biases) and per-head norms are written as transformers has them (convert/llama.py's
+# in_hf_layout; the llama architecture takes ours).
 NEOX_ARCHS = ("qwen2", "qwen3")
-QUERY_ROWS = ("blk.{}.attn_q.weight", "blk.{}.attn_q.bias")
-KEY_ROWS = ("blk.{}.attn_k.weight", "blk.{}.attn_k.bias")
-HEAD_NORMS = ("blk.{}.attn_q_norm.weight", "blk.{}.attn_k_norm.weight")
+OUTTYPES = ("f32", "f16", "q8_0", "q4_0")
 
 
 def gguf_arch(config: ModelConfig) -> str:
@@ -83,14 +83,6 @@ def gguf_arch(config: ModelConfig) -> str:
         raise ConversionError("rope_scaling 'dynamic' (NTK) has no GGUF form; llama.cpp computes linear, yarn and "
                               "llama3 (rope_freqs) scaling")
     return "qwen3" if config.qk_norm else "qwen2" if config.qkv_bias else ARCH
-
-
-def _to_neox(gguf_name: str, tensor: torch.Tensor, config: ModelConfig) -> torch.Tensor:
-    template, _ = match(gguf_name, GGUF_TO_OURS)
-    heads = config.heads_num if template in QUERY_ROWS else config.kv_heads_num if template in KEY_ROWS else \
-        1 if template in HEAD_NORMS else None
-    return tensor if heads is None else permute_rotary(tensor, heads, to_hf=True)
-OUTTYPES = ("f32", "f16", "q8_0", "q4_0")
 
 
 @dataclass(frozen=True)
@@ -239,7 +231,7 @@ def write_gguf(path: str | Path, config: ModelConfig, tensors: dict[str, LazyTen
         for gguf_name, ours, qtype in plan:
             tensor = tensors[ours].load()
             if arch in NEOX_ARCHS:
-                tensor = _to_neox(gguf_name, tensor, config)
+                tensor = in_hf_layout(ours, tensor, config)
             writer.write_tensor_data(encode(tensor, qtype))
             if on_tensor is not None:
                 on_tensor(gguf_name, qtype)

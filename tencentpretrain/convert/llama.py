@@ -28,7 +28,7 @@ from tencentpretrain.convert.hf_io import (
     save_sharded_safetensors,
     with_tied_head,
 )
-from tencentpretrain.convert.keymap import invert, renamed
+from tencentpretrain.convert.keymap import invert, match, renamed
 from tencentpretrain.registry import ROPE_SCALINGS, Registry
 
 HF_TO_OURS = {
@@ -244,6 +244,14 @@ def hf_to_ours(tensors, config: ModelConfig) -> dict[str, torch.Tensor]:
     out = {name: _rotary(template, tensor, config, to_hf=False)
            for template, name, tensor in renamed(tensors, key_map, "the Hugging Face checkpoint", HF_IGNORED)}
     return with_tied_head(out, config)
+
+
+def in_hf_layout(name: str, tensor: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """One of our tensors (``name``) in transformers' rotary layout: the q/k rows and per-head norms permuted,
+    anything else as it is (what ``ours_to_hf`` does to each tensor; llama.cpp's neox architectures take it too)."""
+    inverse = HF_FAMILIES.get(family_of(config)).inverse
+    found = match(name, inverse)
+    return tensor if found is None else _rotary(inverse[found[0]], tensor, config, to_hf=True)
 
 
 def ours_to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:

@@ -124,3 +124,18 @@ def test_bad_merges_are_refused(tmp_path, tiny_bpe, tiny_spm, capsys):
     assert run_cli(merge_script, ["--output_dir", str(tmp_path / "out")]) == 1
     assert "--base_tokenizer_path" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_extend_vocab_refuses_a_bpe_that_does_not_extend_the_base(tmp_path, tiny_bpe, capsys):
+    """A "merged" tokenizer trained apart (another vocabulary at the same ids) is refused naming the first id that
+    differs, and nothing is written."""
+    other = train_byte_level_bpe(generated_lines(300, seed=11)[::-1] + ["zzz qqq xxx"] * 50, tmp_path / "other", 450)
+    config = family_config("llama3").replace(allow_padded_vocab=False)
+    model_path, config_path = write_checkpoint(tmp_path / "m", config, random_state(config, 400))
+    out = tmp_path / "extended.bin"
+    argv = ["--input_model_path", str(model_path), "--config_path", str(config_path), "--base_tokenizer_path",
+            str(tiny_bpe), "--tokenizer_path", str(other), "--output_model_path", str(out)]
+    assert run_cli(script("extend_vocab"), argv) == 1
+    err = capsys.readouterr().err
+    assert "does not extend" in err and "id " in err and str(other) in err
+    assert not out.exists()

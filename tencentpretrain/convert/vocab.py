@@ -105,8 +105,9 @@ def extend_state(state: dict[str, torch.Tensor], config: ModelConfig, base_spm_p
         from tencentpretrain.tokenizers.bpe_merge import base_parts, check_bpe_extends
         from tencentpretrain.tokenizers.huggingface import HuggingFaceTokenizer
 
-        base_size = check_bpe_extends(base_spm_path, spm_path)
-        new_ids = list(range(base_size, HuggingFaceTokenizer(spm_path).vocab_size))
+        base_bpe, merged_bpe = HuggingFaceTokenizer(base_spm_path), HuggingFaceTokenizer(spm_path)
+        base_size = check_bpe_extends(base_bpe, merged_bpe)
+        new_ids = list(range(base_size, merged_bpe.vocab_size))
     else:
         base_size = check_extends(base_spm_path, spm_path)
         new_pieces = [p.piece for p in read_model_proto(spm_path).pieces[base_size:]]
@@ -122,7 +123,7 @@ def extend_state(state: dict[str, torch.Tensor], config: ModelConfig, base_spm_p
     if init != "subword_mean":
         parts = None
     else:
-        parts = base_parts(base_spm_path, spm_path, new_ids) if bpe else subword_ids(base_spm_path, new_pieces)
+        parts = base_parts(base_bpe, merged_bpe, new_ids) if bpe else subword_ids(base_spm_path, new_pieces)
     count = len(new_ids) if bpe else len(new_pieces)
     generator = torch.Generator().manual_seed(seed)
     out = dict(state)

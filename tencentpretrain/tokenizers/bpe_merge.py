@@ -89,33 +89,28 @@ def merge_bpe(base_path: str | Path, extra_path: str | Path, output_dir: str | P
     return BpeMergeReport(base=base_size, extra=size_of(extra), added=added, merged=next_id)
 
 
-def check_bpe_extends(base_path: str | Path, merged_path: str | Path) -> int:
-    """Check that the tokenizer ``merged_path`` keeps every token of ``base_path`` at its id; returns the base size.
+def check_bpe_extends(base, merged) -> int:
+    """Check that the tokenizer ``merged`` keeps every token of ``base`` at its id (two ``HuggingFaceTokenizer``);
+    returns the base size.
 
     Raises:
         TokenizerError: naming the first id whose token differs, or the sizes when the merged one is smaller.
     """
-    from tencentpretrain.tokenizers.huggingface import HuggingFaceTokenizer
-
-    base, merged = HuggingFaceTokenizer(base_path), HuggingFaceTokenizer(merged_path)
     if merged.vocab_size < base.vocab_size:
-        raise TokenizerError(f"{merged_path} has {merged.vocab_size} tokens, fewer than the {base.vocab_size} of the "
-                             f"base tokenizer {base_path}: it does not extend it")
+        raise TokenizerError(f"{merged.model_path} has {merged.vocab_size} tokens, fewer than the {base.vocab_size} "
+                             f"of the base tokenizer {base.model_path}: it does not extend it")
     for i in range(base.vocab_size):
         if base.id_to_piece(i) != merged.id_to_piece(i):
-            raise TokenizerError(f"{merged_path} does not extend {base_path}: id {i} is {merged.id_to_piece(i)!r} "
-                                 f"there and {base.id_to_piece(i)!r} in the base")
+            raise TokenizerError(f"{merged.model_path} does not extend {base.model_path}: id {i} is "
+                                 f"{merged.id_to_piece(i)!r} there and {base.id_to_piece(i)!r} in the base")
     return base.vocab_size
 
 
-def base_parts(base_path: str | Path, merged_path: str | Path, ids: list[int]) -> list[list[int]]:
-    """For each (new) token id of the merged tokenizer: the base ids of its bytes, as the base tokenizes its text
-    (the byte tokens themselves when the token is part of a multi-byte character)."""
+def base_parts(base, merged, ids: list[int]) -> list[list[int]]:
+    """For each (new) token id of the ``merged`` tokenizer: the ids of ``base`` for its bytes, as the base tokenizes
+    its text (the byte tokens themselves when the token is part of a multi-byte character)."""
     from tokenizers import decoders
 
-    from tencentpretrain.tokenizers.huggingface import HuggingFaceTokenizer
-
-    base, merged = HuggingFaceTokenizer(base_path), HuggingFaceTokenizer(merged_path)
     to_text = decoders.ByteLevel()
     out = []
     for token_id in ids:

@@ -441,3 +441,22 @@ def test_conversion_carries_the_chat_template_beside_the_checkpoint(qwen3_dir, t
     assert run_cli(hf_to_ours, ["--input_model_path", str(broken), "--output_model_path", str(tmp_path / "b.bin")]) == 1
     assert "tokenizer_config.json" in capsys.readouterr().err
     assert not (tmp_path / "b.bin").exists() and not chat_template_path(tmp_path / "b.bin").exists()
+
+
+def test_pretrain_refuses_a_dataset_made_with_other_special_tokens(tmp_path, tiny_bpe, capsys):
+    """The fingerprint covers tokenizer_config.json: the same tokenizer.json with another eos made another dataset."""
+    from train_support import write_config
+
+    other = tmp_path / "other_eos"
+    shutil.copytree(tiny_bpe, other)
+    config = json.loads((other / "tokenizer_config.json").read_text(encoding="utf-8"))
+    (other / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|eot_id|>"}))
+    (tmp_path / "corpus.txt").write_text("\n".join(generated_lines(100, seed=4)) + "\n", encoding="utf-8")
+    preprocess("--corpus_path", str(tmp_path / "corpus.txt"), "--tokenizer_path", str(tiny_bpe), "--dataset_path",
+               str(tmp_path / "ds"), "--seq_length", "16")
+    argv = ["--dataset_path", str(tmp_path / "ds"), "--tokenizer_path", str(other), "--config_path",
+            str(write_config(tmp_path)), "--output_model_path", str(tmp_path / "out" / "m"), "--total_steps", "1"]
+    assert run_cli(load_script("pretrain").main, argv) == 1
+    err = capsys.readouterr().err
+    assert "another tokenizer" in err and "fingerprint" in err and str(other) in err
+    assert not (tmp_path / "out").exists()

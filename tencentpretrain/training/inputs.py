@@ -50,8 +50,8 @@ def read_inputs(opts: TrainOptions) -> Inputs:
     with naming("--dataset_path", opts.dataset_path):
         dataset = BinaryDataset(opts.dataset_path)
     with naming("--spm_model_path", opts.spm_model_path), naming("--tokenizer_path", opts.tokenizer_path):
-        tokenizer = tokenizer_of(opts, dataset)
-        vocab_size = vocab_size_of(opts, config, dataset, tokenizer)
+        tokenizer, fingerprint = tokenizer_of(opts, dataset)
+        vocab_size = vocab_size_of(opts, config, dataset, tokenizer, fingerprint)
     with naming("--dev_dataset_path", opts.dev_dataset_path):
         dev = BinaryDataset(opts.dev_dataset_path) if opts.dev_dataset_path else None
     if dev is not None and dev.meta["vocab_size"] != dataset.meta["vocab_size"]:
@@ -60,28 +60,27 @@ def read_inputs(opts: TrainOptions) -> Inputs:
     return Inputs(config, dataset, dev, tokenizer, vocab_size, seq_length_of(opts, dataset))
 
 
-def tokenizer_of(opts: TrainOptions, dataset: BinaryDataset) -> tuple[int, str]:
-    """The tokenizer's size and its name for messages: --spm_model_path's or --tokenizer_path's, else the one the
-    dataset records."""
+def tokenizer_of(opts: TrainOptions, dataset: BinaryDataset) -> tuple[tuple[int, str], str | None]:
+    """The tokenizer's (size, name for messages) and its fingerprint: --spm_model_path's or --tokenizer_path's
+    (read once), else the size the dataset records and no fingerprint."""
     if opts.spm_model_path or opts.tokenizer_path:
-        return open_tokenizer(opts.spm_model_path, opts.tokenizer_path).vocab_size, \
-            opts.tokenizer_path or opts.spm_model_path
-    return int(dataset.meta["vocab_size"]), f"(the one recorded in dataset {opts.dataset_path})"
+        tokenizer = open_tokenizer(opts.spm_model_path, opts.tokenizer_path)
+        return (tokenizer.vocab_size, opts.tokenizer_path or opts.spm_model_path), tokenizer.fingerprint
+    return (int(dataset.meta["vocab_size"]), f"(the one recorded in dataset {opts.dataset_path})"), None
 
 
 def check_dataset(dataset: BinaryDataset, opts: TrainOptions, config: ModelConfig,
-                  tokenizer: tuple[int, str]) -> None:
-    """Refuse a dataset made with another tokenizer, vocabulary, processor or a too long sequence length."""
+                  tokenizer: tuple[int, str], fingerprint: str | None = None) -> None:
+    """Refuse a dataset made with another tokenizer (``fingerprint``: the given one's), vocabulary, processor or a
+    too long sequence length."""
     meta, where = dataset.meta, f"dataset {opts.dataset_path}"
     size, name = tokenizer
     if int(meta["vocab_size"]) != size:
         raise SetupError(f"{where} was made with a tokenizer of {meta['vocab_size']} pieces, tokenizer {name} has "
                          f"{size}")
-    if opts.spm_model_path or opts.tokenizer_path:
-        mine = open_tokenizer(opts.spm_model_path, opts.tokenizer_path).fingerprint
-        if meta.get("tokenizer_fingerprint") != mine:
-            raise SetupError(f"{where} was tokenized with another tokenizer: its fingerprint is "
-                             f"{meta.get('tokenizer_fingerprint')}, {name} has {mine}")
+    if fingerprint is not None and meta.get("tokenizer_fingerprint") != fingerprint:
+        raise SetupError(f"{where} was tokenized with another tokenizer: its fingerprint is "
+                         f"{meta.get('tokenizer_fingerprint')}, {name} has {fingerprint}")
     processor, source = expected_processor(opts, config)
     if processor and meta.get("data_processor") != processor:
         raise SetupError(f"{where} was made by data processor {meta.get('data_processor')!r}, {source} says "
@@ -108,9 +107,9 @@ def seq_length_of(opts: TrainOptions, dataset: BinaryDataset) -> int:
 
 
 def vocab_size_of(opts: TrainOptions, config: ModelConfig, dataset: BinaryDataset,
-                  tokenizer: tuple[int, str]) -> int:
+                  tokenizer: tuple[int, str], fingerprint: str | None = None) -> int:
     """The model's vocabulary: the config's ``vocab_size``, else the tokenizer's (``tokenizer_of``). Tokenizer,
     dataset and config must agree (``vocab.check_vocab``)."""
     check_vocab(*tokenizer, {}, opts.config_path, config)
-    check_dataset(dataset, opts, config, tokenizer)
+    check_dataset(dataset, opts, config, tokenizer, fingerprint)
     return config.vocab_size if config.vocab_size is not None else tokenizer[0]

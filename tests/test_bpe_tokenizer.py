@@ -427,7 +427,7 @@ def test_conversion_carries_the_chat_template_beside_the_checkpoint(qwen3_dir, t
     from conftest import CHATML
     from test_convert import hf_to_ours
 
-    from tencentpretrain.convert.cli import chat_template_path
+    from tencentpretrain.data.chat_template import chat_template_path
     from tencentpretrain.generation.options import own_template
 
     out = tmp_path / "q.bin"

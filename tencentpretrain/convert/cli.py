@@ -11,6 +11,7 @@ import torch
 from tencentpretrain.checkpoint import check_state_dict, load_state_dict, save_state_dict, vocab_size_of
 from tencentpretrain.cli import InputError, naming
 from tencentpretrain.config import ConfigError, ModelConfig
+from tencentpretrain.data.chat_template import chat_template_path, load_template
 from tencentpretrain.dtypes import DTYPES
 from tencentpretrain.model import build_model
 from tencentpretrain.vocab import check_vocab, vocab_rows
@@ -64,16 +65,9 @@ def _input_tokenizer(args) -> tuple[str | None, str | None]:
     return None, str(folder) if (folder / "tokenizer.json").is_file() else None
 
 
-def chat_template_path(model_path: str | Path) -> Path:
-    """Where the chat template of a converted checkpoint is kept: ``<model>.chat_template.jinja`` beside it."""
-    model_path = Path(model_path)
-    return model_path.with_name(model_path.stem + ".chat_template.jinja")
-
-
 def _chat_template_of(input_path: str) -> str | None:
     """The Hugging Face directory's chat template (its chat_template.jinja, or tokenizer_config.json's
     chat_template); None when it has none."""
-    from tencentpretrain.data.chat_template import load_template
 
     folder = Path(input_path)
     folder = folder if folder.is_dir() else folder.parent

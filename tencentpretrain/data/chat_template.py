@@ -99,6 +99,13 @@ def template_from_config(config: dict, where: str) -> ChatTemplate:
     return ChatTemplate(found, where)
 
 
+def chat_template_path(model_path: str | Path) -> Path:
+    """Where the chat template of a checkpoint converted from Hugging Face is kept: ``<model>.chat_template.jinja``
+    beside it."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + ".chat_template.jinja")
+
+
 def load_template(spec: str | ChatTemplate) -> ChatTemplate:
     """A registered template name, a Jinja file, a ``tokenizer_config.json`` or a Hugging Face directory."""
     from tencentpretrain.registry import TEMPLATES

@@ -9,7 +9,7 @@ import torch
 
 from tencentpretrain.cli import InputError, naming
 from tencentpretrain.config import ModelConfig
-from tencentpretrain.data.chat_template import load_template
+from tencentpretrain.data.chat_template import chat_template_path, load_template
 from tencentpretrain.dtypes import TORCH_DTYPES, auto_dtype
 from tencentpretrain.generation.engine import Engine, load_generation_model
 from tencentpretrain.generation.layout import LAYOUTS, weight_layout
@@ -128,8 +128,6 @@ def own_template(tokenizer, model_path: str | Path | None = None):
     beside it, or the ``chat_template`` of its tokenizer_config.json, as transformers and llama.cpp use it), else
     the one a conversion from Hugging Face wrote beside the checkpoint (``<model>.chat_template.jinja``), else
     ``alpaca``."""
-    from tencentpretrain.convert.cli import chat_template_path
-
     folder = getattr(tokenizer, "file", None)
     folder = None if folder is None else folder.parent
     with naming("--tokenizer_path", str(tokenizer.model_path)):

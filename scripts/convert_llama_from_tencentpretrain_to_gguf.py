@@ -51,6 +51,7 @@ def convert(args) -> None:
     from tencentpretrain.convert.gguf import read_checkpoint, write_gguf
     from tencentpretrain.convert.gguf_vocab import read_bpe_vocabulary, read_vocabulary
     from tencentpretrain.data.chat_template import exported_source, load_template
+    from tencentpretrain.tokenizers import tokenizer_in
 
     if args.template is not None:  # a bad template file is reported before the weights are read
         load_template(args.template)
@@ -61,8 +62,9 @@ def convert(args) -> None:
         folder = Path(args.input_model_path)
         if not folder.is_dir():
             raise ConversionError("a checkpoint file needs its tokenizer: --spm_model_path or --tokenizer_path")
-        spm, hf = (folder / "tokenizer.model", None) if (folder / "tokenizer.model").is_file() or not \
-            (folder / "tokenizer.json").is_file() else (None, folder)
+        spm, hf = tokenizer_in(folder)
+        if spm is None and hf is None:
+            spm = folder / "tokenizer.model"  # missing: its error names the file
     config, tensors = read_checkpoint(args.input_model_path, args.config_path)
     rows = tensors["embedding.word.embedding.weight"].shape[0]
     vocab = read_vocabulary(spm, rows) if hf is None else read_bpe_vocabulary(hf, rows)

@@ -58,11 +58,11 @@ def _input_tokenizer(args) -> tuple[str | None, str | None]:
     beside the input checkpoint ((None, None) when there is none)."""
     if args.spm_model_path or args.tokenizer_path:
         return args.spm_model_path, args.tokenizer_path
+    from tencentpretrain.tokenizers import tokenizer_in
+
     folder = Path(args.input_model_path)
-    folder = folder if folder.is_dir() else folder.parent
-    if (folder / "tokenizer.model").is_file():
-        return str(folder / "tokenizer.model"), None
-    return None, str(folder) if (folder / "tokenizer.json").is_file() else None
+    spm, hf = tokenizer_in(folder if folder.is_dir() else folder.parent)
+    return (None if spm is None else str(spm)), (None if hf is None else str(hf))
 
 
 def _chat_template_of(input_path: str) -> str | None:

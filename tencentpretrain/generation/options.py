@@ -18,7 +18,7 @@ from tencentpretrain.generation.prepare import QUANTS, prepare_for_inference
 from tencentpretrain.generation.sampling import SamplingParams
 from tencentpretrain.generation.threads import use_threads
 from tencentpretrain.registry import TEMPLATES
-from tencentpretrain.tokenizers import SentencePieceTokenizer, open_tokenizer
+from tencentpretrain.tokenizers import SentencePieceTokenizer, open_tokenizer, tokenizer_in
 from tencentpretrain.vocab import check_vocab, vocab_rows
 
 
@@ -147,10 +147,9 @@ def load_tokenizer(args: argparse.Namespace):
     spm, hf = args.spm_model_path, getattr(args, "tokenizer_path", None)
     model_dir = Path(args.load_model_path)
     if spm is None and hf is None and model_dir.is_dir():
-        if (model_dir / "tokenizer.model").is_file() or not (model_dir / "tokenizer.json").is_file():
-            spm = model_dir / "tokenizer.model"
-        else:
-            hf = model_dir
+        spm, hf = tokenizer_in(model_dir)
+        if spm is None and hf is None:
+            spm = model_dir / "tokenizer.model"  # missing: its error names the file
     if spm is None and hf is None:
         raise InputError("a checkpoint file needs its tokenizer: --spm_model_path (SentencePiece) or "
                          "--tokenizer_path (Hugging Face tokenizer.json)")

@@ -38,6 +38,15 @@ def tokenizer_source(spm_model_path: str | Path | None, tokenizer_path: str | Pa
     return None
 
 
+def tokenizer_in(folder: str | Path) -> tuple[Path | None, Path | None]:
+    """``(SentencePiece model, Hugging Face tokenizer)`` a model directory holds: its ``tokenizer.model``, else the
+    directory itself when it has a ``tokenizer.json``; ``(None, None)`` when it has neither."""
+    folder = Path(folder)
+    if (folder / "tokenizer.model").is_file():
+        return folder / "tokenizer.model", None
+    return None, folder if (folder / "tokenizer.json").is_file() else None
+
+
 def open_tokenizer(spm_model_path: str | Path | None = None, tokenizer_path: str | Path | None = None,
                    special_tokens: dict[str, int | str] | None = None):
     """The tokenizer named by ``--spm_model_path`` or ``--tokenizer_path``; errors start with the flag."""
@@ -56,4 +65,4 @@ def prefix_ids(tokenizer) -> list[int]:
 
 __all__ = ["SPECIAL_TOKENS", "TOKENIZER_FLAGS", "HuggingFaceTokenizer", "SentencePieceTokenizer", "TokenizerError",
            "file_fingerprint", "open_tokenizer", "prefix_ids", "read_special_tokens", "tokenizer_files",
-           "tokenizer_source"]
+           "tokenizer_in", "tokenizer_source"]

@@ -46,7 +46,7 @@ def train(model: Model, stream: torch.Tensor, steps: int, batch: int, seq: int, 
     for step in range(steps):
         starts = torch.randint(0, len(stream) - seq - 1, (batch,), generator=generator)
         window = torch.stack([stream[s:s + seq + 1] for s in starts.tolist()])  # (B, seq + 1)
-        loss, _ = model.loss(window[:, :-1], window[:, 1:])
+        loss, _ = model.loss({"src": window[:, :-1], "tgt": window[:, 1:]})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

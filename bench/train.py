@@ -111,7 +111,7 @@ def step_fns(ours, theirs, adamw: str) -> dict[str, Callable[[torch.Tensor, torc
         return step
 
     return {
-        "ours": train_step("ours", lambda src, tgt: ours.loss(src, tgt)[0]),
+        "ours": train_step("ours", lambda src, tgt: ours.loss({"src": src, "tgt": tgt})[0]),
         "transformers": train_step("transformers", lambda src, tgt: theirs(
             input_ids=src, labels=tgt, shift_labels=tgt, use_cache=False).loss),
     }

@@ -101,7 +101,7 @@ def worker(argv: list[str]) -> None:
     run = build(opts, info, trace)
     batch = next(iter(run.loader))
     run.engine.train()
-    loss, _ = run.engine.forward(batch.src, batch.tgt, boundary=True)
+    loss, _ = run.engine.forward(batch.inputs(), boundary=True)
     run.engine.backward(loss)
     run.engine.step()
     trace.mark("the first training step")

@@ -42,7 +42,8 @@ def script(path: Path):
 
 
 def model_config(args: argparse.Namespace) -> dict:
-    return {"emb_size": args.hidden, "hidden_size": args.hidden, "feedforward_size": args.hidden * 11 // 4,
+    return {"mask": "causal", "layernorm_positioning": "pre", "target": ["lm"],
+            "emb_size": args.hidden, "hidden_size": args.hidden, "feedforward_size": args.hidden * 11 // 4,
             "heads_num": args.hidden // 32, "layers_num": args.layers, "max_seq_length": args.seq_length,
             "embedding": ["word"], "remove_transformer_bias": True, "remove_embedding_layernorm": True,
             "rotary_position_embedding": True, "feed_forward": "gated", "layernorm": "rms", "hidden_act": "silu",

@@ -15,10 +15,10 @@ import torch
 
 from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
-from tencentpretrain.model import Model, build_model, tie_weights
+from tencentpretrain.model import VOCAB_HEADS, Model, build_model, tie_weights, vocab_head
 
 WORD_EMBEDDING = "embedding.word.embedding.weight"
-LM_HEAD = "target.lm.output_layer.weight"
+LM_HEAD = VOCAB_HEADS["lm"]
 
 
 class CheckpointError(InputError):
@@ -110,19 +110,21 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
     """Raise CheckpointError naming every missing, unexpected or mis-shaped tensor."""
     expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
     problems = []
+    config = getattr(model, "config", None)
+    tied = config is not None and config.tie_weights
+    head = vocab_head(config) if config is not None else LM_HEAD  # the tensor tie_weights shares
     for name, shape in expected.items():
         if name not in state:
-            if not (name == LM_HEAD and getattr(model, "config", None) and model.config.tie_weights):
+            if not (name == head and tied):
                 problems.append(f"missing tensor {name} (model expects shape {list(shape)})")
         elif tuple(state[name].shape) != tuple(shape):
             problems.append(f"tensor {name}: checkpoint has shape {list(state[name].shape)}, "
                             f"the model config expects {list(shape)}")
-    tied = getattr(model, "config", None) is not None and model.config.tie_weights
     embedding = state.get("embedding.word.embedding.weight")
-    if tied and LM_HEAD in state and embedding is not None and state[LM_HEAD] is not embedding and \
-            state[LM_HEAD].shape == embedding.shape and not embedding.is_meta and \
-            not torch.equal(state[LM_HEAD], embedding):
-        problems.append(f"tensor {LM_HEAD} differs from embedding.word.embedding.weight, but the config ties them "
+    if tied and head in state and embedding is not None and state[head] is not embedding and \
+            state[head].shape == embedding.shape and not embedding.is_meta and \
+            not torch.equal(state[head], embedding):
+        problems.append(f"tensor {head} differs from embedding.word.embedding.weight, but the config ties them "
                         "(tie_weights: true); use an untied config")
     problems += [f"unexpected tensor {name} with shape {list(state[name].shape)}"
                  for name in sorted(set(state) - set(expected))]

@@ -95,13 +95,15 @@ class ModelConfig:
     local_kv_heads_num: int | None = None  # grouped-query attention: key/value heads (None = heads_num)
     layers_num: int = 12
     dropout: float = 0.1
-    max_seq_length: int = 1024
-    embedding: tuple[str, ...] = ("word", "pos")
+    max_seq_length: int = 512
+    # The defaults of embedding, target, mask and layernorm_positioning are TencentPretrain's (its BERT), so that a
+    # TencentPretrain config that leaves them out builds the same model here (docs/models.md, "Defaults").
+    embedding: tuple[str, ...] = ("word",)
     encoder: str = "transformer"
     decoder: str | None = None
-    target: tuple[str, ...] = ("lm",)
-    mask: str = "causal"
-    layernorm_positioning: str = "pre"
+    target: tuple[str, ...] = ("mlm",)
+    mask: str = "fully_visible"
+    layernorm_positioning: str = "post"
     layernorm: str = "normal"
     layernorm_eps: float = 1e-6
     feed_forward: str = "dense"
@@ -115,6 +117,7 @@ class ModelConfig:
     qkv_bias: bool = False  # biases on the query/key/value projections only, not the output (Qwen2)
     qk_norm: bool = False  # a `layernorm` over each query and key head before the rotation (Qwen3)
     sliding_window: int | None = None  # each query sees only the last sliding_window keys, itself included (Mistral)
+    remove_attention_scale: bool = False  # attention scores are q.k, not q.k / sqrt(head_dim) (T5)
     tie_weights: bool = False
     has_lmtarget_bias: bool = False
     vocab_size: int | None = None  # None: taken from the tokenizer or the checkpoint
@@ -214,7 +217,8 @@ class ModelConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 fail(f"{key} must be a positive integer, got {value!r}")
         for key in ("remove_transformer_bias", "remove_embedding_layernorm", "rotary_position_embedding",
-                    "tie_weights", "has_lmtarget_bias", "allow_padded_vocab", "qkv_bias", "qk_norm"):
+                    "tie_weights", "has_lmtarget_bias", "allow_padded_vocab", "qkv_bias", "qk_norm",
+                    "remove_attention_scale"):
             if not isinstance(getattr(self, key), bool):
                 fail(f"{key} must be true or false, got {getattr(self, key)!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -262,3 +266,14 @@ class ModelConfig:
         for registry, name in checks:
             if name not in registry:
                 fail(f"unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}")
+        for key in ("embedding", "target"):
+            names = getattr(self, key)
+            if len(set(names)) != len(names):
+                fail(f"{key} names a part twice: {list(names)}")
+        if not self.target:
+            fail("target must name at least one target, e.g. [\"lm\"] or [\"mlm\", \"sp\"]")
+        if self.tie_weights and not {"lm", "mlm"} & set(self.target):
+            fail(f"tie_weights: true needs a target with a vocabulary head (lm or mlm), got {list(self.target)}")
+        if "lm" in self.target and self.decoder is None and self.mask != "causal":
+            fail(f"target lm (next-token prediction) needs mask: causal, got {self.mask!r} (a TencentPretrain config "
+                 "that leaves mask out means fully_visible: add \"mask\": \"causal\")")

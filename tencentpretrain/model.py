@@ -1,6 +1,8 @@
-"""The model: embedding -> encoder -> target, each part looked up by name from the config."""
+"""The model: embedding -> encoder -> targets, each part looked up by name from the config."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -11,13 +13,22 @@ from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.layers.rope import RotaryEmbedding
 from tencentpretrain.registry import ENCODERS, TARGETS
 
+# The targets that project to the vocabulary, and the tensor that ``tie_weights`` makes the word embedding.
+VOCAB_HEADS = {"lm": "target.lm.output_layer.weight", "mlm": "target.mlm.linear_2.weight"}
+
+
+def vocab_head(config: ModelConfig) -> str | None:
+    """Name of the head weight with one row per token (``lm``'s, else ``mlm``'s), None when no target has one."""
+    return next((VOCAB_HEADS[name] for name in ("lm", "mlm") if name in config.target), None)
+
 
 class Model(nn.Module):
-    """A TencentPretrain-style model; ``model(src)`` returns next-token logits (B, T, vocab).
+    """A TencentPretrain-style model; ``model(src)`` returns the vocabulary target's logits (B, T, vocab):
+    next-token scores for ``lm``, the scores at each position for ``mlm``.
 
     Attributes:
         config: the architecture it was built from.
-        vocab_size: rows of the word embedding and of the LM head.
+        vocab_size: rows of the word embedding and of the vocabulary head.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int, checkpoint_activations: bool = False):
@@ -27,6 +38,12 @@ class Model(nn.Module):
         self.embedding = Embedding(config, vocab_size)
         self.encoder = ENCODERS.get(config.encoder)(config, checkpoint_activations=checkpoint_activations)
         self.target = nn.ModuleDict({name: TARGETS.get(name)(config, vocab_size) for name in config.target})
+        self.vocab_target = next((name for name in ("lm", "mlm") if name in config.target), None)
+
+    @property
+    def causal(self) -> bool:
+        """Whether the model predicts the next token (``lm`` target, causal mask): what generation needs."""
+        return self.vocab_target == "lm" and self.config.mask == "causal"
 
     def reset_buffers(self, device: torch.device | str = "cpu") -> None:
         """Recompute non-persistent buffers (rotary tables), e.g. after building on the meta device."""
@@ -35,27 +52,62 @@ class Model(nn.Module):
                 module.reset(device)
 
     def encode(self, src: torch.Tensor, positions: torch.Tensor | None = None,
-               padding_mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """Hidden states (B, T, hidden) of ``src`` (B, T); see ``TransformerEncoder.forward`` for the rest."""
+               padding_mask: torch.Tensor | None = None, cache: KVCache | None = None,
+               seg: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, T, hidden) of ``src`` (B, T); see ``TransformerEncoder.forward`` for the rest.
+
+        ``seg`` (B, T): segments numbered from 1, 0 at padding. Given without ``padding_mask``, its zeros are the
+        padding (TencentPretrain's rule).
+        """
         if positions is None:
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + src.shape[1], device=src.device)  # (T,)
-        return self.encoder(self.embedding(src, positions), positions, padding_mask, cache)
+        if padding_mask is None and seg is not None and not bool(seg.all()):
+            padding_mask = seg > 0  # (B, T)
+        return self.encoder(self.embedding(src, positions, seg), positions, padding_mask, cache)
 
     def forward(self, src: torch.Tensor, positions: torch.Tensor | None = None,
-                padding_mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """Next-token logits (B, T, vocab)."""
-        return self.target["lm"].logits(self.encode(src, positions, padding_mask, cache))
+                padding_mask: torch.Tensor | None = None, cache: KVCache | None = None,
+                seg: torch.Tensor | None = None) -> torch.Tensor:
+        """The vocabulary target's logits (B, T, vocab)."""
+        if self.vocab_target is None:
+            raise ConfigError(f"{self.config.source or 'the model'} has no target that scores the vocabulary "
+                              f"(target {list(self.config.target)}; lm or mlm does)")
+        return self.target[self.vocab_target].logits(self.encode(src, positions, padding_mask, cache, seg))
 
-    def loss(self, src: torch.Tensor, tgt: torch.Tensor,
-             loss_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training objective: the ``lm`` target's ``(loss, metrics)`` for inputs ``src`` and targets ``tgt``."""
-        return self.target["lm"](self.encode(src), tgt, loss_mask)
+    def loss(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training objective: the sum of the targets' losses.
+
+        Args:
+            inputs: ``src`` (B, T), ``seg`` (B, T) if the data has segments, and each target's ``label`` tensor
+                (``tgt`` for lm, ``tgt_mlm`` for mlm, ``tgt_sp`` for sp).
+
+        Returns:
+            The loss and its metrics: ``loss`` (the sum, detached) and ``tokens`` (the first target's count);
+            with several targets also ``{name}.loss``, ``{name}.tokens`` and ``{name}.correct`` of each.
+        """
+        missing = [target.label for target in self.target.values() if target.label not in inputs]
+        if missing:
+            raise ConfigError(f"the batch has no {', '.join(missing)} for target {list(self.config.target)}: "
+                              "is the dataset made by the data processor of this config?")
+        hidden = self.encode(inputs["src"], seg=inputs.get("seg"))
+        total, metrics = None, {}
+        for name, target in self.target.items():
+            loss, parts = target(hidden, inputs[target.label])
+            total = loss if total is None else total + loss
+            if len(self.target) == 1:
+                return loss, parts
+            metrics.update({f"{name}.{key}": value for key, value in parts.items()})
+            metrics.setdefault("tokens", parts["tokens"])
+        metrics["loss"] = total.detach()
+        return total, metrics
 
 
 def tie_weights(model: Model) -> None:
-    """Share the word embedding with the LM head (GPT-2's ``tie_weights``)."""
-    model.target["lm"].output_layer.weight = model.embedding.word.embedding.weight
+    """Share the word embedding with the vocabulary head (GPT-2's and BERT's ``tie_weights``)."""
+    head = model.target[model.vocab_target]
+    layer = head.output_layer if model.vocab_target == "lm" else head.linear_2
+    layer.weight = model.embedding.word.embedding.weight
 
 
 def build_model(config: ModelConfig, vocab_size: int | None = None, checkpoint_activations: bool = False) -> Model:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from tencentpretrain.checkpoint import LM_HEAD, WORD_EMBEDDING, CheckpointError
+from tencentpretrain.checkpoint import WORD_EMBEDDING, CheckpointError
 from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
+from tencentpretrain.model import VOCAB_HEADS
 
 
 class VocabError(CheckpointError, InputError):
@@ -29,8 +30,8 @@ class VocabError(CheckpointError, InputError):
 
 
 def vocab_rows(state: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Rows of the word embedding and of the LM head (when the state holds one), by tensor name."""
-    return {name: int(state[name].shape[0]) for name in (WORD_EMBEDDING, LM_HEAD) if name in state}
+    """Rows of the word embedding and of the vocabulary head (lm's or mlm's, when the state holds one), by name."""
+    return {name: int(state[name].shape[0]) for name in (WORD_EMBEDDING, *VOCAB_HEADS.values()) if name in state}
 
 
 def checkpoint_vocab_rows(path: str | Path) -> dict[str, int]:
@@ -42,7 +43,7 @@ def checkpoint_vocab_rows(path: str | Path) -> dict[str, int]:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            return {name: int(f.get_slice(name).get_shape()[0]) for name in (WORD_EMBEDDING, LM_HEAD)
+            return {name: int(f.get_slice(name).get_shape()[0]) for name in (WORD_EMBEDDING, *VOCAB_HEADS.values())
                     if name in f.keys()}
     from tencentpretrain.checkpoint import load_state_dict
 

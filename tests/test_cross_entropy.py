@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from tencentpretrain import ModelConfig, build_model
 from tencentpretrain.layers import cross_entropy
 from tencentpretrain.layers.cross_entropy import linear_cross_entropy
+from tencentpretrain.targets import IGNORE_INDEX
 from tencentpretrain.training.lora import apply_lora
 
 
@@ -68,6 +69,7 @@ def test_backward_twice_is_refused():
 def tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model(ModelConfig(
+        mask="causal", layernorm_positioning="pre", target=["lm"],
         emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, layers_num=2, dropout=0.0,
         max_seq_length=16, embedding=("word",), layernorm="rms", feed_forward="gated", hidden_act="silu",
         remove_transformer_bias=True, remove_embedding_layernorm=True, rotary_position_embedding=True,
@@ -83,7 +85,7 @@ def test_model_loss_matches_logits(lora_head):
     src = torch.randint(0, 40, (3, 10), generator=torch.Generator().manual_seed(1))
     tgt, mask = src.roll(-1, 1), torch.ones_like(src)
     mask[:, -1] = 0
-    loss, metrics = model.loss(src, tgt, mask)
+    loss, metrics = model.loss({"src": src, "tgt": tgt.masked_fill(mask == 0, IGNORE_INDEX)})
     loss.backward()
     fused = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()

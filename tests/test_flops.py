@@ -9,7 +9,8 @@ from tencentpretrain.training.flops import matmul_params, measure_matmul_peak, m
 
 
 def llama(**overrides) -> ModelConfig:
-    settings = dict(emb_size=64, hidden_size=64, feedforward_size=96, heads_num=4, layers_num=3, dropout=0.0,
+    settings = dict(mask="causal", layernorm_positioning="pre", target=["lm"],
+                    emb_size=64, hidden_size=64, feedforward_size=96, heads_num=4, layers_num=3, dropout=0.0,
                     max_seq_length=32, embedding=("word",), layernorm="rms", feed_forward="gated",
                     hidden_act="silu", remove_transformer_bias=True, remove_embedding_layernorm=True,
                     rotary_position_embedding=True, vocab_size=100)

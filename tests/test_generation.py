@@ -86,7 +86,8 @@ def test_cached_logits_with_learned_positions():
     """GPT-2-style absolute positions: left-padded rows must count positions from their first real token
     (rotary embeddings are blind to a constant shift, learned positions are not)."""
     torch.manual_seed(0)
-    config = ModelConfig(emb_size=64, hidden_size=64, feedforward_size=128, heads_num=4, layers_num=2, dropout=0.0,
+    config = ModelConfig(embedding=["word", "pos"], mask="causal", layernorm_positioning="pre", target=["lm"],
+                         emb_size=64, hidden_size=64, feedforward_size=128, heads_num=4, layers_num=2, dropout=0.0,
                          max_seq_length=128)
     assert_cached_logits_match_full_forward(build_model(config, VOCAB).eval())
 

@@ -125,7 +125,7 @@ def _micro_config() -> ModelConfig:
 def test_fp16_overflow_leaves_the_weights_and_lowers_the_scale():
     model, _, engine = _engine("fp16")
     ids = torch.randint(0, 64, (2, 16), device=CUDA)
-    loss, _ = engine.forward(ids[:, :-1], ids[:, 1:], boundary=True)
+    loss, _ = engine.forward({"src": ids[:, :-1], "tgt": ids[:, 1:]}, boundary=True)
     engine.backward(loss)
     next(model.parameters()).grad.fill_(float("inf"))
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -144,7 +144,7 @@ def test_cuda_adamw_is_fused_and_agrees_with_foreach():
     ids = torch.randint(0, 64, (2, 16), device=CUDA)
     for net, opt in ((model, optimizer), (reference, ref_opt)):
         for _ in range(3):
-            loss, _ = net.loss(ids[:, :-1], ids[:, 1:])
+            loss, _ = net.loss({"src": ids[:, :-1], "tgt": ids[:, 1:]})
             loss.backward()
             opt.step()
             opt.zero_grad()

@@ -59,7 +59,8 @@ def test_packed_layouts_generate_transformers_tokens(pair, layout, pack_everythi
 def test_packed_layout_with_biases_and_learned_positions(pack_everything):
     """GPT-2's parts (biases, learned positions, LayerNorm): every cached step equals an unpacked full forward."""
     torch.manual_seed(0)
-    config = ModelConfig(emb_size=64, hidden_size=64, feedforward_size=128, heads_num=4, layers_num=2, dropout=0.0,
+    config = ModelConfig(embedding=["word", "pos"], mask="causal", layernorm_positioning="pre", target=["lm"],
+                         emb_size=64, hidden_size=64, feedforward_size=128, heads_num=4, layers_num=2, dropout=0.0,
                          max_seq_length=128)
     reference = build_model(config, VOCAB).eval()
     engine = Engine(prepare_for_inference(copy.deepcopy(reference), layout="packed", batch_size=3), pad_id=0)
@@ -73,7 +74,8 @@ def test_packed_layout_with_biases_and_learned_positions(pack_everything):
 
 
 def test_only_large_layers_are_packed():
-    config = ModelConfig(emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, layers_num=1, dropout=0.0)
+    config = ModelConfig(embedding=["word", "pos"], mask="causal", layernorm_positioning="pre", target=["lm"],
+                         emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, layers_num=1, dropout=0.0)
     model = build_model(config, layout_module.PACK_MIN_WEIGHTS // 32).eval()  # the head alone reaches the size
     if not packing_available():
         pytest.skip("this PyTorch build has no oneDNN")
@@ -86,7 +88,8 @@ def test_only_large_layers_are_packed():
 
 
 def test_layout_errors():
-    config = ModelConfig(emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, layers_num=1, dropout=0.0)
+    config = ModelConfig(embedding=["word", "pos"], mask="causal", layernorm_positioning="pre", target=["lm"],
+                         emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, layers_num=1, dropout=0.0)
     with pytest.raises(ValueError, match="unknown weight layout 'rows'.*column, packed, both"):
         apply_layout(build_model(config, 50).eval(), "rows")
     if packing_available():
@@ -105,7 +108,8 @@ def test_auto_layout_choice():
 
 
 def test_engine_runs_the_model_as_given_and_prepare_for_inference_rewrites_it():
-    config = ModelConfig(emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, layers_num=1, dropout=0.0)
+    config = ModelConfig(embedding=["word", "pos"], mask="causal", layernorm_positioning="pre", target=["lm"],
+                         emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, layers_num=1, dropout=0.0)
     model = build_model(config, 64)
     head = model.target["lm"].output_layer
     Engine(model, pad_id=0)

@@ -31,7 +31,8 @@ Q_PROJ = "encoder.transformer.1.self_attn.linear_layers.0"
 
 
 def tiny_config(**overrides) -> ModelConfig:
-    settings = dict(emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, local_kv_heads_num=2,
+    settings = dict(mask="causal", layernorm_positioning="pre", target=["lm"],
+                    emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, local_kv_heads_num=2,
                     layers_num=2, dropout=0.0, max_seq_length=16, embedding=("word",), layernorm="rms",
                     feed_forward="gated", hidden_act="silu", remove_transformer_bias=True,
                     remove_embedding_layernorm=True, rotary_position_embedding=True, vocab_size=50)
@@ -105,7 +106,7 @@ def test_optimizer_steps_change_only_trainable_parameters():
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for step in range(3):
         src = batch(step)
-        loss, _ = model.loss(src[:, :-1], src[:, 1:])
+        loss, _ = model.loss({"src": src[:, :-1], "tgt": src[:, 1:]})
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -10,8 +10,10 @@ from tencentpretrain import ModelConfig, build_model
 from tencentpretrain.layers import KVCache, MultiHeadedAttention, apply_rotary
 from tencentpretrain.layers.norm import LayerNorm, RMSNorm
 from tencentpretrain.layers.rope import RotaryEmbedding
+from tencentpretrain.targets import IGNORE_INDEX
 
-LLAMA = dict(emb_size=64, hidden_size=64, feedforward_size=96, heads_num=4, layers_num=2, dropout=0.0,
+LLAMA = dict(mask="causal", layernorm_positioning="pre", target=["lm"],
+             emb_size=64, hidden_size=64, feedforward_size=96, heads_num=4, layers_num=2, dropout=0.0,
              max_seq_length=64, embedding=["word"], remove_transformer_bias=True, remove_embedding_layernorm=True,
              rotary_position_embedding=True, feed_forward="gated", hidden_act="silu", layernorm="rms")
 
@@ -100,7 +102,9 @@ def test_left_padding_gives_the_unpadded_logits():
 
 
 def test_gpt2_parts_and_tied_head():
-    config = ModelConfig.from_dict(dict(emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, layers_num=2,
+    config = ModelConfig.from_dict(dict(embedding=["word", "pos"], mask="causal", layernorm_positioning="pre",
+                                        target=["lm"], emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4,
+                                        layers_num=2,
                                         max_seq_length=16, hidden_act="gelu_fast", tie_weights=True,
                                         remove_embedding_layernorm=True))
     model = build_model(config, 40)
@@ -118,7 +122,7 @@ def test_loss_ignores_masked_targets():
     src, tgt = torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (2, 8))
     mask = torch.zeros(2, 8, dtype=torch.bool)
     mask[:, 4:] = True
-    loss, metrics = model.loss(src, tgt, mask)
+    loss, metrics = model.loss({"src": src, "tgt": tgt.masked_fill(~mask, IGNORE_INDEX)})
     logits = model(src)
     expected = torch.nn.functional.cross_entropy(logits[:, 4:].flatten(0, 1), tgt[:, 4:].flatten())
     torch.testing.assert_close(loss, expected)

@@ -21,7 +21,8 @@ from tencentpretrain.generation.threads import use_threads
 from tencentpretrain.hardware import CPU, cpu
 
 VOCAB = 500
-TINY = {"emb_size": 64, "hidden_size": 64, "feedforward_size": 160, "heads_num": 4, "local_kv_heads_num": 2,
+TINY = {"mask": "causal", "layernorm_positioning": "pre", "target": ["lm"],
+        "emb_size": 64, "hidden_size": 64, "feedforward_size": 160, "heads_num": 4, "local_kv_heads_num": 2,
         "layers_num": 2, "dropout": 0.0, "max_seq_length": 256, "embedding": ["word"],
         "remove_transformer_bias": True, "remove_embedding_layernorm": True, "rotary_position_embedding": True,
         "feed_forward": "gated", "layernorm": "rms", "hidden_act": "silu"}

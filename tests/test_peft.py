@@ -34,7 +34,8 @@ from tencentpretrain.training.lora import (
     write_adapter,
 )
 
-SIZES = dict(emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, local_kv_heads_num=2, layers_num=2,
+SIZES = dict(mask="causal", layernorm_positioning="pre", target=["lm"],
+             emb_size=32, hidden_size=32, feedforward_size=64, heads_num=4, local_kv_heads_num=2, layers_num=2,
              max_seq_length=32, vocab_size=60)
 TARGETS = ("linear_layers.*", "final_linear", "feed_forward.linear_gate")
 TRAIN = ("embedding.*", "target.lm.output_layer")

@@ -23,7 +23,8 @@ httpx = pytest.importorskip("httpx")
 
 from tencentpretrain.generation.api import ServerThread, Service, create_app  # noqa: E402
 
-TINY = {"emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, "local_kv_heads_num": 2,
+TINY = {"mask": "causal", "layernorm_positioning": "pre", "target": ["lm"],
+        "emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, "local_kv_heads_num": 2,
         "layers_num": 2, "dropout": 0.0, "max_seq_length": 256, "embedding": ["word"],
         "remove_transformer_bias": True, "remove_embedding_layernorm": True, "rotary_position_embedding": True,
         "feed_forward": "gated", "layernorm": "rms", "hidden_act": "silu"}

@@ -48,7 +48,7 @@ def _rank_main(rank: int, world: int, port: int) -> None:
     results, lrs = [], []
     for step in range(3):
         handle = weight.register_hook(lambda grad: grad * math.nan) if step == 1 and rank == 1 else None
-        loss, _ = engine.forward(ids[:, :-1], ids[:, 1:], boundary=True)
+        loss, _ = engine.forward({"src": ids[:, :-1], "tgt": ids[:, 1:]}, boundary=True)
         assert math.isfinite(loss.item())  # only the gradient is poisoned, on one rank
         engine.backward(loss)
         before = [p.ds_tensor.detach().clone() for p in model.parameters()]

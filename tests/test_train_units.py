@@ -151,7 +151,7 @@ def test_fp16_overflow_is_a_skipped_step_that_leaves_the_weights():
     engine = PlainEngine(model, optimizer, scheduler, DistInfo(), precision="fp16")  # GradScaler on the CPU
     ids = torch.randint(0, 100, (2, 17), generator=torch.Generator().manual_seed(1))
     for overflow in (False, True):
-        loss, _ = engine.forward(ids[:, :-1], ids[:, 1:], boundary=True)
+        loss, _ = engine.forward({"src": ids[:, :-1], "tgt": ids[:, 1:]}, boundary=True)
         engine.backward(loss)
         if overflow:
             model.encoder.transformer[0].feed_forward.linear_1.weight.grad[0, 0] = math.inf

@@ -32,7 +32,8 @@ ZH_WORDS = ("数据 模型 训练 语言 中文 文本 指令 回答 问题 学�
             "电脑 手机 朋友 老师 学生 学校 工作 时间 世界 国家 城市 大学 音乐 电影 公司 市场 经济 "
             "生活 活动 动物 物理 理解 解决 决定 定期 期间 间接").split()
 ZH_TEXT = "今天北京的天气很好，我们喜欢在大学读书和学习中文。世界经济与市场 model 数据"
-MICRO = {"emb_size": 32, "hidden_size": 32, "feedforward_size": 88, "heads_num": 4, "layers_num": 2,
+MICRO = {"mask": "causal", "layernorm_positioning": "pre", "target": ["lm"],
+         "emb_size": 32, "hidden_size": 32, "feedforward_size": 88, "heads_num": 4, "layers_num": 2,
          "max_seq_length": 64, "embedding": ["word"], "remove_transformer_bias": True,
          "remove_embedding_layernorm": True, "rotary_position_embedding": True, "feed_forward": "gated",
          "layernorm": "rms", "hidden_act": "silu", "dropout": 0.0}

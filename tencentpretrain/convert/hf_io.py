@@ -16,9 +16,13 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def with_tied_head(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
-    """Add the LM head as the word embedding itself when the config ties them and the checkpoint left it out."""
-    if config.tie_weights and "target.lm.output_layer.weight" not in state:
-        state["target.lm.output_layer.weight"] = state["embedding.word.embedding.weight"]
+    """Add the vocabulary head as the word embedding itself when the config ties them and the checkpoint left it
+    out."""
+    from tencentpretrain.model import vocab_head
+
+    head = vocab_head(config)
+    if config.tie_weights and head not in state:
+        state[head] = state["embedding.word.embedding.weight"]
     return state
 
 

@@ -26,18 +26,29 @@ class Batch:
     """One batch for one rank.
 
     Attributes:
-        src: (B, seq_length) input ids, ``tokens[:-1]``.
-        tgt: (B, seq_length) target ids, ``tokens[1:]``, IGNORE_INDEX where the loss must not count.
+        src: (B, seq_length) input ids (``tokens[:-1]`` for the lm target).
+        tgt: (B, seq_length) next-token ids, ``tokens[1:]``, IGNORE_INDEX where the loss must not count (lm).
         tokens: real (non-pad) tokens in ``src``.
         epoch: the epoch this batch belongs to.
         index: the batch number within the epoch (per rank).
+        seg: (B, seq_length) segments numbered from 1, 0 at padding, when the data has segments (BERT).
+        tgt_mlm: (B, seq_length) original ids at the masked positions, IGNORE_INDEX elsewhere (mlm).
+        tgt_sp: (B,) sentence-prediction labels (sp).
     """
 
     src: torch.Tensor
-    tgt: torch.Tensor
+    tgt: torch.Tensor | None
     tokens: int
     epoch: int
     index: int
+    seg: torch.Tensor | None = None
+    tgt_mlm: torch.Tensor | None = None
+    tgt_sp: torch.Tensor | None = None
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """The tensors the model reads (``Model.loss``), by name; absent ones left out."""
+        names = ("src", "tgt", "seg", "tgt_mlm", "tgt_sp")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 class DataLoader:

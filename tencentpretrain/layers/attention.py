@@ -28,11 +28,12 @@ class MultiHeadedAttention(nn.Module):
         qk_norm: a norm class: ``q_norm`` and ``k_norm`` normalise each query and key head before the rotation
             (Qwen3); None for none.
         eps: the norms' epsilon.
+        scale: the factor of the scores q.k (default ``1 / sqrt(head_dim)``; T5 uses 1).
     """
 
     def __init__(self, hidden_size: int, heads_num: int, kv_heads_num: int, dropout: float, bias: bool = True,
                  head_dim: int | None = None, qkv_bias: bool = False, qk_norm: type[nn.Module] | None = None,
-                 eps: float = 1e-6):
+                 eps: float = 1e-6, scale: float | None = None):
         super().__init__()
         self.heads_num = heads_num
         self.kv_heads_num = kv_heads_num
@@ -48,6 +49,8 @@ class MultiHeadedAttention(nn.Module):
         self.q_norm = qk_norm(self.head_dim, eps=eps) if qk_norm is not None else None
         self.k_norm = qk_norm(self.head_dim, eps=eps) if qk_norm is not None else None
         self.dropout = dropout
+        # SDPA (and every cache's attend) divides by sqrt(head_dim); another scale is folded into the queries.
+        self.query_factor = None if scale is None else scale * self.head_dim ** 0.5
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
                 mask: torch.Tensor | None = None, is_causal: bool = False,
@@ -71,6 +74,8 @@ class MultiHeadedAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)  # per head, over head_dim
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if self.query_factor is not None:
+            q = q * self.query_factor
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
         if cache is not None:  # the cache stores k/v and attends over everything it holds (inference)
             out = cache.attend(layer, q, k, v, mask, is_causal)  # (B, heads, T, head_dim)

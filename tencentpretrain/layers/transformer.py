@@ -23,7 +23,8 @@ class TransformerLayer(nn.Module):
         self.self_attn = MultiHeadedAttention(config.hidden_size, config.heads_num, config.kv_heads_num,
                                               config.dropout, bias=bias, head_dim=config.head_dim,
                                               qkv_bias=config.qkv_bias, qk_norm=norm if config.qk_norm else None,
-                                              eps=config.layernorm_eps)
+                                              eps=config.layernorm_eps,
+                                              scale=1.0 if config.remove_attention_scale else None)
         self.feed_forward = FEED_FORWARDS.get(config.feed_forward)(config.hidden_size, config.feedforward_size,
                                                                    config.hidden_act, bias=bias)
         self.layer_norm_1 = norm(config.hidden_size, eps=config.layernorm_eps)

@@ -17,6 +17,8 @@ IGNORE_INDEX = -100
 class LmTarget(nn.Module):
     """Projects hidden states to the vocabulary (``target.lm.output_layer``) and scores next tokens."""
 
+    label = "tgt"  # (B, T): the token that follows each position, IGNORE_INDEX where none should be scored
+
     def __init__(self, config: ModelConfig, vocab_size: int):
         super().__init__()
         self.output_layer = nn.Linear(config.hidden_size, vocab_size, bias=config.has_lmtarget_bias)

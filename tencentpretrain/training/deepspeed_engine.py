@@ -73,9 +73,9 @@ class DeepSpeedEngine(Engine):
         """Zero the gradients of a micro-batch whose loss was not finite on some rank."""
         return torch.zeros_like(grad) if self._poisoned else grad
 
-    def forward(self, src, tgt, boundary):
+    def forward(self, inputs, boundary):
         self._boundary = boundary
-        return self.ds(src.to(self.ds.device), tgt.to(self.ds.device))
+        return self.ds(**{name: tensor.to(self.ds.device) for name, tensor in inputs.items()})
 
     def backward(self, loss):
         self._poisoned = bool(self.dist.all_reduce_sum([0.0 if math.isfinite(loss.item()) else 1.0])[0])

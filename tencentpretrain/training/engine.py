@@ -1,7 +1,7 @@
 """The one engine interface the loop uses, over one backend per engine: plain PyTorch (one process or DDP,
 ``plain_engine.py``) and DeepSpeed (``deepspeed_engine.py``), so the loop has no branches.
 
-The loop calls, per micro-batch, ``loss, metrics = engine.forward(src, tgt, boundary)`` and
+The loop calls, per micro-batch, ``loss, metrics = engine.forward(batch.inputs(), boundary)`` and
 ``engine.backward(loss)``, and at the accumulation boundary ``engine.step()``, which clips, steps the optimizer and
 the schedule, and reports the gradient norm and whether the step was skipped because it was not finite.
 ``engine.export(dtype)`` gathers the full model for a checkpoint (rank 0 gets it, LoRA adapters merged and also
@@ -72,14 +72,15 @@ class StepResult:
 
 
 class LossModule(nn.Module):
-    """Wraps a model so that its forward returns ``model.loss(src, tgt)``: what DDP and DeepSpeed wrap."""
+    """Wraps a model so that its forward returns ``model.loss(inputs)``: what DDP and DeepSpeed wrap (they move
+    and hook keyword tensors as they do positional ones)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.model.loss(src, tgt)
+    def forward(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.model.loss(inputs)
 
 
 def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -128,8 +129,8 @@ class Engine:
         base = {name: tensor for name, tensor in state.items() if not is_lora_name(name)}
         return ModelExport(merge_lora_state(base, adapter, self.lora.rank, self.lora.alpha), adapter, self.lora)
 
-    def forward(self, src: torch.Tensor, tgt: torch.Tensor, boundary: bool):
-        """Loss and metrics of one micro-batch; ``boundary``: the optimizer steps after this one."""
+    def forward(self, inputs: dict[str, torch.Tensor], boundary: bool):
+        """Loss and metrics of one micro-batch (``Batch.inputs()``); ``boundary``: the optimizer steps after it."""
         raise NotImplementedError
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -29,11 +29,16 @@ def format_eta(seconds: float) -> str:
 
 
 def progress_line(record: dict) -> str:
-    """One line: step, loss, perplexity, lr, grad norm, tokens/s, MFU, ETA (and skipped steps when any)."""
+    """One line: step, loss, perplexity, lr, grad norm, tokens/s, MFU, ETA (each target's loss and accuracy when
+    there are several, skipped steps when any)."""
     norm = record["grad_norm"]  # None when every step since the last line was skipped
     line = (f"| step {record['step']:>7d}/{record['total_steps']} | loss {record['loss']:.4f} "
             f"| ppl {record['ppl']:9.2f} | lr {record['lr']:.3e} | grad norm {'-' if norm is None else f'{norm:.3f}'} "
             f"| {record['tokens_per_s']:,.0f} tok/s | MFU {100 * record['mfu']:.1f}% | ETA {record['eta']}")
+    for key in record:
+        if key.endswith("_acc"):
+            name = key[:-len("_acc")]
+            line += f" | {name} {record[f'{name}_loss']:.4f} acc {record[key]:.3f}"
     return line + (f" | skipped {record['skipped_steps']}" if record.get("skipped_steps") else "")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +36,21 @@ class Window:
     grad_norm_sum: float = 0.0  # over the steps taken (a skipped step's norm is not finite)
     norm_steps: int = 0  # steps taken
     start: float = 0.0
+    parts: dict[str, list[float]] = field(default_factory=dict)  # with several targets: name -> [loss_sum, n, correct]
+
+    def add(self, metrics: dict) -> None:
+        """Count one micro-batch's metrics (``Model.loss``'s)."""
+        targets = float(metrics["tokens"])
+        self.loss_sum += float(metrics["loss"]) * targets
+        self.targets += targets
+        for key in metrics:
+            if key.endswith(".loss"):
+                name = key[:-len(".loss")]
+                count = float(metrics[f"{name}.tokens"])
+                sums = self.parts.setdefault(name, [0.0, 0.0, 0.0])
+                sums[0] += float(metrics[key]) * count
+                sums[1] += count
+                sums[2] += float(metrics.get(f"{name}.correct", 0.0))
 
     def reset(self) -> None:
         self.__init__(start=time.perf_counter())
@@ -50,11 +65,9 @@ def train(run: Run) -> int:
     while step < opts.total_steps:
         for micro in range(opts.accumulation_steps):
             batch = next(batches)
-            loss, metrics = engine.forward(batch.src, batch.tgt, boundary=micro == opts.accumulation_steps - 1)
+            loss, metrics = engine.forward(batch.inputs(), boundary=micro == opts.accumulation_steps - 1)
             engine.backward(loss)
-            targets = float(metrics["tokens"])
-            window.loss_sum += float(metrics["loss"]) * targets
-            window.targets += targets
+            window.add(metrics)
             window.tokens += batch.tokens
         lr = engine.lr  # the rate this step is taken with
         result = engine.step()
@@ -90,8 +103,12 @@ def count_skipped(run: Run, step: int, result: StepResult) -> None:
 
 
 def report(run: Run, window: Window, step: int, lr: float, began: float) -> None:
-    """Reduce the window over ranks and log one record (rank 0 prints it)."""
-    loss_sum, targets, tokens = run.dist.all_reduce_sum([window.loss_sum, window.targets, window.tokens])
+    """Reduce the window over ranks and log one record (rank 0 prints it). With several targets the loss is their
+    sum, weighted by the first target's count, and each target's mean loss and accuracy are logged too."""
+    names = sorted(window.parts)
+    sums = run.dist.all_reduce_sum([window.loss_sum, window.targets, window.tokens]
+                                   + [value for name in names for value in window.parts[name]])
+    loss_sum, targets, tokens = sums[:3]
     elapsed = max(time.perf_counter() - window.start, 1e-9)
     loss = loss_sum / max(targets, 1.0)
     tokens_per_s = tokens / elapsed
@@ -108,6 +125,10 @@ def report(run: Run, window: Window, step: int, lr: float, began: float) -> None
               "tokens_per_s": tokens_per_s,
               "mfu": run.flops_per_token * tokens_per_s / (run.peak_flops * world),
               "eta": format_eta(eta), "skipped_steps": run.skipped_steps, "time": time.time()}
+    for i, name in enumerate(names):
+        part_loss, count, correct = sums[3 + 3 * i:6 + 3 * i]
+        record[f"{name}_loss"] = part_loss / max(count, 1.0)
+        record[f"{name}_acc"] = correct / max(count, 1.0)
     run.logger.log(record)
 
 
@@ -120,7 +141,7 @@ def evaluate(run: Run, step: int) -> float:
     run.engine.train(False)
     with torch.no_grad():
         for _, batch in zip(range(run.opts.dev_batches), loader):
-            _, metrics = run.engine.forward(batch.src, batch.tgt, boundary=True)
+            _, metrics = run.engine.forward(batch.inputs(), boundary=True)
             loss_sum += float(metrics["loss"]) * float(metrics["tokens"])
             targets += float(metrics["tokens"])
     run.engine.train(True)

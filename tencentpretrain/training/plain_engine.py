@@ -57,13 +57,13 @@ class PlainEngine(Engine):
         return cls(model, optimizer, scheduler_of(opts)(optimizer), info, opts.precision, opts.accumulation_steps,
                    opts.max_grad_norm, setup.lora)
 
-    def forward(self, src, tgt, boundary):
+    def forward(self, inputs, boundary):
         if isinstance(self.wrapped, nn.parallel.DistributedDataParallel):
             self.wrapped.require_backward_grad_sync = boundary  # what no_sync() does, without a context
         autocast = torch.autocast(self.dist.device.type, dtype=self.dtype) if self.dtype != torch.float32 \
             else contextlib.nullcontext()
         with autocast:
-            return self.wrapped(src.to(self.dist.device), tgt.to(self.dist.device))
+            return self.wrapped(**{name: tensor.to(self.dist.device) for name, tensor in inputs.items()})
 
     def backward(self, loss):
         self.scaler.scale(loss / self.accumulation_steps).backward()

@@ -1,0 +1,19 @@
+"""Convert a TencentPretrain BERT checkpoint to a Hugging Face directory (BertForPreTraining with the mlm and sp
+targets, BertForMaskedLM with mlm alone)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tencentpretrain.cli import run_cli  # noqa: E402
+from tencentpretrain.convert import save_hf_bert  # noqa: E402
+from tencentpretrain.convert.cli import from_tencentpretrain  # noqa: E402
+
+
+def main(argv=None) -> int:
+    return from_tencentpretrain(save_hf_bert, __doc__, "bert", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

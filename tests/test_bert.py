@@ -1,0 +1,199 @@
+"""BERT from our parts against transformers: tiny random models built locally, logits compared on padded batches of
+sentence pairs, conversions both ways bit-exact, the traps (post-norm by default, eps 1e-12 in every norm, token
+types 0/1 as segments 1/2, padding row of the segment embedding) each pinned."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
+
+from tencentpretrain import load_model, load_state_dict
+from tencentpretrain.cli import run_cli
+from tencentpretrain.config import ConfigError, ModelConfig
+from tencentpretrain.convert import ConversionError
+from tencentpretrain.convert.bert import config_from_hf, hf_to_ours, ours_to_hf
+from tencentpretrain.model import build_model
+from tencentpretrain.targets import IGNORE_INDEX
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 97
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+bert_to_ours = script("convert_bert_from_huggingface_to_tencentpretrain")
+bert_to_hf = script("convert_bert_from_tencentpretrain_to_huggingface")
+
+
+def tiny_bert(cls=BertForPreTraining, seed=0, act="gelu", tied=True):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=80, max_position_embeddings=64, hidden_act=act, initializer_range=0.2,
+                        tie_word_embeddings=tied)
+    model = cls(config).eval()
+    with torch.no_grad():  # random norms and biases, so that a gamma/beta or bias mix-up shows
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.3)
+        model.cls.predictions.bias.copy_(model.cls.predictions.decoder.bias)  # one tensor, or two equal ones
+    return model
+
+
+def pairs_batch():
+    """Two rows of [CLS] A [SEP] B [SEP], the second padded: ids, HF attention mask and token types, our seg."""
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, VOCAB, (2, 21), generator=generator)
+    mask = torch.ones(2, 21, dtype=torch.long)
+    mask[1, 14:] = 0
+    types = torch.zeros(2, 21, dtype=torch.long)
+    types[0, 9:] = 1
+    types[1, 6:14] = 1
+    ids[1, 14:] = 0
+    seg = torch.where(mask.bool(), types + 1, 0)  # Hugging Face token types 0/1 are segments 1/2, padding 0
+    return ids, mask, types, seg
+
+
+def converted(hf):
+    state = {name: t for name, t in hf.state_dict().items()}
+    config = config_from_hf(hf.config.to_dict() | {"architectures": [type(hf).__name__]})
+    model = build_model(config, VOCAB)
+    model.load_state_dict(hf_to_ours(state.items(), config), strict=True)
+    return model.eval(), config
+
+
+@pytest.mark.parametrize("cls", [BertForPreTraining, BertForMaskedLM])
+@pytest.mark.parametrize("act", ["gelu", "gelu_new"])
+def test_logits_equal_transformers_on_padded_pairs(cls, act):
+    hf = tiny_bert(cls, act=act)
+    ours, config = converted(hf)
+    assert config.layernorm_positioning == "post" and config.layernorm_eps == 1e-12
+    ids, mask, types, seg = pairs_batch()
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        hidden = ours.encode(ids, seg=seg)
+        mlm = ours.target["mlm"].logits(hidden)
+    logits = theirs.prediction_logits if cls is BertForPreTraining else theirs.logits
+    real = mask.bool()
+    assert (mlm - logits)[real].abs().max() < 1e-4
+    if cls is BertForPreTraining:
+        nsp = ours.target["sp"].logits(hidden)
+        assert (nsp - theirs.seq_relationship_logits).abs().max() < 1e-4
+    with torch.no_grad():  # model(src, seg=...) gives the mlm logits
+        assert torch.equal(ours(ids, seg=seg), mlm)
+
+
+def test_loss_sums_mlm_and_sp_as_transformers():
+    hf = tiny_bert()
+    ours, _ = converted(hf)
+    ids, mask, types, seg = pairs_batch()
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, 3], labels[0, 12], labels[1, 2], labels[1, 8] = 11, 12, 13, 14
+    nsp = torch.tensor([0, 1])
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels, next_sentence_label=nsp)
+        loss, metrics = ours.loss({"src": ids, "seg": seg, "tgt_mlm": labels, "tgt_sp": nsp})
+    torch.testing.assert_close(loss, theirs.loss, rtol=1e-5, atol=1e-5)
+    assert int(metrics["mlm.tokens"]) == 4 and int(metrics["sp.tokens"]) == 2
+    assert 0 <= int(metrics["mlm.correct"]) <= 4 and set(metrics) >= {"loss", "tokens", "sp.loss", "sp.correct"}
+    with pytest.raises(ConfigError, match="no tgt_sp"):
+        ours.loss({"src": ids, "seg": seg, "tgt_mlm": labels})
+
+
+@pytest.mark.parametrize("cls", [BertForPreTraining, BertForMaskedLM])
+def test_scripts_round_trip_bit_exact(tmp_path, cls):
+    hf = tiny_bert(cls, tied=cls is BertForPreTraining)
+    hf.save_pretrained(tmp_path / "hf")
+    assert run_cli(bert_to_ours, ["--input_model_path", str(tmp_path / "hf"), "--output_model_path",
+                                  str(tmp_path / "bert.bin"), "--output_config_path", str(tmp_path / "c.json")]) == 0
+    state = load_state_dict(tmp_path / "bert.bin")
+    assert state["embedding.seg.embedding.weight"].shape == (3, 48)
+    assert not state["embedding.seg.embedding.weight"][0].any()  # the padding row
+    ours = load_model(tmp_path / "c.json", tmp_path / "bert.bin")
+    ids, mask, types, seg = pairs_batch()
+    with torch.no_grad():
+        logits = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        logits = logits.prediction_logits if cls is BertForPreTraining else logits.logits
+        assert (ours(ids, seg=seg) - logits)[mask.bool()].abs().max() < 1e-4
+    assert run_cli(bert_to_hf, ["--input_model_path", str(tmp_path / "bert.bin"), "--config_path",
+                                str(tmp_path / "c.json"), "--output_model_path", str(tmp_path / "back")]) == 0
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["architectures"] == [cls.__name__]
+    back = cls.from_pretrained(tmp_path / "back").eval()
+    original = hf.state_dict()
+    for name, tensor in back.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+
+
+def test_tencentpretrain_bert_config_without_positioning_builds_post_norm():
+    """TencentPretrain's models/bert/base_config.json says nothing of layernorm_positioning or layernorm_eps: our
+    defaults are its defaults (post-norm, 1e-6), so the same file builds the same model."""
+    tencentpretrain_base = {"emb_size": 768, "feedforward_size": 3072, "hidden_size": 768, "hidden_act": "gelu",
+                            "heads_num": 12, "layers_num": 12, "max_seq_length": 512, "dropout": 0.1,
+                            "embedding": ["word", "pos", "seg"], "encoder": "transformer", "mask": "fully_visible",
+                            "target": ["mlm", "sp"], "tie_weights": True}
+    config = ModelConfig.from_dict(tencentpretrain_base)
+    assert config.layernorm_positioning == "post" and config.layernorm_eps == 1e-6
+    with torch.device("meta"):
+        model = build_model(config, 21128)
+    names = set(model.state_dict())
+    assert "encoder.layer_norm.gamma" not in names  # post-norm has no final norm
+    assert {"embedding.seg.embedding.weight", "embedding.layer_norm.gamma", "target.mlm.linear_2.bias",
+            "target.sp.linear_1.weight"} <= names
+    assert model.target["mlm"].linear_2.weight is model.embedding.word.embedding.weight
+    ours = ModelConfig.from_json(ROOT / "models" / "bert" / "base_config.json")
+    assert ours.replace(layernorm_eps=1e-6, source=None) == config
+
+
+def test_fully_visible_attention_sees_later_tokens_and_not_padding():
+    model = converted(tiny_bert())[0]
+    ids, _, _, seg = pairs_batch()
+    with torch.no_grad():
+        base = model.encode(ids, seg=seg)
+        later = ids.clone()
+        later[0, -1] = 7  # a change at the end reaches the first position (no causal mask)
+        assert not torch.allclose(model.encode(later, seg=seg)[0, 0], base[0, 0])
+        padded = ids.clone()
+        padded[1, 15:] = 9  # a change under padding does not reach the real tokens
+        assert torch.equal(model.encode(padded, seg=seg)[1, :14], base[1, :14])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"target": ["mlm", "mlm"]}, "target names a part twice"),
+    ({"target": []}, "at least one target"),
+    ({"target": ["lm"]}, "target lm .* needs mask: causal"),
+    ({"target": ["sp"], "tie_weights": True}, "tie_weights: true needs a target with a vocabulary head"),
+    ({"target": ["nsp"]}, "unknown target 'nsp'; known: lm, mlm, sp"),
+    ({"embedding": ["word", "segment"]}, "unknown embedding 'segment'"),
+])
+def test_bad_bert_configs_are_refused_naming_the_key(change, message):
+    data = json.loads((ROOT / "models" / "bert" / "tiny_config.json").read_text())
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig.from_dict({**data, **change})
+
+
+def test_hf_configs_we_cannot_build_are_refused():
+    base = tiny_bert().config.to_dict()
+    with pytest.raises(ConversionError, match="position_embedding_type 'relative_key'"):
+        config_from_hf(base | {"position_embedding_type": "relative_key"})
+    with pytest.raises(ConversionError, match="type_vocab_size 3"):
+        config_from_hf(base | {"type_vocab_size": 3})
+    with pytest.raises(ConversionError, match="BertForSequenceClassification"):
+        config_from_hf(base | {"architectures": ["BertForSequenceClassification"]})
+
+
+def test_ours_to_hf_drops_the_padding_row_and_refuses_strangers():
+    hf = tiny_bert()
+    ours, config = converted(hf)
+    state = ours.state_dict()
+    out = ours_to_hf(state, config)
+    assert torch.equal(out["bert.embeddings.token_type_embeddings.weight"],
+                       hf.state_dict()["bert.embeddings.token_type_embeddings.weight"])
+    with pytest.raises(ConversionError, match="unexpected tensor encoder.extra.weight"):
+        ours_to_hf({**state, "encoder.extra.weight": torch.zeros(1)}, config)

@@ -183,6 +183,20 @@ class ModelConfig:
         return self.local_kv_heads_num or self.heads_num
 
     @property
+    def causal(self) -> bool:
+        """Whether the model predicts the next token from the ones before it (``lm`` target, causal mask, no
+        decoder): what the generation engine, the server and the GGUF export need."""
+        return "lm" in self.target and self.mask == "causal" and self.decoder is None
+
+    def require_causal(self, what: str) -> None:
+        """Refuse a model that does not predict the next token, naming ``what`` needed it."""
+        if not self.causal:
+            raise ConfigError(f"{self.source or 'the model config'}: {what} needs a causal language model (target "
+                              f"lm, mask causal), this one has target {list(self.target)} and mask {self.mask!r}"
+                              + (" (a BERT model fills masks: inference/run_fill_mask.py)" if "mlm" in self.target
+                                 else ""))
+
+    @property
     def head_dim(self) -> int:
         """Width of one attention head: ``attention_head_size``, else ``hidden_size / heads_num``."""
         return self.attention_head_size or self.hidden_size // self.heads_num

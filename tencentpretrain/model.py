@@ -40,11 +40,6 @@ class Model(nn.Module):
         self.target = nn.ModuleDict({name: TARGETS.get(name)(config, vocab_size) for name in config.target})
         self.vocab_target = next((name for name in ("lm", "mlm") if name in config.target), None)
 
-    @property
-    def causal(self) -> bool:
-        """Whether the model predicts the next token (``lm`` target, causal mask): what generation needs."""
-        return self.vocab_target == "lm" and self.config.mask == "causal"
-
     def reset_buffers(self, device: torch.device | str = "cpu") -> None:
         """Recompute non-persistent buffers (rotary tables), e.g. after building on the meta device."""
         for module in self.modules():

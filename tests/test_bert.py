@@ -197,3 +197,20 @@ def test_ours_to_hf_drops_the_padding_row_and_refuses_strangers():
                        hf.state_dict()["bert.embeddings.token_type_embeddings.weight"])
     with pytest.raises(ConversionError, match="unexpected tensor encoder.extra.weight"):
         ours_to_hf({**state, "encoder.extra.weight": torch.zeros(1)}, config)
+
+
+def test_generation_and_gguf_refuse_a_bert_model(tmp_path):
+    from tencentpretrain.checkpoint import save_state_dict
+    from tencentpretrain.convert.gguf import read_checkpoint
+    from tencentpretrain.generation import Engine, load_generation_model
+
+    model, config = converted(tiny_bert())
+    with pytest.raises(ConfigError, match="generation needs a causal language model .*run_fill_mask"):
+        Engine(model)
+    config_path = tmp_path / "bert.json"
+    config.save(config_path)
+    save_state_dict(dict(model.state_dict()), tmp_path / "bert.bin")
+    with pytest.raises(ConfigError, match="generation needs a causal language model"):
+        load_generation_model(tmp_path / "bert.bin", config_path)
+    with pytest.raises(ConfigError, match="the GGUF export .* needs a causal language model"):
+        read_checkpoint(tmp_path / "bert.bin", config_path)

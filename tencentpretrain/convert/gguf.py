@@ -109,6 +109,7 @@ def read_checkpoint(model_path: str | Path, config_path: str | Path | None) -> t
             raise ConversionError(f"--input_model_path {model_path}: a checkpoint file needs --config_path")
         config = ModelConfig.from_json(config_path)
         tensors = {name: LazyTensor(shape, load) for name, shape, load in _shard_tensors(model_path)}
+    config.require_causal("the GGUF export (llama.cpp)")
     check_architecture(config, LLAMA_ARCHITECTURE, "LLaMA", free=("dropout", "data_processor"))
     _check_shapes(config, tensors, str(model_path))
     return config, tensors

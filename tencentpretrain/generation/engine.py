@@ -115,6 +115,7 @@ class Engine:
     """
 
     def __init__(self, model: Model, eos_ids: Sequence[int] = (), pad_id: int = 0):
+        model.config.require_causal("generation")
         self.model = model.eval()
         weight = model.embedding.word.embedding.weight
         self.device, self.dtype = weight.device, weight.dtype
@@ -249,7 +250,9 @@ def load_generation_model(model_path: str | Path, config_path: str | Path | None
     if not model_path.is_dir():
         if config_path is None:
             raise InputError(f"{model_path}: a checkpoint file needs --config_path")
-        config, state = ModelConfig.from_json(config_path), load_state_dict(model_path)
+        config = ModelConfig.from_json(config_path)
+        config.require_causal("generation")  # before reading the weights
+        state = load_state_dict(model_path)
     else:
         from tencentpretrain.convert import load_hf_llama
 

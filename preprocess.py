@@ -40,11 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --spm_model_path, huggingface with --tokenizer_path).")
     parser.add_argument("--data_processor", choices=DATA_PROCESSORS.names(), default="lm")
     parser.add_argument("--seq_length", type=int, default=128, help="Tokens a sample feeds the model (plus one).")
-    parser.add_argument("--corpus_format", choices=("auto", "text", "jsonl", "json"), default="auto",
+    parser.add_argument("--corpus_format", choices=("auto", "text", "jsonl", "json", "documents"), default="auto",
                         help="auto: a JSON array if the file starts with '[', JSONL if it starts with '{' and is "
-                             "named *.json/*.jsonl, else text (lm reads text/jsonl, alpaca json/jsonl).")
+                             "named *.json/*.jsonl, else text (lm reads text/jsonl, alpaca json/jsonl; bert reads "
+                             "documents: one sentence a line, a blank line between documents).")
     parser.add_argument("--json_format_corpus", action="store_true", help="TencentPretrain's flag: --corpus_format "
                         "jsonl.")
+    parser.add_argument("--seed", type=int, default=7, help="bert: seed of the sentence pairing (the masking is "
+                        "done by pretrain.py's loader with its own --seed).")
     parser.add_argument("--tail", choices=TAILS, default="drop", help="lm: drop the last partial sample, or keep it "
                         "padded (the padding never counts in the loss).")
     parser.add_argument("--template", default="alpaca",
@@ -97,7 +100,7 @@ def make_spec(args: argparse.Namespace) -> ProcessorSpec:
         processor=args.data_processor, tokenizer=args.tokenizer or name, tokenizer_path=path,
         special_tokens=special_tokens(args), seq_length=args.seq_length,
         corpus_format=resolve_format(args.corpus_path, requested, allowed), tail=args.tail, template=template,
-        loss_on=args.loss_on,
+        loss_on=args.loss_on, seed=args.seed,
     )
 
 

@@ -41,7 +41,7 @@ from train_support import MICRO_LLAMA, ROOT, make_dataset, subprocess_env, train
 
 from tencentpretrain import ModelConfig, build_model
 from tencentpretrain.checkpoint import save_state_dict
-from tencentpretrain.convert import save_hf_gpt2, save_hf_llama
+from tencentpretrain.convert import save_hf_bert, save_hf_gpt2, save_hf_llama
 from tencentpretrain.convert.keymap import invert, rename
 from tencentpretrain.convert.meta import META_TO_OURS
 from tencentpretrain.convert.peft import write_peft_adapter
@@ -112,6 +112,11 @@ COMMANDS = [
             {"--input_model_path": ("hf_dir", "hf_gpt2")}, {"--output_model_path": "gpt2.bin"}),
     Command("convert_gpt2_tp_to_hf", "scripts/convert_gpt2_from_tencentpretrain_to_huggingface.py",
             {"--input_model_path": ("checkpoint", "gpt2"), "--config_path": ("json", "gpt2_config")},
+            {"--output_model_path": "hf"}),
+    Command("convert_bert_hf_to_tp", "scripts/convert_bert_from_huggingface_to_tencentpretrain.py",
+            {"--input_model_path": ("hf_dir", "hf_bert")}, {"--output_model_path": "bert.bin"}),
+    Command("convert_bert_tp_to_hf", "scripts/convert_bert_from_tencentpretrain_to_huggingface.py",
+            {"--input_model_path": ("checkpoint", "bert"), "--config_path": ("json", "bert_config")},
             {"--output_model_path": "hf"}),
     Command("merge_lora", "scripts/merge_lora.py",
             {"--base_model_path": ("checkpoint", "checkpoint"), "--lora_model_path": ("checkpoint", "adapter")},
@@ -342,7 +347,8 @@ BROKEN: dict[str, dict[str, Callable[[dict, Path], Path]]] = {
 def build_good(folder: Path, spm: Path) -> dict[str, Path]:
     """Every good input the rows name: tiny models (LLaMA and GPT-2, ours, Hugging Face, Meta), data and logs."""
     torch.manual_seed(0)
-    good = {"spm": spm, "config": write_config(folder), "gpt2_config": ROOT / "models/gpt2/tiny_config.json"}
+    good = {"spm": spm, "config": write_config(folder), "gpt2_config": ROOT / "models/gpt2/tiny_config.json",
+            "bert_config": ROOT / "models/bert/tiny_config.json"}
     llama = build_model(ModelConfig.from_json(good["config"]), VOCAB)
     good["checkpoint"] = folder / "model.bin"
     save_state_dict(llama.state_dict(), good["checkpoint"])
@@ -362,6 +368,12 @@ def build_good(folder: Path, spm: Path) -> dict[str, Path]:
     save_state_dict(gpt2.state_dict(), good["gpt2"])
     good["hf_gpt2"] = folder / "hf_gpt2"
     save_hf_gpt2(gpt2.state_dict(), gpt2_config, good["hf_gpt2"])
+    bert_config = ModelConfig.from_json(good["bert_config"])
+    bert = build_model(bert_config, VOCAB)
+    good["bert"] = folder / "bert.bin"
+    save_state_dict(bert.state_dict(), good["bert"])
+    good["hf_bert"] = folder / "hf_bert"
+    save_hf_bert(bert.state_dict(), bert_config, good["hf_bert"])
     apply_lora(llama, rank=2, alpha=4, target_modules=("self_attn.linear_layers.*",))
     good["adapter"] = folder / "lora.bin"
     save_adapter(llama, good["adapter"])

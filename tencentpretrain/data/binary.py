@@ -10,6 +10,10 @@ Files in a dataset directory:
   position whose loss counts. Targets ``[loss_start, length - 1)`` count; the others are prompt or pad.
 - ``loss_mask.bin`` (chat: several spans per sample): ``uint8`` per token of ``tokens.bin``, 1 where that token is
   a target whose loss counts; it takes the place of ``loss_start`` (whose values are then 0).
+- ``seg_start.bin`` and ``labels.bin`` (bert, format version 2): per sample, ``uint32`` the position where the
+  second segment starts and ``uint8`` the sentence-prediction label.
+
+Version 2 added the last two files; version 1 datasets (lm, alpaca, chat) are read as they are.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from tencentpretrain.cli import InputError
 from tencentpretrain.jsonfile import read_json
 
 FORMAT_NAME = "tencentpretrain-binary"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 META_FILE, TOKENS_FILE, INDEX_FILE, LOSS_START_FILE = "meta.json", "tokens.bin", "index.bin", "loss_start.bin"
 LOSS_MASK_FILE = "loss_mask.bin"
+SEG_START_FILE, LABELS_FILE = "seg_start.bin", "labels.bin"
 
 
 class DatasetError(InputError):
@@ -108,6 +114,11 @@ class DatasetWriter:
         """Append per-token loss flags (1: the token is a counted target), aligned with the tokens written."""
         self._file(LOSS_MASK_FILE).write(np.asarray(values, dtype=np.uint8).tobytes())
 
+    def write_segments(self, seg_start: np.ndarray, labels: np.ndarray) -> None:
+        """Append per-sample second-segment starts and sentence-prediction labels (bert)."""
+        self._file(SEG_START_FILE).write(np.asarray(seg_start, dtype=np.uint32).tobytes())
+        self._file(LABELS_FILE).write(np.asarray(labels, dtype=np.uint8).tobytes())
+
     def commit(self, meta: dict[str, Any]) -> Path:
         """Write ``meta.json``, fsync, and move the finished directory to ``path``."""
         self._file(TOKENS_FILE)
@@ -154,6 +165,9 @@ class BinaryDataset:
         self.loss_start = _memmap(self.path / LOSS_START_FILE, np.uint32, samples) if has_mask else None
         has_flags = (self.path / LOSS_MASK_FILE).exists()
         self.loss_mask = _memmap(self.path / LOSS_MASK_FILE, np.uint8, int(self.offsets[-1])) if has_flags else None
+        has_segments = (self.path / SEG_START_FILE).exists()
+        self.seg_start = _memmap(self.path / SEG_START_FILE, np.uint32, samples) if has_segments else None
+        self.labels = _memmap(self.path / LABELS_FILE, np.uint8, samples) if has_segments else None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "meta": self.meta, "seq_length": self.seq_length, "pad_id": self.pad_id}
@@ -199,9 +213,9 @@ def read_meta(path: Path) -> dict[str, Any]:
     meta = read_json(meta_path, DatasetError, missing=f"{meta_path}: dataset metadata not found")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise DatasetError(f"{meta_path}: not a {FORMAT_NAME} dataset (an old pickled dataset.pt? re-run preprocess)")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise DatasetError(f"{meta_path}: format version {meta.get('format_version')!r}; this code reads "
-                           f"version {FORMAT_VERSION}: re-run preprocess.py")
+                           f"versions {', '.join(map(str, READABLE_VERSIONS))}: re-run preprocess.py")
     missing = [k for k in ("seq_length", "special_tokens", "counts", "token_dtype", "vocab_size") if k not in meta]
     if missing:
         raise DatasetError(f"{meta_path}: missing keys {', '.join(missing)}")

@@ -17,7 +17,7 @@ from typing import Any
 
 from tencentpretrain.cli import InputError
 
-FORMATS = ("text", "jsonl", "json")
+FORMATS = ("text", "jsonl", "json", "documents")  # documents: lines of sentences, blank lines between documents
 Record = tuple[int, Any]  # (1-based line number, payload)
 
 
@@ -66,7 +66,8 @@ def resolve_format(path: str | Path, requested: str, allowed: tuple[str, ...]) -
 
 def read_chunks(path: str | Path, fmt: str, chunk_size: int) -> Iterator[list[Record]]:
     """Stream ``path`` as lists of at most ``chunk_size`` records, in file order."""
-    records = iter_json_array(path) if fmt == "json" else iter_lines(path)
+    readers = {"json": iter_json_array, "documents": iter_documents}
+    records = readers.get(fmt, iter_lines)(path)
     while chunk := list(islice(records, chunk_size)):
         yield chunk
 
@@ -75,6 +76,22 @@ def iter_lines(path: str | Path) -> Iterator[Record]:
     """Each line of ``path`` as ``(line_no, raw bytes)``; decoding happens in the workers."""
     with open(path, "rb") as f:
         yield from enumerate(f, start=1)
+
+
+def iter_documents(path: str | Path) -> Iterator[Record]:
+    """Each document of ``path`` as ``(first line_no, [raw lines])``: documents are runs of non-blank lines (one
+    sentence a line, BERT's corpus format), separated by blank lines. Chunks therefore never split a document."""
+    lines, first = [], 0
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if raw.strip():
+                first = first or line_no
+                lines.append(raw)
+            elif lines:
+                yield first, lines
+                lines, first = [], 0
+    if lines:
+        yield first, lines
 
 
 def decode_text(raw: bytes) -> str:

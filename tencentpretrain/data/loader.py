@@ -104,6 +104,8 @@ class DataLoader:
 
     def collate(self, indices: np.ndarray, epoch: int, index: int) -> Batch:
         """Build the batch of the given samples (each truncated to ``self.seq_length + 1`` tokens)."""
+        if getattr(self.dataset, "seg_start", None) is not None:
+            return self.collate_pairs(indices, epoch, index)
         seq_length = self.seq_length
         tokens = np.empty((len(indices), seq_length + 1), dtype=np.int64)
         tgt_mask = np.ones((len(indices), seq_length), dtype=np.bool_)
@@ -117,6 +119,32 @@ class DataLoader:
         src = torch.from_numpy(tokens[:, :-1].copy())  # (B, seq_length)
         tgt = torch.from_numpy(np.where(tgt_mask, tokens[:, 1:], IGNORE_INDEX))  # (B, seq_length)
         return Batch(src=src, tgt=tgt, tokens=real, epoch=epoch, index=index)
+
+    def collate_pairs(self, indices: np.ndarray, epoch: int, index: int) -> Batch:
+        """A bert batch: ``src`` masked (``data/bert.py``: ``mask_tokens``, seeded by (seed, epoch, sample)),
+        ``seg`` 1 and 2 for the two segments and 0 at padding, ``tgt_mlm`` and ``tgt_sp``."""
+        from tencentpretrain.data.bert import mask_tokens
+
+        options, seq_length = self.dataset.meta["options"], self.seq_length
+        specials = (options["cls"], options["sep"], self.dataset.pad_id)
+        rows = len(indices)
+        src = np.empty((rows, seq_length), np.int64)
+        tgt = np.empty((rows, seq_length), np.int64)
+        seg = np.zeros((rows, seq_length), np.int64)
+        labels = np.empty(rows, np.int64)
+        real = 0
+        for row, i in enumerate(indices):
+            i = int(i)
+            tokens, length = self.dataset[i][0][:seq_length], min(self.dataset.length(i), seq_length)
+            rng = np.random.default_rng([self.seed, epoch, i])
+            src[row], tgt[row] = mask_tokens(tokens, length, rng, options["mask"], self.dataset.meta["vocab_size"],
+                                             specials)
+            start = min(int(self.dataset.seg_start[i]), length)
+            seg[row, :start], seg[row, start:length] = 1, 2
+            labels[row] = int(self.dataset.labels[i])
+            real += length
+        return Batch(src=torch.from_numpy(src), tgt=None, tokens=real, epoch=epoch, index=index,
+                     seg=torch.from_numpy(seg), tgt_mlm=torch.from_numpy(tgt), tgt_sp=torch.from_numpy(labels))
 
     def __iter__(self) -> Iterator[Batch]:
         while True:

@@ -97,7 +97,10 @@ def _write_chunk(writer: DatasetWriter, encoded: Encoded, counts: Counter) -> No
         writer.write_loss_mask(encoded.loss_mask)
     if encoded.lengths is not None:
         writer.write_offsets(base + np.cumsum(encoded.lengths, dtype=np.uint64))
-        writer.write_loss_start(encoded.loss_start)
+        if encoded.loss_start is not None:
+            writer.write_loss_start(encoded.loss_start)
+        if encoded.seg_start is not None:
+            writer.write_segments(encoded.seg_start, encoded.labels)
         counts["samples"] += len(encoded.lengths)
         counts["tokens"] += encoded.tokens.size
 
@@ -123,10 +126,20 @@ def _meta(spec: ProcessorSpec, tokenizer, counts: Counter) -> dict[str, Any]:
         "tokenizer_fingerprint": tokenizer.fingerprint,
         "special_tokens": tokenizer.special_tokens,
         "corpus_format": spec.corpus_format,
-        "options": {"tail": spec.tail} if spec.processor == "lm" else {"template": spec.template} if
-        spec.processor == "alpaca" else {"template": spec.template, "loss_on": spec.loss_on},
+        "options": _options(spec, tokenizer),
         "counts": {key: int(counts[key]) for key in keys},
     }
+
+
+def _options(spec: ProcessorSpec, tokenizer) -> dict[str, Any]:
+    """The processor's settings recorded in meta.json (bert: what the loader's masking needs)."""
+    if spec.processor == "lm":
+        return {"tail": spec.tail}
+    if spec.processor == "alpaca":
+        return {"template": spec.template}
+    if spec.processor == "bert":
+        return {"seed": spec.seed, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "mask": tokenizer.mask_id}
+    return {"template": spec.template, "loss_on": spec.loss_on}
 
 
 def _one_thread_each() -> None:

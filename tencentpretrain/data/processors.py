@@ -8,6 +8,8 @@ processor (and tokenizer) once from it, through :func:`build_processor`'s cache.
   that is cut into samples of ``seq_length + 1`` tokens (:meth:`LmProcessor.pack`).
 - ``alpaca``: each instruction becomes one sample ``bos + prompt + response + eos`` whose loss covers only
   the response and its eos.
+- ``bert`` (``data/bert.py``): sentence pairs with next-sentence labels, from documents of one sentence a line;
+  the tokens are masked by the loader.
 - ``chat`` (``data/chat.py``): each conversation becomes one sample rendered by a chat template, the loss on the
   assistant turns.
 """
@@ -41,6 +43,7 @@ class ProcessorSpec:
         tail: lm only: what to do with the last partial sample (``drop`` or ``pad``).
         template: alpaca: the TEMPLATES name; chat: a name or a template file (``data/chat_template.py``).
         loss_on: chat only: ``all`` assistant turns or the ``last`` one.
+        seed: bert: the random pairing (with each chunk's first line).
     """
 
     processor: str
@@ -52,6 +55,7 @@ class ProcessorSpec:
     tail: str = "drop"
     template: str = "alpaca"
     loss_on: str = "all"
+    seed: int = 7
 
 
 @dataclass
@@ -70,6 +74,8 @@ class Encoded:
         loss_mask: chat: uint8 per token, 1 where the token is a target whose loss counts (else None).
         dropped_turns: chat: assistant turns left out to fit ``seq_length + 1``.
         too_long: chat: conversations left out whole (their first turn alone does not fit).
+        seg_start: bert: per sample, the position where the second segment starts.
+        labels: bert: per sample, the sentence-prediction label (1: the second segment is random).
     """
 
     tokens: np.ndarray
@@ -82,6 +88,8 @@ class Encoded:
     loss_mask: np.ndarray | None = None
     dropped_turns: int = 0
     too_long: int = 0
+    seg_start: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
 
 @functools.cache

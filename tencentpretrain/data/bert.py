@@ -1,0 +1,145 @@
+"""BERT's data: sentence pairs for next-sentence prediction (preprocessing) and masked tokens (in the loader).
+
+Preprocessing (``--data_processor bert``, corpus format ``documents``: one sentence a line, a blank line between
+documents) follows TencentPretrain's ``BertDataset``: sentences of a document are gathered until they reach the target
+length (``seq_length - 3``, or with probability 0.1 a shorter random one), split at a random sentence into A and B;
+half of the time B is replaced by sentences from a random other document of the same chunk (label 1; 0 when B follows
+A, Hugging Face's convention) and the unused sentences go back to the document. The pair is trimmed one token at a time
+from the longer side, at its front or back at random, to ``[CLS] A [SEP] B [SEP]`` within ``seq_length``. The dataset
+stores the tokens, where segment B starts and the label; the random choices come from a generator seeded by
+(``--seed``, the chunk's first line), so the dataset does not depend on ``--processes_num``.
+
+Masking is done by the loader (:func:`mask_tokens`), with a generator seeded by (seed, epoch, sample): every epoch
+masks a sample afresh (RoBERTa's dynamic masking) and a resumed run masks exactly as the uninterrupted one would.
+15% of the tokens that are not special (``[CLS]``, ``[SEP]``, padding) are chosen (at least one); of those 80% become
+``[MASK]``, 10% a random token and 10% stay as they are; the loss is on the chosen ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tencentpretrain.data.corpus import Record, RecordError, decode_text
+from tencentpretrain.data.processors import Encoded, ProcessorSpec
+from tencentpretrain.registry import DATA_PROCESSORS
+from tencentpretrain.targets import IGNORE_INDEX
+
+SHORT_SEQ_PROB = 0.1  # TencentPretrain's short_seq_prob
+MASK_PROB = 0.15
+
+
+@DATA_PROCESSORS.register("bert")
+class BertProcessor:
+    """Sentence pairs with next-sentence labels from documents of one sentence a line (module docstring)."""
+
+    formats = ("documents",)
+    packs_stream = False  # encode() gives whole samples
+
+    def __init__(self, spec: ProcessorSpec, tokenizer):
+        missing = [name for name in ("cls_id", "sep_id", "mask_id") if getattr(tokenizer, name, None) is None]
+        if missing:
+            raise RecordError(f"the bert processor needs a tokenizer with [CLS], [SEP] and [MASK] tokens; this one "
+                              f"has no {', '.join(name[:-3] for name in missing)} (a BERT tokenizer.json, or the "
+                              "special tokens named with --special_tokens_path)")
+        if spec.seq_length < 5:
+            raise RecordError(f"--seq_length {spec.seq_length} leaves no room for two sentences and three specials")
+        self.spec, self.tokenizer = spec, tokenizer
+
+    def sentences(self, payload: list[bytes]) -> list[str]:
+        return [decode_text(line).strip() for line in payload]
+
+    def encode(self, records: list[Record]) -> Encoded:
+        documents, errors = [], []
+        for line_no, payload in records:
+            try:
+                lines = self.sentences(payload)
+            except RecordError as err:
+                errors.append((line_no, str(err)))
+                continue
+            ids = self.tokenizer.encode_batch(lines)
+            documents.append([sentence for sentence in ids if sentence])
+        rng = np.random.default_rng([self.spec.seed, records[0][0] if records else 0])
+        samples, seg_starts, labels, truncated = [], [], [], 0
+        for d in range(len(documents)):
+            for a, b, label, cut in self.pairs(documents, d, rng):
+                samples.append([self.tokenizer.cls_id, *a, self.tokenizer.sep_id, *b, self.tokenizer.sep_id])
+                seg_starts.append(len(a) + 2)
+                labels.append(label)
+                truncated += cut
+        lengths = np.fromiter(map(len, samples), np.int64, len(samples))
+        tokens = np.fromiter((t for sample in samples for t in sample), np.int32, int(lengths.sum()))
+        return Encoded(tokens=tokens, lengths=lengths, documents=len(documents), errors=errors, truncated=truncated,
+                       seg_start=np.asarray(seg_starts, np.uint32), labels=np.asarray(labels, np.uint8))
+
+    def pairs(self, documents: list[list[list[int]]], d: int, rng: np.random.Generator):
+        """``(A, B, label, truncated)`` of document ``d`` (TencentPretrain's create_ins_from_doc)."""
+        document, room = documents[d], self.spec.seq_length - 3
+        target = room if rng.random() >= SHORT_SEQ_PROB else int(rng.integers(2, room + 1))
+        chunk, length, i = [], 0, 0
+        while i < len(document):
+            chunk.append(document[i])
+            length += len(document[i])
+            if i == len(document) - 1 or length >= target:
+                a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
+                a = [t for sentence in chunk[:a_end] for t in sentence]
+                if len(chunk) == 1 or rng.random() < 0.5:
+                    label, b = 1, self.random_sentences(documents, d, target - len(a), rng)
+                    i -= len(chunk) - a_end  # the sentences not used go back to the document
+                else:
+                    label, b = 0, [t for sentence in chunk[a_end:] for t in sentence]
+                cut = trim_pair(a, b, room, rng)
+                if a and b:
+                    yield a, b, label, cut
+                chunk, length = [], 0
+            i += 1
+
+    @staticmethod
+    def random_sentences(documents: list[list[list[int]]], d: int, length: int, rng: np.random.Generator):
+        """Sentences from a random start in another document (the same one when the chunk has one) up to
+        ``length`` tokens."""
+        other = d
+        for _ in range(10):
+            other = int(rng.integers(0, len(documents)))
+            if other != d:
+                break
+        sentences = documents[other]
+        if not sentences:
+            return []
+        out = []
+        for sentence in sentences[int(rng.integers(0, len(sentences))):]:
+            out.extend(sentence)
+            if len(out) >= length:
+                break
+        return out
+
+
+def trim_pair(a: list[int], b: list[int], room: int, rng: np.random.Generator) -> bool:
+    """Trim the longer of ``a`` and ``b`` one token at a time, at its front or back at random, until both fit in
+    ``room``; whether anything was cut."""
+    cut = False
+    while len(a) + len(b) > room:
+        longer = a if len(a) > len(b) else b
+        if rng.random() < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+        cut = True
+    return cut
+
+
+def mask_tokens(tokens: np.ndarray, length: int, rng: np.random.Generator, mask_id: int, vocab_size: int,
+                specials: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """BERT's masking of one sample: ``(input ids, mlm targets)``; targets are IGNORE_INDEX where nothing is
+    predicted. Only the first ``length`` tokens are real; special tokens are never chosen."""
+    src, tgt = tokens.copy(), np.full(tokens.shape, IGNORE_INDEX, np.int64)
+    candidates = np.flatnonzero(~np.isin(tokens[:length], specials))
+    if not len(candidates):
+        return src, tgt
+    count = max(1, int(round(len(candidates) * MASK_PROB)))
+    chosen = rng.choice(candidates, size=count, replace=False)
+    tgt[chosen] = tokens[chosen]
+    kind = rng.random(count)
+    src[chosen[kind < 0.8]] = mask_id
+    random = chosen[(kind >= 0.8) & (kind < 0.9)]
+    src[random] = rng.integers(0, vocab_size, len(random))
+    return src, tgt

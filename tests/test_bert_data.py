@@ -1,0 +1,104 @@
+"""The bert data processor and the loader's masking, on hand-made documents with a fixed seed."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from tencentpretrain.data.bert import BertProcessor, mask_tokens, trim_pair
+from tencentpretrain.data.corpus import iter_documents
+from tencentpretrain.data.processors import ProcessorSpec
+from tencentpretrain.targets import IGNORE_INDEX
+
+CLS, SEP, MASK, PAD = 101, 102, 103, 0
+
+
+class WordIds:
+    """A stand-in tokenizer: each word ``wN`` is the id N (so a sample's words can be read back)."""
+
+    cls_id, sep_id, mask_id, pad_id = CLS, SEP, MASK, PAD
+
+    def encode_batch(self, lines):
+        return [[int(word[1:]) for word in line.split()] for line in lines]
+
+
+def spec(seq_length=32, seed=7):
+    return ProcessorSpec("bert", "bert", "unused", (), seq_length, "documents", seed=seed)
+
+
+def documents(path, docs):
+    path.write_text("\n\n".join("\n".join(" ".join(f"w{i}" for i in sentence) for sentence in doc) for doc in docs)
+                    + "\n", encoding="utf-8")
+    return list(iter_documents(path))
+
+
+def samples(encoded):
+    ends = np.cumsum(encoded.lengths)
+    return [encoded.tokens[end - n:end].tolist() for n, end in zip(encoded.lengths, ends)]
+
+
+def test_documents_are_runs_of_lines_between_blank_lines(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"a b\nc\n\n\nd\n  \ne f\ng\n")
+    assert [(line, [raw.strip() for raw in lines]) for line, lines in iter_documents(path)] == [
+        (1, [b"a b", b"c"]), (5, [b"d"]), (7, [b"e f", b"g"])]
+
+
+def test_pairs_layout_segments_and_labels(tmp_path):
+    # Two documents of numbered sentences: 1xxx words in the first, 2xxx in the second.
+    docs = [[[1000 + 10 * s + w for w in range(4)] for s in range(8)], [[2000 + 10 * s + w for w in range(4)]
+                                                                          for s in range(8)]]
+    records = documents(tmp_path / "c.txt", docs)
+    encoded = BertProcessor(spec(), WordIds()).encode(records)
+    assert len(encoded.lengths) == len(encoded.seg_start) == len(encoded.labels) > 2
+    for sample, start, label in zip(samples(encoded), encoded.seg_start, encoded.labels):
+        assert len(sample) <= 32 and sample[0] == CLS and sample[-1] == SEP and sample[start - 1] == SEP
+        a, b = sample[1:start - 1], sample[start:-1]
+        assert a and b and SEP not in a + b and CLS not in a + b
+        same = {w // 1000 for w in a} == {w // 1000 for w in b}
+        if label == 0:  # B follows A in the same document
+            assert same and max(a) < min(b)
+    assert set(encoded.labels.tolist()) == {0, 1}
+    again = BertProcessor(spec(), WordIds()).encode(records)  # the seed fixes every choice
+    assert samples(again) == samples(encoded)
+    other = BertProcessor(spec(seed=8), WordIds()).encode(records)
+    assert samples(other) != samples(encoded)
+
+
+def test_long_sentences_are_trimmed_to_fit():
+    rng = np.random.default_rng(0)
+    a, b = list(range(40)), list(range(100, 110))
+    assert trim_pair(a, b, 20, rng) and len(a) + len(b) == 20 and len(b) == 10
+    assert a == sorted(a) and a[-1] - a[0] == 9  # a contiguous run, cut at both ends
+    assert not trim_pair([1], [2], 5, rng)
+
+
+def test_a_tokenizer_without_mask_token_is_refused():
+    class Plain:
+        cls_id, sep_id, mask_id = 1, 2, None
+
+    with pytest.raises(Exception, match="needs a tokenizer with .* no mask"):
+        BertProcessor(spec(), Plain())
+
+
+def test_masking_never_chooses_specials_and_keeps_80_10_10():
+    tokens = np.array([CLS] + list(range(1000, 1060)) + [SEP] + list(range(2000, 2030)) + [SEP] + [PAD] * 8)
+    length = len(tokens) - 8
+    kinds, chosen_total = Counter(), 0
+    draws = 10_000
+    for sample in range(draws):
+        src, tgt = mask_tokens(tokens, length, np.random.default_rng([7, 0, sample]), MASK, 5000, (CLS, SEP, PAD))
+        chosen = np.flatnonzero(tgt != IGNORE_INDEX)
+        assert len(chosen) == round(90 * 0.15) and not np.isin(tokens[chosen], (CLS, SEP, PAD)).any()
+        assert (src[tgt == IGNORE_INDEX] == tokens[tgt == IGNORE_INDEX]).all()  # nothing else changes
+        assert (tgt[chosen] == tokens[chosen]).all()
+        kinds.update(np.where(src[chosen] == MASK, "mask", np.where(src[chosen] == tokens[chosen], "keep",
+                                                                     "random")).tolist())
+        chosen_total += len(chosen)
+    for kind, share in (("mask", 0.8), ("random", 0.1), ("keep", 0.1)):
+        sigma = (share * (1 - share) / chosen_total) ** 0.5
+        # a random replacement can draw the original token (1 in 5000): counted as keep
+        assert abs(kinds[kind] / chosen_total - share) < 3 * sigma + 1e-3, (kind, kinds)
+    same = mask_tokens(tokens, length, np.random.default_rng([7, 0, 5]), MASK, 5000, (CLS, SEP, PAD))
+    again = mask_tokens(tokens, length, np.random.default_rng([7, 0, 5]), MASK, 5000, (CLS, SEP, PAD))
+    assert all((x == y).all() for x, y in zip(same, again))  # (seed, epoch, sample) decides: resume is exact

@@ -214,3 +214,38 @@ def test_generation_and_gguf_refuse_a_bert_model(tmp_path):
         load_generation_model(tmp_path / "bert.bin", config_path)
     with pytest.raises(ConfigError, match="the GGUF export .* needs a causal language model"):
         read_checkpoint(tmp_path / "bert.bin", config_path)
+
+
+def test_fill_mask_equals_the_transformers_pipeline(tmp_path):
+    from transformers import BertTokenizerFast, pipeline
+
+    words = ["the", "cat", "dog", "sat", "on", "mat", "ran", "to", "a", "big", "small", "house", ".", ",", "##s"]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (tmp_path / "vocab.txt").write_text("\n".join(specials + words + [f"w{i}" for i in range(VOCAB - 20)]) + "\n")
+    hf = tiny_bert(BertForMaskedLM)
+    hf.save_pretrained(tmp_path / "hf")
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "hf")
+    assert run_cli(bert_to_ours, ["--input_model_path", str(tmp_path / "hf"), "--output_model_path",
+                                  str(tmp_path / "bert.bin"), "--output_config_path", str(tmp_path / "c.json")]) == 0
+    texts = ["the cat sat on the [MASK].", "a [MASK] dog ran to the big [MASK] ."]
+    (tmp_path / "cloze.txt").write_text("\n".join(texts) + "\n")
+    fill = script_in("inference", "run_fill_mask")
+    assert run_cli(fill, ["--load_model_path", str(tmp_path / "bert.bin"), "--config_path", str(tmp_path / "c.json"),
+                          "--tokenizer_path", str(tmp_path / "hf"), "--test_path", str(tmp_path / "cloze.txt"),
+                          "--prediction_path", str(tmp_path / "out.jsonl"), "--topk", "5"]) == 0
+    ours = [json.loads(line)["masks"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    theirs = pipeline("fill-mask", model=str(tmp_path / "hf"), tokenizer=str(tmp_path / "hf"), top_k=5)
+    for text, masks in zip(texts, ours):
+        expected = theirs(text)
+        expected = [expected] if isinstance(expected[0], dict) else expected  # one mask: a flat list
+        assert len(masks) == len(expected)
+        for mine, reference in zip(masks, expected):
+            assert [m["token_id"] for m in mine] == [r["token"] for r in reference]
+            assert [m["score"] for m in mine] == pytest.approx([r["score"] for r in reference], abs=1e-5)
+
+
+def script_in(folder, name):
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", ROOT / folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main

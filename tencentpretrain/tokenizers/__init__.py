@@ -17,6 +17,7 @@ from tencentpretrain.tokenizers.sentencepiece import (
     file_fingerprint,
     read_special_tokens,
 )
+from tencentpretrain.tokenizers.wordpiece import WordPieceTokenizer
 
 TOKENIZER_FLAGS = {"sentencepiece": "--spm_model_path", "huggingface": "--tokenizer_path"}
 

@@ -6,6 +6,8 @@
         --data_processor alpaca --seq_length 512 --processes_num 8
     python preprocess.py --corpus_path corpus.txt --tokenizer_path Qwen3-0.6B --dataset_path dataset \
         --data_processor lm --seq_length 2048
+    python preprocess.py --corpus_path corpus.txt --vocab_path bert-base-uncased/vocab.txt --dataset_path dataset \
+        --data_processor lm --seq_length 512
     python preprocess.py --corpus_path conversations.json --spm_model_path tokenizer.model --dataset_path chat \
         --data_processor chat --template alpaca --seq_length 2048
 """
@@ -35,9 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset_path", default="dataset", help="The dataset directory to write.")
     parser.add_argument("--spm_model_path", help="The SentencePiece tokenizer model (LLaMA-1/2).")
     parser.add_argument("--tokenizer_path", help="A Hugging Face tokenizer.json, or a directory holding one with its "
-                        "tokenizer_config.json (Llama-3, Qwen; GPT-2's vocab.json + merges.txt too).")
+                        "tokenizer_config.json (Llama-3, Qwen; GPT-2's vocab.json + merges.txt too); a BERT "
+                        "vocab.txt, or a directory with one and no tokenizer.json, is read by WordPiece.")
+    parser.add_argument("--vocab_path", help="A BERT WordPiece vocab.txt (TencentPretrain's flag; instead of "
+                        "--tokenizer_path).")
     parser.add_argument("--tokenizer", choices=TOKENIZERS.names(), help="The tokenizer kind (default: sentencepiece "
-                        "with --spm_model_path, huggingface with --tokenizer_path).")
+                        "with --spm_model_path, bert with --vocab_path or a vocab.txt, else huggingface).")
     parser.add_argument("--data_processor", choices=DATA_PROCESSORS.names(), default="lm")
     parser.add_argument("--seq_length", type=int, default=128, help="Tokens a sample feeds the model (plus one).")
     parser.add_argument("--corpus_format", choices=("auto", "text", "jsonl", "json", "documents"), default="auto",
@@ -95,9 +100,9 @@ def make_spec(args: argparse.Namespace) -> ProcessorSpec:
         with naming("--template", args.template):
             load_template(args.template)  # an unreadable or invalid template stops here, before any work
             template = args.template if args.template in TEMPLATES else str(Path(args.template).resolve())
-    name, path = tokenizer_source(args.spm_model_path, args.tokenizer_path)
+    source = tokenizer_source(args.spm_model_path, args.tokenizer_path, vocab_path=args.vocab_path)
     return ProcessorSpec(
-        processor=args.data_processor, tokenizer=args.tokenizer or name, tokenizer_path=path,
+        processor=args.data_processor, tokenizer=args.tokenizer or source.name, tokenizer_path=source.path,
         special_tokens=special_tokens(args), seq_length=args.seq_length,
         corpus_format=resolve_format(args.corpus_path, requested, allowed), tail=args.tail, template=template,
         loss_on=args.loss_on, seed=args.seed,
@@ -110,7 +115,7 @@ def check_model_vocab(args: argparse.Namespace) -> None:
         return
     config = ModelConfig.from_json(args.config_path) if args.config_path else None
     rows = checkpoint_vocab_rows(args.pretrained_model_path) if args.pretrained_model_path else {}
-    tokenizer = open_tokenizer(args.spm_model_path, args.tokenizer_path)
+    tokenizer = open_tokenizer(args.spm_model_path, args.tokenizer_path, vocab_path=args.vocab_path)
     check_vocab(tokenizer.vocab_size, str(tokenizer.model_path), rows,
                 args.pretrained_model_path or args.config_path, config)
 
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Run preprocessing; returns the dataset metadata. Bad input raises an InputError (run_cli: status 1)."""
     args = build_parser().parse_args(argv)
     with naming("--corpus_path", args.corpus_path), naming("--spm_model_path", args.spm_model_path), \
-            naming("--tokenizer_path", args.tokenizer_path), \
+            naming("--tokenizer_path", args.tokenizer_path), naming("--vocab_path", args.vocab_path), \
             naming("--special_tokens_path", args.special_tokens_path), naming("--config_path", args.config_path), \
             naming("--pretrained_model_path", args.pretrained_model_path):
         check_model_vocab(args)

@@ -24,12 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus_path", required=True, help="text, one document a line (each encoded whole)")
     parser.add_argument("--spm_model_path", nargs="+", default=[], help="one or more SentencePiece models")
     parser.add_argument("--tokenizer_path", nargs="+", default=[], help="one or more Hugging Face tokenizer.json "
-                        "files or directories (byte-level BPE: Llama-3, Qwen)")
+                        "files or directories (byte-level BPE: Llama-3, Qwen), or BERT vocab.txt files")
+    parser.add_argument("--vocab_path", nargs="+", default=[], help="one or more BERT WordPiece vocab.txt files")
     parser.add_argument("--max_lines", type=int, help="only the first N non-empty lines")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per tokenizer) instead")
     args = parser.parse_args(argv)
-    if not args.spm_model_path and not args.tokenizer_path:
-        parser.error("give --spm_model_path or --tokenizer_path (or both, to compare)")
+    if not args.spm_model_path and not args.tokenizer_path and not args.vocab_path:
+        parser.error("give --spm_model_path, --tokenizer_path or --vocab_path (or several, to compare)")
     with naming("--corpus_path", args.corpus_path):
         lines = corpus_lines(args.corpus_path, args.max_lines)
     if not lines:
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.tokenizer_path:
         with naming("--tokenizer_path", path):
             rows.append(tokenizer_stats(lines, tokenizer_path=path))
+    for path in args.vocab_path:
+        with naming("--vocab_path", path):
+            rows.append(tokenizer_stats(lines, vocab_path=path))
     print(json.dumps([r.to_dict() for r in rows], indent=2) if args.json else format_table(rows))
     return 0
 

@@ -20,13 +20,13 @@ ZOO = Path(__file__).resolve().parents[2] / "models"
 
 
 def _check(config: ModelConfig, state: dict[str, torch.Tensor], source: str, spm_model_path: str | None = None,
-           tokenizer_path: str | None = None) -> None:
+           tokenizer_path: str | None = None, vocab_path: str | None = None) -> None:
     """The state fits the config, and (given a tokenizer) tokenizer, config and state agree on the vocabulary."""
-    if spm_model_path is not None or tokenizer_path is not None:
+    if spm_model_path or tokenizer_path or vocab_path:
         from tencentpretrain.tokenizers import open_tokenizer
 
-        size = open_tokenizer(spm_model_path, tokenizer_path).vocab_size
-        check_vocab(size, str(spm_model_path or tokenizer_path), vocab_rows(state), source, config)
+        size = open_tokenizer(spm_model_path, tokenizer_path, vocab_path=vocab_path).vocab_size
+        check_vocab(size, str(spm_model_path or tokenizer_path or vocab_path), vocab_rows(state), source, config)
     with torch.device("meta"):  # the checkpoint's vocabulary: an extended one converts with the zoo config
         model = build_model(config, vocab_size_of(state, source))
     check_state_dict(model, state, source)
@@ -45,7 +45,10 @@ def to_tencentpretrain(load: Callable[[str], tuple[ModelConfig, dict]], descript
                                                  "embedding (default: tokenizer.model in the input directory)")
     parser.add_argument("--tokenizer_path", help="the model's Hugging Face tokenizer.json or directory, checked "
                                                  "against the embedding (default: tokenizer.json in the input "
-                                                 "directory when it has no tokenizer.model)")
+                                                 "directory when it has no tokenizer.model; a BERT vocab.txt "
+                                                 "too)")
+    parser.add_argument("--vocab_path", help="the model's BERT WordPiece vocab.txt, checked against the embedding "
+                                             "(TencentPretrain's flag, instead of --tokenizer_path)")
     parser.add_argument("--allow_padded_vocab", action="store_true", help="accept more embedding rows than "
                         "tokenizer pieces (recorded in --output_config_path)")
     args = parser.parse_args(argv)
@@ -53,16 +56,16 @@ def to_tencentpretrain(load: Callable[[str], tuple[ModelConfig, dict]], descript
     return 0
 
 
-def _input_tokenizer(args) -> tuple[str | None, str | None]:
-    """(SentencePiece model, Hugging Face tokenizer) to check: the flags, else the tokenizer.model or tokenizer.json
-    beside the input checkpoint ((None, None) when there is none)."""
-    if args.spm_model_path or args.tokenizer_path:
-        return args.spm_model_path, args.tokenizer_path
+def _input_tokenizer(args) -> tuple[str | None, str | None, str | None]:
+    """(SentencePiece model, --tokenizer_path, --vocab_path) to check: the flags, else the tokenizer.model,
+    tokenizer.json or vocab.txt beside the input checkpoint ((None, None, None) when there is none)."""
+    if args.spm_model_path or args.tokenizer_path or args.vocab_path:
+        return args.spm_model_path, args.tokenizer_path, args.vocab_path
     from tencentpretrain.tokenizers import tokenizer_in
 
     folder = Path(args.input_model_path)
     spm, hf = tokenizer_in(folder if folder.is_dir() else folder.parent)
-    return (None if spm is None else str(spm)), (None if hf is None else str(hf))
+    return (None if spm is None else str(spm)), (None if hf is None else str(hf)), None
 
 
 def _chat_template_of(input_path: str) -> str | None:

@@ -37,8 +37,10 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
                        help="TencentPretrain .bin/.safetensors checkpoint, or a Hugging Face LLaMA directory")
     group.add_argument("--config_path", help="model JSON config (required for a checkpoint file)")
     group.add_argument("--spm_model_path", help="SentencePiece model (default: the tokenizer of a HF directory)")
-    group.add_argument("--tokenizer_path", help="Hugging Face tokenizer.json or directory (Llama-3, Qwen), instead of "
-                                                "--spm_model_path")
+    group.add_argument("--tokenizer_path", help="Hugging Face tokenizer.json or directory (Llama-3, Qwen), or a BERT "
+                                                "vocab.txt, instead of --spm_model_path")
+    group.add_argument("--vocab_path", help="BERT WordPiece vocab.txt (TencentPretrain's flag), instead of "
+                                            "--tokenizer_path")
     group.add_argument("--lora_path", help="LoRA adapter merged into the model on loading: a lora.bin written by "
                                            "pretrain.py --use_lora (its .lora.json beside it) or a PEFT adapter "
                                            "directory")
@@ -144,7 +146,9 @@ def own_template(tokenizer, model_path: str | Path | None = None):
 def load_tokenizer(args: argparse.Namespace):
     """--spm_model_path's or --tokenizer_path's tokenizer, else the one in a Hugging Face --load_model_path
     directory (its tokenizer.model, else its tokenizer.json)."""
-    spm, hf = args.spm_model_path, getattr(args, "tokenizer_path", None)
+    spm, hf, vocab = args.spm_model_path, getattr(args, "tokenizer_path", None), getattr(args, "vocab_path", None)
+    if vocab is not None:
+        return open_tokenizer(spm, hf, vocab_path=vocab)
     model_dir = Path(args.load_model_path)
     if spm is None and hf is None and model_dir.is_dir():
         spm, hf = tokenizer_in(model_dir)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tencentpretrain.jsonfile import read_json_object
 from tencentpretrain.registry import TOKENIZERS
-from tencentpretrain.tokenizers.sentencepiece import SPECIAL_TOKENS, TokenizerError, file_fingerprint
+from tencentpretrain.tokenizers.sentencepiece import ROLE_TOKENS, SPECIAL_TOKENS, TokenizerError, file_fingerprint
 
 END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>", "<|end|>")
 CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
@@ -86,7 +86,10 @@ class HuggingFaceTokenizer:
         for config_file in reversed(self.config_files):  # tokenizer_config.json wins over special_tokens_map.json
             config |= read_json_object(config_file, TokenizerError, what="a tokenizer config")
         self.config = config
-        named = {name: _token_text(config.get(f"{name}_token")) for name in SPECIAL_TOKENS}
+        named = {name: _token_text(config.get(f"{name}_token")) for name in SPECIAL_TOKENS + ROLE_TOKENS}
+        for role, name in (("cls", "bos"), ("sep", "eos")):
+            if named[name] is None:
+                named[name] = named[role]  # BERT
         if self.file.name == "vocab.json" and named["eos"] is None and "<|endoftext|>" in vocab:
             named["eos"] = "<|endoftext|>"  # GPT-2
         source = self.config_files[0].name if self.config_files else self.file.name
@@ -94,8 +97,9 @@ class HuggingFaceTokenizer:
         if config.get("add_bos_token") is False and "bos" not in (special_tokens or {}):
             ids["bos"] = None  # named but never put before a text (Qwen2's bos <|endoftext|>)
         for name, value in (special_tokens or {}).items():
-            if name not in SPECIAL_TOKENS:
-                raise TokenizerError(f"unknown special token {name!r}; known: {', '.join(SPECIAL_TOKENS)}")
+            if name not in SPECIAL_TOKENS + ROLE_TOKENS:
+                raise TokenizerError(f"unknown special token {name!r}; known: "
+                                     f"{', '.join(SPECIAL_TOKENS + ROLE_TOKENS)}")
             ids[name] = self._to_id(name, value, "the override")
         if ids["eos"] is None:
             raise TokenizerError(f"{self.file}: no eos token (tokenizer_config.json's eos_token); give one with "
@@ -103,6 +107,7 @@ class HuggingFaceTokenizer:
         if ids["pad"] is None:
             ids["pad"] = ids["eos"]
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = ids["bos"], ids["eos"], ids["pad"], ids["unk"]
+        self.cls_id, self.sep_id, self.mask_id = ids["cls"], ids["sep"], ids["mask"]
         self.end_ids = self._end_ids(vocab)
 
     def _to_id(self, name: str, value: int | str, source) -> int:

@@ -10,6 +10,7 @@ from tencentpretrain.jsonfile import read_json_object
 from tencentpretrain.registry import TOKENIZERS
 
 SPECIAL_TOKENS = ("bos", "eos", "pad", "unk")
+ROLE_TOKENS = ("cls", "sep", "mask")  # optional: a BERT-style processor's; None where a tokenizer has none
 
 
 class TokenizerError(InputError):
@@ -29,20 +30,23 @@ def read_special_tokens(path: str | Path) -> dict[str, int | str]:
     """Read a special-tokens JSON file: ``{"bos": "<s>", "eos": 2, "pad": "<unk>"}`` (pieces or ids).
 
     TencentPretrain's ``*_special_tokens_map.json`` keys (``pad_token``, ``unk_token``, ``cls_token``,
-    ``sep_token``) are accepted too and read as pad, unk, bos and eos.
+    ``sep_token``, ``mask_token``) are accepted too: ``cls_token`` is read as bos and cls, ``sep_token`` as eos and
+    sep, ``mask_token`` as mask (the ROLE_TOKENS a BERT processor asks for).
     """
-    aliases = {"pad_token": "pad", "unk_token": "unk", "cls_token": "bos", "sep_token": "eos",
-               "bos_token": "bos", "eos_token": "eos", "mask_token": None}
+    aliases = {"pad_token": "pad", "unk_token": "unk", "cls_token": "cls", "sep_token": "sep",
+               "bos_token": "bos", "eos_token": "eos", "mask_token": "mask"}
     data = read_json_object(path, TokenizerError, missing=f"{path}: special tokens file not found",
                             what="special tokens")
     out = {}
     for key, value in data.items():
         name = aliases.get(key, key)
-        if name is None:
-            continue
-        if name not in SPECIAL_TOKENS:
-            raise TokenizerError(f"{path}: unknown special token {key!r}; known: {', '.join(SPECIAL_TOKENS)}")
+        if name not in SPECIAL_TOKENS + ROLE_TOKENS:
+            raise TokenizerError(f"{path}: unknown special token {key!r}; known: "
+                                 f"{', '.join(SPECIAL_TOKENS + ROLE_TOKENS)}")
         out[name] = value
+    for role, name in (("cls", "bos"), ("sep", "eos")):
+        if role in out:
+            out.setdefault(name, out[role])
     return out
 
 
@@ -72,7 +76,8 @@ class SentencePieceTokenizer:
     Args:
         model_path: the ``.model`` file (``--spm_model_path``).
         special_tokens: overrides for ``bos``/``eos``/``pad``/``unk``, each a piece or an id. Without an
-            override each comes from the model; a model without a pad piece (LLaMA) pads with ``unk``.
+            override each comes from the model; a model without a pad piece (LLaMA) pads with ``unk``. ``cls``,
+            ``sep`` and ``mask`` (``cls_id``, ``sep_id``, ``mask_id``) are None unless given here.
     """
 
     def __init__(self, model_path: str | Path, special_tokens: dict[str, int | str] | None = None):
@@ -80,17 +85,20 @@ class SentencePieceTokenizer:
         self.sp = _load_processor(self.model_path)
         self.vocab_size = self.sp.get_piece_size()
         ids = {"bos": self.sp.bos_id(), "eos": self.sp.eos_id(), "pad": self.sp.pad_id(), "unk": self.sp.unk_id()}
+        roles = dict.fromkeys(ROLE_TOKENS)
         for name, value in (special_tokens or {}).items():
-            if name not in SPECIAL_TOKENS:
-                raise TokenizerError(f"unknown special token {name!r}; known: {', '.join(SPECIAL_TOKENS)}")
-            ids[name] = self._to_id(name, value)
+            if name not in SPECIAL_TOKENS + ROLE_TOKENS:
+                raise TokenizerError(f"unknown special token {name!r}; known: "
+                                     f"{', '.join(SPECIAL_TOKENS + ROLE_TOKENS)}")
+            (roles if name in ROLE_TOKENS else ids)[name] = self._to_id(name, value)
         if ids["pad"] < 0:
             ids["pad"] = ids["unk"]
-        for name, value in ids.items():
+        for name, value in (ids | {k: v for k, v in roles.items() if v is not None}).items():
             if not 0 <= value < self.vocab_size:
                 raise TokenizerError(f"{self.model_path}: the model defines no {name} token; give one with a "
                                  "special-tokens override")
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = ids["bos"], ids["eos"], ids["pad"], ids["unk"]
+        self.cls_id, self.sep_id, self.mask_id = roles["cls"], roles["sep"], roles["mask"]
         self.end_ids = (self.eos_id,)  # the tokens that end a generated answer
 
     def _to_id(self, name: str, value: int | str) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tencentpretrain.cli import InputError
 from tencentpretrain.jsonfile import read_text
-from tencentpretrain.tokenizers import HuggingFaceTokenizer, SentencePieceTokenizer
+from tencentpretrain.tokenizers import SentencePieceTokenizer, WordPieceTokenizer, open_tokenizer
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ def byte_pieces(tokenizer) -> list[bool]:
     """Per id: whether the token holds less than a whole character (module docstring)."""
     if isinstance(tokenizer, SentencePieceTokenizer):
         return [tokenizer.sp.is_byte(i) for i in range(tokenizer.vocab_size)]
+    if isinstance(tokenizer, WordPieceTokenizer):  # no bytes: an unknown word is [UNK]
+        return [False] * tokenizer.vocab_size
     from tokenizers import decoders
     from tokenizers.pre_tokenizers import ByteLevel
 
@@ -59,18 +61,18 @@ def byte_pieces(tokenizer) -> list[bool]:
 
 
 def tokenizer_stats(lines: list[str], spm_model_path: str | Path | None = None, batch: int = 256,
-                    tokenizer_path: str | Path | None = None) -> TokenizerStats:
-    """Encode ``lines`` with one tokenizer (a SentencePiece model or a Hugging Face tokenizer) and count."""
-    tokenizer = SentencePieceTokenizer(spm_model_path) if tokenizer_path is None else \
-        HuggingFaceTokenizer(tokenizer_path)
+                    tokenizer_path: str | Path | None = None, vocab_path: str | Path | None = None) -> TokenizerStats:
+    """Encode ``lines`` with one tokenizer (a SentencePiece model, a Hugging Face tokenizer or a WordPiece
+    vocab.txt) and count."""
+    tokenizer = open_tokenizer(spm_model_path, tokenizer_path, vocab_path=vocab_path)
     is_byte = byte_pieces(tokenizer)
     tokens = byte_tokens = 0
     for start in range(0, len(lines), batch):
         for ids in tokenizer.encode_batch(lines[start:start + batch]):
             tokens += len(ids)
             byte_tokens += sum(is_byte[i] for i in ids)
-    return TokenizerStats(str(tokenizer_path or spm_model_path), tokenizer.vocab_size, sum(map(len, lines)),
-                          sum(len(line.encode("utf-8")) for line in lines), tokens, byte_tokens)
+    return TokenizerStats(str(tokenizer_path or spm_model_path or vocab_path), tokenizer.vocab_size,
+                          sum(map(len, lines)), sum(len(line.encode("utf-8")) for line in lines), tokens, byte_tokens)
 
 
 def format_table(rows: list[TokenizerStats]) -> str:

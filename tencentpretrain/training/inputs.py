@@ -49,7 +49,8 @@ def read_inputs(opts: TrainOptions) -> Inputs:
         config = ModelConfig.from_json(opts.config_path, **overrides)
     with naming("--dataset_path", opts.dataset_path):
         dataset = BinaryDataset(opts.dataset_path)
-    with naming("--spm_model_path", opts.spm_model_path), naming("--tokenizer_path", opts.tokenizer_path):
+    with naming("--spm_model_path", opts.spm_model_path), naming("--tokenizer_path", opts.tokenizer_path), \
+            naming("--vocab_path", opts.vocab_path):
         tokenizer, fingerprint = tokenizer_of(opts, dataset)
         vocab_size = vocab_size_of(opts, config, dataset, tokenizer, fingerprint)
     with naming("--dev_dataset_path", opts.dev_dataset_path):
@@ -61,11 +62,12 @@ def read_inputs(opts: TrainOptions) -> Inputs:
 
 
 def tokenizer_of(opts: TrainOptions, dataset: BinaryDataset) -> tuple[tuple[int, str], str | None]:
-    """The tokenizer's (size, name for messages) and its fingerprint: --spm_model_path's or --tokenizer_path's
-    (read once), else the size the dataset records and no fingerprint."""
-    if opts.spm_model_path or opts.tokenizer_path:
-        tokenizer = open_tokenizer(opts.spm_model_path, opts.tokenizer_path)
-        return (tokenizer.vocab_size, opts.tokenizer_path or opts.spm_model_path), tokenizer.fingerprint
+    """The tokenizer's (size, name for messages) and its fingerprint: --spm_model_path's, --tokenizer_path's or
+    --vocab_path's (read once), else the size the dataset records and no fingerprint."""
+    if opts.spm_model_path or opts.tokenizer_path or opts.vocab_path:
+        tokenizer = open_tokenizer(opts.spm_model_path, opts.tokenizer_path, vocab_path=opts.vocab_path)
+        return (tokenizer.vocab_size, opts.tokenizer_path or opts.spm_model_path or opts.vocab_path), \
+            tokenizer.fingerprint
     return (int(dataset.meta["vocab_size"]), f"(the one recorded in dataset {opts.dataset_path})"), None
 
 

@@ -42,9 +42,11 @@ class TrainOptions:
                                         "(training state); see docs/training.md.", required=True)
     config_path: str = _opt(None, "Model config JSON (e.g. models/llama/7b_config.json).", required=True)
     spm_model_path: str | None = _opt(None, "SentencePiece model; its fingerprint must match the dataset's.")
-    tokenizer_path: str | None = _opt(None, "Hugging Face tokenizer.json or directory (instead of --spm_model_path); "
+    tokenizer_path: str | None = _opt(None, "Hugging Face tokenizer.json or directory, or a BERT vocab.txt (instead "
+                                            "of --spm_model_path); "
                                             "its fingerprint must match the dataset's.")
-    vocab_path: str | None = _opt(None, "Accepted for TencentPretrain compatibility; unused (use --spm_model_path).")
+    vocab_path: str | None = _opt(None, "BERT WordPiece vocab.txt (TencentPretrain's flag, instead of "
+                                        "--tokenizer_path); its fingerprint must match the dataset's.")
     tokenizer: str = _opt("sentencepiece", "Accepted for TencentPretrain compatibility.")
     dev_dataset_path: str | None = _opt(None, "Preprocessed dev dataset: dev loss/perplexity every --dev_steps.")
     data_processor: str | None = _opt(None, "Expected data processor of the dataset (checked against it).",

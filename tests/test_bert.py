@@ -224,7 +224,7 @@ def test_fill_mask_equals_the_transformers_pipeline(tmp_path):
     (tmp_path / "vocab.txt").write_text("\n".join(specials + words + [f"w{i}" for i in range(VOCAB - 20)]) + "\n")
     hf = tiny_bert(BertForMaskedLM)
     hf.save_pretrained(tmp_path / "hf")
-    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "hf")
+    BertTokenizerFast(vocab=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "hf")  # vocab=: transformers 5
     assert run_cli(bert_to_ours, ["--input_model_path", str(tmp_path / "hf"), "--output_model_path",
                                   str(tmp_path / "bert.bin"), "--output_config_path", str(tmp_path / "c.json")]) == 0
     texts = ["the cat sat on the [MASK].", "a [MASK] dog ran to the big [MASK] ."]

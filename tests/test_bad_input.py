@@ -118,6 +118,10 @@ COMMANDS = [
     Command("convert_bert_tp_to_hf", "scripts/convert_bert_from_tencentpretrain_to_huggingface.py",
             {"--input_model_path": ("checkpoint", "bert"), "--config_path": ("json", "bert_config")},
             {"--output_model_path": "hf"}),
+    Command("run_fill_mask", "inference/run_fill_mask.py",
+            {"--load_model_path": ("checkpoint", "bert"), "--config_path": ("json", "bert_config"),
+             "--tokenizer_path": ("vocab", "bert_vocab"), "--test_path": ("prompts", "cloze")},
+            {"--prediction_path": "out.jsonl"}),
     Command("merge_lora", "scripts/merge_lora.py",
             {"--base_model_path": ("checkpoint", "checkpoint"), "--lora_model_path": ("checkpoint", "adapter")},
             {"--output_model_path": "merged.bin"}),
@@ -319,6 +323,10 @@ BROKEN: dict[str, dict[str, Callable[[dict, Path], Path]]] = {
         "truncated_array": lambda src, d: truncated(src, d),
         "directory": lambda src, d: directory(d, "alpaca.json"),
     },
+    "vocab": {  # a WordPiece vocab.txt
+        "not_utf8": lambda src, d: text_file(d, "vocab.txt", b"[PAD]\n[UNK]\n\xff\n"),
+        "missing": lambda src, d: d / "vocab.txt",
+    },
     "prompts": {
         "not_utf8": lambda src, d: text_file(d, "prompts.txt", NOT_UTF8),
         "directory": lambda src, d: directory(d, "prompts.txt"),
@@ -388,6 +396,9 @@ def build_good(folder: Path, spm: Path) -> dict[str, Path]:
     good["alpaca"] = text_file(folder, "alpaca.json", json.dumps(records, ensure_ascii=False, indent=1).encode())
     good["special_tokens"] = text_file(folder, "tokens.json", b'{"pad": "<unk>"}')
     good["prompts"] = text_file(folder, "prompts.txt", "the model\n数据 模型\n".encode())
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(VOCAB - 5)]
+    good["bert_vocab"] = text_file(folder, "vocab.txt", ("\n".join(words) + "\n").encode())
+    good["cloze"] = text_file(folder, "cloze.txt", b"w1 [MASK] w3\n")
     good["choice"] = text_file(folder, "computer_network_val.csv", "id,question,A,B,C,D,answer\n"
                                "0,数据 模型,the,model,reads,tokens,B\n1,训练 语言,data,loss,batch,epoch,D\n".encode())
     if importlib.util.find_spec("gguf") is not None:

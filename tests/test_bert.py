@@ -2,12 +2,12 @@
 sentence pairs, conversions both ways bit-exact, the traps (post-norm by default, eps 1e-12 in every norm, token
 types 0/1 as segments 1/2, padding row of the segment embedding) each pinned."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from train_support import load_script
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 
 from tencentpretrain import load_model, load_state_dict
@@ -22,15 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 97
 
 
-def script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
-bert_to_ours = script("convert_bert_from_huggingface_to_tencentpretrain")
-bert_to_hf = script("convert_bert_from_tencentpretrain_to_huggingface")
+bert_to_ours = load_script("convert_bert_from_huggingface_to_tencentpretrain", "scripts").main
+bert_to_hf = load_script("convert_bert_from_tencentpretrain_to_huggingface", "scripts").main
 
 
 def tiny_bert(cls=BertForPreTraining, seed=0, act="gelu", tied=True):
@@ -229,7 +222,7 @@ def test_fill_mask_equals_the_transformers_pipeline(tmp_path):
                                   str(tmp_path / "bert.bin"), "--output_config_path", str(tmp_path / "c.json")]) == 0
     texts = ["the cat sat on the [MASK].", "a [MASK] dog ran to the big [MASK] ."]
     (tmp_path / "cloze.txt").write_text("\n".join(texts) + "\n")
-    fill = script_in("inference", "run_fill_mask")
+    fill = load_script("run_fill_mask", "inference").main
     assert run_cli(fill, ["--load_model_path", str(tmp_path / "bert.bin"), "--config_path", str(tmp_path / "c.json"),
                           "--tokenizer_path", str(tmp_path / "hf"), "--test_path", str(tmp_path / "cloze.txt"),
                           "--prediction_path", str(tmp_path / "out.jsonl"), "--topk", "5"]) == 0
@@ -243,9 +236,3 @@ def test_fill_mask_equals_the_transformers_pipeline(tmp_path):
             assert [m["token_id"] for m in mine] == [r["token"] for r in reference]
             assert [m["score"] for m in mine] == pytest.approx([r["score"] for r in reference], abs=1e-5)
 
-
-def script_in(folder, name):
-    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", ROOT / folder / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main

@@ -14,12 +14,11 @@ token pads with its eos (padding is never attended to nor counted in the loss).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from tencentpretrain.jsonfile import read_json_object
 from tencentpretrain.registry import TOKENIZERS
-from tencentpretrain.tokenizers.sentencepiece import ROLE_TOKENS, SPECIAL_TOKENS, TokenizerError, file_fingerprint
+from tencentpretrain.tokenizers.sentencepiece import ROLE_TOKENS, SPECIAL_TOKENS, TokenizerError, files_fingerprint
 
 END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>", "<|end|>")
 CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
@@ -138,12 +137,7 @@ class HuggingFaceTokenizer:
     @property
     def fingerprint(self) -> str:
         """sha256 over the tokenizer file and the files its special tokens come from."""
-        if not self.config_files:
-            return file_fingerprint(self.file)
-        digest = hashlib.sha256()
-        for path in (self.file, *self.config_files):
-            digest.update(file_fingerprint(path).encode())
-        return digest.hexdigest()
+        return files_fingerprint(self.file, self.config_files)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, without bos/eos; special tokens written in the text become their ids, as in

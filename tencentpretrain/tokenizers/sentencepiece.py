@@ -26,6 +26,17 @@ def file_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def files_fingerprint(path: str | Path, config_files: tuple[Path, ...] | list[Path] = ()) -> str:
+    """A tokenizer file's identity together with the config files its special tokens come from: the file's own
+    :func:`file_fingerprint` when there are none, else sha256 over each file's fingerprint in order."""
+    if not config_files:
+        return file_fingerprint(path)
+    digest = hashlib.sha256()
+    for each in (path, *config_files):
+        digest.update(file_fingerprint(each).encode())
+    return digest.hexdigest()
+
+
 def read_special_tokens(path: str | Path) -> dict[str, int | str]:
     """Read a special-tokens JSON file: ``{"bos": "<s>", "eos": 2, "pad": "<unk>"}`` (pieces or ids).
 

@@ -23,14 +23,13 @@ own layout, and generation stops at ``[SEP]``.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 from pathlib import Path
 
 from tencentpretrain.jsonfile import read_json_object, read_text
 from tencentpretrain.registry import TOKENIZERS
-from tencentpretrain.tokenizers.sentencepiece import SPECIAL_TOKENS, TokenizerError, file_fingerprint
+from tencentpretrain.tokenizers.sentencepiece import SPECIAL_TOKENS, TokenizerError, files_fingerprint
 
 BERT_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
@@ -214,12 +213,7 @@ class WordPieceTokenizer:
     @property
     def fingerprint(self) -> str:
         """sha256 over the vocabulary and the files its special tokens and casing come from."""
-        if not self.config_files:
-            return file_fingerprint(self.file)
-        digest = hashlib.sha256()
-        for path in (self.file, *self.config_files):
-            digest.update(file_fingerprint(path).encode())
-        return digest.hexdigest()
+        return files_fingerprint(self.file, self.config_files)
 
     def words(self, text: str) -> list[str]:
         """BERT's basic tokenization of ``text`` (no special tokens in it): cleaned, cased, split words."""

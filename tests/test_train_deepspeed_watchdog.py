@@ -30,10 +30,12 @@ def _rank_main(rank: int, world: int, port: int) -> None:
                       MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
     from tencentpretrain import ModelConfig, build_model
     from tencentpretrain.training.deepspeed_engine import DeepSpeedEngine, partitioned_build
+    from tencentpretrain.training.distributed import build_deepspeed_ops
     from tencentpretrain.training.engine import DistInfo
     from tencentpretrain.training.optim import build_adamw, build_scheduler, param_groups
     from tencentpretrain.training.weights import init_partitioned
 
+    build_deepspeed_ops()
     deepspeed.init_distributed(dist_backend="gloo")
     torch.manual_seed(0)
     with partitioned_build(CONFIG, enabled=True):

@@ -56,8 +56,10 @@ def _rank_main(rank: int, world: int, port: int) -> None:
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
     from tencentpretrain.training import deepspeed_engine, weights
+    from tencentpretrain.training.distributed import build_deepspeed_ops
     from tencentpretrain.training.engine import DistInfo
 
+    build_deepspeed_ops()  # one rank at a time: two ranks compiling DeepSpeed's op at once sometimes abort
     ds.init_distributed(dist_backend="gloo")
     config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
     with deepspeed_engine.partitioned_build(config, enabled=True):

@@ -167,8 +167,9 @@ typedef struct {
     const float *w;
     long out, in;
     long transposed;
-    const signed char *q;     /* q8_0 weights instead of w when not NULL: `out` rows of q8_blocks(in) * 32 int8 */
-    const unsigned short *d;  /* and their scales, one float16 per block (out rows of q8_blocks(in)) */
+    const signed char *q;     /* q8_0 weights instead of w when not NULL: `out` rows of q8_blocks(in) * 32 int8, */
+    const unsigned short *d;  /* and their scales, one float16 per block (out rows of q8_blocks(in)); */
+    long q4;                  /* with q4 set, q4_0 weights: q holds `out` rows of q8_blocks(in) * 16 bytes */
 } matrix;
 
 static inline float hsum(__m256 v) {
@@ -896,6 +897,128 @@ static void q8_product(const matrix *m, const q8_rows *x, long rows, float *y, l
                                     x->d + j * x->blocks, blocks);
 }
 
+/* ---- q4_0 products ---- */
+
+/* llama.cpp's q4_0 (generation/q4.py): blocks of 32 weights, 16 bytes of nibbles q in 0 .. 15 standing for q - 8
+ * (the low nibbles values 0 .. 15 of the block, the high ones 16 .. 31) and one float16 scale, multiplying input
+ * rows quantised to q8_0 as llama.cpp's q4_0 x q8_0 dot product does. A block's eight lane sums are q8_dot's with
+ * the weight q - 8: the four-product sums of the unsigned nibbles and the input's int8 (AVX2's maddubs and madd,
+ * or VNNI's dpbusd), started from -8 times the input's four-value sums, which are computed once per input block
+ * for all the weight rows (q4_starts). The same integers, then the same q8_add of each block in the same order, so
+ * the bits are q4_dot's in every kernel and on every build. */
+#define Q4_BYTES 16 /* bytes of a block's nibbles */
+
+/* A block's 32 nibbles as bytes in the order of its values. */
+static inline __m256i q4_unpack(const unsigned char *p) {
+    __m128i v = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(0x0F));
+}
+
+/* start + the eight sums of four adjacent products of unsigned bytes u (0 .. 15) and signed bytes x (no 16-bit sum
+ * saturates: 2 * 15 * 128 < 32768). */
+static inline __m256i dot4_u4(__m256i start, __m256i u, __m256i x) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(start, u, x);
+#else
+    return _mm256_add_epi32(start, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* -8 times the eight four-value sums of a block of 32 int8. */
+static inline __m256i q4_start(const signed char *x) {
+    __m256i xv = _mm256_loadu_si256((const __m256i *)x);
+    __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), xv), _mm256_set1_epi16(1));
+    return _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sums, 3));
+}
+
+/* The q4_0 x q8_0 dot product of one weight row and one quantised input row. */
+static float q4_dot(const unsigned char *wq, const unsigned short *wd, const signed char *xq, const unsigned short *xd,
+                    long blocks) {
+    __m256 acc = _mm256_setzero_ps();
+    for (long b = 0; b < blocks; b++) {
+        const signed char *xb = xq + b * Q8_BLOCK;
+        __m256i sums = dot4_u4(q4_start(xb), q4_unpack(wq + b * Q4_BYTES), _mm256_loadu_si256((const __m256i *)xb));
+        acc = q8_add(acc, sums, _cvtsh_ss(wd[b]), _cvtsh_ss(xd[b]));
+    }
+    return hsum(acc);
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define Q4_TILE_ROWS 4 /* input rows of a tile: 4 x 4 accumulators fit AVX-512's 32 vector registers */
+#else
+#define Q4_TILE_ROWS 2 /* 4 x 2 fit AVX2's 16 */
+#endif
+
+/* Four weight rows (nibbles w, `stride` bytes apart, scales wd `blocks` apart) against `n` input rows (their
+ * integers xq `xs` bytes apart, starts and float scales `blocks` apart), each weight block unpacked once for the
+ * 4 x n pairs; y's rows `ldy` apart. */
+static inline __attribute__((always_inline)) void q4_tile(const unsigned char *w, long stride,
+                                                          const unsigned short *wd, long blocks,
+                                                          const signed char *xq, long xs, const __m256i *starts,
+                                                          const float *xd, int n, float *y, long ldy) {
+    __m256 a[4][Q4_TILE_ROWS];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < n; j++)
+            a[i][j] = _mm256_setzero_ps();
+    for (long b = 0; b < blocks; b++) {
+        __m256i u[4];
+        float dw[4];
+        for (int i = 0; i < 4; i++) {
+            u[i] = q4_unpack(w + i * stride + b * Q4_BYTES);
+            dw[i] = _cvtsh_ss(wd[i * blocks + b]);
+        }
+        for (int j = 0; j < n; j++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + j * xs + b * Q8_BLOCK));
+            __m256i start = _mm256_load_si256(starts + j * blocks + b);
+            float dx = xd[j * blocks + b];
+            for (int i = 0; i < 4; i++)
+                a[i][j] = q8_add(a[i][j], dot4_u4(start, u[i], xv), dw[i], dx);
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < n; j++)
+            y[j * ldy + i] = hsum(a[i][j]);
+}
+
+/* y[j, r] for r in [lo, hi) of a q4_0 weight and the `rows` quantised input rows: tiles of four weight rows by
+ * Q4_TILE_ROWS input rows (one input row while decoding one token), each weight row read from memory once for all
+ * the input rows while it is in L1; the weight rows left over through q4_dot (also when out of memory). */
+static void q4_product(const matrix *m, const q8_rows *x, long rows, float *y, long ldy, long lo, long hi) {
+    long blocks = q8_blocks(m->in), stride = blocks * Q4_BYTES, xs = x->blocks * Q8_BLOCK;
+    const unsigned char *q = (const unsigned char *)m->q;
+    __m256i *starts = aligned_alloc(sizeof(__m256i), sizeof(__m256i) * (size_t)(rows * blocks));
+    float *xd = malloc(sizeof(float) * (size_t)(rows * blocks));
+    long r = lo;
+    if (starts != NULL && xd != NULL) {
+        for (long j = 0; j < rows; j++)
+            for (long b = 0; b < blocks; b++) {
+                starts[j * blocks + b] = q4_start(x->q + j * xs + b * Q8_BLOCK);
+                xd[j * blocks + b] = _cvtsh_ss(x->d[j * x->blocks + b]);
+            }
+        for (; r + 4 <= hi; r += 4) {
+            const unsigned char *w = q + r * stride;
+            const unsigned short *d = m->d + r * blocks;
+            long j = 0;
+            for (; j + Q4_TILE_ROWS <= rows; j += Q4_TILE_ROWS)
+                q4_tile(w, stride, d, blocks, x->q + j * xs, xs, starts + j * blocks, xd + j * blocks, Q4_TILE_ROWS,
+                        y + j * ldy + r, ldy);
+#if Q4_TILE_ROWS > 2
+            for (; j + 2 <= rows; j += 2)
+                q4_tile(w, stride, d, blocks, x->q + j * xs, xs, starts + j * blocks, xd + j * blocks, 2,
+                        y + j * ldy + r, ldy);
+#endif
+            for (; j < rows; j++)
+                q4_tile(w, stride, d, blocks, x->q + j * xs, xs, starts + j * blocks, xd + j * blocks, 1,
+                        y + j * ldy + r, ldy);
+        }
+    }
+    free(starts);
+    free(xd);
+    for (; r < hi; r++)
+        for (long j = 0; j < rows; j++)
+            y[j * ldy + r] = q4_dot(q + r * stride, m->d + r * blocks, x->q + j * xs, x->d + j * x->blocks, blocks);
+}
+
 #define ROWS_CASE(n)                                                                                              \
     case n:                                                                                                       \
         if (m->transposed)                                                                                        \
@@ -907,12 +1030,15 @@ static void q8_product(const matrix *m, const q8_rows *x, long rows, float *y, l
 /* y[b, lo:hi] of m x[b] for `rows` input rows of m->in (y's rows `ldy` apart). Up to MAX_ROWS rows (decoding),
  * each weight row is streamed once for all of them (rows_dot_1, rows_dot_n: the fastest when the weight comes from
  * memory); more rows (prompts), row-major weights go through the register-blocked rows_dot, transposed ones
- * MAX_ROWS rows per pass. The sums run in the same order in every kernel. A q8_0 weight (m->q) multiplies the
- * input rows quantised to q8_0 (xq) in q8_product. */
+ * MAX_ROWS rows per pass. The sums run in the same order in every kernel. A q8_0 or q4_0 weight (m->q)
+ * multiplies the input rows quantised to q8_0 (xq) in q8_product or q4_product. */
 static void product(const matrix *m, const float *x, const q8_rows *xq, long rows, float *y, long ldy, long lo,
                     long hi) {
     if (m->q != NULL) {
-        q8_product(m, xq, rows, y, ldy, lo, hi);
+        if (m->q4)
+            q4_product(m, xq, rows, y, ldy, lo, hi);
+        else
+            q8_product(m, xq, rows, y, ldy, lo, hi);
         return;
     }
     if (!m->transposed && rows > MAX_ROWS) {

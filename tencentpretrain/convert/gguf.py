@@ -8,9 +8,9 @@ reads a Hugging Face directory.
 Tensors are read lazily (a memory-mapped ``.bin``, ``safetensors`` slices) and written one at a time after the header,
 so converting takes about one tensor of memory. q8_0 and q4_0 are quantised by ``generation/q8.py`` and
 ``generation/q4.py`` (ggml's reference arithmetic, the quantisers ``--quant q8_0`` and ``--quant q4_0`` decode with;
-tested equal to ``gguf.quants``). Both store blocks of 32 weights with one scale; norms stay f32, and under q4_0 the output
-projection (or the tied embedding that serves as it) is kept in q8_0, as llama.cpp's quantiser keeps it in higher
-precision.
+tested equal to ``gguf.quants``). Both store blocks of 32 weights with one scale; norms stay f32, and under q4_0
+the output projection (or the tied embedding that serves as it) is kept in q8_0, as llama.cpp's quantiser keeps it
+in higher precision.
 """
 
 from __future__ import annotations

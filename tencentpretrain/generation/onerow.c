@@ -921,10 +921,11 @@ static void q8_product(const matrix *m, const q8_rows *x, long rows, float *y, l
  * the bits are q4_dot's in every kernel and on every build. */
 #define Q4_BYTES 16 /* bytes of a block's nibbles */
 
-/* A block's 32 nibbles as bytes in the order of its values. */
+/* A block's 32 nibbles as bytes in the order of its values: its 16 bytes in both halves (a load), the upper half
+ * shifted right by 4, then the low four bits of each byte. */
 static inline __m256i q4_unpack(const unsigned char *p) {
-    __m128i v = _mm_loadu_si128((const __m128i *)p);
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(0x0F));
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
 }
 
 /* start + the eight sums of four adjacent products of unsigned bytes u (0 .. 15) and signed bytes x (no 16-bit sum
@@ -962,30 +963,49 @@ static float q4_dot(const unsigned char *wq, const unsigned short *wd, const sig
 #define Q4_TILE_ROWS 2 /* 4 x 2 fit AVX2's 16 */
 #endif
 
+/* scale[(i * n + j) * blocks + b] = d_w * d_x of block b of weight row i (float16 scales wd, `blocks` apart) and
+ * input row j (float scales xd, `blocks` apart) for the four weight rows of a tile and its n input rows: the product
+ * of every block's scales taken eight blocks at a time before the tile's loop, which then only loads them. */
+static inline __attribute__((always_inline)) void q4_scales(const unsigned short *wd, const float *xd, long blocks,
+                                                            int n, float *scale) {
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < n; j++) {
+            float *out = scale + (i * n + j) * blocks;
+            const unsigned short *w = wd + i * blocks;
+            const float *x = xd + j * blocks;
+            long b = 0;
+            for (; b + 8 <= blocks; b += 8)
+                _mm256_storeu_ps(out + b, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + b))),
+                                                        _mm256_loadu_ps(x + b)));
+            for (; b < blocks; b++)
+                out[b] = _cvtsh_ss(w[b]) * x[b];
+        }
+}
+
 /* Four weight rows (nibbles w, `stride` bytes apart, scales wd `blocks` apart) against `n` input rows (their
  * integers xq `xs` bytes apart, starts and float scales `blocks` apart), each weight block unpacked once for the
- * 4 x n pairs; y's rows `ldy` apart. */
+ * 4 x n pairs; y's rows `ldy` apart. `scale` holds 4 * n * blocks floats (q4_scales). */
 static inline __attribute__((always_inline)) void q4_tile(const unsigned char *w, long stride,
                                                           const unsigned short *wd, long blocks,
                                                           const signed char *xq, long xs, const __m256i *starts,
-                                                          const float *xd, int n, float *y, long ldy) {
+                                                          const float *xd, int n, float *scale, float *y, long ldy) {
     __m256 a[4][Q4_TILE_ROWS];
+    q4_scales(wd, xd, blocks, n, scale);
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < n; j++)
             a[i][j] = _mm256_setzero_ps();
     for (long b = 0; b < blocks; b++) {
         __m256i u[4];
-        float dw[4];
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < 4; i++)
             u[i] = q4_unpack(w + i * stride + b * Q4_BYTES);
-            dw[i] = _cvtsh_ss(wd[i * blocks + b]);
-        }
         for (int j = 0; j < n; j++) {
             __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + j * xs + b * Q8_BLOCK));
             __m256i start = _mm256_load_si256(starts + j * blocks + b);
-            float dx = xd[j * blocks + b];
-            for (int i = 0; i < 4; i++)
-                a[i][j] = q8_add(a[i][j], dot4_u4(start, u[i], xv), dw[i], dx);
+            for (int i = 0; i < 4; i++) {
+                __m256 product = _mm256_mul_ps(_mm256_cvtepi32_ps(dot4_u4(start, u[i], xv)),
+                                               _mm256_broadcast_ss(scale + (i * n + j) * blocks + b));
+                a[i][j] = _mm256_add_ps(a[i][j], product); /* q8_add's multiply, then add */
+            }
         }
     }
     for (int i = 0; i < 4; i++)
@@ -1001,8 +1021,9 @@ static void q4_product(const matrix *m, const q8_rows *x, long rows, float *y, l
     const unsigned char *q = (const unsigned char *)m->q;
     __m256i *starts = aligned_alloc(sizeof(__m256i), sizeof(__m256i) * (size_t)(rows * blocks));
     float *xd = malloc(sizeof(float) * (size_t)(rows * blocks));
+    float *scale = malloc(sizeof(float) * (size_t)(4 * Q4_TILE_ROWS * blocks));
     long r = lo;
-    if (starts != NULL && xd != NULL) {
+    if (starts != NULL && xd != NULL && scale != NULL) {
         for (long j = 0; j < rows; j++)
             for (long b = 0; b < blocks; b++) {
                 starts[j * blocks + b] = q4_start(x->q + j * xs + b * Q8_BLOCK);
@@ -1016,19 +1037,20 @@ static void q4_product(const matrix *m, const q8_rows *x, long rows, float *y, l
                 prefetch_bytes(w + Q_PREFETCH_ROWS * stride, 4 * stride);
             for (; j + Q4_TILE_ROWS <= rows; j += Q4_TILE_ROWS)
                 q4_tile(w, stride, d, blocks, x->q + j * xs, xs, starts + j * blocks, xd + j * blocks, Q4_TILE_ROWS,
-                        y + j * ldy + r, ldy);
+                        scale, y + j * ldy + r, ldy);
 #if Q4_TILE_ROWS > 2
             for (; j + 2 <= rows; j += 2)
                 q4_tile(w, stride, d, blocks, x->q + j * xs, xs, starts + j * blocks, xd + j * blocks, 2,
-                        y + j * ldy + r, ldy);
+                        scale, y + j * ldy + r, ldy);
 #endif
             for (; j < rows; j++)
                 q4_tile(w, stride, d, blocks, x->q + j * xs, xs, starts + j * blocks, xd + j * blocks, 1,
-                        y + j * ldy + r, ldy);
+                        scale, y + j * ldy + r, ldy);
         }
     }
     free(starts);
     free(xd);
+    free(scale);
     for (; r < hi; r++)
         for (long j = 0; j < rows; j++)
             y[j * ldy + r] = q4_dot(q + r * stride, m->d + r * blocks, x->q + j * xs, x->d + j * x->blocks, blocks);

@@ -711,9 +711,12 @@ static inline __m256 q8_add(__m256 acc, __m256i sums, float dw, float dx) {
     return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(dw * dx)));
 }
 
-#ifndef Q_PREFETCH_ROWS
-#define Q_PREFETCH_ROWS 8 /* the q8_0 and q4_0 products ask for the weight rows this far ahead, a tile's rows at a
-                           * time: without it a row streamed from memory is read at half the bandwidth */
+#ifndef Q8_PREFETCH_ROWS
+#define Q8_PREFETCH_ROWS 4 /* a q8_0 product asks for the next tile's weight rows, all at once, as it starts a tile, */
+#endif
+#ifndef Q4_PREFETCH_ROWS
+#define Q4_PREFETCH_ROWS 0 /* a q4_0 product for the tile's own: a weight streamed from memory without it is read at
+                            * a third to a half of the bandwidth (bench: a one-row product over 75 MiB of weights) */
 #endif
 
 /* Ask for the `n` bytes at p, a cache line at a time. */
@@ -886,8 +889,8 @@ static void q8_product(const matrix *m, const q8_rows *x, long rows, float *y, l
         for (; r + 4 <= hi; r += 4) {
             const signed char *w0 = m->q + r * stride, *w1 = w0 + stride, *w2 = w1 + stride, *w3 = w2 + stride;
             const unsigned short *d0 = m->d + r * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;
-            if (r + Q_PREFETCH_ROWS + 4 <= hi)
-                prefetch_bytes(w0 + Q_PREFETCH_ROWS * stride, 4 * stride);
+            if (r + Q8_PREFETCH_ROWS + 4 <= hi)
+                prefetch_bytes(w0 + Q8_PREFETCH_ROWS * stride, 4 * stride);
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (long b = 0; b < blocks; b++) {
                 long c = b * Q8_BLOCK;
@@ -1033,8 +1036,8 @@ static void q4_product(const matrix *m, const q8_rows *x, long rows, float *y, l
             const unsigned char *w = q + r * stride;
             const unsigned short *d = m->d + r * blocks;
             long j = 0;
-            if (r + Q_PREFETCH_ROWS + 4 <= hi)
-                prefetch_bytes(w + Q_PREFETCH_ROWS * stride, 4 * stride);
+            if (r + Q4_PREFETCH_ROWS + 4 <= hi)
+                prefetch_bytes(w + Q4_PREFETCH_ROWS * stride, 4 * stride);
             for (; j + Q4_TILE_ROWS <= rows; j += Q4_TILE_ROWS)
                 q4_tile(w, stride, d, blocks, x->q + j * xs, xs, starts + j * blocks, xd + j * blocks, Q4_TILE_ROWS,
                         scale, y + j * ldy + r, ldy);

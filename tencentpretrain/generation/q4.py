@@ -16,7 +16,10 @@ and the block sums scaled by ``d_w * d_x`` and added in float32, in the order of
 less 8 times the input's sums, the same integers, so the same bits.
 
 ``quantize_q4_0`` keeps the LM head in q8_0, as llama.cpp's q4_0 files do (``convert/gguf.py``'s ``tensor_type``),
-so a model and our GGUF q4_0 export of it hold the same weights.
+so a model and our GGUF q4_0 export of it hold the same linear weights. The word embedding stays in float32 (the
+file holds it in q4_0): rounded to q4_0 values, a row's q8_0 quantisation after the norm falls on ties (q = 4 scales
+to 63.5), where one ulp of the norm, which the native kernel and PyTorch sum in different orders, flips many values
+at once.
 """
 
 from __future__ import annotations

@@ -154,3 +154,28 @@ def test_quant_options():
         quant_of(Args())
     with pytest.raises(InputError, match="--quant q4_0 is for float32 models on CPU"):
         prepare_for_inference(confident_model(TINY, VOCAB).to(torch.bfloat16), quant="q4_0")
+
+
+def test_run_llama_quant_q4_0_end_to_end(tiny_spm, tmp_path):
+    """``run_llama.py --quant q4_0`` decodes natively where it can and writes greedy text; ``--int8`` with it is
+    refused with a message naming both flags."""
+    from train_support import MICRO_LLAMA, load_script
+
+    from tencentpretrain.checkpoint import save_state_dict
+    from tencentpretrain.config import ModelConfig
+    from tencentpretrain.tokenizers import SentencePieceTokenizer
+
+    model = confident_model(MICRO_LLAMA, SentencePieceTokenizer(tiny_spm).vocab_size)
+    ModelConfig.from_dict(MICRO_LLAMA).save(tmp_path / "config.json")
+    save_state_dict(model.state_dict(), tmp_path / "model.bin")
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("the model reads\nline one\n", encoding="utf-8")
+    run_llama = load_script("run_llama", "inference")
+    common = ["--load_model_path", str(tmp_path / "model.bin"), "--config_path", str(tmp_path / "config.json"),
+              "--spm_model_path", str(tiny_spm), "--test_path", str(prompts_file), "--prediction_path",
+              str(tmp_path / "out.txt"), "--seq_length", "64", "--max_new_tokens", "8", "--temperature", "0",
+              "--quiet", "--batch_size", "2", "--device", "cpu"]
+    texts = run_llama.main(common + ["--quant", "q4_0"])
+    assert len(texts) == 2 and all(texts)
+    with pytest.raises(InputError, match="--int8 is --quant int8; it contradicts --quant q4_0"):
+        run_llama.main(common + ["--quant", "q4_0", "--int8"])

@@ -21,7 +21,8 @@ tokens beside it: a request gets the same tokens alone or among others.
 
 It takes the models this project exists for: pre-norm RMSNorm, gated SiLU feed-forward, rotary positions, no
 biases, word embedding only, float32 on CPU, weights row-major or in the ``column`` layout (``PackedLinear`` with a
-dense copy counts; int8 or packed-only layers do not). ``native_decoder`` says why it cannot take any other model.
+dense copy counts; so do q8_0 and q4_0 layers, ``--quant``; int8 or packed-only layers do not). ``native_decoder``
+says why it cannot take any other model.
 
 The library is compiled from ``onerow.c`` on first use with the system C compiler (``$CC``, else ``cc``) into
 ``$TP_NATIVE_CACHE`` (default ``~/.cache/tencentpretrain``), once per version of the source and instruction set; it

@@ -186,19 +186,21 @@ def llama_cpp_table(args) -> list[str]:
     return rows
 
 
-def q8_table(args) -> list[str]:
-    """``--quant q8_0 --llama_cpp``: our native q8_0 engine against llama.cpp's q8_0 (and our fp32), per size."""
+def quant_table(args) -> list[str]:
+    """``--quant q8_0|q4_0 --llama_cpp``: our native engine in that quantisation against llama.cpp's (and our fp32),
+    per size."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from generate_llama_cpp import Q8_HEADER, llama_cpp_q8_rows
+    from generate_llama_cpp import llama_cpp_quant_rows, quant_header
 
     from tencentpretrain.hardware import cpu
 
-    print(f"{cpu().kind()}\n\n{Q8_HEADER}\n|" + "---|" * (Q8_HEADER.count("|") - 1))
+    header = quant_header(args.quant)
+    print(f"{cpu().kind()}\n\n{header}\n|" + "---|" * (header.count("|") - 1))
     rows = []
     for name in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
             _, ours = build_pair(size_config(name), Path(tmp))
-        rows += llama_cpp_q8_rows(name, ours, args, measure, ours_runner, prompts_for)
+        rows += llama_cpp_quant_rows(name, ours, args, measure, ours_runner, prompts_for)
     return rows
 
 
@@ -218,10 +220,10 @@ def main(argv: list[str] | None = None) -> list[str]:
                              "the batch size)")
     parser.add_argument("--llama_cpp", action="store_true",
                         help="also time llama.cpp (llama-cpp-python) f32 and q8_0 against our fp32 and int8 at batch 1")
-    parser.add_argument("--quant", choices=("q8_0",), default=None,
-                        help="with --llama_cpp: our native q8_0 engine against llama.cpp's q8_0 of the same weights "
-                             "(batch 1 on each --llama_cpp_threads, then --batches above 1), instead of the tables "
-                             "against transformers")
+    parser.add_argument("--quant", choices=("q8_0", "q4_0"), default=None,
+                        help="with --llama_cpp: our native engine in q8_0 or q4_0 against llama.cpp's of the same "
+                             "GGUF file (batch 1 on each --llama_cpp_threads, then --batches above 1), instead of the "
+                             "tables against transformers")
     parser.add_argument("--llama_cpp_threads", nargs="+", type=int, default=[1, 2],
                         help="thread counts of the --llama_cpp table (both sides)")
     add_repack_arg(parser)
@@ -231,11 +233,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     if not packing_available() and {"packed", "both"} & set(args.layout):
         parser.error("this PyTorch build has no oneDNN: only --layout column (or auto) can run")
     if args.quant and not args.llama_cpp:
-        parser.error("--quant q8_0 is a table against llama.cpp: add --llama_cpp")
+        parser.error(f"--quant {args.quant} is a table against llama.cpp: add --llama_cpp")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.quant:
-        return q8_table(args)
+        return quant_table(args)
     header = ("| model | batch | our layout | HF decode tok/s | ours decode tok/s | decode speed-up | HF TTFT ms | "
               "ours TTFT ms | TTFT speed-up | same tokens |" + (" ours-int8 decode tok/s |" if args.int8 else ""))
     print(header)

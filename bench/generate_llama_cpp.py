@@ -109,16 +109,19 @@ def llama_cpp_rows(name: str, ours, args, measure, ours_runner, prompts_for) -> 
     return rows
 
 
-Q8_HEADER = ("| model | batch | threads | llama.cpp q8_0 tok/s | ours q8_0 tok/s | ours / llama.cpp | "
-             "ours fp32 tok/s | "
-             "TTFT ms llama.cpp q8_0 / ours q8_0 / ours fp32 | greedy tokens equal to llama.cpp's |")
+def quant_header(quant: str) -> str:
+    """The header of the ``--quant`` table."""
+    return (f"| model | batch | threads | llama.cpp {quant} tok/s | ours {quant} tok/s | ours / llama.cpp | "
+            f"ours fp32 tok/s | TTFT ms llama.cpp {quant} / ours {quant} / ours fp32 | "
+            "greedy tokens equal to llama.cpp's |")
 
 
-def llama_cpp_q8_rows(name: str, ours, args, measure, ours_runner, prompts_for) -> list[str]:
-    """``--quant q8_0`` rows for one model size: our native q8_0 engine against llama.cpp's q8_0 of the same GGUF
-    file (our export), and our fp32 engine, at batch 1 for each of ``args.llama_cpp_threads``, then at each batch
-    of ``args.batches`` above 1 (llama-cpp-python's ``generate`` decodes one sequence: there llama.cpp's column is
-    its batch-1 speed on the most threads, marked as such)."""
+def llama_cpp_quant_rows(name: str, ours, args, measure, ours_runner, prompts_for) -> list[str]:
+    """``--quant q8_0`` (or ``q4_0``) rows for one model size: our native engine in ``args.quant`` against
+    llama.cpp's of the same GGUF file (our export: under q4_0 both keep the LM head in q8_0), and our fp32 engine,
+    at batch 1 for each of ``args.llama_cpp_threads``, then at each batch of ``args.batches`` above 1
+    (llama-cpp-python's ``generate`` decodes one sequence: there llama.cpp's column is its batch-1 speed on the most
+    threads, marked as such)."""
     from tencentpretrain.generation import Engine, prepare_for_inference
     from tencentpretrain.generation.threads import use_threads
 
@@ -127,33 +130,33 @@ def llama_cpp_q8_rows(name: str, ours, args, measure, ours_runner, prompts_for) 
     context = len(prompt) + args.new_tokens + 8
     rows, batch_one = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = export(ours, Path(tmp), ("q8_0",))
-        q8 = Engine(prepare_for_inference(copy.deepcopy(ours), layout="row", quant="q8_0"))
+        quant = args.quant
+        paths = export(ours, Path(tmp), (quant,))
+        quantized = Engine(prepare_for_inference(copy.deepcopy(ours), layout="row", quant=quant))
         fp32 = Engine(prepare_for_inference(copy.deepcopy(ours), layout="row"))
         for threads in args.llama_cpp_threads:
-            notes = use_threads(q8, threads), use_threads(fp32, threads)
-            print(f"threads {threads}: q8_0 {notes[0]}; fp32 {notes[1]}", flush=True)
-            runners = {"llama.cpp q8_0": llama_cpp_runner(paths["q8_0"], prompt, threads, context,
-                                                          args.llama_cpp_repack),
-                       "ours q8_0": ours_runner(q8, [prompt]), "ours fp32": ours_runner(fp32, [prompt])}
-            theirs, mine = runners["llama.cpp q8_0"](args.new_tokens)[0], runners["ours q8_0"](args.new_tokens)[0]
+            notes = use_threads(quantized, threads), use_threads(fp32, threads)
+            print(f"threads {threads}: {quant} {notes[0]}; fp32 {notes[1]}", flush=True)
+            runners = {"llama.cpp": llama_cpp_runner(paths[quant], prompt, threads, context, args.llama_cpp_repack),
+                       "ours": ours_runner(quantized, [prompt]), "ours fp32": ours_runner(fp32, [prompt])}
+            theirs, mine = runners["llama.cpp"](args.new_tokens)[0], runners["ours"](args.new_tokens)[0]
             agree = next((i for i, (a, b) in enumerate(zip(theirs, mine)) if a != b), len(mine))
             result = {k: _speed(v) for k, v in measure(runners, 1, args.new_tokens, args.repeats).items()}
-            batch_one[threads] = result["llama.cpp q8_0"][0]
-            rows.append(_q8_row(name, params, 1, threads, result, f"first {agree} of {len(mine)}"))
+            batch_one[threads] = result["llama.cpp"][0]
+            rows.append(_quant_row(name, params, 1, threads, result, f"first {agree} of {len(mine)}"))
         threads = max(args.llama_cpp_threads)
         for batch in [b for b in args.batches if b > 1]:
-            use_threads(q8, threads), use_threads(fp32, threads)
+            use_threads(quantized, threads), use_threads(fp32, threads)
             batch_prompts = prompts_for(batch, ours.vocab_size)
-            runners = {"ours q8_0": ours_runner(q8, batch_prompts), "ours fp32": ours_runner(fp32, batch_prompts)}
+            runners = {"ours": ours_runner(quantized, batch_prompts), "ours fp32": ours_runner(fp32, batch_prompts)}
             result = {k: _speed(v) for k, v in measure(runners, batch, args.new_tokens, args.repeats).items()}
-            result["llama.cpp q8_0"] = (batch_one[threads], float("nan"))
-            rows.append(_q8_row(name, params, batch, threads, result, "llama.cpp: batch 1"))
+            result["llama.cpp"] = (batch_one[threads], float("nan"))
+            rows.append(_quant_row(name, params, batch, threads, result, "llama.cpp: batch 1"))
     return rows
 
 
-def _q8_row(name, params, batch, threads, result, note) -> str:
-    (lq, lq_ttft), (oq, oq_ttft), (of, of_ttft) = (result[k] for k in ("llama.cpp q8_0", "ours q8_0", "ours fp32"))
+def _quant_row(name, params, batch, threads, result, note) -> str:
+    (lq, lq_ttft), (oq, oq_ttft), (of, of_ttft) = (result[k] for k in ("llama.cpp", "ours", "ours fp32"))
     row = (f"| {name} ({params:.0f}M) | {batch} | {threads} | {lq:.0f} | {oq:.0f} | **{oq / lq:.2f}x** | {of:.0f} | "
            f"{lq_ttft:.1f} / {oq_ttft:.1f} / {of_ttft:.1f} | {note} |")
     print(row, flush=True)

@@ -3,10 +3,11 @@
     python bench/gguf_quality.py --load_model_path model.bin --config_path cfg.json --spm_model_path tok.model \\
         --text_path held_out.txt [--outtypes f32 f16 q8_0 q4_0] [--context 512] [--prompts 16] [--new_tokens 32]
 
-Our own ``--int8`` engine and our ``--quant q8_0`` (the same blocks as llama.cpp's q8_0 file; perplexity through
-the PyTorch q8_0 layers, greedy tokens through the native kernel where it runs) are measured the same way, so the
-q8_0 rows compare our q8_0 and llama.cpp's on the same weights. The model (a checkpoint or a Hugging Face
-directory) is exported with ``scripts/convert_llama_from_tencentpretrain_
+Our own ``--int8`` engine and our ``--quant q8_0`` and ``--quant q4_0`` (the same blocks as llama.cpp's q8_0 and
+q4_0 files, whose linear weights they hold byte for byte; perplexity through the PyTorch q8_0/q4_0 layers, greedy
+tokens through the native kernel where it runs) are measured the same way, so those rows compare ours and
+llama.cpp's on the same weights (under q4_0 the file holds the word embedding in q4_0, ours keeps it in float32).
+The model (a checkpoint or a Hugging Face directory) is exported with ``scripts/convert_llama_from_tencentpretrain_
 to_gguf.py`` once per outtype and run by llama.cpp through llama-cpp-python. Perplexity: the text's lines, each as
 ``bos + encode(line)``, joined and cut into windows of ``--context`` tokens, every token after the first of a window
 scored. Greedy agreement: from the first 8 tokens of ``--prompts`` lines, ``--new_tokens`` greedy tokens of llama.cpp
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from tencentpretrain.generation import Engine, prepare_for_inference, quantize_int8  # noqa: E402
 from tencentpretrain.generation.engine import load_generation_model  # noqa: E402
-from tencentpretrain.generation.q8 import quantize_q8_0  # noqa: E402
+from tencentpretrain.generation.prepare import BLOCK_QUANTS  # noqa: E402
 from tencentpretrain.generation.threads import use_threads  # noqa: E402
 from tencentpretrain.llamacpp import add_repack_arg, open_llama  # noqa: E402
 from tencentpretrain.tokenizers import SentencePieceTokenizer  # noqa: E402
@@ -96,20 +97,15 @@ def main(argv=None) -> list[str]:
                             / sum(len(c) - 1 for c in chunks))
     int8_greedy = Engine(prepare_for_inference(int8)).generate(prompts, args.new_tokens)
     int8_agree = np.mean([common_start(a, b) / args.new_tokens for a, b in zip(int8_greedy, ours_greedy)])
-    q8 = quantize_q8_0(copy.deepcopy(ours))
-    with torch.no_grad():
-        q8_ppl = math.exp(sum(nll(q8(torch.tensor([c]))[0].numpy(), c) for c in chunks)
-                          / sum(len(c) - 1 for c in chunks))
-    q8_engine = Engine(prepare_for_inference(copy.deepcopy(ours), layout="row", quant="q8_0"))
-    use_threads(q8_engine, args.threads)  # the native q8_0 kernel where it can run
-    q8_greedy = q8_engine.generate(prompts, args.new_tokens)
-    q8_agree = np.mean([common_start(a, b) / args.new_tokens for a, b in zip(q8_greedy, ours_greedy)])
+    blocks = {quant: block_quant(ours, quant, chunks, prompts, args) for quant in BLOCK_QUANTS}  # (ppl, greedy)
     convert = _script("convert_llama_from_tencentpretrain_to_gguf")
     rows = [f"| ours (PyTorch fp32) | - | {ours_ppl:.4f} | - | 1.00 |"]
     print(f"{sum(len(c) for c in chunks)} tokens in {len(chunks)} windows; {len(prompts)} prompts")
     rows.append(f"| ours --int8 (PyTorch) | - | {int8_ppl:.4f} | {100 * (int8_ppl / ours_ppl - 1):+.2f}% | "
                 f"{int8_agree:.2f} |")
-    rows.append(f"| ours --quant q8_0 | - | {q8_ppl:.4f} | {100 * (q8_ppl / ours_ppl - 1):+.2f}% | {q8_agree:.2f} |")
+    for quant, (ppl, greedy) in blocks.items():
+        agree = np.mean([common_start(a, b) / args.new_tokens for a, b in zip(greedy, ours_greedy)])
+        rows.append(f"| ours --quant {quant} | - | {ppl:.4f} | {100 * (ppl / ours_ppl - 1):+.2f}% | {agree:.2f} |")
     print("| weights | GGUF size | perplexity | vs ours | greedy agreement |\n|---|---|---|---|---|")
     print("\n".join(rows))
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,12 +120,24 @@ def main(argv=None) -> list[str]:
             rows.append(f"| llama.cpp {outtype} | {path.stat().st_size / 2**20:.2f} MiB | {ppl:.4f} | "
                         f"{100 * (ppl / ours_ppl - 1):+.2f}% | {agree:.2f} |")
             print(rows[-1], flush=True)
-            if outtype == "q8_0":  # the same weights on both sides: how often do the two q8_0 engines agree?
-                same = np.mean([common_start(a, b) / args.new_tokens for a, b in zip(greedy, q8_greedy)])
-                rows.append(f"| (our q8_0 against llama.cpp q8_0: perplexity {100 * (q8_ppl / ppl - 1):+.2f}%, "
-                            f"greedy agreement {same:.2f}) | | | | |")
+            if outtype in blocks:  # the same weights on both sides: how often do the two engines agree?
+                mine, my_greedy = blocks[outtype]
+                same = np.mean([common_start(a, b) / args.new_tokens for a, b in zip(greedy, my_greedy)])
+                rows.append(f"| (our {outtype} against llama.cpp {outtype}: perplexity "
+                            f"{100 * (mine / ppl - 1):+.2f}%, greedy agreement {same:.2f}) | | | | |")
                 print(rows[-1], flush=True)
     return rows
+
+
+def block_quant(ours, quant: str, chunks, prompts, args) -> tuple[float, list[list[int]]]:
+    """Perplexity (PyTorch layers) and greedy tokens (the native kernel where it runs) of our ``--quant quant``."""
+    model = BLOCK_QUANTS[quant](copy.deepcopy(ours))
+    with torch.no_grad():
+        ppl = math.exp(sum(nll(model(torch.tensor([c]))[0].numpy(), c) for c in chunks)
+                       / sum(len(c) - 1 for c in chunks))
+    engine = Engine(prepare_for_inference(copy.deepcopy(ours), layout="row", quant=quant))
+    use_threads(engine, args.threads)
+    return ppl, engine.generate(prompts, args.new_tokens)
 
 
 def _script(name: str):

@@ -6,11 +6,11 @@ llama.cpp's own converter permutes transformers' q/k rows back to that layout, a
 reads a Hugging Face directory.
 
 Tensors are read lazily (a memory-mapped ``.bin``, ``safetensors`` slices) and written one at a time after the header,
-so converting takes about one tensor of memory. q8_0 is quantised by ``generation/q8.py`` (ggml's reference
-arithmetic, the quantiser ``--quant q8_0`` decodes with; tested equal to ``gguf.quants``), q4_0 by the ``gguf``
-package (``gguf.quants``). Both store blocks of 32 weights with one scale; norms stay f32, and under q4_0 the output
-projection (or the tied embedding that serves as it) is kept in q8_0, as llama.cpp's quantiser keeps it in higher
-precision.
+so converting takes about one tensor of memory. q8_0 and q4_0 are quantised by ``generation/q8.py`` and
+``generation/q4.py`` (ggml's reference arithmetic, the quantisers ``--quant q8_0`` and ``--quant q4_0`` decode with;
+tested equal to ``gguf.quants``). Both store blocks of 32 weights with one scale; norms stay f32, and under q4_0
+the output projection (or the tied embedding that serves as it) is kept in q8_0, as llama.cpp's quantiser keeps it
+in higher precision.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from tencentpretrain.convert.llama import (
     in_hf_layout,
     permute_rotary,
 )
-from tencentpretrain.generation import q8
+from tencentpretrain.generation import q4, q8
 from tencentpretrain.model import build_model
 
 ARCH = "llama"
@@ -159,13 +159,15 @@ def tensor_type(name: str, shape: tuple[int, ...], outtype: str, tied: bool):
 
 def encode(tensor: torch.Tensor, qtype) -> np.ndarray:
     """The bytes llama.cpp reads for ``tensor`` in ``qtype`` (an array of the GGUF element type or of uint8): q8_0
-    through ``generation/q8.py``'s quantiser (the one the q8_0 engine holds, so the two agree bit for bit), the
-    others through the ``gguf`` package's."""
+    and q4_0 through ``generation/q8.py``'s and ``q4.py``'s quantisers (the ones the q8_0 and q4_0 engines hold, so
+    the two agree bit for bit), the others through the ``gguf`` package's."""
     from gguf import GGMLQuantizationType, quants
 
     array = tensor.detach().to(torch.float32).contiguous().numpy()
     if qtype == GGMLQuantizationType.Q8_0:
         return q8.gguf_bytes(*q8.quantize_blocks(array))
+    if qtype == GGMLQuantizationType.Q4_0:
+        return q4.gguf_bytes(*q4.quantize_blocks(array))
     return quants.quantize(array, qtype)
 
 

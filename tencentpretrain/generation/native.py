@@ -21,7 +21,8 @@ tokens beside it: a request gets the same tokens alone or among others.
 
 It takes the models this project exists for: pre-norm RMSNorm, gated SiLU feed-forward, rotary positions, no
 biases, word embedding only, float32 on CPU, weights row-major or in the ``column`` layout (``PackedLinear`` with a
-dense copy counts; int8 or packed-only layers do not). ``native_decoder`` says why it cannot take any other model.
+dense copy counts; so do q8_0 and q4_0 layers, ``--quant``; int8 or packed-only layers do not). ``native_decoder``
+says why it cannot take any other model.
 
 The library is compiled from ``onerow.c`` on first use with the system C compiler (``$CC``, else ``cc``) into
 ``$TP_NATIVE_CACHE`` (default ``~/.cache/tencentpretrain``), once per version of the source and instruction set; it
@@ -50,6 +51,7 @@ from torch import nn
 
 from tencentpretrain.embeddings.embedding import WordEmbedding
 from tencentpretrain.generation.layout import PackedLinear
+from tencentpretrain.generation.q4 import Q4Linear, Q4Weight
 from tencentpretrain.generation.q8 import Q8Linear, Q8Weight
 from tencentpretrain.hardware import CPU, cpu
 from tencentpretrain.layers.activations import silu
@@ -59,8 +61,8 @@ from tencentpretrain.layers.norm import RMSNorm
 SOURCE = Path(__file__).with_name("onerow.c")
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
 # The builds of onerow.c: the flags each adds to FLAGS, and the CPU features (hardware.py's names) it needs (every
-# AVX2 CPU has F16C; every one with AVX512-VNNI has AVX-512 VL and BW). ``avx512vnni`` is ``avx512`` whose q8_0
-# products sum each block's int8 products with VNNI's dpbusd (the same integers as AVX2's maddubs/madd).
+# AVX2 CPU has F16C; every one with AVX512-VNNI has AVX-512 VL and BW). ``avx512vnni`` is ``avx512`` whose q8_0 and
+# q4_0 products sum each block's integer products with VNNI's dpbusd (the same integers as AVX2's maddubs/madd).
 ISAS = {"avx2": ((), ("avx2", "fma")), "avx512": (("-mavx512f",), ("avx2", "fma", "avx512f")),
         "avx512vnni": (("-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512vnni"),
                        ("avx2", "fma", "avx512f", "avx512_vnni"))}
@@ -70,7 +72,7 @@ P, L = ctypes.c_void_p, ctypes.c_long
 
 
 class Matrix(ctypes.Structure):
-    _fields_ = [("w", P), ("out", L), ("in_", L), ("transposed", L), ("q", P), ("d", P)]
+    _fields_ = [("w", P), ("out", L), ("in_", L), ("transposed", L), ("q", P), ("d", P), ("q4", L)]
 
 
 class Layer(ctypes.Structure):
@@ -221,18 +223,21 @@ class Team:
 
     def product(self, weight, x: torch.Tensor) -> torch.Tensor:
         """``x @ weight.T`` for a float32 (out, in) weight, row- or column-major, and float32 rows ``x`` (rows, in);
-        or, for a ``Q8Weight``, the q8_0 product (``x`` quantised to q8_0, integer block sums times scales)."""
-        matrix, _ = q8_matrix_of(weight) if isinstance(weight, Q8Weight) else matrix_of(weight, "weight")
+        or, for a ``Q8Weight`` or ``Q4Weight``, the q8_0 or q4_0 product (``x`` quantised to q8_0, integer block
+        sums times scales)."""
+        quantized = isinstance(weight, (Q8Weight, Q4Weight))
+        matrix, _ = quantized_matrix_of(weight) if quantized else matrix_of(weight, "weight")
         x = x.detach().float().contiguous()
         out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
         self.lib.team_product(self.handle, ctypes.byref(matrix), x.data_ptr(), x.shape[0], out.data_ptr())
         return out
 
 
-def q8_matrix_of(weight: Q8Weight) -> tuple[Matrix, Q8Weight]:
-    """The C description of a q8_0 weight, and the object to keep."""
+def quantized_matrix_of(weight: Q8Weight | Q4Weight) -> tuple[Matrix, Q8Weight | Q4Weight]:
+    """The C description of a q8_0 or q4_0 weight, and the object to keep."""
     out, in_ = weight.shape
-    return Matrix(0, out, in_, 0, weight.qs.data_ptr(), weight.scales.data_ptr()), weight
+    q4 = int(isinstance(weight, Q4Weight))
+    return Matrix(0, out, in_, 0, weight.qs.data_ptr(), weight.scales.data_ptr(), q4), weight
 
 
 def matrix_of(weight: torch.Tensor | None, name: str) -> tuple[Matrix, torch.Tensor]:
@@ -262,7 +267,8 @@ def linear_weight(module: nn.Module, name: str) -> torch.Tensor | None:
     """The weight of a bias-free float linear layer: an ``nn.Linear``, or ``PackedLinear``'s dense copy (None for a
     layer packed without one)."""
     if type(module) is not nn.Linear and not isinstance(module, PackedLinear):
-        raise Unsupported(f"{name} is a {type(module).__name__} (e.g. --int8), not a float or q8_0 linear layer")
+        raise Unsupported(f"{name} is a {type(module).__name__} (e.g. --int8), not a float, q8_0 or q4_0 linear "
+                          "layer")
     if module.bias is not None:
         raise Unsupported(f"{name} has a bias")
     return module.weight
@@ -324,8 +330,8 @@ class NativeDecoder:
             return pointer
 
         def mat(module, name):
-            if isinstance(module, Q8Linear):
-                matrix, kept = q8_matrix_of(module.q8)
+            if isinstance(module, (Q8Linear, Q4Linear)):
+                matrix, kept = quantized_matrix_of(module.q8 if isinstance(module, Q8Linear) else module.q4)
                 keep.append(kept)
                 return matrix
             matrix, kept = matrix_of(linear_weight(module, name), f"{name}.weight")

@@ -167,8 +167,9 @@ typedef struct {
     const float *w;
     long out, in;
     long transposed;
-    const signed char *q;     /* q8_0 weights instead of w when not NULL: `out` rows of q8_blocks(in) * 32 int8 */
-    const unsigned short *d;  /* and their scales, one float16 per block (out rows of q8_blocks(in)) */
+    const signed char *q;     /* q8_0 weights instead of w when not NULL: `out` rows of q8_blocks(in) * 32 int8, */
+    const unsigned short *d;  /* and their scales, one float16 per block (out rows of q8_blocks(in)); */
+    long q4;                  /* with q4 set, q4_0 weights: q holds `out` rows of q8_blocks(in) * 16 bytes */
 } matrix;
 
 static inline float hsum(__m256 v) {
@@ -710,6 +711,23 @@ static inline __m256 q8_add(__m256 acc, __m256i sums, float dw, float dx) {
     return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(dw * dx)));
 }
 
+/* The q8_0 and q4_0 products ask for the next tile's four weight rows, all at once, as they start a tile: without
+ * it a weight streamed from memory is read at a third to a half of the bandwidth, and eight rows ahead or more is
+ * slower again (A/B in one process, the 99M model's q4_0 decoding on one thread: none 228, 4 rows 345-351, 16 rows
+ * 186 tok/s). */
+#ifndef Q8_PREFETCH_ROWS
+#define Q8_PREFETCH_ROWS 4
+#endif
+#ifndef Q4_PREFETCH_ROWS
+#define Q4_PREFETCH_ROWS 4
+#endif
+
+/* Ask for the `n` bytes at p, a cache line at a time. */
+static inline void prefetch_bytes(const void *p, long n) {
+    for (long i = 0; i < n; i += 64)
+        _mm_prefetch((const char *)p + i, _MM_HINT_T0);
+}
+
 /* The q8_0 dot product of one weight row and one quantised input row: eight lanes summed block by block, then
  * across the lanes as hsum does. */
 static float q8_dot(const signed char *wq, const unsigned short *wd, const signed char *xq, const unsigned short *xd,
@@ -874,6 +892,8 @@ static void q8_product(const matrix *m, const q8_rows *x, long rows, float *y, l
         for (; r + 4 <= hi; r += 4) {
             const signed char *w0 = m->q + r * stride, *w1 = w0 + stride, *w2 = w1 + stride, *w3 = w2 + stride;
             const unsigned short *d0 = m->d + r * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;
+            if (r + Q8_PREFETCH_ROWS + 4 <= hi)
+                prefetch_bytes(w0 + Q8_PREFETCH_ROWS * stride, 4 * stride);
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (long b = 0; b < blocks; b++) {
                 long c = b * Q8_BLOCK;
@@ -896,6 +916,152 @@ static void q8_product(const matrix *m, const q8_rows *x, long rows, float *y, l
                                     x->d + j * x->blocks, blocks);
 }
 
+/* ---- q4_0 products ---- */
+
+/* llama.cpp's q4_0 (generation/q4.py): blocks of 32 weights, 16 bytes of nibbles q in 0 .. 15 standing for q - 8
+ * (the low nibbles values 0 .. 15 of the block, the high ones 16 .. 31) and one float16 scale, multiplying input
+ * rows quantised to q8_0 as llama.cpp's q4_0 x q8_0 dot product does. A block's eight lane sums are q8_dot's with
+ * the weight q - 8: the four-product sums of the unsigned nibbles and the input's int8 (AVX2's maddubs and madd,
+ * or VNNI's dpbusd), started from -8 times the input's four-value sums, which are computed once per input block
+ * for all the weight rows (q4_starts). The same integers, then the same q8_add of each block in the same order, so
+ * the bits are q4_dot's in every kernel and on every build. */
+#define Q4_BYTES 16 /* bytes of a block's nibbles */
+
+/* A block's 32 nibbles as bytes in the order of its values: its 16 bytes in both halves (a load), the upper half
+ * shifted right by 4, then the low four bits of each byte. */
+static inline __m256i q4_unpack(const unsigned char *p) {
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
+}
+
+/* start + the eight sums of four adjacent products of unsigned bytes u (0 .. 15) and signed bytes x (no 16-bit sum
+ * saturates: 2 * 15 * 128 < 32768). */
+static inline __m256i dot4_u4(__m256i start, __m256i u, __m256i x) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(start, u, x);
+#else
+    return _mm256_add_epi32(start, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* -8 times the eight four-value sums of a block of 32 int8. */
+static inline __m256i q4_start(const signed char *x) {
+    __m256i xv = _mm256_loadu_si256((const __m256i *)x);
+    __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), xv), _mm256_set1_epi16(1));
+    return _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sums, 3));
+}
+
+/* The q4_0 x q8_0 dot product of one weight row and one quantised input row. */
+static float q4_dot(const unsigned char *wq, const unsigned short *wd, const signed char *xq, const unsigned short *xd,
+                    long blocks) {
+    __m256 acc = _mm256_setzero_ps();
+    for (long b = 0; b < blocks; b++) {
+        const signed char *xb = xq + b * Q8_BLOCK;
+        __m256i sums = dot4_u4(q4_start(xb), q4_unpack(wq + b * Q4_BYTES), _mm256_loadu_si256((const __m256i *)xb));
+        acc = q8_add(acc, sums, _cvtsh_ss(wd[b]), _cvtsh_ss(xd[b]));
+    }
+    return hsum(acc);
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define Q4_TILE_ROWS 4 /* input rows of a tile: 4 x 4 accumulators fit AVX-512's 32 vector registers */
+#else
+#define Q4_TILE_ROWS 2 /* 4 x 2 fit AVX2's 16 */
+#endif
+
+/* scale[(i * n + j) * blocks + b] = d_w * d_x of block b of weight row i (float16 scales wd, `blocks` apart) and
+ * input row j (float scales xd, `blocks` apart) for the four weight rows of a tile and its n input rows: the product
+ * of every block's scales taken eight blocks at a time before the tile's loop, which then only loads them. */
+static inline __attribute__((always_inline)) void q4_scales(const unsigned short *wd, const float *xd, long blocks,
+                                                            int n, float *scale) {
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < n; j++) {
+            float *out = scale + (i * n + j) * blocks;
+            const unsigned short *w = wd + i * blocks;
+            const float *x = xd + j * blocks;
+            long b = 0;
+            for (; b + 8 <= blocks; b += 8)
+                _mm256_storeu_ps(out + b, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + b))),
+                                                        _mm256_loadu_ps(x + b)));
+            for (; b < blocks; b++)
+                out[b] = _cvtsh_ss(w[b]) * x[b];
+        }
+}
+
+/* Four weight rows (nibbles w, `stride` bytes apart, scales wd `blocks` apart) against `n` input rows (their
+ * integers xq `xs` bytes apart, starts and float scales `blocks` apart), each weight block unpacked once for the
+ * 4 x n pairs; y's rows `ldy` apart. `scale` holds 4 * n * blocks floats (q4_scales). */
+static inline __attribute__((always_inline)) void q4_tile(const unsigned char *w, long stride,
+                                                          const unsigned short *wd, long blocks,
+                                                          const signed char *xq, long xs, const __m256i *starts,
+                                                          const float *xd, int n, float *scale, float *y, long ldy) {
+    __m256 a[4][Q4_TILE_ROWS];
+    q4_scales(wd, xd, blocks, n, scale);
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < n; j++)
+            a[i][j] = _mm256_setzero_ps();
+    for (long b = 0; b < blocks; b++) {
+        __m256i u[4];
+        for (int i = 0; i < 4; i++)
+            u[i] = q4_unpack(w + i * stride + b * Q4_BYTES);
+        for (int j = 0; j < n; j++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + j * xs + b * Q8_BLOCK));
+            __m256i start = _mm256_load_si256(starts + j * blocks + b);
+            for (int i = 0; i < 4; i++) {
+                __m256 product = _mm256_mul_ps(_mm256_cvtepi32_ps(dot4_u4(start, u[i], xv)),
+                                               _mm256_broadcast_ss(scale + (i * n + j) * blocks + b));
+                a[i][j] = _mm256_add_ps(a[i][j], product); /* q8_add's multiply, then add */
+            }
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < n; j++)
+            y[j * ldy + i] = hsum(a[i][j]);
+}
+
+/* y[j, r] for r in [lo, hi) of a q4_0 weight and the `rows` quantised input rows: tiles of four weight rows by
+ * Q4_TILE_ROWS input rows (one input row while decoding one token), each weight row read from memory once for all
+ * the input rows while it is in L1; the weight rows left over through q4_dot (also when out of memory). */
+static void q4_product(const matrix *m, const q8_rows *x, long rows, float *y, long ldy, long lo, long hi) {
+    long blocks = q8_blocks(m->in), stride = blocks * Q4_BYTES, xs = x->blocks * Q8_BLOCK;
+    const unsigned char *q = (const unsigned char *)m->q;
+    __m256i *starts = aligned_alloc(sizeof(__m256i), sizeof(__m256i) * (size_t)(rows * blocks));
+    float *xd = malloc(sizeof(float) * (size_t)(rows * blocks));
+    float *scale = malloc(sizeof(float) * (size_t)(4 * Q4_TILE_ROWS * blocks));
+    long r = lo;
+    if (starts != NULL && xd != NULL && scale != NULL) {
+        for (long j = 0; j < rows; j++)
+            for (long b = 0; b < blocks; b++) {
+                starts[j * blocks + b] = q4_start(x->q + j * xs + b * Q8_BLOCK);
+                xd[j * blocks + b] = _cvtsh_ss(x->d[j * x->blocks + b]);
+            }
+        for (; r + 4 <= hi; r += 4) {
+            const unsigned char *w = q + r * stride;
+            const unsigned short *d = m->d + r * blocks;
+            long j = 0;
+            if (r + Q4_PREFETCH_ROWS + 4 <= hi)
+                prefetch_bytes(w + Q4_PREFETCH_ROWS * stride, 4 * stride);
+            for (; j + Q4_TILE_ROWS <= rows; j += Q4_TILE_ROWS)
+                q4_tile(w, stride, d, blocks, x->q + j * xs, xs, starts + j * blocks, xd + j * blocks, Q4_TILE_ROWS,
+                        scale, y + j * ldy + r, ldy);
+#if Q4_TILE_ROWS > 2
+            for (; j + 2 <= rows; j += 2)
+                q4_tile(w, stride, d, blocks, x->q + j * xs, xs, starts + j * blocks, xd + j * blocks, 2,
+                        scale, y + j * ldy + r, ldy);
+#endif
+            for (; j < rows; j++)
+                q4_tile(w, stride, d, blocks, x->q + j * xs, xs, starts + j * blocks, xd + j * blocks, 1,
+                        scale, y + j * ldy + r, ldy);
+        }
+    }
+    free(starts);
+    free(xd);
+    free(scale);
+    for (; r < hi; r++)
+        for (long j = 0; j < rows; j++)
+            y[j * ldy + r] = q4_dot(q + r * stride, m->d + r * blocks, x->q + j * xs, x->d + j * x->blocks, blocks);
+}
+
 #define ROWS_CASE(n)                                                                                              \
     case n:                                                                                                       \
         if (m->transposed)                                                                                        \
@@ -907,12 +1073,15 @@ static void q8_product(const matrix *m, const q8_rows *x, long rows, float *y, l
 /* y[b, lo:hi] of m x[b] for `rows` input rows of m->in (y's rows `ldy` apart). Up to MAX_ROWS rows (decoding),
  * each weight row is streamed once for all of them (rows_dot_1, rows_dot_n: the fastest when the weight comes from
  * memory); more rows (prompts), row-major weights go through the register-blocked rows_dot, transposed ones
- * MAX_ROWS rows per pass. The sums run in the same order in every kernel. A q8_0 weight (m->q) multiplies the
- * input rows quantised to q8_0 (xq) in q8_product. */
+ * MAX_ROWS rows per pass. The sums run in the same order in every kernel. A q8_0 or q4_0 weight (m->q)
+ * multiplies the input rows quantised to q8_0 (xq) in q8_product or q4_product. */
 static void product(const matrix *m, const float *x, const q8_rows *xq, long rows, float *y, long ldy, long lo,
                     long hi) {
     if (m->q != NULL) {
-        q8_product(m, xq, rows, y, ldy, lo, hi);
+        if (m->q4)
+            q4_product(m, xq, rows, y, ldy, lo, hi);
+        else
+            q8_product(m, xq, rows, y, ldy, lo, hi);
         return;
     }
     if (!m->transposed && rows > MAX_ROWS) {

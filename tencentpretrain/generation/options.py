@@ -53,8 +53,10 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quant", choices=QUANTS, default="none",
                        help="quantised linear layers: q8_0 (llama.cpp's blocks of 32 int8 weights with a float16 "
                             "scale, input rows quantised alike, integer dot products in the native kernel; float32 "
-                            "CPU models), int8 (PyTorch, weight-only, one scale per output channel, the same as "
-                            "--int8); about 4x less weight memory either way (docs/inference.md)")
+                            "CPU models; about 4x less weight memory), q4_0 (llama.cpp's blocks of 32 4-bit weights, "
+                            "the LM head in q8_0 as llama.cpp's q4_0 files; about 7x less), int8 (PyTorch, "
+                            "weight-only, one scale per output channel, the same as --int8; about 4x less) "
+                            "(docs/inference.md)")
     group.add_argument("--int8", action="store_true", help="the same as --quant int8")
     group.add_argument("--weight_layout", choices=("auto",) + LAYOUTS, default="auto",
                        help="how float32 CPU weights are laid out for speed: row (fastest for native decoding), "

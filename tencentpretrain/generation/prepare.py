@@ -13,12 +13,14 @@ from torch import nn
 from tencentpretrain.cli import InputError
 from tencentpretrain.generation.hugepages import to_huge_pages
 from tencentpretrain.generation.layout import apply_layout
+from tencentpretrain.generation.q4 import quantize_q4_0
 from tencentpretrain.generation.q8 import quantize_q8_0
 from tencentpretrain.generation.quant import quantize_int8
 
-# --quant: none; int8 (PyTorch, per output channel, generation/quant.py); q8_0 (llama.cpp's blocks of 32, decoded
-# by the native kernel, generation/q8.py)
-QUANTS = ("none", "int8", "q8_0")
+# --quant: none; int8 (PyTorch, per output channel, generation/quant.py); q8_0 and q4_0 (llama.cpp's blocks of 32,
+# decoded by the native kernel, generation/q8.py and q4.py)
+QUANTS = ("none", "int8", "q8_0", "q4_0")
+BLOCK_QUANTS = {"q8_0": quantize_q8_0, "q4_0": quantize_q4_0}
 
 
 def prepare_for_inference(model: nn.Module, int8: bool = False, layout: str = "column", batch_size: int = 8,
@@ -39,7 +41,8 @@ def prepare_for_inference(model: nn.Module, int8: bool = False, layout: str = "c
             them faster; q8_0 weights are not parameters and stay where they are).
         quant: one of ``QUANTS``: ``int8`` replaces the bias-free and biased linear layers by weight-only int8 ones
             (``generation/quant.py``, PyTorch), ``q8_0`` the bias-free ones by q8_0 layers (``generation/q8.py``,
-            float32 CPU models; the native decoder runs them).
+            float32 CPU models; the native decoder runs them), ``q4_0`` by q4_0 layers, the LM head by a q8_0 one
+            (``generation/q4.py``, as llama.cpp's q4_0 files).
 
     Raises:
         InputError: ``packed`` or ``both`` for a model that is not on the CPU, or one the weights or this
@@ -52,11 +55,11 @@ def prepare_for_inference(model: nn.Module, int8: bool = False, layout: str = "c
     device = next(model.parameters()).device
     if quant == "int8":
         quantize_int8(model, include_lm_head=include_lm_head)
-    elif quant == "q8_0":
+    elif quant in BLOCK_QUANTS:
         if device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
-            raise InputError(f"--quant q8_0 is for float32 models on CPU; this one is "
+            raise InputError(f"--quant {quant} is for float32 models on CPU; this one is "
                              f"{next(model.parameters()).dtype} on {device}")
-        quantize_q8_0(model, include_lm_head=include_lm_head)
+        BLOCK_QUANTS[quant](model, include_lm_head=include_lm_head)
     model.weight_pages = "weights where they were loaded"
     if device.type == "cpu":
         apply_layout(model, layout, batch_size)

@@ -109,9 +109,15 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def q8_matmul(x: torch.Tensor, weight: Q8Weight) -> torch.Tensor:
     """The q8_0 product of float32 rows ``x`` (N, in) and ``weight``: (N, out) float32, the native kernel's bits."""
     out, _ = weight.shape
+    return block_products(x, weight.qs.view(out, -1, BLOCK).float(), weight.scales.float())
+
+
+def block_products(x: torch.Tensor, wq: torch.Tensor, wd: torch.Tensor) -> torch.Tensor:
+    """The blockwise integer product of float32 rows ``x`` (N, in), quantised to q8_0 here, and a weight of integers
+    ``wq`` (out, blocks, 32) as float32 with float32 scales ``wd`` (out, blocks): (N, out) float32, summed as the
+    native kernel sums every q8_0 and q4_0 product."""
+    out = wq.shape[0]
     xq, xd = quantize_rows(x)  # (N, blocks, 32), (N, blocks)
-    wq = weight.qs.view(out, -1, BLOCK).float()  # (out, blocks, 32)
-    wd = weight.scales.float()  # (out, blocks)
     acc = torch.zeros(x.shape[0], out, 8)  # (N, out, lanes)
     for b in range(wq.shape[1]):
         # lane l: the four adjacent products 4l .. 4l + 3, exact integers in float32 (|sum| <= 4 * 127^2)

@@ -1,5 +1,6 @@
 """Convert a TencentPretrain BERT checkpoint to a Hugging Face directory (BertForPreTraining with the mlm and sp
-targets, BertForMaskedLM with mlm alone)."""
+targets, BertForMaskedLM with mlm alone); with --vocab_path
+its tokenizer too, so that AutoTokenizer and the fill-mask pipeline load the directory as it is."""
 
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from tencentpretrain.convert.cli import from_tencentpretrain  # noqa: E402
 
 
 def main(argv=None) -> int:
-    return from_tencentpretrain(save_hf_bert, __doc__, "bert", argv)
+    return from_tencentpretrain(save_hf_bert, __doc__, "bert", argv, vocab_path=None)
 
 
 if __name__ == "__main__":

@@ -236,3 +236,45 @@ def test_fill_mask_equals_the_transformers_pipeline(tmp_path):
             assert [m["token_id"] for m in mine] == [r["token"] for r in reference]
             assert [m["score"] for m in mine] == pytest.approx([r["score"] for r in reference], abs=1e-5)
 
+
+
+@pytest.mark.parametrize("cased", [False, True])
+def test_export_with_vocab_path_ships_the_tokenizer_transformers_reads_as_ours(tmp_path, cased):
+    from transformers import AutoTokenizer, pipeline
+
+    from tencentpretrain.tokenizers.wordpiece import WordPieceTokenizer
+
+    words = ["the", "cat", "dog", "sat", "on", "mat", "café", "数", "据", ".", ",", "##s", "##é"]
+    words += ["The", "Cat", "Café"] if cased else ["big", "small", "house"]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = specials + words + [f"w{i}" for i in range(VOCAB - len(specials) - len(words))]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    hf = tiny_bert(BertForMaskedLM)
+    hf.save_pretrained(tmp_path / "hf")
+    assert run_cli(bert_to_ours, ["--input_model_path", str(tmp_path / "hf"), "--output_model_path",
+                                  str(tmp_path / "bert.bin"), "--output_config_path", str(tmp_path / "c.json")]) == 0
+    assert run_cli(bert_to_hf, ["--input_model_path", str(tmp_path / "bert.bin"), "--config_path",
+                                str(tmp_path / "c.json"), "--vocab_path", str(tmp_path / "vocab.txt"),
+                                "--output_model_path", str(tmp_path / "back")]) == 0
+    assert (tmp_path / "back" / "vocab.txt").read_bytes() == (tmp_path / "vocab.txt").read_bytes()
+    ours = WordPieceTokenizer(tmp_path / "vocab.txt")
+    assert ours.lowercase is not cased  # capitals in the vocabulary: cased, and the export says so
+    theirs = AutoTokenizer.from_pretrained(tmp_path / "back")
+    assert json.loads((tmp_path / "back" / "tokenizer_config.json").read_text())["do_lower_case"] is not cased
+    for text in ["The cat sat on the mat.", "THE Café, the café 数据 dogs", "Cat [MASK] the mat [SEP] zzz"]:
+        assert theirs(text)["input_ids"] == [ours.cls_id, *ours.encode(text), ours.sep_id], text
+    fill = pipeline("fill-mask", model=str(tmp_path / "back"), top_k=3)  # the directory alone: model and tokenizer
+    assert len(fill("the cat sat on the [MASK].")) == 3
+
+
+def test_export_refuses_a_vocab_path_that_does_not_fit_and_writes_nothing(tmp_path, capsys):
+    hf = tiny_bert(BertForMaskedLM)
+    hf.save_pretrained(tmp_path / "hf")
+    assert run_cli(bert_to_ours, ["--input_model_path", str(tmp_path / "hf"), "--output_model_path",
+                                  str(tmp_path / "bert.bin"), "--output_config_path", str(tmp_path / "c.json")]) == 0
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
+    assert run_cli(bert_to_hf, ["--input_model_path", str(tmp_path / "bert.bin"), "--config_path",
+                                str(tmp_path / "c.json"), "--vocab_path", str(tmp_path / "vocab.txt"),
+                                "--output_model_path", str(tmp_path / "back")]) != 0
+    assert "vocab.txt has 7 pieces but embedding.word.embedding.weight has 97 rows" in capsys.readouterr().err
+    assert not (tmp_path / "back").exists()

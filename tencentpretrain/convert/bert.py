@@ -174,13 +174,40 @@ def load_hf_bert(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tenso
 
 
 def save_hf_bert(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: str | Path,
-                 max_shard_size: str | int = "5GB", dtype: torch.dtype | None = None) -> None:
+                 max_shard_size: str | int = "5GB", dtype: torch.dtype | None = None,
+                 vocab_path: str | Path | None = None) -> None:
     """Write a directory that ``transformers.BertForPreTraining`` (or ``BertForMaskedLM``) loads; it appears only
-    once complete."""
+    once complete. With ``vocab_path`` (a WordPiece ``vocab.txt`` or its directory) the tokenizer goes with it:
+    the vocabulary and a ``tokenizer_config.json`` (:func:`hf_tokenizer_config`)."""
     vocab = state["embedding.word.embedding.weight"].shape[0]
     dtype = dtype or state["embedding.word.embedding.weight"].dtype
     hf_config = config_to_hf(config, vocab, dtype)
     hf_state = {k: v.to(dtype) for k, v in ours_to_hf(state, config).items()}
+    tokenizer = None
+    if vocab_path is not None:
+        from tencentpretrain.tokenizers.wordpiece import WordPieceTokenizer
+
+        tokenizer = WordPieceTokenizer(vocab_path)
     with atomic_dir(out_dir) as tmp:
         save_sharded_safetensors(hf_state, tmp, max_shard_size)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        if tokenizer is not None:
+            (tmp / "vocab.txt").write_bytes(tokenizer.file.read_bytes())
+            tokenizer_config = hf_tokenizer_config(tokenizer, config.max_seq_length)
+            (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+
+
+def hf_tokenizer_config(tokenizer, max_length: int) -> dict:
+    """``tokenizer_config.json`` for transformers' ``BertTokenizer`` that reads text as ``tokenizer`` (our
+    WordPiece tokenizer) does: its casing, accents and CJK rule, its special tokens, ``max_length`` positions."""
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.lowercase,
+              "tokenize_chinese_chars": tokenizer.split_cjk, "strip_accents": tokenizer.accents,
+              "model_max_length": max_length}
+    for name, token_id in (("cls", tokenizer.cls_id), ("sep", tokenizer.sep_id), ("pad", tokenizer.pad_id),
+                           ("unk", tokenizer.unk_id), ("mask", tokenizer.mask_id)):
+        if token_id is not None:
+            config[f"{name}_token"] = tokenizer.pieces[token_id]
+    extra = tokenizer.config.get("additional_special_tokens")
+    if extra:
+        config["additional_special_tokens"] = extra
+    return config

@@ -123,6 +123,10 @@ def from_tencentpretrain(save: Callable[..., None], description: str, family: st
                             help="chat template the model was tuned with, written into tokenizer_config.json so "
                                  "apply_chat_template renders it: a name, a Jinja file, a tokenizer_config.json or a "
                                  "Hugging Face directory (needs --spm_model_path or --tokenizer_path)")
+    if "vocab_path" in save_options:
+        parser.add_argument("--vocab_path", help="the BERT WordPiece vocab.txt (or its directory) to ship as the HF "
+                                                 "tokenizer: vocab.txt and a tokenizer_config.json with the casing "
+                                                 "and special tokens it was read with")
     args = parser.parse_args(argv)
     _from_ours(save, args, family)
     return 0
@@ -137,10 +141,13 @@ def _from_ours(save, args, family: str) -> None:
     with naming("--config_path", config_path):
         config = ModelConfig.from_json(config_path)
     spm, hf = getattr(args, "spm_model_path", None), getattr(args, "tokenizer_path", None)
+    vocab = getattr(args, "vocab_path", None)
     with naming("--input_model_path", args.input_model_path):
         state = load_state_dict(args.input_model_path)
-    _check(config, state, args.input_model_path, spm, hf)  # its messages name every file
+    _check(config, state, args.input_model_path, spm, hf, vocab)  # its messages name every file
     extra = {"spm_model_path": spm, "tokenizer_path": hf} if hasattr(args, "spm_model_path") else {}
+    if hasattr(args, "vocab_path"):
+        extra["vocab_path"] = vocab
     if getattr(args, "template", None):
         if spm is None and hf is None:
             raise InputError("--template is written with the tokenizer: give --spm_model_path or --tokenizer_path")
@@ -152,7 +159,7 @@ def _from_ours(save, args, family: str) -> None:
             with naming("--spm_model_path", spm):
                 prefix = read_model_proto(spm).normalizer_spec.add_dummy_prefix
         extra["chat_template"] = exported_source(args.template, prefix)
-    with naming("--spm_model_path", spm), naming("--tokenizer_path", hf):
+    with naming("--spm_model_path", spm), naming("--tokenizer_path", hf), naming("--vocab_path", vocab):
         save(state, config, args.output_model_path, max_shard_size=args.max_shard_size,
              dtype=DTYPES[args.dtype] if args.dtype else None, **extra)
     print(f"wrote {args.output_model_path}")

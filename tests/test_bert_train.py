@@ -1,6 +1,6 @@
 """A tiny BERT pretrained end to end: a BERT tokenizer built from the sample corpus, preprocess.py --data_processor
-bert, pretrain.py (mlm + sp; one process, exact resume, ZeRO-3 on two ranks equal to one process) and fill-mask on
-the result."""
+bert, pretrain.py (mlm + sp; one process, exact resume, ZeRO-3 on two ranks whose first step equals one process's)
+and fill-mask on the result."""
 
 import json
 import re
@@ -137,7 +137,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_bert_zero3_on_two_ranks_matches_one_process(bert_data, tmp_path):
+def test_bert_zero3_on_two_ranks_starts_as_one_process(bert_data, tmp_path):
     """ZeRO-3 on two CPU ranks, batch 4 each, against one process with batch 8. The first step sees the same
     samples and masks (the loader's masks depend on the sample, not the rank): the same mlm and sp losses and
     accuracies. After it the runs part a little, as TencentPretrain's do: each rank's mlm loss is the mean over its

@@ -37,6 +37,7 @@ def build_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config_path", required=True, help="its JSON config (targets must include mlm)")
     parser.add_argument("--spm_model_path", help="SentencePiece model with a mask token")
     parser.add_argument("--tokenizer_path", help="Hugging Face tokenizer.json or directory (a BERT tokenizer)")
+    parser.add_argument("--vocab_path", help="BERT WordPiece vocab.txt (TencentPretrain's flag)")
     parser.add_argument("--test_path", required=True, help="texts with mask tokens, one per line")
     parser.add_argument("--prediction_path", required=True, help="JSON lines: the top k tokens at each mask")
     parser.add_argument("--topk", type=int, default=10, help="candidates per mask")
@@ -83,14 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     if "mlm" not in config.target:
         raise InputError(f"--config_path {args.config_path}: target {list(config.target)} has no mlm head to fill "
                          "masks with (a causal model generates: inference/run_llama.py)")
-    tokenizer = open_tokenizer(args.spm_model_path, args.tokenizer_path)
+    tokenizer = open_tokenizer(args.spm_model_path, args.tokenizer_path, vocab_path=args.vocab_path)
+    tokenizer_file = str(args.tokenizer_path or args.spm_model_path or args.vocab_path)
     missing = [name for name in ("cls_id", "sep_id", "mask_id") if getattr(tokenizer, name, None) is None]
     if missing:
-        raise InputError(f"{args.tokenizer_path or args.spm_model_path}: the tokenizer has no "
+        raise InputError(f"{tokenizer_file}: the tokenizer has no "
                          f"{', '.join(name[:-3] for name in missing)} token; fill-mask needs [CLS], [SEP] and [MASK]")
     with naming("--load_model_path", args.load_model_path):
         model = load_model(config, args.load_model_path)
-    check_vocab(tokenizer.vocab_size, str(args.tokenizer_path or args.spm_model_path),
+    check_vocab(tokenizer.vocab_size, tokenizer_file,
                 vocab_rows(dict(model.state_dict(keep_vars=True))), args.load_model_path, config)
     with naming("--test_path", args.test_path):
         texts = read_text(args.test_path, InputError, "a file of texts").splitlines()

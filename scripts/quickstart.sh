@@ -3,7 +3,8 @@
 # tokenizer -> preprocess (lm) -> pretrain a tiny LLaMA -> preprocess (alpaca) -> instruction-tune it
 # -> convert to Hugging Face and back -> generate (-> GGUF for llama.cpp, when installed); then vocabulary
 # extension: a tokenizer for the second sample language (Chinese) merged into ours, the pretrained model extended
-# and trained on it in two stages -> generate. Everything is written under quickstart_out/ (or $OUT).
+# and trained on it in two stages -> generate; then a tiny BERT: WordPiece vocabulary -> preprocess (bert) ->
+# pretrain (mlm + nsp) -> fill masks. Everything is written under quickstart_out/ (or $OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=${EXTRAS:-test,deepspeed,logging,serve,gguf} bash scripts/setup_env.sh  # llamacpp and eval: see README
@@ -58,6 +59,19 @@ $PY scripts/merge_lora.py --base_model_path "$OUT/tiny_llama_zh_stage1.bin" \
     --lora_model_path "$OUT/tiny_llama_zh_stage2-lora.bin" --output_model_path "$OUT/tiny_llama_zh.bin"
 $PY inference/run_llama.py --load_model_path "$OUT/tiny_llama_zh.bin" --config_path $CONFIG --spm_model_path "$ZH_SPM" \
     --test_path examples/prompts_zh.txt --prediction_path "$OUT/predictions_zh.txt" --max_new_tokens 16 --temperature 0
+
+# BERT (docs/models.md): a WordPiece vocabulary of the sample, the sample cut into documents of 8 lines (a blank line
+# between them), sentence pairs with next-sentence labels, masked-LM + NSP pretraining of a tiny BERT, masks filled.
+$PY scripts/train_tokenizer.py --model_type wordpiece --corpus_path examples/corpus.txt --model_prefix "$OUT/bert" \
+    --vocab_size 1000
+awk '{print} NR % 8 == 0 {print ""}' examples/corpus.txt > "$OUT/corpus_documents.txt"
+$PY preprocess.py --corpus_path "$OUT/corpus_documents.txt" --vocab_path "$OUT/bert-vocab.txt" \
+    --dataset_path "$OUT/dataset_bert" --data_processor bert --seq_length 64 --processes_num 2 --overwrite
+$PY pretrain.py --dataset_path "$OUT/dataset_bert" --vocab_path "$OUT/bert-vocab.txt" \
+    --config_path models/bert/tiny_config.json --output_model_path "$OUT/tiny_bert" --data_processor bert \
+    --total_steps 300 --save_checkpoint_steps 300 --batch_size 16 --learning_rate 1e-3 --warmup 0.1 --report_steps 50
+$PY inference/run_fill_mask.py --load_model_path "$OUT/tiny_bert.bin" --config_path models/bert/tiny_config.json \
+    --vocab_path "$OUT/bert-vocab.txt" --test_path examples/cloze.txt --prediction_path "$OUT/cloze.jsonl" --topk 3
 
 # Optional, when the gguf package and llama-cpp-python are installed (docs/deployment.md): the chat model as a GGUF
 # file with the alpaca chat template answers the same questions through llama.cpp exactly as ours did above.

@@ -1,4 +1,5 @@
-"""Train a LLaMA-style SentencePiece tokenizer on a corpus (one document per line)."""
+"""Train a LLaMA-style SentencePiece tokenizer on a corpus (one document per line), or with --model_type wordpiece a
+BERT WordPiece vocabulary (<prefix>-vocab.txt, for --vocab_path)."""
 
 import argparse
 import sys
@@ -8,15 +9,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
 from tencentpretrain.data.corpus import first_invalid_utf8_line  # noqa: E402
-from tencentpretrain.tokenizers.train import train_sentencepiece  # noqa: E402
+from tencentpretrain.tokenizers.train import train_sentencepiece, train_wordpiece  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--corpus_path", required=True, help="training text, one document per line")
-    parser.add_argument("--model_prefix", required=True, help="writes <prefix>.model and <prefix>.vocab")
+    parser.add_argument("--model_prefix", required=True, help="writes <prefix>.model and <prefix>.vocab "
+                                                              "(wordpiece: <prefix>-vocab.txt)")
     parser.add_argument("--vocab_size", type=int, default=32000, help="number of pieces")
-    parser.add_argument("--model_type", choices=("bpe", "unigram"), default="bpe", help="SentencePiece algorithm")
+    parser.add_argument("--model_type", choices=("bpe", "unigram", "wordpiece"), default="bpe",
+                        help="SentencePiece algorithm, or wordpiece for a BERT vocab.txt")
+    parser.add_argument("--cased", action="store_true", help="wordpiece: keep the case (default: uncased)")
     parser.add_argument("--character_coverage", type=float, default=1.0,
                         help="characters covered by pieces (0.9995 suits Chinese)")
     args = parser.parse_args(argv)
@@ -28,8 +32,12 @@ def main(argv=None) -> int:
     if bad_line:
         raise InputError(f"--corpus_path {corpus}: not UTF-8 at line {bad_line}")
     with naming("--corpus_path", args.corpus_path):
-        path = train_sentencepiece(args.corpus_path, args.model_prefix, args.vocab_size, args.model_type,
-                                   args.character_coverage)
+        if args.model_type == "wordpiece":
+            path = train_wordpiece(corpus, f"{args.model_prefix}-vocab.txt", args.vocab_size,
+                                   lowercase=not args.cased)
+        else:
+            path = train_sentencepiece(args.corpus_path, args.model_prefix, args.vocab_size, args.model_type,
+                                       args.character_coverage)
     print(f"wrote {path}")
     return 0
 

@@ -250,3 +250,25 @@ def test_real_bert_vocab_of_shared_data():
         slow = BertTokenizerLegacy(str(vocab), do_lower_case=ours.lowercase)
         assert Counter(map(tuple, ours.encode_batch(texts))) == \
             Counter(tuple(slow.encode(t, add_special_tokens=False)) for t in texts)
+
+
+def test_train_tokenizer_wordpiece_writes_a_vocab_transformers_reads_as_we_do(tmp_path):
+    from transformers import BertTokenizerFast
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The Cat sat on the mat. Café au lait, 数据模型!\nDogs ran to the big house.\n" * 20,
+                      encoding="utf-8")
+    train = load_script("train_tokenizer", "scripts").main
+    assert run_cli(train, ["--model_type", "wordpiece", "--corpus_path", str(corpus), "--model_prefix",
+                           str(tmp_path / "bert"), "--vocab_size", "200"]) == 0
+    vocab = tmp_path / "bert-vocab.txt"
+    lines = vocab.read_text(encoding="utf-8").splitlines()
+    assert lines[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and "##s" in lines and "数" in lines
+    ours = WordPieceTokenizer(vocab)
+    assert ours.lowercase  # trained uncased: no capital in the vocabulary, so read as uncased
+    theirs = BertTokenizerFast(vocab=str(vocab))
+    for text in ["The CAT sat on the mat.", "café, 数据 dogs", "unknownword zzz"]:
+        assert theirs(text)["input_ids"] == [ours.cls_id, *ours.encode(text), ours.sep_id], text
+    assert run_cli(train, ["--model_type", "wordpiece", "--corpus_path", str(tmp_path / "missing.txt"),
+                           "--model_prefix", str(tmp_path / "other"), "--vocab_size", "200"]) != 0
+    assert not (tmp_path / "other-vocab.txt").exists()

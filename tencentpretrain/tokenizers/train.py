@@ -99,3 +99,34 @@ def train_byte_level_bpe(lines: list[str], out_dir: str | Path, vocab_size: int,
         (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
                                                    encoding="utf-8")
     return Path(out_dir)
+
+
+WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def train_wordpiece(corpus_path: str | Path, out_path: str | Path, vocab_size: int, lowercase: bool = True) -> Path:
+    """Train a BERT WordPiece vocabulary on a corpus with ``tokenizers``' BertWordPieceTokenizer and write it as a
+    ``vocab.txt`` (one token a line; ``[PAD] [UNK] [CLS] [SEP] [MASK]`` first, ids 0-4) at ``out_path``.
+
+    BERT's normalisation: control characters dropped, Chinese characters split, and with ``lowercase`` the text
+    lowercased and its accents stripped (an uncased vocabulary, which our tokenizer recognises as such). Returns
+    ``out_path``; the file appears only once complete.
+    """
+    from tokenizers import BertWordPieceTokenizer
+
+    from tencentpretrain.checkpoint import atomic_path
+
+    tokenizer = BertWordPieceTokenizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                       lowercase=lowercase)
+    tokenizer.train([str(corpus_path)], vocab_size=vocab_size, min_frequency=1, show_progress=False,
+                    special_tokens=list(WORDPIECE_SPECIALS), wordpieces_prefix="##")
+    vocab = tokenizer.get_vocab()
+    if len(vocab) <= len(WORDPIECE_SPECIALS):
+        raise TokenizerError(f"{corpus_path}: WordPiece training found no words in it")
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    if tuple(tokens[:len(WORDPIECE_SPECIALS)]) != WORDPIECE_SPECIALS:
+        ids = [vocab[t] for t in WORDPIECE_SPECIALS]
+        raise TokenizerError(f"WordPiece training put the special tokens at ids {ids}, not 0-4")
+    with atomic_path(out_path) as tmp:
+        tmp.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    return Path(out_path)

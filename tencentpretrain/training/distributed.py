@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
 import socket
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,6 @@ def init_distributed(opts: TrainOptions) -> DistInfo:
         for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(key, value)
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        build_deepspeed_ops()
         deepspeed.init_distributed(dist_backend=backend)
         _unlink_shared_buffer(rank, world)
     elif world > 1:
@@ -41,26 +38,16 @@ def init_distributed(opts: TrainOptions) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
-def build_deepspeed_ops() -> None:
-    """Build (or load) DeepSpeed's CPU shared-memory all-reduce op, one process of this machine at a time.
+def leave_distributed() -> None:
+    """Leave the process group once every rank is done (a barrier, then ``destroy_process_group``); a no-op for
+    one process.
 
-    DeepSpeed compiles the op the first time a process joins a group on the CPU, in every rank at once. Two ranks
-    compiling and loading it together on a fresh machine sometimes abort one of them ("terminate called without an
-    active exception"); serialised by a lock file, the first builds it and the others load the built op. A no-op on
-    GPUs and where DeepSpeed has no such op.
+    A rank that exits while its gloo group still stands sometimes aborts in the group's teardown ("terminate
+    called without an active exception", SIGABRT), after its work is done: a finished run would end with a failure.
     """
-    from deepspeed.accelerator import get_accelerator
-    from deepspeed.comm.torch import build_shm_op
-
-    if get_accelerator().device_name() != "cpu":
-        return
-    lock = Path(tempfile.gettempdir(), f"tencentpretrain_deepspeed_ops_{os.getuid()}.lock")
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            build_shm_op()
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _unlink_shared_buffer(rank: int, world: int) -> None:

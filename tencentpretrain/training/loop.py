@@ -16,6 +16,7 @@ from tencentpretrain.cli import InputError
 from tencentpretrain.data import DataLoader
 from tencentpretrain.training import checkpointing
 from tencentpretrain.training.build import Run, build, compute_dtype, setup
+from tencentpretrain.training.distributed import leave_distributed
 from tencentpretrain.training.engine import StepResult
 from tencentpretrain.training.flops import measure_matmul_peak
 from tencentpretrain.training.logging import format_eta, note
@@ -170,5 +171,6 @@ def main(argv: list[str] | None = None) -> int:
         train(run)
     finally:
         run.logger.close()
+    leave_distributed()
     note(f"done: {checkpointing.final_model_path(opts.output_model_path)}")
     return 0

@@ -102,3 +102,23 @@ def test_masking_never_chooses_specials_and_keeps_80_10_10():
     same = mask_tokens(tokens, length, np.random.default_rng([7, 0, 5]), MASK, 5000, (CLS, SEP, PAD))
     again = mask_tokens(tokens, length, np.random.default_rng([7, 0, 5]), MASK, 5000, (CLS, SEP, PAD))
     assert all((x == y).all() for x, y in zip(same, again))  # (seed, epoch, sample) decides: resume is exact
+
+
+@pytest.mark.parametrize("tail", ["drop", "pad"])
+def test_mlm_packs_full_sentences_cut_every_seq_length(tail):
+    from tencentpretrain.data.bert import MlmProcessor
+
+    class Tokenizer(WordIds):
+        bos_id, eos_id = 1, 2  # not what mlm wraps with: [CLS] and [SEP] are
+
+    docs = [" ".join(f"w{1000 * d + w}" for w in range(5 + 3 * d)) for d in range(6)]
+    records = [(n + 1, doc.encode()) for n, doc in enumerate(docs)]
+    processor = MlmProcessor(ProcessorSpec("mlm", "bert", "unused", (), 16, "text", tail=tail), Tokenizer())
+    encoded = processor.encode(records)
+    expected = [t for d in range(6) for t in (CLS, *(1000 * d + w for w in range(5 + 3 * d)), SEP)]
+    assert encoded.tokens.tolist() == expected and encoded.documents == 6  # 7 + 10 + ... + 22 = 87 tokens
+    offsets = processor.pack(len(expected)).tolist()
+    assert offsets == ([0, 16, 32, 48, 64, 80] + ([87] if tail == "pad" else []))
+    with pytest.raises(Exception, match="needs a tokenizer with"):
+        MlmProcessor(ProcessorSpec("mlm", "bert", "unused", (), 16, "text"), type("NoMask", (WordIds,),
+                                                                               {"mask_id": None})())

@@ -162,3 +162,37 @@ def test_bert_zero3_on_two_ranks_starts_as_one_process(bert_data, tmp_path):
     model = load_model(ModelConfig.from_json(config), zero3.with_name("m.bin"))
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([[2, 7, 4, 9, 3]]), seg=torch.ones(1, 5, dtype=torch.long))).all()
+
+
+def test_mlm_processor_full_sentences_pretrain(bert_data, tmp_path):
+    """--data_processor mlm: the sample's lines as [CLS] line [SEP] packed and cut every seq_length tokens, masked in
+    the loader (one segment, no sentence labels); a tiny BERT with target ["mlm"] alone learns from it."""
+    from tencentpretrain.tokenizers.wordpiece import WordPieceTokenizer
+
+    lines = [line for line in (bert_data / "corpus.txt").read_text(encoding="utf-8").splitlines() if line][:600]
+    corpus = tmp_path / "lines.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    vocab = bert_data / "vocab.txt"
+    load_script("preprocess").main(["--corpus_path", str(corpus), "--vocab_path", str(vocab), "--dataset_path",
+                                    str(tmp_path / "mlm"), "--data_processor", "mlm", "--seq_length", "32"])
+    dataset = BinaryDataset(tmp_path / "mlm")
+    tokenizer = WordPieceTokenizer(vocab)
+    stream = [t for line in lines for t in (tokenizer.cls_id, *tokenizer.encode(line), tokenizer.sep_id)]
+    assert len(dataset) == len(stream) // 32 and all(dataset.length(i) == 32 for i in range(len(dataset)))
+    assert [int(t) for i in range(len(dataset)) for t in dataset[i][0][:32]] == stream[:len(dataset) * 32]
+    batch = next(iter(DataLoader(dataset, 8, seed=3)))
+    assert set(batch.inputs()) == {"src", "seg", "tgt_mlm"} and (batch.seg == 1).all()
+    assert ((batch.tgt_mlm != -100).sum(1) >= 1).all()
+
+    config = tmp_path / "mlm.json"
+    data = json.loads((ROOT / "models" / "bert" / "tiny_config.json").read_text())
+    config.write_text(json.dumps({**data, "dropout": 0.0, "max_seq_length": 64, "target": ["mlm"]}))
+    out = tmp_path / "m"
+    argv = ["--dataset_path", str(tmp_path / "mlm"), "--vocab_path", str(vocab), "--config_path", str(config),
+            "--output_model_path", str(out), "--total_steps", "80", "--save_checkpoint_steps", "80",
+            "--report_steps", "1", "--batch_size", "16", "--learning_rate", "2e-3", "--warmup", "0.1",
+            "--peak_flops", "1e12", "--data_processor", "mlm"]
+    assert run_cli(load_script("pretrain").main, argv) == 0
+    train = list(train_records(out).values())
+    assert "sp_loss" not in train[-1]
+    assert sum(r["loss"] for r in train[-10:]) / 10 < 0.85 * train[0]["loss"], [r["loss"] for r in train[::10]]

@@ -13,6 +13,9 @@ Masking is done by the loader (:func:`mask_tokens`), with a generator seeded by 
 masks a sample afresh (RoBERTa's dynamic masking) and a resumed run masks exactly as the uninterrupted one would.
 15% of the tokens that are not special (``[CLS]``, ``[SEP]``, padding) are chosen (at least one); of those 80% become
 ``[MASK]``, 10% a random token and 10% stay as they are; the loss is on the chosen ones.
+
+``--data_processor mlm`` (:class:`MlmProcessor`) is the masked-LM data without pairs: full sentences packed, one
+segment, masked by the loader in the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from tencentpretrain.data.corpus import Record, RecordError, decode_text
-from tencentpretrain.data.processors import Encoded, ProcessorSpec
+from tencentpretrain.data.processors import Encoded, LmProcessor, ProcessorSpec
 from tencentpretrain.registry import DATA_PROCESSORS
 from tencentpretrain.targets import IGNORE_INDEX
 
@@ -143,3 +146,31 @@ def mask_tokens(tokens: np.ndarray, length: int, rng: np.random.Generator, mask_
     random = chosen[(kind >= 0.8) & (kind < 0.9)]
     src[random] = rng.integers(0, vocab_size, len(random))
     return src, tgt
+
+
+@DATA_PROCESSORS.register("mlm")
+class MlmProcessor(LmProcessor):
+    """Masked-LM pretraining on full sentences (TencentPretrain's ``mlm`` with ``--full_sentences``; RoBERTa's
+    data): each document (a line, or a JSONL record's ``text``) becomes ``[CLS] tokens [SEP]``, the documents are
+    packed back to back and cut every ``seq_length`` tokens (no pairs, no sentence labels; one segment). The tokens
+    are masked by the loader, as for ``bert``. ``--tail pad`` keeps the last, shorter sample (TencentPretrain keeps
+    it), ``drop`` (the default) leaves it out."""
+
+    def __init__(self, spec: ProcessorSpec, tokenizer):
+        missing = [name for name in ("cls_id", "sep_id", "mask_id") if getattr(tokenizer, name, None) is None]
+        if missing:
+            raise RecordError(f"the mlm processor needs a tokenizer with [CLS], [SEP] and [MASK] tokens; this one "
+                              f"has no {', '.join(name[:-3] for name in missing)}")
+        if spec.seq_length < 3:
+            raise RecordError(f"--seq_length {spec.seq_length} leaves no room for a token between [CLS] and [SEP]")
+        super().__init__(spec, tokenizer)
+
+    def wrap_ids(self) -> tuple[int, int]:
+        return self.tokenizer.cls_id, self.tokenizer.sep_id
+
+    @property
+    def sample_length(self) -> int:
+        """Tokens of a sample: ``seq_length``, all of them input (the targets are the masked ones)."""
+        return self.spec.seq_length
+
+    shortest_tail = 1

@@ -104,7 +104,7 @@ class DataLoader:
 
     def collate(self, indices: np.ndarray, epoch: int, index: int) -> Batch:
         """Build the batch of the given samples (each truncated to ``self.seq_length + 1`` tokens)."""
-        if getattr(self.dataset, "seg_start", None) is not None:
+        if getattr(self.dataset, "seg_start", None) is not None or self.dataset.meta.get("data_processor") == "mlm":
             return self.collate_pairs(indices, epoch, index)
         seq_length = self.seq_length
         tokens = np.empty((len(indices), seq_length + 1), dtype=np.int64)
@@ -122,7 +122,8 @@ class DataLoader:
 
     def collate_pairs(self, indices: np.ndarray, epoch: int, index: int) -> Batch:
         """A bert batch: ``src`` masked (``data/bert.py``: ``mask_tokens``, seeded by (seed, epoch, sample)),
-        ``seg`` 1 and 2 for the two segments and 0 at padding, ``tgt_mlm`` and ``tgt_sp``."""
+        ``seg`` 1 and 2 for the two segments and 0 at padding, ``tgt_mlm`` and ``tgt_sp``; an mlm batch (full
+        sentences, no pairs): ``src`` masked alike, ``seg`` 1 over the real tokens, ``tgt_mlm``."""
         from tencentpretrain.data.bert import mask_tokens
 
         options, seq_length = self.dataset.meta["options"], self.seq_length
@@ -132,6 +133,7 @@ class DataLoader:
         tgt = np.empty((rows, seq_length), np.int64)
         seg = np.zeros((rows, seq_length), np.int64)
         labels = np.empty(rows, np.int64)
+        pairs = self.dataset.seg_start is not None
         real = 0
         for row, i in enumerate(indices):
             i = int(i)
@@ -139,12 +141,13 @@ class DataLoader:
             rng = np.random.default_rng([self.seed, epoch, i])
             src[row], tgt[row] = mask_tokens(tokens, length, rng, options["mask"], self.dataset.meta["vocab_size"],
                                              specials)
-            start = min(int(self.dataset.seg_start[i]), length)
+            start = min(int(self.dataset.seg_start[i]), length) if pairs else length
             seg[row, :start], seg[row, start:length] = 1, 2
-            labels[row] = int(self.dataset.labels[i])
+            labels[row] = int(self.dataset.labels[i]) if pairs else 0
             real += length
         return Batch(src=torch.from_numpy(src), tgt=None, tokens=real, epoch=epoch, index=index,
-                     seg=torch.from_numpy(seg), tgt_mlm=torch.from_numpy(tgt), tgt_sp=torch.from_numpy(labels))
+                     seg=torch.from_numpy(seg), tgt_mlm=torch.from_numpy(tgt),
+                     tgt_sp=torch.from_numpy(labels) if pairs else None)
 
     def __iter__(self) -> Iterator[Batch]:
         while True:

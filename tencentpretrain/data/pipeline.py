@@ -71,8 +71,9 @@ def build_dataset(spec: ProcessorSpec, corpus_path: str | Path, dataset_path: st
         if processor.packs_stream:
             _finish_stream(writer, processor, counts)
         if not counts["samples"]:
-            raise CorpusError(f"{corpus_path}: {writer.tokens_written} tokens make no sample of seq_length + 1 = "
-                              f"{spec.seq_length + 1} tokens; lower --seq_length or use --tail pad")
+            length = getattr(processor, "sample_length", spec.seq_length + 1)
+            raise CorpusError(f"{corpus_path}: {writer.tokens_written} tokens make no sample of {length} tokens "
+                              f"(--seq_length {spec.seq_length}); lower --seq_length or use --tail pad")
         meta = _meta(spec, processor.tokenizer, counts)
         writer.commit(meta)
     return {**meta, "seconds": time.perf_counter() - start}
@@ -139,6 +140,8 @@ def _options(spec: ProcessorSpec, tokenizer) -> dict[str, Any]:
         return {"template": spec.template}
     if spec.processor == "bert":
         return {"seed": spec.seed, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "mask": tokenizer.mask_id}
+    if spec.processor == "mlm":
+        return {"tail": spec.tail, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "mask": tokenizer.mask_id}
     return {"template": spec.template, "loss_on": spec.loss_on}
 
 

@@ -10,6 +10,8 @@ processor (and tokenizer) once from it, through :func:`build_processor`'s cache.
   the response and its eos.
 - ``bert`` (``data/bert.py``): sentence pairs with next-sentence labels, from documents of one sentence a line;
   the tokens are masked by the loader.
+- ``mlm`` (``data/bert.py``): full sentences, ``[CLS] document [SEP]`` packed and cut every ``seq_length`` tokens;
+  masked by the loader.
 - ``chat`` (``data/chat.py``): each conversation becomes one sample rendered by a chat template, the loss on the
   assistant turns.
 """
@@ -158,8 +160,12 @@ class LmProcessor:
             else:
                 empty += 1
         docs = self.tokenizer.encode_batch(texts) if texts else []
-        tokens = flatten(docs, self.tokenizer.bos_id, self.tokenizer.eos_id)
+        tokens = flatten(docs, *self.wrap_ids())
         return Encoded(tokens=tokens, documents=len(texts), errors=errors, empty=empty)
+
+    def wrap_ids(self) -> tuple[int | None, int | None]:
+        """The ids put before and after each document: bos and eos."""
+        return self.tokenizer.bos_id, self.tokenizer.eos_id
 
     def pack(self, total_tokens: int) -> np.ndarray:
         """Sample offsets (``samples + 1`` of them) cutting a stream of ``total_tokens`` tokens.
@@ -168,11 +174,18 @@ class LmProcessor:
         a last, shorter sample that the reader pads (``--tail pad``); a tail of a single token has no target
         and is always dropped.
         """
-        stride = self.spec.seq_length + 1
+        stride = self.sample_length
         offsets = np.arange(total_tokens // stride + 1, dtype=np.uint64) * stride
-        if self.spec.tail == "pad" and total_tokens - int(offsets[-1]) >= 2:
+        if self.spec.tail == "pad" and total_tokens - int(offsets[-1]) >= self.shortest_tail:
             offsets = np.append(offsets, np.uint64(total_tokens))
         return offsets
+
+    @property
+    def sample_length(self) -> int:
+        """Tokens of a full sample: ``seq_length`` inputs and the next token of the last."""
+        return self.spec.seq_length + 1
+
+    shortest_tail = 2  # a last sample needs an input and its target
 
 
 @DATA_PROCESSORS.register("alpaca")

@@ -415,3 +415,29 @@ def test_conversion_from_hugging_face_checks_the_shipped_tokenizer(spms, tmp_pat
     assert "--allow_padded_vocab" in err and not (tmp_path / "m.bin").exists()
     assert convert.main(argv + ["--allow_padded_vocab"]) == 0
     assert ModelConfig.from_json(tmp_path / "m.json").allow_padded_vocab
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_an_mlm_checkpoint_grows_its_head_and_bias_and_keeps_old_logits(spms, tmp_path, tied):
+    """A BERT-style model (mlm head with a bias per token): the head's rows and bias grow with the embedding, the
+    new bias entries are 0, and the old tokens' scores at every position are unchanged."""
+    config = write_config(tmp_path, tie_weights=tied, target=["mlm"], mask="fully_visible",
+                          embedding=["word", "pos", "seg"], max_seq_length=64)
+    cfg = ModelConfig.from_json(config)
+    n, size = processor(spms["base"]).get_piece_size(), processor(spms["merged"]).get_piece_size()
+    torch.manual_seed(0)
+    before = build_model(cfg, n).eval()
+    with torch.no_grad():
+        before.target["mlm"].linear_2.bias.normal_(0, 1.0)
+    save_state_dict(before.state_dict(), tmp_path / "bert.bin")
+    assert extend(spms, tmp_path / "bert.bin", config, tmp_path / "ext.bin") == 0
+    old, new = load_state_dict(tmp_path / "bert.bin"), load_state_dict(tmp_path / "ext.bin")
+    head, bias = "target.mlm.linear_2.weight", "target.mlm.linear_2.bias"
+    assert new[bias].shape == (size,) and torch.equal(new[bias][:n], old[bias]) and not new[bias][n:].any()
+    assert (head in new) != tied and (tied or new[head].shape[0] == size)
+    after = build_model(cfg, size).eval()
+    after.load_state_dict(new, strict=not tied)
+    ids = torch.tensor([processor(spms["base"]).encode("the model reads data and learns the next one")])
+    seg = torch.ones_like(ids)
+    with torch.no_grad():
+        assert torch.equal(after(ids, seg=seg)[..., :n], before(ids, seg=seg))

@@ -1,7 +1,9 @@
 """Growing a checkpoint's vocabulary to a merged tokenizer (``scripts/extend_vocab.py``).
 
-The word embedding and the LM head (the tied matrix once, when the config ties them) get one row per piece the merged
-tokenizer appended to the base tokenizer. Every old row is kept bit for bit; each new row is initialised by ``init``:
+The word embedding and the vocabulary head (lm's output layer or mlm's ``linear_2``; the tied matrix once, when the
+config ties them) get one row per piece the merged tokenizer appended to the base tokenizer, and the head's bias
+(mlm's, or lm's with ``has_lmtarget_bias``) an entry of 0 per new piece. Every old row is kept bit for bit; each
+new row is initialised by ``init``:
 
 - ``subword_mean``: the mean of the base rows of the pieces the new piece's text tokenizes into under the base
   tokenizer (for a new Chinese word, its characters or their UTF-8 bytes), so the new token starts where the model
@@ -23,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from tencentpretrain.checkpoint import LM_HEAD, WORD_EMBEDDING
+from tencentpretrain.checkpoint import WORD_EMBEDDING
 from tencentpretrain.config import ModelConfig
+from tencentpretrain.model import VOCAB_HEADS
 from tencentpretrain.tokenizers.merge import check_extends, read_model_proto
 from tencentpretrain.vocab import VocabError, vocab_rows
 
@@ -71,10 +74,7 @@ def init_rows(base: torch.Tensor, count: int, init: str, parts: Sequence[Sequenc
 
 def grow(base: torch.Tensor, new_rows: torch.Tensor) -> torch.Tensor:
     """``base`` with ``new_rows`` appended below it, in one new tensor (the old rows copied exactly)."""
-    out = torch.empty(base.shape[0] + new_rows.shape[0], base.shape[1], dtype=base.dtype)
-    out[: base.shape[0]] = base
-    out[base.shape[0]:] = new_rows
-    return out
+    return torch.cat([base, new_rows.to(base.dtype)])
 
 
 def extend_state(state: dict[str, torch.Tensor], config: ModelConfig, base_spm_path: str | Path,
@@ -127,13 +127,22 @@ def extend_state(state: dict[str, torch.Tensor], config: ModelConfig, base_spm_p
     count = len(new_ids) if bpe else len(new_pieces)
     generator = torch.Generator().manual_seed(seed)
     out = dict(state)
-    names = [WORD_EMBEDDING] if config.tie_weights else [n for n in (WORD_EMBEDDING, LM_HEAD) if n in state]
+    heads = [name for name in VOCAB_HEADS.values() if name in state]  # lm's output layer, mlm's linear_2
+    names = [WORD_EMBEDDING] if config.tie_weights else [WORD_EMBEDDING, *heads]
     for name in names:
         base_rows = state[name][:base_size]
-        grown = grow(base_rows, init_rows(base_rows, count, init, parts, std, generator))
-        if grown.shape[0] < state[name].shape[0]:  # padding rows the new tokens did not need: kept
-            grown = grow(grown, state[name][grown.shape[0]:])
-        out[name] = grown
+        out[name] = _keep_padding(grow(base_rows, init_rows(base_rows, count, init, parts, std, generator)),
+                                  state[name])
+    for bias in (head.removesuffix(".weight") + ".bias" for head in heads):
+        if bias in state:  # a new token's bias starts at 0 (transformers' resize_token_embeddings does the same)
+            base_rows = state[bias][:base_size]
+            out[bias] = _keep_padding(torch.cat([base_rows, base_rows.new_zeros(count)]), state[bias])
     if config.tie_weights:
-        out.pop(LM_HEAD, None)
+        for head in heads:
+            out.pop(head, None)
     return out
+
+
+def _keep_padding(grown: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """``grown`` followed by the padding rows of ``old`` that the new tokens did not need."""
+    return grow(grown, old[grown.shape[0]:]) if grown.shape[0] < old.shape[0] else grown

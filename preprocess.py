@@ -53,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "jsonl.")
     parser.add_argument("--seed", type=int, default=7, help="bert: seed of the sentence pairing (the masking is "
                         "done by pretrain.py's loader with its own --seed).")
-    parser.add_argument("--tail", choices=TAILS, default="drop", help="lm: drop the last partial sample, or keep it "
-                        "padded (the padding never counts in the loss).")
+    parser.add_argument("--tail", choices=TAILS, default="drop", help="lm, mlm: drop the last partial sample, or keep "
+                        "it padded (the padding never counts in the loss).")
+    parser.add_argument("--whole_word_masking", action="store_true", help="bert, mlm: the loader masks whole words: "
+                        "a word's continuation pieces (WordPiece's ##, SentencePiece's pieces without a leading "
+                        "space) are chosen with its first piece.")
     parser.add_argument("--template", default="alpaca",
                         help=f"alpaca: the prompt template ({', '.join(TEMPLATES.names())}); chat: one of those, a "
                              "Jinja chat template file, a tokenizer_config.json with a chat_template, or a Hugging "
@@ -100,12 +103,14 @@ def make_spec(args: argparse.Namespace) -> ProcessorSpec:
         with naming("--template", args.template):
             load_template(args.template)  # an unreadable or invalid template stops here, before any work
             template = args.template if args.template in TEMPLATES else str(Path(args.template).resolve())
+    if args.whole_word_masking and args.data_processor not in ("bert", "mlm"):
+        raise InputError(f"--whole_word_masking is for --data_processor bert or mlm, not {args.data_processor}")
     source = tokenizer_source(args.spm_model_path, args.tokenizer_path, vocab_path=args.vocab_path)
     return ProcessorSpec(
         processor=args.data_processor, tokenizer=args.tokenizer or source.name, tokenizer_path=source.path,
         special_tokens=special_tokens(args), seq_length=args.seq_length,
         corpus_format=resolve_format(args.corpus_path, requested, allowed), tail=args.tail, template=template,
-        loss_on=args.loss_on, seed=args.seed,
+        loss_on=args.loss_on, seed=args.seed, whole_word_masking=args.whole_word_masking,
     )
 
 

@@ -122,3 +122,81 @@ def test_mlm_packs_full_sentences_cut_every_seq_length(tail):
     with pytest.raises(Exception, match="needs a tokenizer with"):
         MlmProcessor(ProcessorSpec("mlm", "bert", "unused", (), 16, "text"), type("NoMask", (WordIds,),
                                                                                {"mask_id": None})())
+
+
+def test_whole_word_masking_takes_every_piece_of_a_chosen_word():
+    from tencentpretrain.data.bert import mask_tokens
+
+    rng = np.random.default_rng(0)
+    vocab = 200
+    continuation = np.zeros(vocab, np.bool_)
+    continuation[150:] = True  # ids 150-199 are "##" pieces
+    tokens = np.full(48, PAD, np.int64)
+    words = [[int(rng.integers(10, 150))] + [int(i) for i in rng.integers(150, 200, int(rng.integers(0, 3)))]
+             for _ in range(12)]
+    body = [t for w in words for t in w]
+    sample = [CLS, *body[:len(body) // 2], SEP, *body[len(body) // 2:], SEP]
+    tokens[:len(sample)] = sample
+    specials = (CLS, SEP, PAD)
+    budget = max(1, round(len(body) * 0.15))
+    longest = max(len(w) for w in words)
+    ever = set()
+    for seed in range(300):
+        src, tgt = mask_tokens(tokens, len(sample), np.random.default_rng(seed), MASK, vocab, specials, continuation)
+        chosen = np.flatnonzero(tgt != IGNORE_INDEX)
+        assert 1 <= len(chosen) <= max(budget, longest)  # past the budget only for a lone first word
+        assert not np.isin(tokens[chosen], specials).any()
+        ever |= set(chosen.tolist())
+        for k in chosen:  # a chosen continuation piece's word start is chosen; a chosen word's pieces all are
+            if continuation[tokens[k]] and tokens[k - 1] not in specials:
+                assert k - 1 in chosen
+            if k + 1 < len(sample) and continuation[tokens[k + 1]]:
+                assert k + 1 in chosen
+        assert np.array_equal(tgt[chosen], tokens[chosen])
+    assert ever == set(np.flatnonzero(~np.isin(tokens[:len(sample)], specials)).tolist())  # every word drawn
+
+
+def test_whole_word_masking_in_preprocess_and_the_loader(tmp_path):
+    import json
+
+    from train_support import load_script
+
+    from tencentpretrain.cli import run_cli
+    from tencentpretrain.data import BinaryDataset, DataLoader
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "play", "##ing", "##ed", "run", "##s", "cat", "dog", "."]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    (tmp_path / "c.txt").write_text("playing cats run . dogs played running .\n" * 40, encoding="utf-8")
+    preprocess = load_script("preprocess").main
+    argv = ["--corpus_path", str(tmp_path / "c.txt"), "--vocab_path", str(tmp_path / "vocab.txt"), "--dataset_path",
+            str(tmp_path / "d"), "--data_processor", "mlm", "--seq_length", "16", "--whole_word_masking"]
+    assert run_cli(preprocess, argv) == 0
+    dataset = BinaryDataset(tmp_path / "d")
+    assert dataset.meta["options"]["continuation"] == [6, 7, 9]
+    continuation = {6, 7, 9}
+    for batch in (next(iter(DataLoader(dataset, 8, seed=s))) for s in range(5)):
+        for row in range(8):
+            chosen = set(np.flatnonzero(batch.tgt_mlm[row].numpy() != IGNORE_INDEX).tolist())
+            original = batch.tgt_mlm[row].numpy()
+            for k in chosen:
+                if original[k] in continuation and k > 0:
+                    assert k - 1 in chosen  # never a "##" piece without the piece before it
+    lm = ["--corpus_path", str(tmp_path / "c.txt"), "--vocab_path", str(tmp_path / "vocab.txt"), "--dataset_path",
+          str(tmp_path / "lm"), "--data_processor", "lm", "--seq_length", "16", "--whole_word_masking"]
+    assert run_cli(preprocess, lm) != 0
+    assert not (tmp_path / "lm").exists()
+    assert json.loads((tmp_path / "d" / "meta.json").read_text())["data_processor"] == "mlm"
+
+
+def test_continuation_ids_of_a_sentencepiece_vocabulary(tiny_spm):
+    from tencentpretrain.data.bert import continuation_ids
+    from tencentpretrain.tokenizers import open_tokenizer
+
+    tokenizer = open_tokenizer(tiny_spm)
+    ids = set(continuation_ids(tokenizer))
+    pieces = {i: tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)}
+    assert ids and all(not pieces[i].startswith("\u2581") for i in ids)
+    assert not ids & set(tokenizer.special_tokens.values())
+    assert not any(pieces[i].startswith("<0x") for i in ids)  # byte pieces are left out
+    starts = {i for i, piece in pieces.items() if piece.startswith("\u2581")}
+    assert starts and not ids & starts

@@ -46,6 +46,8 @@ class BertProcessor:
                               "special tokens named with --special_tokens_path)")
         if spec.seq_length < 5:
             raise RecordError(f"--seq_length {spec.seq_length} leaves no room for two sentences and three specials")
+        if spec.whole_word_masking:
+            continuation_ids(tokenizer)  # a vocabulary that does not mark words is refused before any work
         self.spec, self.tokenizer = spec, tokenizer
 
     def sentences(self, payload: list[bytes]) -> list[str]:
@@ -130,22 +132,63 @@ def trim_pair(a: list[int], b: list[int], room: int, rng: np.random.Generator) -
     return cut
 
 
+def continuation_ids(tokenizer) -> list[int]:
+    """The ids of the pieces that continue a word (whole-word masking): WordPiece's ``##`` pieces, or for a
+    SentencePiece-style vocabulary (pieces starting a word carry ``▁``) the pieces without it, specials and byte
+    pieces aside. RecordError for a vocabulary with neither marker."""
+    pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+    if any(piece.startswith("##") for piece in pieces):
+        return [i for i, piece in enumerate(pieces) if piece.startswith("##")]
+    if any(piece.startswith("\u2581") for piece in pieces):
+        specials = {tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id, *tokenizer.special_tokens.values()}
+        return [i for i, piece in enumerate(pieces) if not piece.startswith("\u2581") and i not in specials
+                and not (piece.startswith("<") and piece.endswith(">"))]
+    raise RecordError("--whole_word_masking needs a vocabulary that marks words: WordPiece's ## continuation pieces "
+                      "or SentencePiece's \u2581 word starts; this one has neither")
+
+
 def mask_tokens(tokens: np.ndarray, length: int, rng: np.random.Generator, mask_id: int, vocab_size: int,
-                specials: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+                specials: tuple[int, ...], continuation: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """BERT's masking of one sample: ``(input ids, mlm targets)``; targets are IGNORE_INDEX where nothing is
-    predicted. Only the first ``length`` tokens are real; special tokens are never chosen."""
+    predicted. Only the first ``length`` tokens are real; special tokens are never chosen.
+
+    With ``continuation`` (a bool per vocabulary id: the piece continues a word) whole words are chosen, as
+    Google's BERT does with ``do_whole_word_mask``: the words in random order, each taken whole while the chosen
+    tokens stay within the 15% budget (at least one word); the 80/10/10 choice is then made per token."""
     src, tgt = tokens.copy(), np.full(tokens.shape, IGNORE_INDEX, np.int64)
     candidates = np.flatnonzero(~np.isin(tokens[:length], specials))
     if not len(candidates):
         return src, tgt
     count = max(1, int(round(len(candidates) * MASK_PROB)))
-    chosen = rng.choice(candidates, size=count, replace=False)
+    if continuation is None:
+        chosen = rng.choice(candidates, size=count, replace=False)
+    else:
+        chosen = whole_words(tokens, candidates, continuation, count, rng)
+        count = len(chosen)
     tgt[chosen] = tokens[chosen]
     kind = rng.random(count)
     src[chosen[kind < 0.8]] = mask_id
     random = chosen[(kind >= 0.8) & (kind < 0.9)]
     src[random] = rng.integers(0, vocab_size, len(random))
     return src, tgt
+
+
+def whole_words(tokens: np.ndarray, candidates: np.ndarray, continuation: np.ndarray, budget: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """Positions of whole words drawn in random order while they fit ``budget`` tokens (the first drawn always)."""
+    starts = [0] + [k for k in range(1, len(candidates))
+                    if not (continuation[tokens[candidates[k]]] and candidates[k] == candidates[k - 1] + 1)]
+    words = np.split(candidates, starts[1:])
+    chosen: list[np.ndarray] = []
+    taken = 0
+    for w in rng.permutation(len(words)):
+        if taken and taken + len(words[w]) > budget:
+            continue
+        chosen.append(words[w])
+        taken += len(words[w])
+        if taken >= budget:
+            break
+    return np.concatenate(chosen)
 
 
 @DATA_PROCESSORS.register("mlm")
@@ -163,6 +206,8 @@ class MlmProcessor(LmProcessor):
                               f"has no {', '.join(name[:-3] for name in missing)}")
         if spec.seq_length < 3:
             raise RecordError(f"--seq_length {spec.seq_length} leaves no room for a token between [CLS] and [SEP]")
+        if spec.whole_word_masking:
+            continuation_ids(tokenizer)
         super().__init__(spec, tokenizer)
 
     def wrap_ids(self) -> tuple[int, int]:

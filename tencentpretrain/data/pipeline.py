@@ -138,10 +138,16 @@ def _options(spec: ProcessorSpec, tokenizer) -> dict[str, Any]:
         return {"tail": spec.tail}
     if spec.processor == "alpaca":
         return {"template": spec.template}
-    if spec.processor == "bert":
-        return {"seed": spec.seed, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "mask": tokenizer.mask_id}
-    if spec.processor == "mlm":
-        return {"tail": spec.tail, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "mask": tokenizer.mask_id}
+    if spec.processor in ("bert", "mlm"):
+        from tencentpretrain.data.bert import continuation_ids
+
+        options = {"seed": spec.seed} if spec.processor == "bert" else {"tail": spec.tail}
+        options |= {"cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "mask": tokenizer.mask_id}
+        if spec.whole_word_masking:
+            options["continuation"] = continuation_ids(tokenizer)
+        return options
+    if spec.whole_word_masking:
+        raise CorpusError(f"--whole_word_masking is for the bert and mlm processors, not {spec.processor}")
     return {"template": spec.template, "loss_on": spec.loss_on}
 
 

@@ -46,6 +46,7 @@ class ProcessorSpec:
         template: alpaca: the TEMPLATES name; chat: a name or a template file (``data/chat_template.py``).
         loss_on: chat only: ``all`` assistant turns or the ``last`` one.
         seed: bert: the random pairing (with each chunk's first line).
+        whole_word_masking: bert, mlm: the loader masks whole words (recorded in meta.json for it).
     """
 
     processor: str
@@ -58,6 +59,7 @@ class ProcessorSpec:
     template: str = "alpaca"
     loss_on: str = "all"
     seed: int = 7
+    whole_word_masking: bool = False
 
 
 @dataclass

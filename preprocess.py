@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--whole_word_masking", action="store_true", help="bert, mlm: the loader masks whole words: "
                         "a word's continuation pieces (WordPiece's ##, SentencePiece's pieces without a leading "
                         "space) are chosen with its first piece.")
+    parser.add_argument("--span_masking", action="store_true", help="bert, mlm: the loader masks spans of "
+                        "consecutive tokens (SpanBERT's, TencentPretrain's), lengths drawn from a geometric "
+                        "distribution.")
+    parser.add_argument("--span_geo_prob", type=float, default=0.2, help="span masking: the geometric "
+                        "distribution's parameter.")
+    parser.add_argument("--span_max_length", type=int, default=10, help="span masking: the longest span.")
     parser.add_argument("--template", default="alpaca",
                         help=f"alpaca: the prompt template ({', '.join(TEMPLATES.names())}); chat: one of those, a "
                              "Jinja chat template file, a tokenizer_config.json with a chat_template, or a Hugging "
@@ -103,14 +109,21 @@ def make_spec(args: argparse.Namespace) -> ProcessorSpec:
         with naming("--template", args.template):
             load_template(args.template)  # an unreadable or invalid template stops here, before any work
             template = args.template if args.template in TEMPLATES else str(Path(args.template).resolve())
-    if args.whole_word_masking and args.data_processor not in ("bert", "mlm"):
-        raise InputError(f"--whole_word_masking is for --data_processor bert or mlm, not {args.data_processor}")
+    for flag in ("whole_word_masking", "span_masking"):
+        if getattr(args, flag) and args.data_processor not in ("bert", "mlm"):
+            raise InputError(f"--{flag} is for --data_processor bert or mlm, not {args.data_processor}")
+    if args.whole_word_masking and args.span_masking:
+        raise InputError("give --whole_word_masking or --span_masking, not both")
+    if args.span_masking and not (0 < args.span_geo_prob <= 1 and args.span_max_length >= 1):
+        raise InputError(f"--span_geo_prob {args.span_geo_prob} must be in (0, 1] and --span_max_length "
+                         f"{args.span_max_length} at least 1")
     source = tokenizer_source(args.spm_model_path, args.tokenizer_path, vocab_path=args.vocab_path)
     return ProcessorSpec(
         processor=args.data_processor, tokenizer=args.tokenizer or source.name, tokenizer_path=source.path,
         special_tokens=special_tokens(args), seq_length=args.seq_length,
         corpus_format=resolve_format(args.corpus_path, requested, allowed), tail=args.tail, template=template,
         loss_on=args.loss_on, seed=args.seed, whole_word_masking=args.whole_word_masking,
+        span=(args.span_geo_prob, args.span_max_length) if args.span_masking else None,
     )
 
 

@@ -200,3 +200,51 @@ def test_continuation_ids_of_a_sentencepiece_vocabulary(tiny_spm):
     assert not any(pieces[i].startswith("<0x") for i in ids)  # byte pieces are left out
     starts = {i for i, piece in pieces.items() if piece.startswith("\u2581")}
     assert starts and not ids & starts
+
+
+def test_span_masking_chooses_runs_within_the_budget_and_never_crosses_a_special():
+    from tencentpretrain.data.bert import mask_tokens, spans_of
+
+    tokens = np.full(64, PAD, np.int64)
+    sample = [CLS, *range(10, 40), SEP, *range(40, 70), SEP]
+    tokens[:len(sample)] = sample
+    specials = (CLS, SEP, PAD)
+    candidates = np.flatnonzero(~np.isin(tokens[:len(sample)], specials))
+    lengths = Counter()
+    for seed in range(400):
+        spans = spans_of(candidates, np.random.default_rng(seed), 0.2, 10)
+        assert np.array_equal(np.concatenate(spans), candidates)  # they cut the candidates, in order
+        for span in spans:
+            assert 1 <= len(span) <= 10 and (np.diff(span) == 1).all()  # contiguous: never across a [SEP]
+        lengths.update(len(span) for span in spans[:-1])
+    assert lengths[1] > lengths[2] > lengths[4] > lengths[8] > 0  # geometric
+    budget, masked, total = round(60 * 0.15), 0, 0
+    for seed in range(400):
+        src, tgt = mask_tokens(tokens, len(sample), np.random.default_rng(seed), MASK, 200, specials, span=(0.2, 10))
+        chosen = np.flatnonzero(tgt != IGNORE_INDEX)
+        assert 1 <= len(chosen) <= budget and not np.isin(tokens[chosen], specials).any()
+        assert np.array_equal(tgt[chosen], tokens[chosen])
+        masked, total = masked + int((src[chosen] == MASK).sum()), total + len(chosen)
+    assert 0.7 < masked / total < 0.9  # 80% [MASK], decided per span
+
+
+def test_span_masking_flags_reach_the_loader(tmp_path):
+    from train_support import load_script
+
+    from tencentpretrain.cli import run_cli
+    from tencentpretrain.data import BinaryDataset, DataLoader
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "d", "e", "."]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    (tmp_path / "c.txt").write_text("a b c d e a b c d e a b c d e a b c d e .\n" * 20, encoding="utf-8")
+    argv = ["--corpus_path", str(tmp_path / "c.txt"), "--vocab_path", str(tmp_path / "vocab.txt"),
+            "--dataset_path", str(tmp_path / "d"), "--data_processor", "mlm", "--seq_length", "32"]
+    preprocess = load_script("preprocess").main
+    assert run_cli(preprocess, [*argv, "--span_masking", "--span_geo_prob", "0.3", "--span_max_length", "4"]) == 0
+    dataset = BinaryDataset(tmp_path / "d")
+    assert dataset.meta["options"]["span"] == [0.3, 4]
+    batch = next(iter(DataLoader(dataset, 4, seed=1)))
+    counts = (batch.tgt_mlm != IGNORE_INDEX).sum(1)
+    assert ((counts >= 1) & (counts <= 5)).all()  # 15% of at most 30 real tokens in 32
+    both = [*argv[:5], str(tmp_path / "e"), *argv[6:], "--span_masking", "--whole_word_masking"]
+    assert run_cli(preprocess, both) != 0 and not (tmp_path / "e").exists()

@@ -148,23 +148,39 @@ def continuation_ids(tokenizer) -> list[int]:
 
 
 def mask_tokens(tokens: np.ndarray, length: int, rng: np.random.Generator, mask_id: int, vocab_size: int,
-                specials: tuple[int, ...], continuation: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                specials: tuple[int, ...], continuation: np.ndarray | None = None,
+                span: tuple[float, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """BERT's masking of one sample: ``(input ids, mlm targets)``; targets are IGNORE_INDEX where nothing is
     predicted. Only the first ``length`` tokens are real; special tokens are never chosen.
 
     With ``continuation`` (a bool per vocabulary id: the piece continues a word) whole words are chosen, as
     Google's BERT does with ``do_whole_word_mask``: the words in random order, each taken whole while the chosen
-    tokens stay within the 15% budget (at least one word); the 80/10/10 choice is then made per token."""
+    tokens stay within the 15% budget (at least one word); the 80/10/10 choice is then made per token.
+
+    With ``span`` ``(p, max_length)`` spans are chosen, as TencentPretrain's ``--span_masking`` (SpanBERT): from
+    the first real token on, a span of a length drawn from a geometric distribution of parameter ``p`` cut at
+    ``max_length`` (and at the next special token), then the next span after it; the spans in random order, each
+    taken while the chosen tokens fit the budget (the first one cut to it); the 80/10/10 choice is made per span."""
     src, tgt = tokens.copy(), np.full(tokens.shape, IGNORE_INDEX, np.int64)
     candidates = np.flatnonzero(~np.isin(tokens[:length], specials))
     if not len(candidates):
         return src, tgt
     count = max(1, int(round(len(candidates) * MASK_PROB)))
-    if continuation is None:
+    if continuation is None and span is None:
         chosen = rng.choice(candidates, size=count, replace=False)
-    else:
-        chosen = whole_words(tokens, candidates, continuation, count, rng)
+    elif span is None:
+        chosen = np.concatenate(take_groups(words_of(tokens, candidates, continuation), count, rng, cut_first=False))
         count = len(chosen)
+    else:
+        groups = take_groups(spans_of(candidates, rng, *span), count, rng, cut_first=True)
+        chosen = np.concatenate(groups)
+        tgt[chosen] = tokens[chosen]
+        for group, kind in zip(groups, rng.random(len(groups))):
+            if kind < 0.8:
+                src[group] = mask_id
+            elif kind < 0.9:
+                src[group] = rng.integers(0, vocab_size, len(group))
+        return src, tgt
     tgt[chosen] = tokens[chosen]
     kind = rng.random(count)
     src[chosen[kind < 0.8]] = mask_id
@@ -173,22 +189,47 @@ def mask_tokens(tokens: np.ndarray, length: int, rng: np.random.Generator, mask_
     return src, tgt
 
 
-def whole_words(tokens: np.ndarray, candidates: np.ndarray, continuation: np.ndarray, budget: int,
-                rng: np.random.Generator) -> np.ndarray:
-    """Positions of whole words drawn in random order while they fit ``budget`` tokens (the first drawn always)."""
-    starts = [0] + [k for k in range(1, len(candidates))
-                    if not (continuation[tokens[candidates[k]]] and candidates[k] == candidates[k - 1] + 1)]
-    words = np.split(candidates, starts[1:])
+def words_of(tokens: np.ndarray, candidates: np.ndarray, continuation: np.ndarray) -> list[np.ndarray]:
+    """The candidate positions grouped into words: a continuation piece right after a candidate joins its word."""
+    starts = [k for k in range(1, len(candidates))
+              if not (continuation[tokens[candidates[k]]] and candidates[k] == candidates[k - 1] + 1)]
+    return np.split(candidates, starts)
+
+
+def spans_of(candidates: np.ndarray, rng: np.random.Generator, p: float, max_length: int) -> list[np.ndarray]:
+    """The candidate positions cut into consecutive spans of geometric lengths (``p``, at most ``max_length``); a
+    span ends early where the candidates stop being contiguous (a special token)."""
+    lengths = np.arange(1, max_length + 1)
+    weights = p * (1 - p) ** (lengths - 1)
+    weights /= weights.sum()
+    spans, k = [], 0
+    while k < len(candidates):
+        end = k + 1
+        limit = k + int(rng.choice(lengths, p=weights))
+        while end < min(limit, len(candidates)) and candidates[end] == candidates[end - 1] + 1:
+            end += 1
+        spans.append(candidates[k:end])
+        k = end
+    return spans
+
+
+def take_groups(groups: list[np.ndarray], budget: int, rng: np.random.Generator,
+                cut_first: bool) -> list[np.ndarray]:
+    """Groups of positions drawn in random order, each taken whole while the total fits ``budget``; the first
+    drawn is always taken (cut to the budget with ``cut_first``)."""
     chosen: list[np.ndarray] = []
     taken = 0
-    for w in rng.permutation(len(words)):
-        if taken and taken + len(words[w]) > budget:
+    for g in rng.permutation(len(groups)):
+        group = groups[g]
+        if not chosen and cut_first:
+            group = group[:budget]
+        elif chosen and taken + len(group) > budget:
             continue
-        chosen.append(words[w])
-        taken += len(words[w])
+        chosen.append(group)
+        taken += len(group)
         if taken >= budget:
             break
-    return np.concatenate(chosen)
+    return chosen
 
 
 @DATA_PROCESSORS.register("mlm")

@@ -132,6 +132,7 @@ class DataLoader:
         if "continuation" in options:  # whole-word masking
             continuation = np.zeros(self.dataset.meta["vocab_size"], np.bool_)
             continuation[options["continuation"]] = True
+        span = (float(options["span"][0]), int(options["span"][1])) if "span" in options else None
         rows = len(indices)
         src = np.empty((rows, seq_length), np.int64)
         tgt = np.empty((rows, seq_length), np.int64)
@@ -144,7 +145,7 @@ class DataLoader:
             tokens, length = self.dataset[i][0][:seq_length], min(self.dataset.length(i), seq_length)
             rng = np.random.default_rng([self.seed, epoch, i])
             src[row], tgt[row] = mask_tokens(tokens, length, rng, options["mask"], self.dataset.meta["vocab_size"],
-                                             specials, continuation)
+                                             specials, continuation, span)
             start = min(int(self.dataset.seg_start[i]), length) if pairs else length
             seg[row, :start], seg[row, start:length] = 1, 2
             labels[row] = int(self.dataset.labels[i]) if pairs else 0

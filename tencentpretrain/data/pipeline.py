@@ -145,6 +145,8 @@ def _options(spec: ProcessorSpec, tokenizer) -> dict[str, Any]:
         options |= {"cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "mask": tokenizer.mask_id}
         if spec.whole_word_masking:
             options["continuation"] = continuation_ids(tokenizer)
+        if spec.span is not None:
+            options["span"] = list(spec.span)
         return options
     if spec.whole_word_masking:
         raise CorpusError(f"--whole_word_masking is for the bert and mlm processors, not {spec.processor}")

@@ -47,6 +47,7 @@ class ProcessorSpec:
         loss_on: chat only: ``all`` assistant turns or the ``last`` one.
         seed: bert: the random pairing (with each chunk's first line).
         whole_word_masking: bert, mlm: the loader masks whole words (recorded in meta.json for it).
+        span: bert, mlm: ``(geometric p, longest span)``: the loader masks spans (recorded in meta.json).
     """
 
     processor: str
@@ -60,6 +61,7 @@ class ProcessorSpec:
     loss_on: str = "all"
     seed: int = 7
     whole_word_masking: bool = False
+    span: tuple[float, int] | None = None
 
 
 @dataclass

@@ -12,10 +12,9 @@ Writes ``<output>.bin`` at the end, ``<output>-<step>`` every --save_checkpoint_
 
 from __future__ import annotations
 
-import sys
-
 from tencentpretrain.cli import run_cli
+from tencentpretrain.training.distributed import end_process
 from tencentpretrain.training.loop import main
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    end_process(run_cli(main))  # a rank of a launcher's run exits without the native teardown that can abort it

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import random
 import socket
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -40,14 +42,25 @@ def init_distributed(opts: TrainOptions) -> DistInfo:
 
 def leave_distributed() -> None:
     """Leave the process group once every rank is done (a barrier, then ``destroy_process_group``); a no-op for
-    one process.
-
-    A rank that exits while its gloo group still stands sometimes aborts in the group's teardown ("terminate
-    called without an active exception", SIGABRT), after its work is done: a finished run would end with a failure.
-    """
+    one process. See :func:`end_process` for the exit itself."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def end_process(status: int) -> NoReturn:
+    """Exit with ``status``; a rank of a multi-process run (``WORLD_SIZE`` > 1) without the C++ teardown.
+
+    At interpreter exit a rank whose work is done (outputs written, group destroyed) sometimes aborts in a native
+    library's static destructors ("terminate called without an active exception", SIGABRT: gloo's and DeepSpeed's
+    threads on the CPU), which turned finished torchrun and deepspeed runs into failures. Such a rank flushes its
+    streams and leaves with ``os._exit``; nothing of ours is left to run then (files are closed, no threads).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def _unlink_shared_buffer(rank: int, world: int) -> None:

@@ -89,7 +89,7 @@ def test_our_gguf_q4_0_export_holds_the_engine_s_bytes(tmp_path, tiny_spm):
         with torch.no_grad():
             linear.weight.copy_(state[ours])
         layer = kind(linear)
-        held = (layer.q4 if kind is Q4Linear else layer.q8).gguf_bytes()  # what --quant q4_0 decodes with
+        held = layer.weight_q.gguf_bytes()  # what --quant q4_0 decodes with
         assert np.array_equal(np.asarray(data[name].data).reshape(held.shape), held), name
 
 

@@ -91,7 +91,7 @@ def test_our_gguf_export_holds_the_engine_s_bytes(tmp_path, tiny_spm):
         linear = torch.nn.Linear(state[ours].shape[1], state[ours].shape[0], bias=False)
         with torch.no_grad():
             linear.weight.copy_(state[ours])
-        held = Q8Linear(linear).q8.gguf_bytes()  # what --quant q8_0 decodes with
+        held = Q8Linear(linear).weight_q.gguf_bytes()  # what --quant q8_0 decodes with
         assert np.array_equal(np.asarray(data[name].data).reshape(held.shape), held), name
 
 

@@ -51,8 +51,8 @@ from torch import nn
 
 from tencentpretrain.embeddings.embedding import WordEmbedding
 from tencentpretrain.generation.layout import PackedLinear
-from tencentpretrain.generation.q4 import Q4Linear, Q4Weight
-from tencentpretrain.generation.q8 import Q8Linear, Q8Weight
+from tencentpretrain.generation.q4 import Q4Weight
+from tencentpretrain.generation.q8 import BlockLinear, Q8Weight
 from tencentpretrain.hardware import CPU, cpu
 from tencentpretrain.layers.activations import silu
 from tencentpretrain.layers.feed_forward import GatedFeedForward
@@ -330,8 +330,8 @@ class NativeDecoder:
             return pointer
 
         def mat(module, name):
-            if isinstance(module, (Q8Linear, Q4Linear)):
-                matrix, kept = quantized_matrix_of(module.q8 if isinstance(module, Q8Linear) else module.q4)
+            if isinstance(module, BlockLinear):
+                matrix, kept = quantized_matrix_of(module.weight_q)
                 keep.append(kept)
                 return matrix
             matrix, kept = matrix_of(linear_weight(module, name), f"{name}.weight")

@@ -28,7 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from tencentpretrain.generation.q8 import BLOCK, CHUNK_VALUES, Q8Linear, block_products, blocks_of
+from tencentpretrain.generation.q8 import (
+    BLOCK,
+    CHUNK_VALUES,
+    BlockLinear,
+    Q8Linear,
+    block_products,
+    blocks_of,
+    quantize_linears,
+)
 
 HALF = BLOCK // 2  # bytes of a block's values
 
@@ -111,28 +119,10 @@ def q4_matmul(x: torch.Tensor, weight: Q4Weight) -> torch.Tensor:
     return block_products(x, weight.values(), weight.scales.float())
 
 
-class Q4Linear(nn.Module):
-    """A bias-free linear layer with q4_0 weights (``q4``), computing in float32 as the native kernel does.
+class Q4Linear(BlockLinear):
+    """A bias-free linear layer with q4_0 weights."""
 
-    Args:
-        linear: the float ``nn.Linear`` to quantise (no bias).
-    """
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        if linear.bias is not None:
-            raise ValueError("q4_0 layers take no bias")
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.q4 = Q4Weight(linear.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in) -> (..., out) in ``x``'s dtype."""
-        flat = x.reshape(-1, self.in_features).to("cpu", torch.float32)
-        out = q4_matmul(flat, self.q4).to(x.device, x.dtype)
-        return out.view(*x.shape[:-1], self.out_features)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, q4_0"
+    kind, weight_class, product = "q4_0", Q4Weight, staticmethod(q4_matmul)
 
 
 def quantize_q4_0(model: nn.Module, include_lm_head: bool = True) -> nn.Module:
@@ -143,8 +133,5 @@ def quantize_q4_0(model: nn.Module, include_lm_head: bool = True) -> nn.Module:
         model: a float model in eval mode (embeddings and norms stay in floating point).
         include_lm_head: also quantise ``target.lm.output_layer`` (to q8_0).
     """
-    targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear
-               and module.bias is None and (include_lm_head or not name.startswith("target."))]
-    for name, module in targets:
-        model.set_submodule(name, Q8Linear(module) if name.startswith("target.") else Q4Linear(module), strict=True)
-    return model
+    return quantize_linears(model, lambda name, linear: (Q8Linear if name.startswith("target.") else Q4Linear)(linear),
+                            include_lm_head)

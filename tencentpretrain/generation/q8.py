@@ -128,28 +128,50 @@ def block_products(x: torch.Tensor, wq: torch.Tensor, wd: torch.Tensor) -> torch
     return (half[..., 0] + half[..., 2]) + (half[..., 1] + half[..., 3])
 
 
-class Q8Linear(nn.Module):
-    """A bias-free linear layer with q8_0 weights (``q8``), computing in float32 as the native kernel does.
+class BlockLinear(nn.Module):
+    """A bias-free linear layer with blockwise-quantised weights (``weight_q``), computing in float32 as the native
+    kernel does. A format names itself (``kind``), its weight class (``weight_class``) and its product
+    (``product``): :class:`Q8Linear` here, ``Q4Linear`` in q4.py.
 
     Args:
         linear: the float ``nn.Linear`` to quantise (no bias).
     """
 
+    kind: str
+    weight_class: type
+    product: staticmethod
+
     def __init__(self, linear: nn.Linear):
         super().__init__()
         if linear.bias is not None:
-            raise ValueError("q8_0 layers take no bias")
+            raise ValueError(f"{self.kind} layers take no bias")
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.q8 = Q8Weight(linear.weight)
+        self.weight_q = self.weight_class(linear.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out) in ``x``'s dtype."""
         flat = x.reshape(-1, self.in_features).to("cpu", torch.float32)
-        out = q8_matmul(flat, self.q8).to(x.device, x.dtype)
+        out = self.product(flat, self.weight_q).to(x.device, x.dtype)
         return out.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, q8_0"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.kind}"
+
+
+class Q8Linear(BlockLinear):
+    """A bias-free linear layer with q8_0 weights."""
+
+    kind, weight_class, product = "q8_0", Q8Weight, staticmethod(q8_matmul)
+
+
+def quantize_linears(model: nn.Module, layer_of, include_lm_head: bool) -> nn.Module:
+    """Replace every bias-free ``nn.Linear`` of ``model`` in place with ``layer_of(name, linear)`` (the LM head
+    too with ``include_lm_head``); return the model."""
+    targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear
+               and module.bias is None and (include_lm_head or not name.startswith("target."))]
+    for name, module in targets:
+        model.set_submodule(name, layer_of(name, module), strict=True)
+    return model
 
 
 def quantize_q8_0(model: nn.Module, include_lm_head: bool = True) -> nn.Module:
@@ -159,8 +181,4 @@ def quantize_q8_0(model: nn.Module, include_lm_head: bool = True) -> nn.Module:
         model: a float model in eval mode (embeddings and norms stay in floating point).
         include_lm_head: also quantise ``target.lm.output_layer`` (llama.cpp's q8_0 files do).
     """
-    targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear
-               and module.bias is None and (include_lm_head or not name.startswith("target."))]
-    for name, module in targets:
-        model.set_submodule(name, Q8Linear(module), strict=True)
-    return model
+    return quantize_linears(model, lambda name, linear: Q8Linear(linear), include_lm_head)

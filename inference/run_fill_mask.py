@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 from tencentpretrain.checkpoint import atomic_path, load_model  # noqa: E402
 from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
 from tencentpretrain.config import ModelConfig  # noqa: E402
+from tencentpretrain.data.bert import missing_mask_tokens  # noqa: E402
 from tencentpretrain.jsonfile import read_text  # noqa: E402
 from tencentpretrain.tokenizers import open_tokenizer  # noqa: E402
 from tencentpretrain.vocab import check_vocab, vocab_rows  # noqa: E402
@@ -86,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                          "masks with (a causal model generates: inference/run_llama.py)")
     tokenizer = open_tokenizer(args.spm_model_path, args.tokenizer_path, vocab_path=args.vocab_path)
     tokenizer_file = str(args.tokenizer_path or args.spm_model_path or args.vocab_path)
-    missing = [name for name in ("cls_id", "sep_id", "mask_id") if getattr(tokenizer, name, None) is None]
+    missing = missing_mask_tokens(tokenizer)
     if missing:
-        raise InputError(f"{tokenizer_file}: the tokenizer has no "
-                         f"{', '.join(name[:-3] for name in missing)} token; fill-mask needs [CLS], [SEP] and [MASK]")
+        raise InputError(f"{tokenizer_file}: the tokenizer has no {', '.join(missing)} token; fill-mask needs [CLS], "
+                         "[SEP] and [MASK]")
     with naming("--load_model_path", args.load_model_path):
         model = load_model(config, args.load_model_path)
     check_vocab(tokenizer.vocab_size, tokenizer_file,

@@ -39,15 +39,10 @@ class BertProcessor:
     packs_stream = False  # encode() gives whole samples
 
     def __init__(self, spec: ProcessorSpec, tokenizer):
-        missing = [name for name in ("cls_id", "sep_id", "mask_id") if getattr(tokenizer, name, None) is None]
-        if missing:
-            raise RecordError(f"the bert processor needs a tokenizer with [CLS], [SEP] and [MASK] tokens; this one "
-                              f"has no {', '.join(name[:-3] for name in missing)} (a BERT tokenizer.json, or the "
-                              "special tokens named with --special_tokens_path)")
+        check_masking_tokenizer(spec, tokenizer, " (a BERT tokenizer.json, or the special tokens named with "
+                                                 "--special_tokens_path)")
         if spec.seq_length < 5:
             raise RecordError(f"--seq_length {spec.seq_length} leaves no room for two sentences and three specials")
-        if spec.whole_word_masking:
-            continuation_ids(tokenizer)  # a vocabulary that does not mark words is refused before any work
         self.spec, self.tokenizer = spec, tokenizer
 
     def sentences(self, payload: list[bytes]) -> list[str]:
@@ -130,6 +125,22 @@ def trim_pair(a: list[int], b: list[int], room: int, rng: np.random.Generator) -
             longer.pop()
         cut = True
     return cut
+
+
+def missing_mask_tokens(tokenizer) -> list[str]:
+    """Which of ``cls``, ``sep``, ``mask`` the tokenizer lacks (masked-LM data and fill-mask need all three)."""
+    return [name for name in ("cls", "sep", "mask") if getattr(tokenizer, f"{name}_id", None) is None]
+
+
+def check_masking_tokenizer(spec: ProcessorSpec, tokenizer, hint: str = "") -> None:
+    """RecordError, before any work, for a tokenizer the ``spec.processor``'s masking cannot use: without
+    ``[CLS]``, ``[SEP]`` or ``[MASK]``, or (``--whole_word_masking``) with a vocabulary that marks no words."""
+    missing = missing_mask_tokens(tokenizer)
+    if missing:
+        raise RecordError(f"the {spec.processor} processor needs a tokenizer with [CLS], [SEP] and [MASK] tokens; "
+                          f"this one has no {', '.join(missing)}{hint}")
+    if spec.whole_word_masking:
+        continuation_ids(tokenizer)
 
 
 def continuation_ids(tokenizer) -> list[int]:
@@ -241,14 +252,9 @@ class MlmProcessor(LmProcessor):
     it), ``drop`` (the default) leaves it out."""
 
     def __init__(self, spec: ProcessorSpec, tokenizer):
-        missing = [name for name in ("cls_id", "sep_id", "mask_id") if getattr(tokenizer, name, None) is None]
-        if missing:
-            raise RecordError(f"the mlm processor needs a tokenizer with [CLS], [SEP] and [MASK] tokens; this one "
-                              f"has no {', '.join(name[:-3] for name in missing)}")
+        check_masking_tokenizer(spec, tokenizer)
         if spec.seq_length < 3:
             raise RecordError(f"--seq_length {spec.seq_length} leaves no room for a token between [CLS] and [SEP]")
-        if spec.whole_word_masking:
-            continuation_ids(tokenizer)
         super().__init__(spec, tokenizer)
 
     def wrap_ids(self) -> tuple[int, int]:

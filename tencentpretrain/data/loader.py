@@ -79,6 +79,21 @@ class DataLoader:
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.index = 0, 0
         self._order: tuple[int, np.ndarray] | None = None
+        self._masking = self._masking_of(dataset)
+
+    @staticmethod
+    def _masking_of(dataset) -> tuple | None:
+        """``(mask id, special ids, continuation flags or None, span or None)`` of a dataset whose samples the
+        loader masks (its options name a mask token: bert, mlm), read once; None for the others."""
+        options = getattr(dataset, "meta", {}).get("options", {})
+        if "mask" not in options:
+            return None
+        continuation = None
+        if "continuation" in options:  # whole-word masking
+            continuation = np.zeros(dataset.meta["vocab_size"], np.bool_)
+            continuation[options["continuation"]] = True
+        span = (float(options["span"][0]), int(options["span"][1])) if "span" in options else None
+        return options["mask"], (options["cls"], options["sep"], dataset.pad_id), continuation, span
 
     @property
     def global_batch_size(self) -> int:
@@ -104,7 +119,7 @@ class DataLoader:
 
     def collate(self, indices: np.ndarray, epoch: int, index: int) -> Batch:
         """Build the batch of the given samples (each truncated to ``self.seq_length + 1`` tokens)."""
-        if getattr(self.dataset, "seg_start", None) is not None or self.dataset.meta.get("data_processor") == "mlm":
+        if self._masking is not None:  # bert and mlm samples: masked here
             return self.collate_pairs(indices, epoch, index)
         seq_length = self.seq_length
         tokens = np.empty((len(indices), seq_length + 1), dtype=np.int64)
@@ -126,13 +141,7 @@ class DataLoader:
         sentences, no pairs): ``src`` masked alike, ``seg`` 1 over the real tokens, ``tgt_mlm``."""
         from tencentpretrain.data.bert import mask_tokens
 
-        options, seq_length = self.dataset.meta["options"], self.seq_length
-        specials = (options["cls"], options["sep"], self.dataset.pad_id)
-        continuation = None
-        if "continuation" in options:  # whole-word masking
-            continuation = np.zeros(self.dataset.meta["vocab_size"], np.bool_)
-            continuation[options["continuation"]] = True
-        span = (float(options["span"][0]), int(options["span"][1])) if "span" in options else None
+        seq_length, (mask_id, specials, continuation, span) = self.seq_length, self._masking
         rows = len(indices)
         src = np.empty((rows, seq_length), np.int64)
         tgt = np.empty((rows, seq_length), np.int64)
@@ -144,7 +153,7 @@ class DataLoader:
             i = int(i)
             tokens, length = self.dataset[i][0][:seq_length], min(self.dataset.length(i), seq_length)
             rng = np.random.default_rng([self.seed, epoch, i])
-            src[row], tgt[row] = mask_tokens(tokens, length, rng, options["mask"], self.dataset.meta["vocab_size"],
+            src[row], tgt[row] = mask_tokens(tokens, length, rng, mask_id, self.dataset.meta["vocab_size"],
                                              specials, continuation, span)
             start = min(int(self.dataset.seg_start[i]), length) if pairs else length
             seg[row, :start], seg[row, start:length] = 1, 2

@@ -148,8 +148,6 @@ def _options(spec: ProcessorSpec, tokenizer) -> dict[str, Any]:
         if spec.span is not None:
             options["span"] = list(spec.span)
         return options
-    if spec.whole_word_masking:
-        raise CorpusError(f"--whole_word_masking is for the bert and mlm processors, not {spec.processor}")
     return {"template": spec.template, "loss_on": spec.loss_on}
 
 

@@ -69,7 +69,7 @@ $PY preprocess.py --corpus_path "$OUT/corpus_documents.txt" --vocab_path "$OUT/b
     --dataset_path "$OUT/dataset_bert" --data_processor bert --seq_length 64 --processes_num 2 --overwrite
 $PY pretrain.py --dataset_path "$OUT/dataset_bert" --vocab_path "$OUT/bert-vocab.txt" \
     --config_path models/bert/tiny_config.json --output_model_path "$OUT/tiny_bert" --data_processor bert \
-    --total_steps 300 --save_checkpoint_steps 300 --batch_size 16 --learning_rate 1e-3 --warmup 0.1 --report_steps 50
+    --total_steps 600 --save_checkpoint_steps 600 --batch_size 16 --learning_rate 1e-3 --warmup 0.1 --report_steps 50
 $PY inference/run_fill_mask.py --load_model_path "$OUT/tiny_bert.bin" --config_path models/bert/tiny_config.json \
     --vocab_path "$OUT/bert-vocab.txt" --test_path examples/cloze.txt --prediction_path "$OUT/cloze.jsonl" --topk 3
 

@@ -134,6 +134,9 @@ def _meta(spec: ProcessorSpec, tokenizer, counts: Counter) -> dict[str, Any]:
 
 def _options(spec: ProcessorSpec, tokenizer) -> dict[str, Any]:
     """The processor's settings recorded in meta.json (bert: what the loader's masking needs)."""
+    processor = build_processor(spec)
+    if hasattr(processor, "options"):  # t5, bart: what the loader's corruption needs
+        return processor.options()
     if spec.processor == "lm":
         return {"tail": spec.tail}
     if spec.processor == "alpaca":

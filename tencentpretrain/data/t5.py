@@ -29,7 +29,7 @@ from tencentpretrain.data.processors import LmProcessor, ProcessorSpec
 from tencentpretrain.data.seq2seq import check_fraction, check_target_length, runs
 from tencentpretrain.registry import DATA_PROCESSORS
 from tencentpretrain.targets import IGNORE_INDEX
-from tencentpretrain.tokenizers.t5 import sentinel_ids
+from tencentpretrain.tokenizers import sentinel_ids
 
 NOISE_DENSITY, MEAN_NOISE_SPAN_LENGTH = 0.15, 3.0  # T5's defaults
 

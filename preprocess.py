@@ -26,6 +26,7 @@ from pathlib import Path
 from tencentpretrain.cli import InputError, naming, run_cli
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.data import ProcessorSpec, build_dataset
+from tencentpretrain.data.bart import MASK_RATIO, POISSON_LAMBDA
 from tencentpretrain.data.chat import LOSS_ON
 from tencentpretrain.data.chat_template import load_template
 from tencentpretrain.data.corpus import resolve_format
@@ -52,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq_length", type=int, default=128, help="Tokens a sample feeds the model (plus one).")
     parser.add_argument("--corpus_format", choices=("auto", "text", "jsonl", "json", "documents"), default="auto",
                         help="auto: a JSON array if the file starts with '[', JSONL if it starts with '{' and is "
-                             "named *.json/*.jsonl, else text (lm reads text/jsonl, alpaca json/jsonl; bert reads "
-                             "documents: one sentence a line, a blank line between documents).")
+                             "named *.json/*.jsonl, else text (lm, mlm, t5 read text/jsonl, alpaca json/jsonl; bert "
+                             "and bart read documents: one sentence a line, a blank line between documents).")
     parser.add_argument("--json_format_corpus", action="store_true", help="TencentPretrain's flag: --corpus_format "
                         "jsonl.")
     parser.add_argument("--seed", type=int, default=7, help="bert: seed of the sentence pairing (the masking is "
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"noise_density, default {NOISE_DENSITY}).")
     parser.add_argument("--mean_noise_span_length", type=float, help="t5: the mean length of a corrupted span "
                         f"(T5's, default {MEAN_NOISE_SPAN_LENGTH}).")
+    parser.add_argument("--mask_ratio", type=float, help=f"bart: the fraction of tokens masked (default {MASK_RATIO}).")
+    parser.add_argument("--poisson_lambda", type=float, help="bart: the mean of the Poisson distribution of masked "
+                        f"span lengths (default {POISSON_LAMBDA}).")
     parser.add_argument("--dynamic_masking", action="store_true", help="TencentPretrain's flag, accepted: the "
                         "loader always masks (bert, mlm) and corrupts (t5, bart) afresh every epoch.")
     parser.add_argument("--template", default="alpaca",
@@ -145,7 +149,8 @@ def make_spec(args: argparse.Namespace) -> ProcessorSpec:
 def noise_of(args: argparse.Namespace) -> tuple[float, float] | None:
     """t5: (noise density, mean span length); bart: (mask ratio, Poisson lambda); None for the other processors.
     InputError for a noise flag given to a processor that does not read it."""
-    flags = {"t5": (("noise_density", NOISE_DENSITY), ("mean_noise_span_length", MEAN_NOISE_SPAN_LENGTH))}
+    flags = {"t5": (("noise_density", NOISE_DENSITY), ("mean_noise_span_length", MEAN_NOISE_SPAN_LENGTH)),
+             "bart": (("mask_ratio", MASK_RATIO), ("poisson_lambda", POISSON_LAMBDA))}
     for processor, pair in flags.items():
         for name, _ in pair:
             if getattr(args, name) is not None and args.data_processor != processor:

@@ -96,6 +96,8 @@ def _write_chunk(writer: DatasetWriter, encoded: Encoded, counts: Counter) -> No
                   dropped_turns=encoded.dropped_turns, too_long=encoded.too_long)
     if encoded.loss_mask is not None:
         writer.write_loss_mask(encoded.loss_mask)
+    if encoded.sentence_start is not None:
+        writer.write_sentence_starts(encoded.sentence_start)
     if encoded.lengths is not None:
         writer.write_offsets(base + np.cumsum(encoded.lengths, dtype=np.uint64))
         if encoded.loss_start is not None:

@@ -48,6 +48,16 @@ def test_ids_equal_transformers(t5_spm, name):
         assert ours.decode(ids) == theirs.decode(ids), text
 
 
+def test_a_hugging_face_t5_directory_has_the_same_ids(t5_spm, tmp_path):
+    import transformers
+
+    transformers.T5Tokenizer.from_pretrained(str(t5_spm.parent)).save_pretrained(str(tmp_path / "hf"))
+    theirs, ours = open_tokenizer(tokenizer_path=tmp_path / "hf"), open_tokenizer(t5_spm)
+    assert type(theirs).__name__ == "HuggingFaceTokenizer" and sentinel_ids(theirs) == sentinel_ids(ours)
+    assert theirs.special_tokens == ours.special_tokens
+    assert [theirs.encode(text) for text in TEXTS] == [ours.encode(text) for text in TEXTS]
+
+
 def test_sentinels_as_special_tokens_and_other_models_untouched(t5_spm, tiny_spm):
     ours = T5Tokenizer(t5_spm, {"pad": "<extra_id_5>"})
     assert ours.pad_id == 144

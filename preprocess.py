@@ -8,6 +8,10 @@
         --data_processor lm --seq_length 2048
     python preprocess.py --corpus_path corpus.txt --vocab_path bert-base-uncased/vocab.txt --dataset_path dataset \
         --data_processor lm --seq_length 512
+    python preprocess.py --corpus_path corpus.txt --spm_model_path t5-small/spiece.model --dataset_path t5 \
+        --data_processor t5 --seq_length 512
+    python preprocess.py --corpus_path documents.txt --tokenizer_path bart-base --dataset_path bart \
+        --data_processor bart --seq_length 512
     python preprocess.py --corpus_path conversations.json --spm_model_path tokenizer.model --dataset_path chat \
         --data_processor chat --template alpaca --seq_length 2048
 """
@@ -22,10 +26,12 @@ from pathlib import Path
 from tencentpretrain.cli import InputError, naming, run_cli
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.data import ProcessorSpec, build_dataset
+from tencentpretrain.data.bart import MASK_RATIO, POISSON_LAMBDA
 from tencentpretrain.data.chat import LOSS_ON
 from tencentpretrain.data.chat_template import load_template
 from tencentpretrain.data.corpus import resolve_format
 from tencentpretrain.data.processors import TAILS
+from tencentpretrain.data.t5 import MEAN_NOISE_SPAN_LENGTH, NOISE_DENSITY
 from tencentpretrain.registry import DATA_PROCESSORS, TEMPLATES, TOKENIZERS
 from tencentpretrain.tokenizers import SPECIAL_TOKENS, open_tokenizer, read_special_tokens, tokenizer_source
 from tencentpretrain.vocab import check_vocab, checkpoint_vocab_rows
@@ -47,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq_length", type=int, default=128, help="Tokens a sample feeds the model (plus one).")
     parser.add_argument("--corpus_format", choices=("auto", "text", "jsonl", "json", "documents"), default="auto",
                         help="auto: a JSON array if the file starts with '[', JSONL if it starts with '{' and is "
-                             "named *.json/*.jsonl, else text (lm reads text/jsonl, alpaca json/jsonl; bert reads "
-                             "documents: one sentence a line, a blank line between documents).")
+                             "named *.json/*.jsonl, else text (lm, mlm, t5 read text/jsonl, alpaca json/jsonl; bert "
+                             "and bart read documents: one sentence a line, a blank line between documents).")
     parser.add_argument("--json_format_corpus", action="store_true", help="TencentPretrain's flag: --corpus_format "
                         "jsonl.")
     parser.add_argument("--seed", type=int, default=7, help="bert: seed of the sentence pairing (the masking is "
@@ -64,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--span_geo_prob", type=float, default=0.2, help="span masking: the geometric "
                         "distribution's parameter.")
     parser.add_argument("--span_max_length", type=int, default=10, help="span masking: the longest span.")
+    parser.add_argument("--tgt_seq_length", type=int, help="t5, bart: the decoder's length (default: what the "
+                        "longest target needs; shorter is refused).")
+    parser.add_argument("--noise_density", type=float, help="t5: the fraction of tokens corrupted (T5's "
+                        f"noise_density, default {NOISE_DENSITY}).")
+    parser.add_argument("--mean_noise_span_length", type=float, help="t5: the mean length of a corrupted span "
+                        f"(T5's, default {MEAN_NOISE_SPAN_LENGTH}).")
+    parser.add_argument("--mask_ratio", type=float, help=f"bart: the fraction of tokens masked (default {MASK_RATIO}).")
+    parser.add_argument("--poisson_lambda", type=float, help="bart: the mean of the Poisson distribution of masked "
+                        f"span lengths (default {POISSON_LAMBDA}).")
+    parser.add_argument("--dynamic_masking", action="store_true", help="TencentPretrain's flag, accepted: the "
+                        "loader always masks (bert, mlm) and corrupts (t5, bart) afresh every epoch.")
     parser.add_argument("--template", default="alpaca",
                         help=f"alpaca: the prompt template ({', '.join(TEMPLATES.names())}); chat: one of those, a "
                              "Jinja chat template file, a tokenizer_config.json with a chat_template, or a Hugging "
@@ -109,9 +126,10 @@ def make_spec(args: argparse.Namespace) -> ProcessorSpec:
         with naming("--template", args.template):
             load_template(args.template)  # an unreadable or invalid template stops here, before any work
             template = args.template if args.template in TEMPLATES else str(Path(args.template).resolve())
-    for flag in ("whole_word_masking", "span_masking"):
-        if getattr(args, flag) and args.data_processor not in ("bert", "mlm"):
-            raise InputError(f"--{flag} is for --data_processor bert or mlm, not {args.data_processor}")
+    if args.whole_word_masking and args.data_processor not in ("bert", "mlm"):
+        raise InputError(f"--whole_word_masking is for --data_processor bert or mlm, not {args.data_processor}")
+    if args.span_masking and args.data_processor not in ("bert", "mlm", "t5", "bart"):
+        raise InputError(f"--span_masking is for --data_processor bert, mlm, t5 or bart, not {args.data_processor}")
     if args.whole_word_masking and args.span_masking:
         raise InputError("give --whole_word_masking or --span_masking, not both")
     if args.span_masking and not (0 < args.span_geo_prob <= 1 and args.span_max_length >= 1):
@@ -123,8 +141,26 @@ def make_spec(args: argparse.Namespace) -> ProcessorSpec:
         special_tokens=special_tokens(args), seq_length=args.seq_length,
         corpus_format=resolve_format(args.corpus_path, requested, allowed), tail=args.tail, template=template,
         loss_on=args.loss_on, seed=args.seed, whole_word_masking=args.whole_word_masking,
-        span=(args.span_geo_prob, args.span_max_length) if args.span_masking else None,
+        span=(args.span_geo_prob, args.span_max_length) if args.span_masking else None, noise=noise_of(args),
+        tgt_seq_length=args.tgt_seq_length,
     )
+
+
+def noise_of(args: argparse.Namespace) -> tuple[float, float] | None:
+    """t5: (noise density, mean span length); bart: (mask ratio, Poisson lambda); None for the other processors.
+    InputError for a noise flag given to a processor that does not read it."""
+    flags = {"t5": (("noise_density", NOISE_DENSITY), ("mean_noise_span_length", MEAN_NOISE_SPAN_LENGTH)),
+             "bart": (("mask_ratio", MASK_RATIO), ("poisson_lambda", POISSON_LAMBDA))}
+    for processor, pair in flags.items():
+        for name, _ in pair:
+            if getattr(args, name) is not None and args.data_processor != processor:
+                raise InputError(f"--{name} is for --data_processor {processor}, not {args.data_processor}")
+    if args.tgt_seq_length is not None and args.data_processor not in flags:
+        raise InputError(f"--tgt_seq_length is for --data_processor t5 or bart, not {args.data_processor}")
+    if args.data_processor not in flags:
+        return None
+    return tuple(default if getattr(args, name) is None else getattr(args, name)
+                 for name, default in flags[args.data_processor])
 
 
 def check_model_vocab(args: argparse.Namespace) -> None:

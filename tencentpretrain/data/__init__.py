@@ -4,7 +4,7 @@
 ``build_dataset`` is what ``preprocess.py`` runs.
 """
 
-from tencentpretrain.data import bert, chat, processors, templates  # noqa: F401  (registration)
+from tencentpretrain.data import bart, bert, chat, processors, t5, templates  # noqa: F401  (registration)
 from tencentpretrain.data.binary import FORMAT_VERSION, BinaryDataset, DatasetError
 from tencentpretrain.data.corpus import CorpusError
 from tencentpretrain.data.loader import Batch, DataLoader

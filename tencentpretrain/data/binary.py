@@ -12,8 +12,10 @@ Files in a dataset directory:
   a target whose loss counts; it takes the place of ``loss_start`` (whose values are then 0).
 - ``seg_start.bin`` and ``labels.bin`` (bert, format version 2): per sample, ``uint32`` the position where the
   second segment starts and ``uint8`` the sentence-prediction label.
+- ``sentence_start.bin`` (bart): ``uint8`` per token of ``tokens.bin``, 1 at the first token of each sentence.
 
-Version 2 added the last two files; version 1 datasets (lm, alpaca, chat) are read as they are.
+Version 2 added ``seg_start.bin`` and ``labels.bin`` (and, later, the optional ``sentence_start.bin``); version 1
+datasets (lm, alpaca, chat) are read as they are.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ READABLE_VERSIONS = (1, 2)
 META_FILE, TOKENS_FILE, INDEX_FILE, LOSS_START_FILE = "meta.json", "tokens.bin", "index.bin", "loss_start.bin"
 LOSS_MASK_FILE = "loss_mask.bin"
 SEG_START_FILE, LABELS_FILE = "seg_start.bin", "labels.bin"
+SENTENCE_START_FILE = "sentence_start.bin"
 
 
 class DatasetError(InputError):
@@ -119,6 +122,10 @@ class DatasetWriter:
         self._file(SEG_START_FILE).write(np.asarray(seg_start, dtype=np.uint32).tobytes())
         self._file(LABELS_FILE).write(np.asarray(labels, dtype=np.uint8).tobytes())
 
+    def write_sentence_starts(self, flags: np.ndarray) -> None:
+        """Append per-token sentence-start flags (bart), aligned with the tokens written."""
+        self._file(SENTENCE_START_FILE).write(np.asarray(flags, dtype=np.uint8).tobytes())
+
     def commit(self, meta: dict[str, Any]) -> Path:
         """Write ``meta.json``, fsync, and move the finished directory to ``path``."""
         self._file(TOKENS_FILE)
@@ -168,6 +175,9 @@ class BinaryDataset:
         has_segments = (self.path / SEG_START_FILE).exists()
         self.seg_start = _memmap(self.path / SEG_START_FILE, np.uint32, samples) if has_segments else None
         self.labels = _memmap(self.path / LABELS_FILE, np.uint8, samples) if has_segments else None
+        has_sentences = (self.path / SENTENCE_START_FILE).exists()
+        self.sentence_start = _memmap(self.path / SENTENCE_START_FILE, np.uint8, int(self.offsets[-1])) \
+            if has_sentences else None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "meta": self.meta, "seq_length": self.seq_length, "pad_id": self.pad_id}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from tencentpretrain.cli import InputError
+from tencentpretrain.data.seq2seq import collate_pairs, noiser_of
 from tencentpretrain.targets import IGNORE_INDEX
 
 
@@ -27,13 +28,17 @@ class Batch:
 
     Attributes:
         src: (B, seq_length) input ids (``tokens[:-1]`` for the lm target).
-        tgt: (B, seq_length) next-token ids, ``tokens[1:]``, IGNORE_INDEX where the loss must not count (lm).
+        tgt: (B, seq_length) next-token ids, ``tokens[1:]``, IGNORE_INDEX where the loss must not count (lm);
+            (B, tgt_seq_length) the decoder's labels, IGNORE_INDEX at padding (t5, bart).
         tokens: real (non-pad) tokens in ``src``.
         epoch: the epoch this batch belongs to.
         index: the batch number within the epoch (per rank).
         seg: (B, seq_length) segments numbered from 1, 0 at padding, when the data has segments (BERT).
         tgt_mlm: (B, seq_length) original ids at the masked positions, IGNORE_INDEX elsewhere (mlm).
         tgt_sp: (B,) sentence-prediction labels (sp).
+        tgt_in: (B, tgt_seq_length) decoder input ids, the labels ``tgt`` shifted right behind the decoder start
+            token (t5, bart: ``data/seq2seq.py``).
+        tgt_seg: (B, tgt_seq_length) 1 for real decoder positions, 0 for padding (t5, bart).
     """
 
     src: torch.Tensor
@@ -44,10 +49,12 @@ class Batch:
     seg: torch.Tensor | None = None
     tgt_mlm: torch.Tensor | None = None
     tgt_sp: torch.Tensor | None = None
+    tgt_in: torch.Tensor | None = None
+    tgt_seg: torch.Tensor | None = None
 
     def inputs(self) -> dict[str, torch.Tensor]:
         """The tensors the model reads (``Model.loss``), by name; absent ones left out."""
-        names = ("src", "tgt", "seg", "tgt_mlm", "tgt_sp")
+        names = ("src", "tgt", "seg", "tgt_mlm", "tgt_sp", "tgt_in", "tgt_seg")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
@@ -79,7 +86,8 @@ class DataLoader:
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.index = 0, 0
         self._order: tuple[int, np.ndarray] | None = None
-        self._masking = self._masking_of(dataset)
+        self._noiser = noiser_of(getattr(dataset, "meta", {}))
+        self._masking = None if self._noiser is not None else self._masking_of(dataset)
 
     @staticmethod
     def _masking_of(dataset) -> tuple | None:
@@ -119,6 +127,8 @@ class DataLoader:
 
     def collate(self, indices: np.ndarray, epoch: int, index: int) -> Batch:
         """Build the batch of the given samples (each truncated to ``self.seq_length + 1`` tokens)."""
+        if self._noiser is not None:  # t5 and bart samples: corrupted here
+            return self.collate_seq2seq(indices, epoch, index)
         if self._masking is not None:  # bert and mlm samples: masked here
             return self.collate_pairs(indices, epoch, index)
         seq_length = self.seq_length
@@ -162,6 +172,20 @@ class DataLoader:
         return Batch(src=torch.from_numpy(src), tgt=None, tokens=real, epoch=epoch, index=index,
                      seg=torch.from_numpy(seg), tgt_mlm=torch.from_numpy(tgt),
                      tgt_sp=torch.from_numpy(labels) if pairs else None)
+
+    def collate_seq2seq(self, indices: np.ndarray, epoch: int, index: int) -> Batch:
+        """A t5 or bart batch (``data/seq2seq.py``): each sample corrupted by the dataset's noiser with a generator
+        seeded by (seed, epoch, sample), then ``src``/``seg`` and ``tgt_in``/``tgt_seg``/``tgt``."""
+        noiser, flags = self._noiser, getattr(self.dataset, "sentence_start", None)
+        room, pairs = noiser.raw_length(self.seq_length), []
+        for i in map(int, indices):
+            length = min(self.dataset.length(i), room)
+            start = int(self.dataset.offsets[i]) if flags is not None else 0
+            starts = None if flags is None else np.asarray(flags[start:start + length])
+            rng = np.random.default_rng([self.seed, epoch, i])
+            pairs.append(noiser.pair(self.dataset[i][0][:length], starts, rng))
+        tensors = collate_pairs(pairs, self.seq_length, noiser.tgt_seq_length, self.dataset.pad_id, noiser.start)
+        return Batch(tokens=int(tensors["seg"].sum()), epoch=epoch, index=index, **tensors)
 
     def __iter__(self) -> Iterator[Batch]:
         while True:

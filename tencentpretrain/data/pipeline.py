@@ -96,6 +96,8 @@ def _write_chunk(writer: DatasetWriter, encoded: Encoded, counts: Counter) -> No
                   dropped_turns=encoded.dropped_turns, too_long=encoded.too_long)
     if encoded.loss_mask is not None:
         writer.write_loss_mask(encoded.loss_mask)
+    if encoded.sentence_start is not None:
+        writer.write_sentence_starts(encoded.sentence_start)
     if encoded.lengths is not None:
         writer.write_offsets(base + np.cumsum(encoded.lengths, dtype=np.uint64))
         if encoded.loss_start is not None:
@@ -134,6 +136,9 @@ def _meta(spec: ProcessorSpec, tokenizer, counts: Counter) -> dict[str, Any]:
 
 def _options(spec: ProcessorSpec, tokenizer) -> dict[str, Any]:
     """The processor's settings recorded in meta.json (bert: what the loader's masking needs)."""
+    processor = build_processor(spec)
+    if hasattr(processor, "options"):  # t5, bart: what the loader's corruption needs
+        return processor.options()
     if spec.processor == "lm":
         return {"tail": spec.tail}
     if spec.processor == "alpaca":

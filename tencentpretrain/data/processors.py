@@ -12,6 +12,10 @@ processor (and tokenizer) once from it, through :func:`build_processor`'s cache.
   the tokens are masked by the loader.
 - ``mlm`` (``data/bert.py``): full sentences, ``[CLS] document [SEP]`` packed and cut every ``seq_length`` tokens;
   masked by the loader.
+- ``t5`` (``data/t5.py``): documents packed and cut every ``seq_length - 1`` tokens; the loader corrupts spans
+  into sentinels.
+- ``bart`` (``data/bart.py``): sentences of documents, gathered into samples; the loader permutes the sentences
+  and infills spans.
 - ``chat`` (``data/chat.py``): each conversation becomes one sample rendered by a chat template, the loss on the
   assistant turns.
 """
@@ -47,7 +51,9 @@ class ProcessorSpec:
         loss_on: chat only: ``all`` assistant turns or the ``last`` one.
         seed: bert: the random pairing (with each chunk's first line).
         whole_word_masking: bert, mlm: the loader masks whole words (recorded in meta.json for it).
-        span: bert, mlm: ``(geometric p, longest span)``: the loader masks spans (recorded in meta.json).
+        span: bert, mlm, t5, bart: ``(geometric p, longest span)``: the loader masks spans (recorded in meta.json).
+        noise: t5: ``(noise density, mean noise span length)``; bart: ``(mask ratio, Poisson lambda)``.
+        tgt_seq_length: t5, bart: the decoder's length (None: what the longest target needs).
     """
 
     processor: str
@@ -62,6 +68,8 @@ class ProcessorSpec:
     seed: int = 7
     whole_word_masking: bool = False
     span: tuple[float, int] | None = None
+    noise: tuple[float, float] | None = None
+    tgt_seq_length: int | None = None
 
 
 @dataclass
@@ -82,6 +90,7 @@ class Encoded:
         too_long: chat: conversations left out whole (their first turn alone does not fit).
         seg_start: bert: per sample, the position where the second segment starts.
         labels: bert: per sample, the sentence-prediction label (1: the second segment is random).
+        sentence_start: bart: uint8 per token, 1 at the first token of each sentence.
     """
 
     tokens: np.ndarray
@@ -96,6 +105,7 @@ class Encoded:
     too_long: int = 0
     seg_start: np.ndarray | None = None
     labels: np.ndarray | None = None
+    sentence_start: np.ndarray | None = None
 
 
 @functools.cache

@@ -1,6 +1,8 @@
 """Tokenizers (``--tokenizer``). Importing this package registers them.
 
 - ``sentencepiece``: a SentencePiece ``.model`` (LLaMA-1/2), given with ``--spm_model_path``.
+- ``t5``: T5's SentencePiece ``spiece.model`` with its 100 sentinels appended (``tokenizers/t5.py``), what
+  ``--spm_model_path`` gives for a model laid out as T5's (no bos; ``<pad>``, ``</s>``, ``<unk>`` at 0, 1, 2).
 - ``huggingface``: a ``tokenizer.json`` or a Hugging Face directory (Llama-3, Qwen, BERT's tokenizer.json, GPT-2's
   vocab.json + merges.txt), given with ``--tokenizer_path``.
 - ``bert``: BERT's WordPiece ``vocab.txt``, given with ``--vocab_path`` (TencentPretrain's flag), or with
@@ -23,6 +25,7 @@ from tencentpretrain.tokenizers.sentencepiece import (
     file_fingerprint,
     read_special_tokens,
 )
+from tencentpretrain.tokenizers.t5 import T5Tokenizer, has_t5_layout, sentinel_ids
 from tencentpretrain.tokenizers.wordpiece import WordPieceTokenizer
 
 TOKENIZER_FLAGS = {
@@ -66,7 +69,8 @@ def tokenizer_source(spm_model_path: str | Path | None, tokenizer_path: str | Pa
                                                                    TOKENIZER_FLAGS.items()))
         return None
     flag, path = given[0]
-    name = {"--spm_model_path": "sentencepiece", "--vocab_path": "bert"}.get(flag) or tokenizer_kind(path)
+    name = {"--spm_model_path": "t5" if has_t5_layout(path) else "sentencepiece",
+            "--vocab_path": "bert"}.get(flag) or tokenizer_kind(path)
     return TokenizerSource(name, path, flag)
 
 
@@ -98,6 +102,6 @@ def prefix_ids(tokenizer) -> list[int]:
 
 
 __all__ = ["ROLE_TOKENS", "SPECIAL_TOKENS", "TOKENIZER_FLAGS", "HuggingFaceTokenizer", "SentencePieceTokenizer",
-           "TokenizerError", "TokenizerSource", "WordPieceTokenizer", "file_fingerprint", "open_tokenizer",
-           "prefix_ids", "read_special_tokens", "tokenizer_files", "tokenizer_in", "tokenizer_kind",
-           "tokenizer_source"]
+           "T5Tokenizer", "TokenizerError", "TokenizerSource", "WordPieceTokenizer", "file_fingerprint",
+           "has_t5_layout", "open_tokenizer", "prefix_ids", "read_special_tokens", "sentinel_ids", "tokenizer_files",
+           "tokenizer_in", "tokenizer_kind", "tokenizer_source"]

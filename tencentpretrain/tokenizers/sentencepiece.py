@@ -91,11 +91,13 @@ class SentencePieceTokenizer:
             ``sep`` and ``mask`` (``cls_id``, ``sep_id``, ``mask_id``) are None unless given here.
     """
 
+    extra_ids = 0  # pieces appended after the model's (T5's sentinels: tokenizers/t5.py)
+
     def __init__(self, model_path: str | Path, special_tokens: dict[str, int | str] | None = None):
         self.model_path = Path(model_path)
         self.sp = _load_processor(self.model_path)
-        self.vocab_size = self.sp.get_piece_size()
-        ids = {"bos": self.sp.bos_id(), "eos": self.sp.eos_id(), "pad": self.sp.pad_id(), "unk": self.sp.unk_id()}
+        self.vocab_size = self.sp.get_piece_size() + self.extra_ids
+        ids = self.model_ids()
         roles = dict.fromkeys(ROLE_TOKENS)
         for name, value in (special_tokens or {}).items():
             if name not in SPECIAL_TOKENS + ROLE_TOKENS:
@@ -104,13 +106,17 @@ class SentencePieceTokenizer:
             (roles if name in ROLE_TOKENS else ids)[name] = self._to_id(name, value)
         if ids["pad"] < 0:
             ids["pad"] = ids["unk"]
-        for name, value in (ids | {k: v for k, v in roles.items() if v is not None}).items():
-            if not 0 <= value < self.vocab_size:
+        for name, value in (ids | roles).items():
+            if value is not None and not 0 <= value < self.vocab_size:
                 raise TokenizerError(f"{self.model_path}: the model defines no {name} token; give one with a "
                                  "special-tokens override")
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = ids["bos"], ids["eos"], ids["pad"], ids["unk"]
         self.cls_id, self.sep_id, self.mask_id = roles["cls"], roles["sep"], roles["mask"]
         self.end_ids = (self.eos_id,)  # the tokens that end a generated answer
+
+    def model_ids(self) -> dict[str, int | None]:
+        """The special token ids the model defines (-1 where it has none)."""
+        return {"bos": self.sp.bos_id(), "eos": self.sp.eos_id(), "pad": self.sp.pad_id(), "unk": self.sp.unk_id()}
 
     def _to_id(self, name: str, value: int | str) -> int:
         if isinstance(value, int):

@@ -34,6 +34,8 @@ class Batch:
         seg: (B, seq_length) segments numbered from 1, 0 at padding, when the data has segments (BERT).
         tgt_mlm: (B, seq_length) original ids at the masked positions, IGNORE_INDEX elsewhere (mlm).
         tgt_sp: (B,) sentence-prediction labels (sp).
+        tgt_in: (B, tgt_length) the decoder's input ids of an encoder-decoder (t5, bart), ``tgt`` then its labels.
+        tgt_seg: (B, tgt_length) 1 at real decoder tokens, 0 at padding.
     """
 
     src: torch.Tensor
@@ -44,10 +46,12 @@ class Batch:
     seg: torch.Tensor | None = None
     tgt_mlm: torch.Tensor | None = None
     tgt_sp: torch.Tensor | None = None
+    tgt_in: torch.Tensor | None = None
+    tgt_seg: torch.Tensor | None = None
 
     def inputs(self) -> dict[str, torch.Tensor]:
         """The tensors the model reads (``Model.loss``), by name; absent ones left out."""
-        names = ("src", "tgt", "seg", "tgt_mlm", "tgt_sp")
+        names = ("src", "tgt", "seg", "tgt_mlm", "tgt_sp", "tgt_in", "tgt_seg")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 

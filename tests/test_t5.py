@@ -123,3 +123,41 @@ def test_checkpoint_with_either_name_of_the_bias_table_loads(tmp_path):
     differing[layer_names[1]] = state[layer_names[1]] + 1
     with pytest.raises(CheckpointError, match=f"{layer_names[1]} differs from encoder.relative_pos_emb"):
         model_from_state(config, differing, "t5")
+
+
+@pytest.mark.parametrize("version", ["v1.0", "v1.1"])
+def test_scripts_convert_both_ways_and_transformers_loads_the_export(version, tmp_path):
+    from train_support import load_script
+    from transformers import T5ForConditionalGeneration
+
+    hf = tiny_t5(version)
+    to_ours = load_script("convert_t5_from_huggingface_to_tencentpretrain", "scripts").main
+    to_hf = load_script("convert_t5_from_tencentpretrain_to_huggingface", "scripts").main
+    source = save_t5(hf, tmp_path / "hf")
+    assert to_ours(["--input_model_path", str(source), "--output_model_path", str(tmp_path / "t5.bin"),
+                    "--output_config_path", str(tmp_path / "t5.json")]) == 0
+    assert to_hf(["--input_model_path", str(tmp_path / "t5.bin"), "--config_path", str(tmp_path / "t5.json"),
+                  "--output_model_path", str(tmp_path / "back")]) == 0
+    again = T5ForConditionalGeneration.from_pretrained(tmp_path / "back").eval()
+    assert again.config.scale_decoder_outputs is (version == "v1.0")
+    assert (again.lm_head.weight is again.shared.weight) is (version == "v1.0")
+    src, seg, tgt_in, tgt_seg = padded_batch()
+    with torch.no_grad():
+        expected = hf(input_ids=src, attention_mask=seg, decoder_input_ids=tgt_in).logits
+        got = again(input_ids=src, attention_mask=seg, decoder_input_ids=tgt_in).logits
+    assert torch.equal(got, expected)
+
+
+def test_bad_t5_configs_are_refused_naming_the_key(tmp_path):
+    from tencentpretrain.convert import ConversionError
+    from tencentpretrain.convert.t5 import config_from_hf
+
+    hf = tiny_t5("v1.0").config.to_dict()
+    with pytest.raises(ConversionError, match="feed_forward_proj 'gated-swish' is not supported"):
+        config_from_hf({**hf, "feed_forward_proj": "gated-swish"}, tied=True)
+    with pytest.raises(ConversionError, match="relative_attention_max_distance 64"):
+        config_from_hf({**hf, "relative_attention_max_distance": 64}, tied=True)
+    with pytest.raises(ConversionError, match="scale_decoder_outputs with a head of its own"):
+        config_from_hf({**hf, "scale_decoder_outputs": True}, tied=False)
+    with pytest.raises(ConversionError, match="model_type 'bart' is not t5"):
+        config_from_hf({**hf, "model_type": "bart"}, tied=True)

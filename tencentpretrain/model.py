@@ -18,6 +18,8 @@ from tencentpretrain.registry import DECODERS, ENCODERS, TARGETS
 # The targets that project to the vocabulary, and the tensor that ``tie_weights`` makes the word embedding.
 VOCAB_HEADS = {"lm": "target.lm.output_layer.weight", "mlm": "target.mlm.linear_2.weight"}
 TGT_WORD_EMBEDDING = "tgt_embedding.word.embedding.weight"  # an encoder-decoder's second vocabulary-sized tensor
+# Every tensor with one row per token (the vocabulary checks compare their rows with the tokenizer's pieces).
+VOCAB_TENSORS = ("embedding.word.embedding.weight", TGT_WORD_EMBEDDING, *VOCAB_HEADS.values())
 
 
 def vocab_head(config: ModelConfig) -> str | None:

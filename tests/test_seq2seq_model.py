@@ -110,3 +110,38 @@ def test_unknown_keys_still_raise_and_tencentpretrain_t5_configs_load(tmp_path):
     path.write_text(json.dumps(theirs))
     config = ModelConfig.from_json(path)
     assert config.to_dict() | theirs == config.to_dict() and config.decoder_layers == 2
+
+
+@pytest.mark.parametrize("zoo", ["t5-v1_1/tiny_config.json", "bart/tiny_config.json"])
+def test_the_plain_engine_trains_an_encoder_decoder_from_a_batch_dict(zoo):
+    from tencentpretrain.training.engine import DistInfo
+    from tencentpretrain.training.optim import build_scheduler, param_groups
+    from tencentpretrain.training.plain_engine import PlainEngine
+
+    torch.manual_seed(0)
+    config = ModelConfig.from_json(ROOT / "models" / zoo, dropout=0.0)
+    model = build_model(config, 60, checkpoint_activations=True).train()  # the recomputing path too
+    optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=3e-3)
+    engine = PlainEngine(model, optimizer, build_scheduler(optimizer, "constant", 0, 30), DistInfo())
+    batch = seq2seq_batch()
+    losses = []
+    for _ in range(30):
+        loss, metrics = engine.forward(batch, boundary=True)
+        engine.backward(loss)
+        assert not engine.step().skipped
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.5 * losses[0]
+    assert model.tgt_embedding.word is model.embedding.word  # still one embedding after the optimizer's steps
+
+
+def test_vocabulary_checks_read_the_decoder_embedding_too():
+    from tencentpretrain.vocab import VocabError, check_vocab, vocab_rows
+
+    config = ModelConfig.from_json(ROOT / "models" / "bart" / "tiny_config.json", share_embedding=False)
+    state = dict(build_model(config, 60).state_dict())
+    rows = vocab_rows(state)
+    assert rows["tgt_embedding.word.embedding.weight"] == 60
+    check_vocab(60, "tok", rows, "bart.bin", config)
+    state["tgt_embedding.word.embedding.weight"] = torch.zeros(64, 64)
+    with pytest.raises(VocabError, match="tgt_embedding.word.embedding.weight has 64 rows"):
+        check_vocab(60, "tok", vocab_rows(state), "bart.bin", config)

@@ -77,6 +77,24 @@ def test_encoder_decoders_are_not_causal_and_generation_refuses_them():
         model.loss({"src": torch.zeros(1, 3, dtype=torch.long), "tgt": torch.zeros(1, 3, dtype=torch.long)})
 
 
+def test_the_server_loader_and_the_gguf_export_refuse_encoder_decoders(tmp_path, tiny_spm):
+    from train_support import load_script
+
+    from tencentpretrain.checkpoint import save_state_dict
+    from tencentpretrain.generation.engine import load_generation_model
+
+    config_path = ROOT / "models" / "bart" / "tiny_config.json"
+    model = build_model(ModelConfig.from_json(config_path), 400)  # tiny_spm's pieces
+    save_state_dict(dict(model.state_dict()), tmp_path / "bart.bin")
+    with pytest.raises(ConfigError, match="generation needs a causal language model"):
+        load_generation_model(tmp_path / "bart.bin", config_path)
+    to_gguf = load_script("convert_llama_from_tencentpretrain_to_gguf", "scripts").main
+    with pytest.raises(ConfigError, match="the GGUF export \\(llama.cpp\\) needs a causal language model"):
+        to_gguf(["--input_model_path", str(tmp_path / "bart.bin"), "--config_path", str(config_path),
+                 "--spm_model_path", str(tiny_spm), "--output_model_path", str(tmp_path / "bart.gguf")])
+    assert not (tmp_path / "bart.gguf").exists()
+
+
 @pytest.mark.parametrize("change, message", [
     ({"tgt_embedding": None}, "decoder 'transformer' needs tgt_embedding"),
     ({"tgt_embedding": ["pos"]}, "needs tgt_embedding starting with 'word'"),

@@ -121,11 +121,12 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
         elif tuple(state[name].shape) != tuple(shape):
             problems.append(f"tensor {name}: checkpoint has shape {list(state[name].shape)}, "
                             f"the model config expects {list(shape)}")
-    embedding = state.get("embedding.word.embedding.weight")
+    words = first.get(head, WORD_EMBEDDING)  # what the head is tied to: an encoder-decoder's decoder embedding
+    embedding = state.get(words)
     if tied and head in state and embedding is not None and state[head] is not embedding and \
             state[head].shape == embedding.shape and not embedding.is_meta and \
             not torch.equal(state[head], embedding):
-        problems.append(f"tensor {head} differs from embedding.word.embedding.weight, but the config ties them "
+        problems.append(f"tensor {head} differs from {words}, but the config ties them "
                         "(tie_weights: true); use an untied config")
     for name, original in first.items():
         a, b = state.get(name), state.get(original)

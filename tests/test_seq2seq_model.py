@@ -163,3 +163,16 @@ def test_vocabulary_checks_read_the_decoder_embedding_too():
     state["tgt_embedding.word.embedding.weight"] = torch.zeros(64, 64)
     with pytest.raises(VocabError, match="tgt_embedding.word.embedding.weight has 64 rows"):
         check_vocab(60, "tok", vocab_rows(state), "bart.bin", config)
+
+
+def test_a_tied_head_is_checked_against_the_decoder_embedding_it_is_tied_to():
+    from tencentpretrain.checkpoint import CheckpointError, model_from_state
+
+    config = ModelConfig.from_json(ROOT / "models" / "bart" / "tiny_config.json", share_embedding=False)
+    state = {k: v.clone() for k, v in build_model(config, 60).state_dict().items()}
+    state["target.lm.output_layer.weight"] = state["tgt_embedding.word.embedding.weight"]
+    model = model_from_state(config, state)  # the encoder's embedding is another tensor: fine
+    assert model.target["lm"].output_layer.weight is model.tgt_embedding.word.embedding.weight
+    state["target.lm.output_layer.weight"] = state["embedding.word.embedding.weight"]
+    with pytest.raises(CheckpointError, match="output_layer.weight differs from tgt_embedding.word.embedding.weight"):
+        model_from_state(config, state)

@@ -113,24 +113,42 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
     config = getattr(model, "config", None)
     tied = config is not None and config.tie_weights
     head = vocab_head(config) if config is not None else LM_HEAD  # the tensor tie_weights shares
+    first = _first_names(model)
     for name, shape in expected.items():
         if name not in state:
-            if not (name == head and tied):
+            if not (name == head and tied) and first.get(name, name) not in state:
                 problems.append(f"missing tensor {name} (model expects shape {list(shape)})")
         elif tuple(state[name].shape) != tuple(shape):
             problems.append(f"tensor {name}: checkpoint has shape {list(state[name].shape)}, "
                             f"the model config expects {list(shape)}")
-    embedding = state.get("embedding.word.embedding.weight")
+    words = first.get(head, WORD_EMBEDDING)  # what the head is tied to: an encoder-decoder's decoder embedding
+    embedding = state.get(words)
     if tied and head in state and embedding is not None and state[head] is not embedding and \
             state[head].shape == embedding.shape and not embedding.is_meta and \
             not torch.equal(state[head], embedding):
-        problems.append(f"tensor {head} differs from embedding.word.embedding.weight, but the config ties them "
+        problems.append(f"tensor {head} differs from {words}, but the config ties them "
                         "(tie_weights: true); use an untied config")
+    for name, original in first.items():
+        a, b = state.get(name), state.get(original)
+        if name != head and a is not None and b is not None and a is not b and a.shape == b.shape and \
+                not a.is_meta and not b.is_meta and not torch.equal(a, b):
+            problems.append(f"tensor {name} differs from {original}, but the model holds one tensor for both")
     problems += [f"unexpected tensor {name} with shape {list(state[name].shape)}"
                  for name in sorted(set(state) - set(expected))]
     if problems:
         shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise CheckpointError(f"{source} does not fit the model config:\n  {shown}")
+
+
+def _first_names(model: torch.nn.Module) -> dict[str, str]:
+    """For a tensor the model holds under several names (a module used in two places: an encoder-decoder's shared
+    word embedding, T5's per-layer names of one bias table), each later name -> the first; a checkpoint may omit
+    the later ones."""
+    first: dict[int, str] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        first.setdefault(id(tensor), name)
+    return {name: first[id(tensor)] for name, tensor in model.state_dict(keep_vars=True).items()
+            if first[id(tensor)] != name}
 
 
 def vocab_size_of(state: dict[str, torch.Tensor], source: str = "checkpoint") -> int:

@@ -18,6 +18,7 @@ from tencentpretrain.jsonfile import read_json_object
 from tencentpretrain.registry import (
     ACTIVATIONS,
     DATA_PROCESSORS,
+    DECODERS,
     EMBEDDINGS,
     ENCODERS,
     FEED_FORWARDS,
@@ -100,7 +101,10 @@ class ModelConfig:
     # TencentPretrain config that leaves them out builds the same model here (docs/models.md, "Defaults").
     embedding: tuple[str, ...] = ("word",)
     encoder: str = "transformer"
-    decoder: str | None = None
+    decoder: str | None = None  # "transformer": an encoder-decoder (T5, BART); None: encoder only
+    decoder_layers_num: int | None = None  # layers of the decoder (None = layers_num)
+    tgt_embedding: tuple[str, ...] | None = None  # the decoder input's embedding parts, e.g. ["word", "pos"]
+    share_embedding: bool = False  # the decoder's word embedding is the encoder's
     target: tuple[str, ...] = ("mlm",)
     mask: str = "fully_visible"
     layernorm_positioning: str = "post"
@@ -118,7 +122,10 @@ class ModelConfig:
     qk_norm: bool = False  # a `layernorm` over each query and key head before the rotation (Qwen3)
     sliding_window: int | None = None  # each query sees only the last sliding_window keys, itself included (Mistral)
     remove_attention_scale: bool = False  # attention scores are q.k, not q.k / sqrt(head_dim) (T5)
+    relative_position_embedding: bool = False  # T5's bucketed relative position bias on the self-attention scores
+    relative_attention_buckets_num: int = 32  # buckets of that bias (half per direction in the encoder)
     tie_weights: bool = False
+    tied_head_rescale: bool = False  # the lm head reads hidden * hidden_size ** -0.5 (T5 v1.0, tied)
     has_lmtarget_bias: bool = False
     vocab_size: int | None = None  # None: taken from the tokenizer or the checkpoint
     allow_padded_vocab: bool = False  # the embedding/head may have more rows than the tokenizer has pieces
@@ -127,9 +134,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
-        for name in ("embedding", "target"):  # JSON gives lists; keep the dataclass hashable and immutable
+        for name in ("embedding", "target", "tgt_embedding"):  # JSON gives lists; keep it hashable and immutable
             value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+            if value is not None:
+                object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
             where = f"{self.source}: " if self.source else ""
             object.__setattr__(self, "rope_scaling", RopeScaling.from_dict(self.rope_scaling, where))
@@ -188,13 +196,28 @@ class ModelConfig:
         decoder): what the generation engine, the server and the GGUF export need."""
         return "lm" in self.target and self.mask == "causal" and self.decoder is None
 
+    @property
+    def encoder_decoder(self) -> bool:
+        """Whether a decoder reads the encoder's output (T5, BART: ``inference/run_seq2seq.py``)."""
+        return self.decoder is not None
+
+    @property
+    def decoder_layers(self) -> int:
+        """Layers of the decoder: ``decoder_layers_num``, else ``layers_num``."""
+        return self.decoder_layers_num or self.layers_num
+
     def require_causal(self, what: str) -> None:
         """Refuse a model that does not predict the next token, naming ``what`` needed it."""
         if not self.causal:
             raise ConfigError(f"{self.source or 'the model config'}: {what} needs a causal language model (target "
-                              f"lm, mask causal), this one has target {list(self.target)} and mask {self.mask!r}"
-                              + (" (a BERT model fills masks: inference/run_fill_mask.py)" if "mlm" in self.target
-                                 else ""))
+                              f"lm, mask causal, no decoder), this one has target {list(self.target)}, mask "
+                              f"{self.mask!r} and decoder {self.decoder!r}" + self._causal_hint())
+
+    def _causal_hint(self) -> str:
+        """Where a model that is not causal is run instead."""
+        if self.decoder is not None:
+            return " (an encoder-decoder translates a source: inference/run_seq2seq.py)"
+        return " (a BERT model fills masks: inference/run_fill_mask.py)" if "mlm" in self.target else ""
 
     @property
     def head_dim(self) -> int:
@@ -213,7 +236,8 @@ class ModelConfig:
 
         kinds = {"float": (number, "a number"), "str": (lambda v: isinstance(v, str), "a string"),
                  "str | None": (lambda v: v is None or isinstance(v, str), "a string or null"),
-                 "tuple[str, ...]": (names, "a list of strings")}
+                 "tuple[str, ...]": (names, "a list of strings"),
+                 "tuple[str, ...] | None": (lambda v: v is None or names(v), "a list of strings or null")}
         for f in dataclasses.fields(self):
             check, kind = kinds.get(f.type, (None, ""))
             if check is not None and f.name != "source" and not check(getattr(self, f.name)):
@@ -232,12 +256,12 @@ class ModelConfig:
                 fail(f"{key} must be a positive integer, got {value!r}")
         for key in ("remove_transformer_bias", "remove_embedding_layernorm", "rotary_position_embedding",
                     "tie_weights", "has_lmtarget_bias", "allow_padded_vocab", "qkv_bias", "qk_norm",
-                    "remove_attention_scale"):
+                    "remove_attention_scale", "share_embedding", "relative_position_embedding", "tied_head_rescale"):
             if not isinstance(getattr(self, key), bool):
                 fail(f"{key} must be true or false, got {getattr(self, key)!r}")
         if not 0.0 <= self.dropout < 1.0:
             fail(f"dropout must be in [0, 1), got {self.dropout!r}")
-        for key in ("attention_head_size", "sliding_window"):
+        for key in ("attention_head_size", "sliding_window", "decoder_layers_num"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 fail(f"{key} must be a positive integer or null, got {value!r}")
@@ -249,6 +273,11 @@ class ModelConfig:
         if self.emb_size != self.hidden_size:
             fail(f"emb_size {self.emb_size} must equal hidden_size {self.hidden_size} "
                  "(factorized embeddings are not supported)")
+        buckets = self.relative_attention_buckets_num
+        if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 4:
+            fail(f"relative_attention_buckets_num must be an integer of at least 4, got {buckets!r}")
+        if self.relative_position_embedding and self.rotary_position_embedding:
+            fail("relative_position_embedding and rotary_position_embedding exclude each other: choose one")
         if self.rotary_position_embedding and self.head_dim % 2:
             fail(f"rotary_position_embedding needs an even head size, got {self.head_dim}")
         if self.qkv_bias and not self.remove_transformer_bias:
@@ -270,9 +299,9 @@ class ModelConfig:
                  f"known: {', '.join(LAYERNORM_POSITIONS)}")
         if not self.embedding or self.embedding[0] != "word":
             fail(f"embedding must start with 'word', got {list(self.embedding)}")
-        if self.decoder is not None:
-            fail(f"decoder {self.decoder!r}: encoder-decoder models are not supported yet; use \"decoder\": null")
-        checks = [(EMBEDDINGS, n) for n in self.embedding] + [(TARGETS, n) for n in self.target]
+        self._check_decoder(fail)
+        checks = [(EMBEDDINGS, n) for n in self.embedding + (self.tgt_embedding or ())]
+        checks += [(TARGETS, n) for n in self.target]
         checks += [(ENCODERS, self.encoder), (NORMS, self.layernorm), (FEED_FORWARDS, self.feed_forward),
                    (ACTIVATIONS, self.hidden_act)]
         if self.data_processor is not None:
@@ -288,6 +317,34 @@ class ModelConfig:
             fail("target must name at least one target, e.g. [\"lm\"] or [\"mlm\", \"sp\"]")
         if self.tie_weights and not {"lm", "mlm"} & set(self.target):
             fail(f"tie_weights: true needs a target with a vocabulary head (lm or mlm), got {list(self.target)}")
+        if self.tied_head_rescale and not (self.tie_weights and "lm" in self.target):
+            fail("tied_head_rescale: true needs tie_weights: true and the lm target (T5 v1.0's tied head)")
         if "lm" in self.target and self.decoder is None and self.mask != "causal":
             fail(f"target lm (next-token prediction) needs mask: causal, got {self.mask!r} (a TencentPretrain config "
                  "that leaves mask out means fully_visible: add \"mask\": \"causal\")")
+
+    def _check_decoder(self, fail) -> None:
+        """The rules of the encoder-decoder keys (``decoder``, ``tgt_embedding``, ``share_embedding``, ...)."""
+        if self.decoder is None:
+            for key in ("tgt_embedding", "decoder_layers_num"):
+                if getattr(self, key) is not None:
+                    fail(f"{key} is set but decoder is null: name a decoder (known: {', '.join(DECODERS.names())})")
+            if self.share_embedding:
+                fail("share_embedding: true needs a decoder (it shares the encoder's word embedding with it)")
+            return
+        if self.decoder not in DECODERS:
+            fail(f"unknown decoder {self.decoder!r}; known: {', '.join(DECODERS.names())}")
+        if not self.tgt_embedding or self.tgt_embedding[0] != "word":
+            fail(f"decoder {self.decoder!r} needs tgt_embedding starting with 'word' (e.g. [\"word\"]), got "
+                 f"{None if self.tgt_embedding is None else list(self.tgt_embedding)}")
+        if len(set(self.tgt_embedding)) != len(self.tgt_embedding):
+            fail(f"tgt_embedding names a part twice: {list(self.tgt_embedding)}")
+        if list(self.target) != ["lm"]:
+            fail(f"decoder {self.decoder!r}: an encoder-decoder scores the target tokens with target [\"lm\"], "
+                 f"got {list(self.target)}")
+        if self.mask != "fully_visible":
+            fail(f"decoder {self.decoder!r}: the encoder of an encoder-decoder sees the whole source (mask: "
+                 f"fully_visible), got {self.mask!r}")
+        for key in ("rotary_position_embedding", "sliding_window", "qk_norm"):
+            if getattr(self, key):
+                fail(f"{key} is not supported with a decoder")

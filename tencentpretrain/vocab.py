@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from tencentpretrain.checkpoint import WORD_EMBEDDING, CheckpointError
+from tencentpretrain.checkpoint import CheckpointError
 from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
-from tencentpretrain.model import VOCAB_HEADS
+from tencentpretrain.model import VOCAB_TENSORS
 
 
 class VocabError(CheckpointError, InputError):
@@ -30,8 +30,9 @@ class VocabError(CheckpointError, InputError):
 
 
 def vocab_rows(state: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Rows of the word embedding and of the vocabulary head (lm's or mlm's, when the state holds one), by name."""
-    return {name: int(state[name].shape[0]) for name in (WORD_EMBEDDING, *VOCAB_HEADS.values()) if name in state}
+    """Rows of the word embedding and of the vocabulary head (lm's or mlm's, when the state holds one; an
+    encoder-decoder's decoder embedding too), by name."""
+    return {name: int(state[name].shape[0]) for name in VOCAB_TENSORS if name in state}
 
 
 def checkpoint_vocab_rows(path: str | Path) -> dict[str, int]:
@@ -43,8 +44,7 @@ def checkpoint_vocab_rows(path: str | Path) -> dict[str, int]:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            return {name: int(f.get_slice(name).get_shape()[0]) for name in (WORD_EMBEDDING, *VOCAB_HEADS.values())
-                    if name in f.keys()}
+            return {name: int(f.get_slice(name).get_shape()[0]) for name in VOCAB_TENSORS if name in f.keys()}
     from tencentpretrain.checkpoint import load_state_dict
 
     return vocab_rows(load_state_dict(path))  # memory-mapped: nothing but the header is read

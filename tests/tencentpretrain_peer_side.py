@@ -5,7 +5,8 @@
 
 builds TencentPretrain's model from our JSON config with its own option defaults (``tencentpretrain.opts``) and its
 model builder, loads our state dict strictly (a missing or unexpected key fails), runs its forward pieces on the
-inputs (``src``, ``seg``) and saves the encoder output and each target's logits. ``--reference_norm`` replaces its
+inputs (``src``, ``seg``; for an encoder-decoder also ``tgt_in``, ``tgt_seg``) and saves the encoder output, the
+decoder output (``decoded``) and each target's logits. ``--reference_norm`` replaces its
 LayerNorm formula (unbiased std, eps added outside the root) with the standard one that transformers and we use,
 so that what is left to compare is the rest of the model.
 """
@@ -49,6 +50,10 @@ def main() -> None:
     with torch.no_grad():
         hidden = model.encoder(model.embedding(src, seg), seg)
         out["hidden"] = hidden
+        if model.decoder is not None:
+            tgt_emb = model.tgt_embedding(inputs["tgt_in"], inputs["tgt_seg"])
+            out["decoded"] = model.decoder(hidden, tgt_emb, (seg, inputs["tgt_seg"]))
+            out["lm"] = model.target.lm.output_layer(out["decoded"])
         if "mlm" in args.target:
             mlm = model.target.mlm
             out["mlm"] = mlm.linear_2(mlm.layer_norm(mlm.act(mlm.linear_1(hidden))))

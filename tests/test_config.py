@@ -31,8 +31,10 @@ def shrink(config: ModelConfig) -> ModelConfig:
     heads = 4
     kv = None if config.local_kv_heads_num is None else 2
     head_size = None if config.attention_head_size is None else 16
+    decoder_layers = None if config.decoder_layers_num is None else 3
     return config.replace(emb_size=32, hidden_size=32, feedforward_size=48, heads_num=heads, local_kv_heads_num=kv,
-                          layers_num=2, max_seq_length=64, vocab_size=None, attention_head_size=head_size)
+                          layers_num=2, max_seq_length=64, vocab_size=None, attention_head_size=head_size,
+                          decoder_layers_num=decoder_layers)
 
 
 def test_zoo_is_complete():
@@ -51,7 +53,10 @@ def test_zoo_is_complete():
 def test_every_zoo_config_loads_and_a_shrunken_copy_runs(path):
     config = ModelConfig.from_json(path)
     model = build_model(shrink(config), vocab_size=50).eval()
-    logits = model(torch.randint(0, 50, (2, 9)))
+    if config.encoder_decoder:  # T5, BART: the source encoded once, a target decoded against it
+        logits = model.decode(torch.randint(0, 50, (2, 9)), model.encode_memory(torch.randint(0, 50, (2, 11))))
+    else:
+        logits = model(torch.randint(0, 50, (2, 9)))
     assert logits.shape == (2, 9, 50) and torch.isfinite(logits).all()
 
 

@@ -38,3 +38,15 @@ def test_measured_peak_and_mfu():
     peak = measure_matmul_peak("cpu", torch.float32, size=128, repeats=2)
     assert 1e6 < peak < 1e15  # a real measurement in FLOP/s, not a constant
     assert mfu(tokens_per_second=10.0, flops_per_token=2e9, peak_flops=1e11) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("zoo", ["t5-v1_1/tiny_config.json", "bart/tiny_config.json"])
+def test_encoder_decoder_flops_count_every_linear_weight(zoo):
+    from pathlib import Path
+
+    config = ModelConfig.from_json(Path(__file__).resolve().parents[1] / "models" / zoo, vocab_size=100)
+    model = build_model(config)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    assert matmul_params(config) == linear  # the decoder's cross-attention and T5's narrower heads included
+    layers = config.layers_num + 2 * config.decoder_layers
+    assert model_flops_per_token(config, 16) == 6 * linear + 12 * layers * config.heads_num * config.head_dim * 16

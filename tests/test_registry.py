@@ -1,7 +1,7 @@
 import pytest
 
 import tencentpretrain  # noqa: F401  (fills the registries)
-from tencentpretrain.registry import ACTIVATIONS, ENCODERS, FEED_FORWARDS, NORMS, Registry
+from tencentpretrain.registry import ACTIVATIONS, DECODERS, ENCODERS, FEED_FORWARDS, NORMS, Registry
 
 
 def test_unknown_name_lists_known_names():
@@ -17,6 +17,7 @@ def test_duplicate_name_is_refused():
 
 
 def test_leaf_kinds_are_registered():
-    assert NORMS.names() == ["normal", "rms"]
+    assert NORMS.names() == ["normal", "rms", "t5"]
+    assert DECODERS.names() == ["transformer"]
     assert FEED_FORWARDS.names() == ["dense", "gated"]
     assert ACTIVATIONS.names() == ["gelu", "gelu_fast", "linear", "relu", "silu"]

@@ -1,2 +1,7 @@
-"""Decoders (``decoder`` key) for encoder-decoder models. None are registered yet: every model in the
-zoo is decoder-only (a causal ``transformer`` encoder), and configs say ``"decoder": null``."""
+"""Decoders (``decoder`` key) of encoder-decoder models (T5, BART). Importing this package registers them;
+decoder-only models (a causal ``transformer`` encoder) say ``"decoder": null``."""
+
+from tencentpretrain.decoders.transformer import Memory, TransformerDecoder
+
+__all__ = ["Memory", "TransformerDecoder"]
+

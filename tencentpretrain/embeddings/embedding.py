@@ -64,11 +64,12 @@ class SegmentEmbedding(nn.Module):
 
 class Embedding(nn.Module):
     """Sums the embeddings named in ``config.embedding`` (each a child module called by its name),
-    then applies the optional layer norm (``layernorm_eps``, BERT's 1e-12) and dropout."""
+    then applies the optional layer norm (``layernorm_eps``, BERT's 1e-12; BART's ``layernorm_embedding``) and
+    dropout. An encoder-decoder's ``tgt_embedding`` is a second one, built with ``names=config.tgt_embedding``."""
 
-    def __init__(self, config: ModelConfig, vocab_size: int):
+    def __init__(self, config: ModelConfig, vocab_size: int, names: tuple[str, ...] | None = None):
         super().__init__()
-        self.names = list(config.embedding)
+        self.names = list(config.embedding if names is None else names)
         for name in self.names:
             self.add_module(name, EMBEDDINGS.get(name)(config, vocab_size))
         self.layer_norm = None if config.remove_embedding_layernorm else LayerNorm(config.emb_size,

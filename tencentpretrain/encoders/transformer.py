@@ -1,4 +1,5 @@
-"""The transformer encoder: a stack of layers, rotary tables, the attention mask and the final norm."""
+"""The transformer encoder: a stack of layers, rotary tables or T5's relative position bias, the attention mask and
+the final norm."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.layers.relative_position import RelativePositionEmbedding
 from tencentpretrain.layers.rope import RotaryEmbedding
 from tencentpretrain.layers.transformer import TransformerLayer
 from tencentpretrain.registry import ENCODERS, NORMS
@@ -17,6 +19,10 @@ from tencentpretrain.registry import ENCODERS, NORMS
 class TransformerEncoder(nn.Module):
     """``layers_num`` transformer layers (``encoder.transformer.{i}``) and, with pre-norm, a final
     ``encoder.layer_norm``. Decoder-only models use it with ``mask: causal``.
+
+    With ``relative_position_embedding`` one bias table, ``encoder.relative_pos_emb``, serves every layer; each layer
+    also holds it as ``encoder.transformer.{i}.relative_pos_emb`` (the same module, never called there), because
+    TencentPretrain's encoder reads the table from those per-layer names.
 
     Args:
         config: the architecture.
@@ -28,7 +34,14 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.causal = config.mask == "causal"
         self.window = config.sliding_window  # None: every earlier position is visible
+        self.relative_pos_emb = None
+        if config.relative_position_embedding:
+            self.relative_pos_emb = RelativePositionEmbedding(config.heads_num, config.relative_attention_buckets_num,
+                                                              bidirectional=not self.causal)
         self.transformer = nn.ModuleList(TransformerLayer(config) for _ in range(config.layers_num))
+        if self.relative_pos_emb is not None:
+            for layer in self.transformer:
+                layer.relative_pos_emb = self.relative_pos_emb  # TencentPretrain's per-layer name, shared
         self.layer_norm = None
         if config.layernorm_positioning == "pre":
             self.layer_norm = NORMS.get(config.layernorm)(config.hidden_size, eps=config.layernorm_eps)
@@ -52,6 +65,8 @@ class TransformerEncoder(nn.Module):
         length = emb.shape[1]
         past = cache.length if cache is not None else 0
         mask = self._mask(length, past, padding_mask, emb.device)
+        if self.relative_pos_emb is not None:
+            mask = self._with_bias(mask, length, past, emb.dtype)
         is_causal = self.causal and mask is None and past == 0
         rotary = self.rotary(positions) if self.rotary is not None else None
         hidden = emb
@@ -64,6 +79,14 @@ class TransformerEncoder(nn.Module):
         if cache is not None:
             cache.advance(length)
         return self.layer_norm(hidden) if self.layer_norm is not None else hidden
+
+    def _with_bias(self, mask: torch.Tensor | None, length: int, past: int, dtype: torch.dtype) -> torch.Tensor:
+        """The relative position bias (1, heads, T, S) as a float mask, the dtype's minimum where ``mask`` hides a
+        key (a causal encoder's future included)."""
+        bias = self.relative_pos_emb(length, past + length, past).to(dtype)  # (1, heads, T, S)
+        if mask is None and self.causal and length > 1:
+            mask = torch.ones(length, past + length, dtype=torch.bool, device=bias.device).tril(past)[None, None]
+        return bias if mask is None else bias.masked_fill(~mask, torch.finfo(dtype).min)  # (B|1, heads, T, S)
 
     def _mask(self, length: int, past: int, padding_mask: torch.Tensor | None,
               device: torch.device) -> torch.Tensor | None:

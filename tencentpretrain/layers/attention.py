@@ -1,4 +1,5 @@
-"""Multi-head self-attention with grouped-query heads, rotary positions and an optional KV cache."""
+"""Multi-head attention with grouped-query heads, rotary positions and an optional KV cache: self-attention, and
+cross-attention over an encoder's output (the decoder of an encoder-decoder)."""
 
 from __future__ import annotations
 
@@ -60,16 +61,18 @@ class MultiHeadedAttention(nn.Module):
         Args:
             x: the normalised hidden states.
             rotary: cos and sin from ``RotaryEmbedding`` for these positions, or None without rotary embedding.
-            mask: boolean (B, 1, T, S), True where a query may attend a key; None when ``is_causal`` says it all.
+            mask: boolean (B, 1, T, S), True where a query may attend a key, or a float (B|1, heads|1, T, S) added to
+                the scores (T5's relative position bias, the dtype's minimum where a key is hidden); None when
+                ``is_causal`` says it all.
             is_causal: use SDPA's own causal masking (no cache offset, no padding).
             cache: keys and values of earlier positions, updated in place; it computes the attention
                 (``KVCache.attend``), so a cache may lay out its rows as it likes.
             layer: this layer's index in ``cache``.
         """
         batch, length, _ = x.shape
-        q = self.linear_layers[0](x).view(batch, length, self.heads_num, self.head_dim)
-        k = self.linear_layers[1](x).view(batch, length, self.kv_heads_num, self.head_dim)
-        v = self.linear_layers[2](x).view(batch, length, self.kv_heads_num, self.head_dim)
+        q = self._split(self.linear_layers[0](x), self.heads_num)  # (B, T, heads, head_dim)
+        k = self._split(self.linear_layers[1](x), self.kv_heads_num)
+        v = self._split(self.linear_layers[2](x), self.kv_heads_num)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)  # per head, over head_dim
         if rotary is not None:
@@ -85,4 +88,34 @@ class MultiHeadedAttention(nn.Module):
                 dropout_p=self.dropout if self.training else 0.0,
                 enable_gqa=self.kv_heads_num != self.heads_num,
             )  # (B, heads, T, head_dim)
+        return self.final_linear(out.transpose(1, 2).reshape(batch, length, -1))
+
+    def _split(self, projected: torch.Tensor, heads: int) -> torch.Tensor:
+        """(B, T, heads * head_dim) -> (B, T, heads, head_dim)."""
+        return projected.view(*projected.shape[:2], heads, self.head_dim)
+
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, kv_heads, S, head_dim) of ``memory`` (B, S, hidden), the encoder's output: computed
+        once per source and reused by every decoding step (cross-attention)."""
+        k = self._split(self.linear_layers[1](memory), self.kv_heads_num).transpose(1, 2)
+        v = self._split(self.linear_layers[2](memory), self.kv_heads_num).transpose(1, 2)
+        return k, v
+
+    def cross(self, x: torch.Tensor, keys_values: tuple[torch.Tensor, torch.Tensor],
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-attention of ``x`` (B, T, hidden) over the encoder's keys and values (:meth:`keys_values`).
+
+        Args:
+            x: the normalised decoder states.
+            keys_values: (B, kv_heads, S, head_dim) each.
+            mask: boolean (B, 1, 1, S), True at the real source tokens; None without padding.
+        """
+        batch, length, _ = x.shape
+        q = self._split(self.linear_layers[0](x), self.heads_num)  # (B, T, heads, head_dim)
+        if self.query_factor is not None:
+            q = q * self.query_factor
+        k, v = keys_values
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0,
+                                             enable_gqa=self.kv_heads_num != self.heads_num)  # (B, heads, T, hd)
         return self.final_linear(out.transpose(1, 2).reshape(batch, length, -1))

@@ -38,3 +38,21 @@ class RMSNorm(nn.Module):
             return F.rms_norm(x, self.weight.shape, self.weight, eps=self.eps)
         normed = F.rms_norm(x.float(), self.weight.shape, eps=self.eps)  # (..., hidden)
         return self.weight * normed.to(x.dtype)
+
+
+@NORMS.register("t5")
+class T5LayerNorm(nn.Module):
+    """T5's layer norm: ``weight * x / sqrt(mean(x^2) + eps)``, with no mean subtracted and no bias.
+
+    The mean square is taken in float32; the normalised values are cast to the weight's dtype before the scale
+    (T5's order, where ``rms`` casts to the input's). The parameter is ``weight`` as in TencentPretrain.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)  # (..., 1)
+        return self.weight * (x * torch.rsqrt(variance + self.eps)).to(self.weight.dtype)

@@ -15,17 +15,25 @@ IGNORE_INDEX = -100
 
 @TARGETS.register("lm")
 class LmTarget(nn.Module):
-    """Projects hidden states to the vocabulary (``target.lm.output_layer``) and scores next tokens."""
+    """Projects hidden states to the vocabulary (``target.lm.output_layer``) and scores next tokens.
+
+    With ``tied_head_rescale`` (T5 v1.0, whose head is its word embedding) the states are first multiplied by
+    ``hidden_size ** -0.5``.
+    """
 
     label = "tgt"  # (B, T): the token that follows each position, IGNORE_INDEX where none should be scored
 
     def __init__(self, config: ModelConfig, vocab_size: int):
         super().__init__()
         self.output_layer = nn.Linear(config.hidden_size, vocab_size, bias=config.has_lmtarget_bias)
+        self.input_scale = config.hidden_size ** -0.5 if config.tied_head_rescale else None
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, hidden) -> (B, T, vocab)."""
-        return self.output_layer(hidden)
+        return self.output_layer(self._scaled(hidden))
+
+    def _scaled(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden if self.input_scale is None else hidden * self.input_scale
 
     def forward(self, hidden: torch.Tensor, tgt: torch.Tensor,
                 loss_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -52,10 +60,11 @@ class LmTarget(nn.Module):
         A plain ``nn.Linear`` head goes through the chunked ``linear_cross_entropy`` (no full logits tensor);
         a wrapped head (LoRA), a ZeRO-3 partitioned weight or autocast take the unfused path.
         """
+        hidden = self._scaled(hidden)
         head = self.output_layer
         weight = head.weight
         fusable = type(head) is nn.Linear and not hasattr(weight, "ds_id") and not torch.is_autocast_enabled(
             hidden.device.type)
         if fusable:
             return linear_cross_entropy(hidden, weight, head.bias, tgt, IGNORE_INDEX)
-        return F.cross_entropy(self.logits(hidden).float(), tgt, ignore_index=IGNORE_INDEX, reduction="sum")
+        return F.cross_entropy(head(hidden).float(), tgt, ignore_index=IGNORE_INDEX, reduction="sum")

@@ -5,6 +5,10 @@ MFU = (model FLOPs per token x tokens per second) / peak FLOP/s. The model FLOPs
 LM head included), plus ``12 L H T`` for attention scores and weighted sums (``L`` layers, ``H`` = heads x head_dim,
 ``T`` the sequence length; the causal half is not subtracted). Recomputation for activation checkpointing is not
 counted: it is overhead, not model work. The peak is measured here, on this machine, rather than read off a data sheet.
+
+An encoder-decoder (T5, BART) is counted per source position with a target as long as the source: its decoder
+layers have a self-attention, a cross-attention of the same size (queries and output on the target, keys and
+values on the source) and a feed-forward layer, and both attentions' scores count in the ``12 L H T`` term.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ def matmul_params(config: ModelConfig, vocab_size: int | None = None) -> int:
     if vocab_size is None:
         raise ValueError("vocabulary size unknown: set vocab_size in the config or pass it")
     hidden, kv = config.hidden_size, config.kv_heads_num * config.head_dim
-    attention = 2 * hidden * hidden + 2 * hidden * kv  # q and output projections, k and v projections
-    ffn_mats = 3 if config.feed_forward == "gated" else 2
-    per_layer = attention + ffn_mats * hidden * config.feedforward_size
-    return config.layers_num * per_layer + hidden * vocab_size
+    attention = 2 * hidden * config.heads_num * config.head_dim + 2 * hidden * kv  # q and output, k and v
+    ffn = (3 if config.feed_forward == "gated" else 2) * hidden * config.feedforward_size
+    decoder = config.decoder_layers * (2 * attention + ffn) if config.encoder_decoder else 0
+    return config.layers_num * (attention + ffn) + decoder + hidden * vocab_size
 
 
 def model_flops_per_token(config: ModelConfig, seq_length: int, vocab_size: int | None = None) -> float:
@@ -36,7 +40,8 @@ def model_flops_per_token(config: ModelConfig, seq_length: int, vocab_size: int 
         seq_length: tokens per sequence, ``T``.
         vocab_size: rows of the LM head; defaults to ``config.vocab_size``.
     """
-    attention = 12 * config.layers_num * config.heads_num * config.head_dim * seq_length
+    attention_layers = config.layers_num + (2 * config.decoder_layers if config.encoder_decoder else 0)
+    attention = 12 * attention_layers * config.heads_num * config.head_dim * seq_length
     return 6.0 * matmul_params(config, vocab_size) + attention
 
 

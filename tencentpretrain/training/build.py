@@ -16,8 +16,8 @@ from tencentpretrain.data import BinaryDataset, DataLoader
 from tencentpretrain.dtypes import DTYPES, bf16_is_faster
 from tencentpretrain.hardware import cpu
 from tencentpretrain.training.checkpointing import Checkpointer
-from tencentpretrain.training.distributed import init_distributed, seed_everything
-from tencentpretrain.training.engine import DistInfo, Engine
+from tencentpretrain.training.distributed import DistInfo, init_distributed, seed_everything
+from tencentpretrain.training.engine import Engine
 from tencentpretrain.training.flops import measure_matmul_peak, model_flops_per_token
 from tencentpretrain.training.inputs import read_inputs
 from tencentpretrain.training.logging import TrainLogger, note

@@ -33,7 +33,8 @@ from tencentpretrain.checkpoint import CheckpointError, atomic_path, replace_dir
 from tencentpretrain.cli import naming
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.convert.peft import write_peft_adapter
-from tencentpretrain.training.engine import DistInfo, Engine, ModelExport
+from tencentpretrain.training.distributed import DistInfo
+from tencentpretrain.training.engine import Engine, ModelExport
 from tencentpretrain.training.logging import note
 from tencentpretrain.training.lora import write_adapter
 

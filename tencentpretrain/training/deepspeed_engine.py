@@ -13,7 +13,8 @@ from torch import nn
 
 from tencentpretrain.checkpoint import CheckpointError
 from tencentpretrain.training.deepspeed_config import deepspeed_config
-from tencentpretrain.training.engine import DistInfo, Engine, LossModule, StepResult
+from tencentpretrain.training.distributed import DistInfo
+from tencentpretrain.training.engine import Engine, LossModule, StepResult
 from tencentpretrain.training.logging import note
 from tencentpretrain.training.lora import LoraConfig
 from tencentpretrain.training.memory import MemoryTrace, steady_heap

@@ -17,42 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from tencentpretrain.training.distributed import DistInfo
 from tencentpretrain.training.lora import LoraConfig, is_lora_name, lora_state_dict, merge_lora_state
 
-if TYPE_CHECKING:  # they import DistInfo from here
+if TYPE_CHECKING:
     from tencentpretrain.training.memory import MemoryTrace
     from tencentpretrain.training.model_setup import ModelSetup
     from tencentpretrain.training.options import TrainOptions
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits: its rank among ``world_size`` and its device."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-    def all_reduce_sum(self, values: list[float]) -> list[float]:
-        """Sum a few floats over all ranks (float64 on the CPU side; a collective: every rank must call it)."""
-        if self.world_size == 1:
-            return list(values)
-        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
 
 
 @dataclass(frozen=True)

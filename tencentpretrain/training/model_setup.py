@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.model import Model, build_model
-from tencentpretrain.training.engine import DistInfo
+from tencentpretrain.training.distributed import DistInfo
 from tencentpretrain.training.inputs import Inputs
 from tencentpretrain.training.logging import note
 from tencentpretrain.training.lora import LoraConfig, apply_lora, freeze_parameters

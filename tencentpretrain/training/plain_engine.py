@@ -11,7 +11,8 @@ from torch import nn
 from tencentpretrain.checkpoint import CheckpointError
 from tencentpretrain.dtypes import DTYPES
 from tencentpretrain.training.checkpointing import read_state_file
-from tencentpretrain.training.engine import DistInfo, Engine, LossModule, StepResult, cast_state
+from tencentpretrain.training.distributed import DistInfo
+from tencentpretrain.training.engine import Engine, LossModule, StepResult, cast_state
 from tencentpretrain.training.lora import LoraConfig
 from tencentpretrain.training.memory import MemoryTrace
 from tencentpretrain.training.model_setup import ModelSetup, build_training_model

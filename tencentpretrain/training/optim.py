@@ -40,8 +40,8 @@ def _ndim(param: torch.Tensor) -> int:
 
 def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
                 device: torch.device) -> torch.optim.AdamW:
-    """``torch.optim.AdamW`` with its fused kernel where the device has one (CUDA, and CPUs since torch 2.4:
-    several times faster than the per-tensor loop), else the foreach implementation."""
+    """``torch.optim.AdamW`` with its fused kernel where the device has one (CUDA, and CPUs since torch 2.4), else
+    the foreach implementation (docs/benchmarks.md, "Training speed", compares them)."""
     if "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type in ("cuda", "xpu", "mps", "cpu"):
         try:
             return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)

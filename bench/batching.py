@@ -17,7 +17,7 @@ laid out as the server lays them out for the batch size (``auto``: ``row`` where
   seconds spent in passes with prompt chunks and in plain decoding steps. No HTTP, no tokenizer: only the scheduling
   and the model. ``--threads 2`` runs both on two threads (then compare wall seconds).
 
-Run: ``python bench/batching.py`` (both parts), ``--requests 16 --prompt_tokens 16 64 --max_tokens 64 128`` for the
+Run: ``python -m bench.batching`` (both parts), ``--requests 16 --prompt_tokens 16 64 --max_tokens 64 128`` for the
 decode-heavier mix, ``--size tiny`` for a quick look.
 """
 
@@ -28,21 +28,16 @@ import random
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from generate import size_config  # noqa: E402
-
-from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
-from tencentpretrain.generation.batching import Batcher, Request  # noqa: E402
-from tencentpretrain.generation.layout import weight_layout  # noqa: E402
-from tencentpretrain.generation.native import native_unavailable  # noqa: E402
-from tencentpretrain.generation.threads import use_threads  # noqa: E402
-from tencentpretrain.model import build_model  # noqa: E402
+from bench.generate import size_config
+from tencentpretrain.generation import Engine, prepare_for_inference
+from tencentpretrain.generation.batching import Batcher, Request
+from tencentpretrain.generation.layout import weight_layout
+from tencentpretrain.generation.native import native_unavailable
+from tencentpretrain.generation.threads import use_threads
+from tencentpretrain.model import build_model
 
 
 def cpu_best(run, repeats: int, clock=time.process_time) -> float:

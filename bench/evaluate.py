@@ -10,7 +10,7 @@ device has bf16 hardware, so the two are side by side with the machine named). O
 one-batch warm-up; the order is alternated over ``--repeats`` and the fastest kept.
 
 The documents are the English wiki corpus of ``../shared`` tokenized with the LLaMA tokenizer when present,
-random tokens otherwise. Run: ``python bench/evaluate.py`` (``--sizes tiny`` for a quick look).
+random tokens otherwise. Run: ``python -m bench.evaluate`` (``--sizes tiny`` for a quick look).
 
 ``--choice`` times multiple choice instead (needs the LLaMA tokenizer of ``../shared``): the hand-written C-Eval
 questions of ``tests/data/ceval`` cycled to ``--questions`` prompts of ``--shots`` examples each; transformers'
@@ -31,25 +31,22 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a clone without installing
-sys.path.insert(0, str(ROOT / "bench"))
-
-from generate import SIZES, build_pair, size_config  # noqa: E402  (bench/generate.py: the same models)
-from train import default_dtypes, machine  # noqa: E402  (bench/train.py: the same choice of dtypes)
-
-from tencentpretrain.evaluation.choice import ChoiceScorer, evaluate_subject  # noqa: E402
-from tencentpretrain.evaluation.perplexity import rolling_windows  # noqa: E402
-from tencentpretrain.evaluation.readers import LETTERS, read_choice_file  # noqa: E402
-from tencentpretrain.evaluation.scoring import (  # noqa: E402
+from bench.generate import SIZES, build_pair, size_config  # bench/generate.py: the same models
+from bench.train import default_dtypes, machine  # bench/train.py: the same choice of dtypes
+from tencentpretrain.evaluation.choice import ChoiceScorer, evaluate_subject
+from tencentpretrain.evaluation.perplexity import rolling_windows
+from tencentpretrain.evaluation.readers import LETTERS, read_choice_file
+from tencentpretrain.evaluation.scoring import (
     Window,
     length_batches,
     next_token_logits,
     right_pad,
     window_nlls,
 )
-from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
-from tencentpretrain.generation.layout import weight_layout  # noqa: E402
+from tencentpretrain.generation import Engine, prepare_for_inference
+from tencentpretrain.generation.layout import weight_layout
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SHARED = Path(os.environ.get("TP_SHARED_DIR", ROOT.parent / "shared")) / "data"

@@ -7,7 +7,7 @@ runs taken in alternation (the machine is shared: the minimum is the least distu
 - TTFT: time to first token, i.e. a call that generates one token (tokenise-free: prefill plus one step).
 - decode tok/s: ``B * (N - 1)`` tokens over (time of an N-token call - time of a 1-token call).
 
-Both use ``torch.set_num_threads(--threads)`` and fp32 on CPU. Run: ``python bench/generate.py``
+Both use ``torch.set_num_threads(--threads)`` and fp32 on CPU. Run: ``python -m bench.generate``
 (``--sizes tiny`` for a quick look; ``--int8`` adds our int8 engine as a third column; ``--layout column packed``
 times our engine with each weight layout, one row each, against transformers afresh; ``--native`` has our engine
 decode natively (generation/native.py, run_llama.py's default) instead of in PyTorch, see also ``bench/threads.py``
@@ -174,8 +174,7 @@ def load_copy(model):
 
 def llama_cpp_table(args) -> list[str]:
     """``--llama_cpp``: llama.cpp against our fp32 and int8 engines at batch 1, one row per size and thread count."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from generate_llama_cpp import HEADER, llama_cpp_rows
+    from bench.generate_llama_cpp import HEADER, llama_cpp_rows
 
     print(f"\n{HEADER}\n|" + "---|" * (HEADER.count("|") - 1))
     rows = []
@@ -189,9 +188,7 @@ def llama_cpp_table(args) -> list[str]:
 def quant_table(args) -> list[str]:
     """``--quant q8_0|q4_0 --llama_cpp``: our native engine in that quantisation against llama.cpp's (and our fp32),
     per size."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from generate_llama_cpp import llama_cpp_quant_rows, quant_header
-
+    from bench.generate_llama_cpp import llama_cpp_quant_rows, quant_header
     from tencentpretrain.hardware import cpu
 
     header = quant_header(args.quant)

@@ -1,6 +1,6 @@
 """What each GGUF quantisation costs: file size, perplexity and greedy agreement, llama.cpp against our fp32 model.
 
-    python bench/gguf_quality.py --load_model_path model.bin --config_path cfg.json --spm_model_path tok.model \\
+    python -m bench.gguf_quality --load_model_path model.bin --config_path cfg.json --spm_model_path tok.model \\
         --text_path held_out.txt [--outtypes f32 f16 q8_0 q4_0] [--context 512] [--prompts 16] [--new_tokens 32]
 
 Our own ``--int8`` engine and our ``--quant q8_0`` and ``--quant q4_0`` (the same blocks as llama.cpp's q8_0 and
@@ -27,15 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tencentpretrain.generation import Engine, prepare_for_inference, quantize_int8
+from tencentpretrain.generation.engine import load_generation_model
+from tencentpretrain.generation.prepare import BLOCK_QUANTS
+from tencentpretrain.generation.threads import use_threads
+from tencentpretrain.llamacpp import add_repack_arg, open_llama
+from tencentpretrain.tokenizers import SentencePieceTokenizer
 
-from tencentpretrain.generation import Engine, prepare_for_inference, quantize_int8  # noqa: E402
-from tencentpretrain.generation.engine import load_generation_model  # noqa: E402
-from tencentpretrain.generation.prepare import BLOCK_QUANTS  # noqa: E402
-from tencentpretrain.generation.threads import use_threads  # noqa: E402
-from tencentpretrain.llamacpp import add_repack_arg, open_llama  # noqa: E402
-from tencentpretrain.tokenizers import SentencePieceTokenizer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def windows(tokenizer, lines: list[str], context: int) -> list[list[int]]:

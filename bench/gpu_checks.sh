@@ -15,8 +15,8 @@ $PY -c "import torch, transformers; print('torch', torch.__version__, 'transform
     | tee -a "$OUT/gpu.txt"
 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py "$@" 2>&1 | tee "$OUT/gpu_tests.log"
 tests=${PIPESTATUS[0]}
-$PY bench/train.py --device cuda --dtype bf16 --preset gpu_1b --batch_size 8 --seq_length 2048 --rounds 3 \
+$PY -m bench.train --device cuda --dtype bf16 --preset gpu_1b --batch_size 8 --seq_length 2048 --rounds 3 \
     2>&1 | tee "$OUT/bench_train_bf16.log"
-$PY bench/evaluate.py --device cuda --dtype bf16 --sizes 1b --tokens 32768 --seq_length 2048 --batch_size 4 \
+$PY -m bench.evaluate --device cuda --dtype bf16 --sizes 1b --tokens 32768 --seq_length 2048 --batch_size 4 \
     --repeats 3 2>&1 | tee "$OUT/bench_evaluate_bf16.log"
 exit "$tests"

@@ -6,26 +6,20 @@ them: 4 KiB pages) and one with the default (``generation/hugepages.py``: one ma
 For each thread count, decoding steps of one row over a 100-token cache alternate between the two copies; the
 fastest of ``--repeats`` is reported, with the bytes of weights a step streams per second.
 
-Run: ``python bench/huge_pages.py`` (``--size tiny`` for a quick look).
+Run: ``python -m bench.huge_pages`` (``--size tiny`` for a quick look).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from generate import size_config  # noqa: E402
-
-from tencentpretrain.generation import Engine, native, prepare_for_inference  # noqa: E402
-from tencentpretrain.model import build_model  # noqa: E402
+from bench.generate import size_config
+from tencentpretrain.generation import Engine, native, prepare_for_inference
+from tencentpretrain.model import build_model
 
 
 def streamed_bytes(model) -> int:

@@ -6,7 +6,7 @@ trained this briefly is far from a real LLM (perplexity in the hundreds), so the
 the quantisation error on real activations, not a prediction of the change for a 7B model. The last
 ``--heldout_docs`` documents are never trained on and are what perplexity is measured on.
 
-Run: ``python bench/int8_quality.py`` (about 10 minutes on a busy 2-core machine).
+Run: ``python -m bench.int8_quality`` (about 10 minutes on a busy 2-core machine).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ builds' fastest figure and the median (and range) of the ratio within a round, w
 is faster. "same" says the builds gave the same tokens (decoding) or the same logits bit for bit (passes). The CPU
 is printed first (``hardware.cpu().kind()``). Needs a CPU with AVX-512F.
 
-Run: ``python bench/isa.py`` (100m, 1 and 2 threads), ``--size tiny`` for a quick look.
+Run: ``python -m bench.isa`` (100m, 1 and 2 threads), ``--size tiny`` for a quick look.
 """
 
 from __future__ import annotations
@@ -23,20 +23,15 @@ import datetime
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from batching import one_pass  # noqa: E402
-from generate import decode_rate, fastest, prompts_for, rounds, size_config  # noqa: E402
-
-from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
-from tencentpretrain.generation.native import ISAS, NativeDecoder, choose_isa  # noqa: E402
-from tencentpretrain.hardware import cpu  # noqa: E402
-from tencentpretrain.model import build_model  # noqa: E402
+from bench.batching import one_pass
+from bench.generate import decode_rate, fastest, prompts_for, rounds, size_config
+from tencentpretrain.generation import Engine, prepare_for_inference
+from tencentpretrain.generation.native import ISAS, NativeDecoder, choose_isa
+from tencentpretrain.hardware import cpu
+from tencentpretrain.model import build_model
 
 NARROW, WIDE = "avx2", "avx512"
 

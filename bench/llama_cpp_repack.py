@@ -14,30 +14,25 @@ Each round runs every variant in turn, ``--repeats`` rounds; each row gives both
 median (and range) of the off/on ratio within a round (below 1: off is slower). On an AMX CPU "on" crashes, so only
 "off" runs unless ``--force_on``. The CPU is printed first.
 
-Run: ``python bench/llama_cpp_repack.py`` (100m, 2 threads), ``--size tiny`` for a quick look.
+Run: ``python -m bench.llama_cpp_repack`` (100m, 2 threads), ``--size tiny`` for a quick look.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from generate import decode_rate, prompts_for, size_config  # noqa: E402
-from generate_llama_cpp import F32, export  # noqa: E402
-from isa import paired  # noqa: E402
-
-from tencentpretrain.hardware import cpu  # noqa: E402
-from tencentpretrain.llamacpp import open_llama  # noqa: E402
-from tencentpretrain.model import build_model  # noqa: E402
+from bench.generate import decode_rate, prompts_for, size_config
+from bench.generate_llama_cpp import F32, export
+from bench.isa import paired
+from tencentpretrain.hardware import cpu
+from tencentpretrain.llamacpp import open_llama
+from tencentpretrain.model import build_model
 
 OUTTYPES = ("q8_0", "q4_0")
 

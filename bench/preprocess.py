@@ -10,7 +10,7 @@
 then loading: opening our dataset and reading every sample vs unpickling TencentPretrain's dataset.pt;
 and peak RSS (process tree) of our preprocess on the corpus and on 10x the corpus.
 
-    python bench/preprocess.py --repeat 4 --processes_num 2 --tencentpretrain_dir /tmp/tp_copy --trials 3
+    python -m bench.preprocess --repeat 4 --processes_num 2 --tencentpretrain_dir /tmp/tp_copy --trials 3
 
 With ``--tokenizer_path`` (a byte-level BPE tokenizer.json, e.g. ../shared/data/tokenizers/qwen3) the tokenizer is
 that one: raw is the ``tokenizers`` library's ``encode_batch_fast`` of the same chunks in this process on its own
@@ -18,7 +18,7 @@ thread pool (all cores), ours ``build_dataset`` as ``preprocess.py --tokenizer_p
 ``--processes_num`` processes (the scaling); TencentPretrain,
 which has no byte-level BPE tokenizer, is skipped.
 
-    python bench/preprocess.py --repeat 4 --processes_num 2 --tokenizer_path ../shared/data/tokenizers/qwen3
+    python -m bench.preprocess --repeat 4 --processes_num 2 --tokenizer_path ../shared/data/tokenizers/qwen3
 """
 
 from __future__ import annotations

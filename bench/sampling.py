@@ -9,14 +9,13 @@ draw per row) against the one it replaced (kept below as ``sample_sorted``: the 
    of ``--repeats`` alternating runs (``bench/generate.py``'s ``measure``). The tokens differ between the three
    (each draws its own random numbers).
 
-Run: ``python bench/sampling.py`` (``--no_llama_cpp``, ``--threads 1``).
+Run: ``python -m bench.sampling`` (``--no_llama_cpp``, ``--threads 1``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,17 +23,13 @@ from unittest import mock
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from generate import measure, prompts_for, size_config  # noqa: E402
-
-from tencentpretrain.generation import Engine, SamplingParams, prepare_for_inference  # noqa: E402
-from tencentpretrain.generation import engine as engine_module  # noqa: E402
-from tencentpretrain.generation.sampling import candidates, greedy, sample  # noqa: E402
-from tencentpretrain.generation.threads import use_threads  # noqa: E402
-from tencentpretrain.llamacpp import add_repack_arg  # noqa: E402
-from tencentpretrain.model import build_model  # noqa: E402
+from bench.generate import measure, prompts_for, size_config
+from tencentpretrain.generation import Engine, SamplingParams, prepare_for_inference
+from tencentpretrain.generation import engine as engine_module
+from tencentpretrain.generation.sampling import candidates, greedy, sample
+from tencentpretrain.generation.threads import use_threads
+from tencentpretrain.llamacpp import add_repack_arg
+from tencentpretrain.model import build_model
 
 SETTINGS = {
     "run_llama.py default (T 0.7, top-k 40, top-p 0.9)": SamplingParams(0.7, 40, 0.9),
@@ -114,7 +109,7 @@ def decoding(args, temporary: Path) -> list[str]:
 
     variants = {"ours, sampler before": ours(sample_sorted), "ours, sampler now": ours(sample)}
     if args.llama_cpp:
-        from generate_llama_cpp import export, llama_cpp_runner
+        from bench.generate_llama_cpp import export, llama_cpp_runner
 
         path = export(model, temporary)["f32"]
         llama = llama_cpp_runner(path, prompt, args.threads, len(prompt) + args.new_tokens + 8,

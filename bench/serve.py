@@ -16,8 +16,8 @@ Reported per server:
 clients that disconnect mid-stream and malformed bodies, and reports the server's RSS after warm-up and at the end,
 the requests served and the errors (any unexpected status or failed request), and whether /health still answers.
 
-Run: ``python bench/serve.py`` (99M model), ``python bench/serve.py --size tiny --requests 16`` (a quick look),
-``python bench/serve.py --soak 180``. The tokenizer is the LLaMA one from ``../shared`` (or ``TP_SHARED_DIR``) when
+Run: ``python -m bench.serve`` (99M model), ``python -m bench.serve --size tiny --requests 16`` (a quick look),
+``python -m bench.serve --soak 180``. The tokenizer is the LLaMA one from ``../shared`` (or ``TP_SHARED_DIR``) when
 present, else ``--spm_model_path``, else a small one trained here (the model's vocabulary then shrinks to it).
 """
 
@@ -35,13 +35,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
+
+from tencentpretrain.checkpoint import save_state_dict
+from tencentpretrain.model import build_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from tencentpretrain.checkpoint import save_state_dict  # noqa: E402
-from tencentpretrain.model import build_model  # noqa: E402
 
 WORDS = ("the model reads tokens and learns to predict the next one from data while many users ask questions "
          "about history science music cities rivers mountains language training servers and batches").split()
@@ -66,8 +65,7 @@ def find_tokenizer(given: str | None, workdir: Path) -> Path:
 
 def save_model(size: str, vocab_size: int, workdir: Path) -> tuple[Path, Path, float]:
     """A random model of the preset ``size`` saved as (config, checkpoint); its parameters in millions."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    from generate import size_config
+    from bench.generate import size_config
 
     config = size_config(size).replace(vocab_size=vocab_size)
     torch.manual_seed(0)

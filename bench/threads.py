@@ -12,7 +12,7 @@ tokens": each variant's tokens equal ours in PyTorch on one thread. With llama.c
 decoding with llama.cpp's at ``--threads`` threads twice: the ratio of the fastest runs, and the median (and range)
 of the ratios within a round, where the two ran seconds apart (``bench/generate.py``'s ``rounds``): the host's load
 moves every figure by 10-30% between minutes, and a ratio within a round cancels most of it. Run:
-``python bench/threads.py`` (99M model, 1 and 2 threads), ``--sizes tiny 100m``, ``--no_llama_cpp``.
+``python -m bench.threads`` (99M model, 1 and 2 threads), ``--sizes tiny 100m``, ``--no_llama_cpp``.
 """
 
 from __future__ import annotations
@@ -26,16 +26,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from generate import decode_rate, fastest, prompts_for, rounds, size_config  # noqa: E402
-
-from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
-from tencentpretrain.generation.layout import LAYOUTS  # noqa: E402
-from tencentpretrain.generation.threads import use_threads  # noqa: E402
-from tencentpretrain.llamacpp import add_repack_arg  # noqa: E402
-from tencentpretrain.model import build_model  # noqa: E402
+from bench.generate import decode_rate, fastest, prompts_for, rounds, size_config
+from tencentpretrain.generation import Engine, prepare_for_inference
+from tencentpretrain.generation.layout import LAYOUTS
+from tencentpretrain.generation.threads import use_threads
+from tencentpretrain.llamacpp import add_repack_arg
+from tencentpretrain.model import build_model
 
 
 def engine_runner(engine: Engine, threads: int, native: bool):
@@ -50,7 +46,7 @@ def engine_runner(engine: Engine, threads: int, native: bool):
 
 def llama_cpp_runner(path: Path, threads: int, context: int, repack: str = "auto"):
     """The same with llama.cpp (``bench/generate_llama_cpp.py``) on ``threads`` threads."""
-    from generate_llama_cpp import llama_cpp_runner as runner
+    from bench.generate_llama_cpp import llama_cpp_runner as runner
 
     runners = {}
 
@@ -78,7 +74,7 @@ def bench_size(name: str, args, temporary: Path) -> str:
     if engine.decoder is None:
         raise SystemExit(f"native decoding is unavailable here: {engine.decoding}")
     if args.llama_cpp:
-        from generate_llama_cpp import export
+        from bench.generate_llama_cpp import export
 
         path = export(model, temporary)["f32"]
         for threads in counts:

@@ -11,9 +11,9 @@ Each dtype of ``--dtype`` is measured in turn (default: fp32, and bf16 where the
 CPU with AVX512-BF16 or AMX; on AVX2-only CPUs bf16 is emulated, hundreds of times slower, and left out unless
 asked), and a closing table puts them side by side with the machine named.
 
-    python bench/train.py                                    # CPU, vocab 32000: fp32, and bf16 where the CPU has it
-    python bench/train.py --vocab_size 4096                  # the transformer layers dominate instead of the head
-    python bench/train.py --device cuda --dtype bf16 --preset gpu_1b --batch_size 8 --seq_length 2048
+    python -m bench.train                                    # CPU, vocab 32000: fp32, and bf16 where the CPU has it
+    python -m bench.train --vocab_size 4096                  # the transformer layers dominate instead of the head
+    python -m bench.train --device cuda --dtype bf16 --preset gpu_1b --batch_size 8 --seq_length 2048
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 ZeRO-3 (built partitioned under ``deepspeed.zero.Init``, each parameter scattered from rank 0's memory-mapped file
 straight into the ranks' partitions), both on 2 CPU ranks, in one run.
 
-    python bench/train_memory.py                       # 165M-parameter LLaMA, vocab 32000
-    python bench/train_memory.py --layers_num 4 --hidden_size 512
+    python -m bench.train_memory                       # 165M-parameter LLaMA, vocab 32000
+    python -m bench.train_memory --layers_num 4 --hidden_size 512
 
 Each rank runs ``pretrain.py``'s setup and build, then one training step, with ``TP_MEMORY_TRACE=1``: after each
 stage (imports, process group, data, model built, weights loaded, engine with optimizer, first step) it prints the
@@ -60,7 +60,6 @@ def prepare(folder: Path, args) -> tuple[Path, Path, Path]:
     del model
     corpus = folder / "corpus.txt"
     corpus.write_text("\n".join(f"document {i} " + " ".join(str(j) for j in range(200)) for i in range(20)))
-    sys.path.insert(0, str(ROOT))
     import preprocess
 
     spm = ROOT.parent / "shared" / "data" / "tokenizers" / "llama_tokenizer.model"

@@ -8,7 +8,7 @@ evaluation module (tencentpretrain/evaluation/perplexity.py: bos-conditioned rol
 row trains the unextended model the same way with LLaMA's tokenizer. Everything runs through the project's
 commands (preprocess.py, pretrain.py, the scripts), on the CPU, in a few minutes.
 
-    python bench/vocab_init.py --steps_en 200 --steps 60 --with_reference
+    python -m bench.vocab_init --steps_en 200 --steps 60 --with_reference
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tencentpretrain.checkpoint import load_model
+from tencentpretrain.evaluation import evaluate_perplexity
+from tencentpretrain.tokenizers import SentencePieceTokenizer
 
-from tencentpretrain.checkpoint import load_model  # noqa: E402
-from tencentpretrain.evaluation import evaluate_perplexity  # noqa: E402
-from tencentpretrain.tokenizers import SentencePieceTokenizer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SHARED = (ROOT.parent / "shared" if (ROOT.parent / "shared").exists()
           else Path(os.environ.get("TP_SHARED_DIR", ROOT.parent / "shared"))) / "data"

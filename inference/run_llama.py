@@ -18,19 +18,16 @@ used when ``--spm_model_path`` is not given).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-from tencentpretrain.checkpoint import atomic_path  # noqa: E402
-from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
-from tencentpretrain.data.chat_template import load_template  # noqa: E402
-from tencentpretrain.generation import Engine  # noqa: E402
-from tencentpretrain.generation.chat import ChatSession, fit_prompt, generate_text, question_ids  # noqa: E402
-from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args  # noqa: E402
-from tencentpretrain.jsonfile import read_text  # noqa: E402
+from tencentpretrain.checkpoint import atomic_path
+from tencentpretrain.cli import run_cli
+from tencentpretrain.data.chat_template import load_template
+from tencentpretrain.generation import Engine
+from tencentpretrain.generation.chat import ChatSession, fit_prompt, generate_text, question_ids
+from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args
+from tencentpretrain.prompts import escape, read_prompts
 
 
 def build_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,17 +56,6 @@ def build_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """One prompt per line; a literal backslash-n is a newline and a doubled backslash a backslash.
-
-    Raises:
-        InputError: naming ``--test_path`` and the line, when the file is not UTF-8.
-    """
-    with naming("--test_path", path):
-        lines = read_text(path, InputError, "a prompt file").splitlines()
-    return [re.sub(r"\\(\\|n)", lambda m: "\n" if m.group(1) == "n" else "\\", line) for line in lines]
-
-
 def fit_prompts(ids: list[list[int]], budget: int, first: int, args: argparse.Namespace) -> list[list[int]]:
     """Cut over-long prompts to ``budget`` tokens (keeping bos and the end) and say so on stderr."""
     fitted = [fit_prompt(p, budget) for p in ids]
@@ -80,11 +66,6 @@ def fit_prompts(ids: list[list[int]], budget: int, first: int, args: argparse.Na
                   f"--seq_length {args.seq_length} - --max_new_tokens {args.max_new_tokens}", file=sys.stderr,
                   flush=True)
     return fitted
-
-
-def escape(text: str) -> str:
-    """The inverse of ``read_prompts``' unescaping: one line per text."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def run_file(args: argparse.Namespace, engine: Engine, tokenizer, prompts: list[str] | None = None) -> list[str]:

@@ -16,15 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-from tencentpretrain.checkpoint import atomic_path  # noqa: E402
-from tencentpretrain.cli import InputError, run_cli  # noqa: E402
-from tencentpretrain.generation.options import add_sampling_args  # noqa: E402
-from tencentpretrain.llamacpp import add_repack_arg, open_llama  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_llama import escape, read_prompts  # noqa: E402
+from tencentpretrain.checkpoint import atomic_path
+from tencentpretrain.cli import InputError, run_cli
+from tencentpretrain.generation.options import add_sampling_args
+from tencentpretrain.llamacpp import add_repack_arg, open_llama
+from tencentpretrain.prompts import escape, read_prompts
 
 
 def build_args(argv):

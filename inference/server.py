@@ -16,13 +16,9 @@ import argparse
 import importlib.util
 import socket
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-
-from tencentpretrain.cli import InputError, run_cli  # noqa: E402
-from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args  # noqa: E402
+from tencentpretrain.cli import InputError, run_cli
+from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:

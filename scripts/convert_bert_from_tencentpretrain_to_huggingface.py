@@ -3,13 +3,10 @@ targets, BertForMaskedLM with mlm alone); with --vocab_path
 its tokenizer too, so that AutoTokenizer and the fill-mask pipeline load the directory as it is."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tencentpretrain.cli import run_cli  # noqa: E402
-from tencentpretrain.convert import save_hf_bert  # noqa: E402
-from tencentpretrain.convert.cli import from_tencentpretrain  # noqa: E402
+from tencentpretrain.cli import run_cli
+from tencentpretrain.convert import save_hf_bert
+from tencentpretrain.convert.cli import from_tencentpretrain
 
 
 def main(argv=None) -> int:

@@ -6,13 +6,10 @@ rounding error. Needs the ``gguf`` package: ``pip install -e .[gguf]``.
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tencentpretrain.checkpoint import save_state_dict  # noqa: E402
-from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
-from tencentpretrain.dtypes import DTYPES  # noqa: E402
+from tencentpretrain.checkpoint import save_state_dict
+from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.dtypes import DTYPES
 
 
 def main(argv=None) -> int:

@@ -9,11 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
-from tencentpretrain.convert.keymap import ConversionError  # noqa: E402
-from tencentpretrain.registry import TEMPLATES  # noqa: E402
+from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.convert.keymap import ConversionError
+from tencentpretrain.registry import TEMPLATES
 
 
 def parse_args(argv):

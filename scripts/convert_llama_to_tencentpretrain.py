@@ -2,13 +2,10 @@
 to TencentPretrain."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tencentpretrain.cli import run_cli  # noqa: E402
-from tencentpretrain.convert import load_meta_llama  # noqa: E402
-from tencentpretrain.convert.cli import to_tencentpretrain  # noqa: E402
+from tencentpretrain.cli import run_cli
+from tencentpretrain.convert import load_meta_llama
+from tencentpretrain.convert.cli import to_tencentpretrain
 
 
 def main(argv=None) -> int:

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
-from tencentpretrain.config import ModelConfig  # noqa: E402
-from tencentpretrain.convert.peft import is_peft_dir, read_peft_adapter  # noqa: E402
-from tencentpretrain.training.lora import write_adapter  # noqa: E402
+from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.config import ModelConfig
+from tencentpretrain.convert.peft import is_peft_dir, read_peft_adapter
+from tencentpretrain.training.lora import write_adapter
 
 
 def main(argv: list[str] | None = None) -> int:

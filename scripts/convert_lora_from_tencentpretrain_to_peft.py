@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-from tencentpretrain.checkpoint import load_state_dict  # noqa: E402
-from tencentpretrain.cli import naming, run_cli  # noqa: E402
-from tencentpretrain.config import ModelConfig  # noqa: E402
-from tencentpretrain.convert.peft import write_peft_adapter  # noqa: E402
-from tencentpretrain.training.lora import read_adapter_config  # noqa: E402
+from tencentpretrain.checkpoint import load_state_dict
+from tencentpretrain.cli import naming, run_cli
+from tencentpretrain.config import ModelConfig
+from tencentpretrain.convert.peft import write_peft_adapter
+from tencentpretrain.training.lora import read_adapter_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,20 +18,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-from tencentpretrain.cli import InputError, run_cli  # noqa: E402
-from tencentpretrain.evaluation.choice import CHOICE_TOKENS, PROMPT_STYLES  # noqa: E402
-from tencentpretrain.evaluation.run import (  # noqa: E402
+from tencentpretrain.cli import InputError, run_cli
+from tencentpretrain.evaluation.choice import CHOICE_TOKENS, PROMPT_STYLES
+from tencentpretrain.evaluation.run import (
     read_choice_inputs,
     read_perplexity_inputs,
     run_choice,
     run_perplexity,
     write_json,
 )
-from tencentpretrain.generation.options import add_load_args, load_engine  # noqa: E402
+from tencentpretrain.generation.options import add_load_args, load_engine
 
 TASKS = {"perplexity": (read_perplexity_inputs, run_perplexity), "choice": (read_choice_inputs, run_choice)}
 

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-from tencentpretrain.checkpoint import atomic_path, load_state_dict, save_state_dict  # noqa: E402
-from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
-from tencentpretrain.config import ModelConfig  # noqa: E402
-from tencentpretrain.convert.vocab import INITS, extend_state  # noqa: E402
+from tencentpretrain.checkpoint import atomic_path, load_state_dict, save_state_dict
+from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.config import ModelConfig
+from tencentpretrain.convert.vocab import INITS, extend_state
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-from tencentpretrain.checkpoint import load_state_dict, save_state_dict  # noqa: E402
-from tencentpretrain.cli import naming, run_cli  # noqa: E402
-from tencentpretrain.config import ModelConfig  # noqa: E402
-from tencentpretrain.convert.peft import is_peft_dir, read_peft_adapter  # noqa: E402
-from tencentpretrain.training.lora import LoraError, merge_lora_state, read_adapter_config  # noqa: E402
+from tencentpretrain.checkpoint import load_state_dict, save_state_dict
+from tencentpretrain.cli import naming, run_cli
+from tencentpretrain.config import ModelConfig
+from tencentpretrain.convert.peft import is_peft_dir, read_peft_adapter
+from tencentpretrain.training.lora import LoraError, merge_lora_state, read_adapter_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -22,14 +22,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
-from tencentpretrain.convert.llama import write_hf_tokenizer  # noqa: E402
-from tencentpretrain.jsonfile import read_text  # noqa: E402
-from tencentpretrain.tokenizers import SentencePieceTokenizer  # noqa: E402
-from tencentpretrain.tokenizers.merge import SCORE_POLICIES, merge_models  # noqa: E402
-from tencentpretrain.tokenizers.train import train_sentencepiece  # noqa: E402
+from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.convert.llama import write_hf_tokenizer
+from tencentpretrain.jsonfile import read_text
+from tencentpretrain.tokenizers import SentencePieceTokenizer
+from tencentpretrain.tokenizers.merge import SCORE_POLICIES, merge_models
+from tencentpretrain.tokenizers.train import train_sentencepiece
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,10 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
-from tencentpretrain.training.logging import read_log  # noqa: E402
+from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.training.logging import read_log
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

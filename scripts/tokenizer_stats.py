@@ -11,12 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
-from tencentpretrain.tokenizers.stats import corpus_lines, format_table, tokenizer_stats  # noqa: E402
+from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.tokenizers.stats import corpus_lines, format_table, tokenizer_stats
 
 
 def main(argv: list[str] | None = None) -> int:

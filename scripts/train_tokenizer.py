@@ -5,11 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
-from tencentpretrain.data.corpus import first_invalid_utf8_line  # noqa: E402
-from tencentpretrain.tokenizers.train import train_sentencepiece, train_wordpiece  # noqa: E402
+from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.data.corpus import first_invalid_utf8_line
+from tencentpretrain.tokenizers.train import train_sentencepiece, train_wordpiece
 
 
 def main(argv=None) -> int:

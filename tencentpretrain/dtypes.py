@@ -18,8 +18,8 @@ TORCH_DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in DTYPES.val
 def bf16_is_faster(device: str | torch.device = "cpu", machine: CPU | None = None) -> bool:
     """Whether bfloat16 matrix products beat float32 on ``device``: GPUs with bf16 support, and CPUs with AMX.
 
-    Measured, not assumed (docs/machines.md): on an AMX Xeon a 2048x2048 product runs 4.2x faster in bf16 than in
-    fp32; with AVX512-BF16 alone (no AMX) it runs at about 0.6x; with AVX2 only, hundreds of times slower.
+    Measured, not assumed: without AMX (AVX512-BF16 alone, or AVX2, where bf16 is emulated) bf16 products run
+    slower than fp32; the figures are in docs/machines.md.
     """
     device = torch.device(device)
     if device.type == "cuda":

@@ -1,8 +1,8 @@
 """What this machine's CPU can do, read once from the operating system.
 
-The machines we run on differ: AMD EPYC with AVX2 only (bf16 arithmetic is emulated there, hundreds of times
-slower than fp32), Intel Xeon with AVX-512 and AVX512-BF16, and Xeons that also expose AMX (bf16 matrix products
-several times faster than fp32, and llama.cpp's AMX weight repacking, which crashes on quantised files). Code that
+The machines we run on differ: AMD EPYC with AVX2 only (bf16 arithmetic is emulated there, slower than fp32),
+Intel Xeon with AVX-512 and AVX512-BF16, and Xeons that also expose AMX (bf16 matrix products faster than fp32, and
+llama.cpp's AMX weight repacking, which crashes on quantised files; figures in docs/machines.md). Code that
 chooses a dtype, a kernel or a llama.cpp option asks here instead of reading ``/proc/cpuinfo`` itself.
 """
 

@@ -1,7 +1,8 @@
 """TencentPretrain's own code on our checkpoint, run as a separate program (its package is also called
 ``tencentpretrain``, so it can never share an interpreter with ours).
 
-    python tests/tencentpretrain_peer_side.py PEER_DIR CONFIG.json MODEL.bin INPUTS.pt OUT.pt [--reference_norm]
+    PYTHONPATH=PEER_DIR python tests/tencentpretrain_peer_side.py PEER_DIR CONFIG.json MODEL.bin INPUTS.pt OUT.pt \
+        [--reference_norm]
 
 builds TencentPretrain's model from our JSON config with its own option defaults (``tencentpretrain.opts``) and its
 model builder, loads our state dict strictly (a missing or unexpected key fails), runs its forward pieces on the
@@ -20,7 +21,6 @@ from pathlib import Path
 def main() -> None:
     peer, config_path, model_path, inputs_path, out_path = sys.argv[1:6]
     reference_norm = "--reference_norm" in sys.argv[6:]
-    sys.path.insert(0, peer)
     import torch
     import torch.nn.functional as F
     from tencentpretrain.layers.layer_norm import LayerNorm
@@ -29,7 +29,8 @@ def main() -> None:
 
     import tencentpretrain
 
-    assert Path(tencentpretrain.__file__).resolve().is_relative_to(Path(peer).resolve()), tencentpretrain.__file__
+    where = Path(tencentpretrain.__file__).resolve()
+    assert where.is_relative_to(Path(peer).resolve()), f"{where}: not the peer's package (PYTHONPATH={peer}?)"
     if reference_norm:
         LayerNorm.forward = lambda self, x: F.layer_norm(x, self.gamma.shape, self.gamma, self.beta, self.eps)
     parser = argparse.ArgumentParser()

@@ -10,6 +10,7 @@ from tencentpretrain.config import ConfigError
 from tencentpretrain.convert import ConversionError
 from tencentpretrain.data import CorpusError, DatasetError
 from tencentpretrain.tokenizers import TokenizerError
+from tencentpretrain.training.freezing import PatternError
 from tencentpretrain.training.inputs import SetupError
 from tencentpretrain.training.loop import TrainingStopped
 from tencentpretrain.training.lora import LoraError
@@ -17,7 +18,8 @@ from tencentpretrain.training.options import OptionsError
 
 
 @pytest.mark.parametrize("error", [CheckpointError, ConfigError, ConversionError, CorpusError, DatasetError,
-                                   TokenizerError, SetupError, LoraError, OptionsError, TrainingStopped])
+                                   TokenizerError, SetupError, LoraError, PatternError, OptionsError,
+                                   TrainingStopped])
 def test_documented_errors_are_input_errors_and_still_value_errors(error):
     assert issubclass(error, InputError) and issubclass(error, ValueError)
 

@@ -11,7 +11,7 @@ from tencentpretrain.checkpoint import load_state_dict
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine, load_generation_model
 from tencentpretrain.model import build_model
-from tencentpretrain.training.engine import DistInfo
+from tencentpretrain.training.distributed import DistInfo
 from tencentpretrain.training.optim import build_adamw, param_groups
 from tencentpretrain.training.plain_engine import PlainEngine
 

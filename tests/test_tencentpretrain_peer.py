@@ -32,7 +32,8 @@ def peer_outputs(tmp_path, config_path, model, inputs, reference_norm):
     command = [sys.executable, str(ROOT / "tests" / "tencentpretrain_peer_side.py"), PEER, str(config_path),
                str(tmp_path / "model.bin"), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")]
     done = subprocess.run(command + (["--reference_norm"] if reference_norm else []), capture_output=True,
-                          text=True, cwd=PEER, timeout=600)  # it reads models/ from its own folder
+                          text=True, cwd=PEER, timeout=600,  # it reads models/ from its own folder
+                          env={**os.environ, "PYTHONPATH": PEER})  # its package, not ours (installed editable)
     assert done.returncode == 0, done.stderr[-3000:]
     return torch.load(tmp_path / "out.pt", weights_only=True)
 

@@ -30,8 +30,7 @@ def _rank_main(rank: int, world: int, port: int) -> None:
                       MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
     from tencentpretrain import ModelConfig, build_model
     from tencentpretrain.training.deepspeed_engine import DeepSpeedEngine, partitioned_build
-    from tencentpretrain.training.distributed import end_process, leave_distributed
-    from tencentpretrain.training.engine import DistInfo
+    from tencentpretrain.training.distributed import DistInfo, end_process, leave_distributed
     from tencentpretrain.training.optim import build_adamw, build_scheduler, param_groups
     from tencentpretrain.training.weights import init_partitioned
 

@@ -15,11 +15,12 @@ from tencentpretrain.cli import run_cli
 from tencentpretrain.registry import SCHEDULERS
 from tencentpretrain.training import checkpointing
 from tencentpretrain.training.deepspeed_config import deepspeed_config
-from tencentpretrain.training.engine import DistInfo
+from tencentpretrain.training.distributed import DistInfo
 from tencentpretrain.training.logging import TrainLogger, progress_line, read_log
-from tencentpretrain.training.optim import build_scheduler, param_groups, warmup_steps_of
+from tencentpretrain.training.optim import build_scheduler, param_groups
 from tencentpretrain.training.options import build_parser, parse_options
 from tencentpretrain.training.plain_engine import PlainEngine
+from tencentpretrain.training.schedules import warmup_steps_of
 
 BASE = ["--output_model_path", "out/m", "--config_path", "c.json"]
 

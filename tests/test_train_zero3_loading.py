@@ -56,8 +56,7 @@ def _rank_main(rank: int, world: int, port: int) -> None:
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
     from tencentpretrain.training import deepspeed_engine, weights
-    from tencentpretrain.training.distributed import end_process, leave_distributed
-    from tencentpretrain.training.engine import DistInfo
+    from tencentpretrain.training.distributed import DistInfo, end_process, leave_distributed
 
     ds.init_distributed(dist_backend="gloo")
     config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}

@@ -14,9 +14,8 @@ from tencentpretrain.config import ConfigError, ModelConfig
 from tencentpretrain.data.chat_template import chat_template_path, load_template
 from tencentpretrain.dtypes import DTYPES
 from tencentpretrain.model import build_model
+from tencentpretrain.model_zoo import zoo_path
 from tencentpretrain.vocab import check_vocab, vocab_rows
-
-ZOO = Path(__file__).resolve().parents[2] / "models"
 
 
 def _check(config: ModelConfig, state: dict[str, torch.Tensor], source: str, spm_model_path: str | None = None,
@@ -137,7 +136,7 @@ def _from_ours(save, args, family: str) -> None:
     if config_path is None:
         if args.type is None:
             raise ConfigError("give --config_path (or --type to use a config from models/)")
-        config_path = ZOO / family / f"{args.type.lower()}_config.json"
+        config_path = zoo_path(family, f"{args.type.lower()}_config.json")
     with naming("--config_path", config_path):
         config = ModelConfig.from_json(config_path)
     spm, hf = getattr(args, "spm_model_path", None), getattr(args, "tokenizer_path", None)

@@ -101,16 +101,7 @@ def extend_state(state: dict[str, torch.Tensor], config: ModelConfig, base_spm_p
     Raises:
         VocabError: the base tokenizer's size is not the checkpoint's rows, or the merged tokenizer does not extend it.
     """
-    if bpe:
-        from tencentpretrain.tokenizers.bpe_merge import base_parts, check_bpe_extends
-        from tencentpretrain.tokenizers.huggingface import HuggingFaceTokenizer
-
-        base_bpe, merged_bpe = HuggingFaceTokenizer(base_spm_path), HuggingFaceTokenizer(spm_path)
-        base_size = check_bpe_extends(base_bpe, merged_bpe)
-        new_ids = list(range(base_size, merged_bpe.vocab_size))
-    else:
-        base_size = check_extends(base_spm_path, spm_path)
-        new_pieces = [p.piece for p in read_model_proto(spm_path).pieces[base_size:]]
+    base_size, count, parts = _new_tokens(base_spm_path, spm_path, bpe, init == "subword_mean")
     rows = vocab_rows(state)
     if WORD_EMBEDDING not in rows:
         raise VocabError(f"{source} has no {WORD_EMBEDDING}; is it a TencentPretrain checkpoint?")
@@ -120,11 +111,6 @@ def extend_state(state: dict[str, torch.Tensor], config: ModelConfig, base_spm_p
         sizes = ", ".join(f"{name} has {n} rows" for name, n in wrong.items())
         raise VocabError(f"base tokenizer {base_spm_path} has {base_size} pieces but checkpoint {source}: {sizes}; "
                          "pass the tokenizer the checkpoint was trained with as --base_spm_model_path")
-    if init != "subword_mean":
-        parts = None
-    else:
-        parts = base_parts(base_bpe, merged_bpe, new_ids) if bpe else subword_ids(base_spm_path, new_pieces)
-    count = len(new_ids) if bpe else len(new_pieces)
     generator = torch.Generator().manual_seed(seed)
     out = dict(state)
     heads = [name for name in VOCAB_HEADS.values() if name in state]  # lm's output layer, mlm's linear_2
@@ -141,6 +127,23 @@ def extend_state(state: dict[str, torch.Tensor], config: ModelConfig, base_spm_p
         for head in heads:
             out.pop(head, None)
     return out
+
+
+def _new_tokens(base_spm_path: str | Path, spm_path: str | Path, bpe: bool,
+                with_parts: bool) -> tuple[int, int, list[list[int]] | None]:
+    """(base size, number of new tokens, each new token's subwords in the base tokenizer when ``with_parts``) of
+    a merged tokenizer that extends the base one (checked)."""
+    if bpe:
+        from tencentpretrain.tokenizers.bpe_merge import base_parts, check_bpe_extends
+        from tencentpretrain.tokenizers.huggingface import HuggingFaceTokenizer
+
+        base_bpe, merged_bpe = HuggingFaceTokenizer(base_spm_path), HuggingFaceTokenizer(spm_path)
+        base_size = check_bpe_extends(base_bpe, merged_bpe)
+        new_ids = list(range(base_size, merged_bpe.vocab_size))
+        return base_size, len(new_ids), base_parts(base_bpe, merged_bpe, new_ids) if with_parts else None
+    base_size = check_extends(base_spm_path, spm_path)
+    new_pieces = [p.piece for p in read_model_proto(spm_path).pieces[base_size:]]
+    return base_size, len(new_pieces), subword_ids(base_spm_path, new_pieces) if with_parts else None
 
 
 def _keep_padding(grown: torch.Tensor, old: torch.Tensor) -> torch.Tensor:

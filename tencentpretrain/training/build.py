@@ -1,8 +1,9 @@
 """``setup()`` (options, distributed init, seed) and ``build()`` (inputs, engine, data, resume) of a training run.
 
-``build`` only assembles: the inputs are read and checked in ``inputs.py``, the engine's backend
-(``plain_engine.py`` or ``deepspeed_engine.py``) builds the model and its optimizer, and the ``Checkpointer``
-(``checkpointing.py``) resumes. Where each decision lives: docs/architecture.md, "Training".
+``build`` only assembles: the inputs are read and checked in ``inputs.py``, the model is built as the engine's
+backend (``plain_engine.py`` or ``deepspeed_engine.py``) plans it (``model_setup.py``) and handed to the engine,
+which adds its optimizer, and the ``Checkpointer`` (``checkpointing.py``) resumes. Where each decision lives:
+docs/architecture.md, "Training".
 """
 
 from __future__ import annotations
@@ -11,18 +12,17 @@ from dataclasses import dataclass
 
 import torch
 
-from tencentpretrain.convert.peft import check_peft_exportable
 from tencentpretrain.data import BinaryDataset, DataLoader
 from tencentpretrain.dtypes import DTYPES, bf16_is_faster
 from tencentpretrain.hardware import cpu
 from tencentpretrain.training.checkpointing import Checkpointer
-from tencentpretrain.training.distributed import init_distributed, seed_everything
-from tencentpretrain.training.engine import DistInfo, Engine
+from tencentpretrain.training.distributed import DistInfo, init_distributed, seed_everything
+from tencentpretrain.training.engine import Engine
 from tencentpretrain.training.flops import measure_matmul_peak, model_flops_per_token
 from tencentpretrain.training.inputs import read_inputs
 from tencentpretrain.training.logging import TrainLogger, note
 from tencentpretrain.training.memory import MemoryTrace
-from tencentpretrain.training.model_setup import ModelSetup
+from tencentpretrain.training.model_setup import ModelSetup, build_training_model
 from tencentpretrain.training.options import TrainOptions, parse_options
 
 
@@ -66,14 +66,12 @@ def build(opts: TrainOptions, info: DistInfo, trace: MemoryTrace | None = None) 
     note_slow_precision(opts, info)
     inputs = read_inputs(opts)
     trace.mark("reading the data and config")
-    engine = engine_class(opts).build(opts, ModelSetup.of(opts, inputs), info, trace)
+    setup = ModelSetup.of(opts, inputs)
+    checkpointer = Checkpointer.of(opts, info, setup)
+    engine = build_engine(opts, setup, info, trace)
     trace.mark("building the engine (optimizer)")
     loader = DataLoader(inputs.dataset, opts.batch_size, info.rank, info.world_size, seed=opts.seed, shuffle=True,
                         seq_length=opts.seq_length)
-    formats = ("tencentpretrain", "peft") if opts.lora_format == "both" else (opts.lora_format,)
-    if opts.use_lora and "peft" in formats:
-        check_peft_exportable(inputs.config)  # before training, not at the first save
-    checkpointer = Checkpointer(opts.output_model_path, info, DTYPES[opts.save_dtype], formats, inputs.config)
     resumed = {}
     if opts.resume or opts.resume_from_checkpoint is not None:
         resumed = checkpointer.resume(engine, opts.resume_from_checkpoint)
@@ -84,6 +82,14 @@ def build(opts: TrainOptions, info: DistInfo, trace: MemoryTrace | None = None) 
     peak = opts.peak_flops or measure_matmul_peak(info.device, compute_dtype(opts, info))
     return Run(opts, info, engine, loader, inputs.dev_dataset, checkpointer, logger, flops, peak, start,
                int(resumed.get("skipped_steps", 0)), int(resumed.get("overflow_steps", 0)))
+
+
+def build_engine(opts: TrainOptions, setup: ModelSetup, info: DistInfo, trace: MemoryTrace) -> Engine:
+    """The model ``setup`` describes, built as the run's backend plans it, and the engine around it."""
+    backend = engine_class(opts)
+    plan = backend.plan(opts, info)
+    model = build_training_model(setup, info, plan, trace)
+    return backend.build(opts, model, info, plan)
 
 
 def engine_class(opts: TrainOptions) -> type[Engine]:

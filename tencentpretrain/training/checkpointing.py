@@ -14,7 +14,8 @@ For ``--output_model_path models/llama_zh_7b``:
   then hold the merged weights.
 
 ``Checkpointer`` writes them (``save``: model, adapter, then the training state staged in ``.tmp-<step>`` and
-renamed into place) and reads the training state back (``resume``).
+renamed into place) and reads the training state back (``resume``). For a LoRA run it splits the adapter from the
+engine's exported state and merges it into the consolidated model (``lora.merge_lora_state``).
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ import torch
 from tencentpretrain.checkpoint import CheckpointError, atomic_path, replace_dir, save_state_dict
 from tencentpretrain.cli import naming
 from tencentpretrain.config import ModelConfig
-from tencentpretrain.convert.peft import write_peft_adapter
-from tencentpretrain.training.engine import DistInfo, Engine, ModelExport
+from tencentpretrain.convert.peft import check_peft_exportable, write_peft_adapter
+from tencentpretrain.dtypes import DTYPES
+from tencentpretrain.training.distributed import DistInfo
+from tencentpretrain.training.engine import Engine
 from tencentpretrain.training.logging import note
-from tencentpretrain.training.lora import write_adapter
+from tencentpretrain.training.lora import LoraConfig, adapter_names, is_lora_name, merge_lora_state, write_adapter
+from tencentpretrain.training.model_setup import ModelSetup
+from tencentpretrain.training.options import TrainOptions
 
 LATEST = "latest"
 
@@ -167,6 +172,8 @@ class Checkpointer:
         save_dtype: dtype of the consolidated model files.
         lora_formats: the formats LoRA adapters are written in ("tencentpretrain", "peft").
         config: the model's config (PEFT adapters name the Hugging Face modules, which depend on it).
+        lora: the run's LoRA settings, when it trains adapters: the consolidated files then hold the merged
+            weights, and the adapter is written apart.
     """
 
     output: str
@@ -174,15 +181,30 @@ class Checkpointer:
     save_dtype: torch.dtype = torch.float32
     lora_formats: tuple[str, ...] = ("tencentpretrain",)
     config: ModelConfig | None = None
+    lora: LoraConfig | None = None
+
+    @classmethod
+    def of(cls, opts: TrainOptions, info: DistInfo, setup: ModelSetup) -> Checkpointer:
+        """The checkpointer of ``pretrain.py``'s options (``--output_model_path``, ``--save_dtype``,
+        ``--lora_format``) for the model ``setup`` describes.
+
+        Raises:
+            ConversionError: PEFT adapters asked for a model PEFT's key map does not cover (before training, not at
+                the first save).
+        """
+        formats = ("tencentpretrain", "peft") if opts.lora_format == "both" else (opts.lora_format,)
+        if setup.lora is not None and "peft" in formats:
+            check_peft_exportable(setup.config)
+        return cls(opts.output_model_path, info, DTYPES[opts.save_dtype], formats, setup.config, setup.lora)
 
     def save(self, engine: Engine, step: int, final: bool, loop_state: dict) -> None:
         """The consolidated model (and LoRA adapter), then the full training state (``engine.save`` plus
         ``loop_state``, per rank), staged and renamed into place. Every rank must call it."""
         info = self.dist
-        export = engine.export(self.save_dtype)  # collective under ZeRO-3
+        state = engine.export(self.save_dtype)  # collective under ZeRO-3
         if info.is_main:
-            self._publish_model(export, step, final)
-        del export
+            self._publish_model(state, adapter_names(engine.model) if self.lora else [], step, final)
+        del state
         stage = staging_dir(self.output, step)
         if info.is_main:
             shutil.rmtree(stage, ignore_errors=True)  # a save killed half-way
@@ -195,16 +217,21 @@ class Checkpointer:
             publish_state(self.output, step)
         info.barrier()
 
-    def _publish_model(self, export: ModelExport, step: int, final: bool) -> None:
-        if export.adapter is not None:
-            steps = [step, None] if final else [step]
+    def _publish_model(self, state: dict[str, torch.Tensor], adapter: list[str], step: int, final: bool) -> None:
+        """Write the consolidated model; for a LoRA run (``adapter``: its tensors' names) the adapter files first
+        and the model with the adapter merged."""
+        if self.lora is not None:
+            self._publish_adapter({name: state[name] for name in adapter}, [step, None] if final else [step])
+            base = {name: tensor for name, tensor in state.items() if not is_lora_name(name)}
+            state = merge_lora_state(base, {name: state[name] for name in adapter}, self.lora.rank, self.lora.alpha)
+        publish_model(state, self.output, step, final)
+
+    def _publish_adapter(self, adapter: dict[str, torch.Tensor], steps: list[int | None]) -> None:
+        for at in steps:
             if "tencentpretrain" in self.lora_formats:
-                for at in steps:
-                    write_adapter(export.adapter, export.lora, adapter_path(self.output, at))
+                write_adapter(adapter, self.lora, adapter_path(self.output, at))
             if "peft" in self.lora_formats:
-                for at in steps:
-                    write_peft_adapter(export.adapter, export.lora, self.config, peft_adapter_path(self.output, at))
-        publish_model(export.state, self.output, step, final)
+                write_peft_adapter(adapter, self.lora, self.config, peft_adapter_path(self.output, at))
 
     def resume(self, engine: Engine, directory: str | None = None) -> dict:
         """Load the latest training state under ``output`` (``--resume``) or ``directory``

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tencentpretrain.jsonfile import read_json_object
+from tencentpretrain.model_zoo import zoo_path
 from tencentpretrain.training.options import OptionsError, TrainOptions
 
 
 def deepspeed_config(opts: TrainOptions, on_cuda: bool, note: Callable[[str], None]) -> dict:
     """The DeepSpeed config dict for this run: the file's content with our flags' entries written over it."""
-    path = Path(opts.deepspeed_config)
+    path = config_file(opts.deepspeed_config)
     config = read_json_object(path, OptionsError, missing=f"--deepspeed_config {path} does not exist",
                               what="a DeepSpeed config")
     config.pop("train_batch_size", None)  # derived by DeepSpeed from the two below and the world size
@@ -36,6 +37,17 @@ def deepspeed_config(opts: TrainOptions, on_cuda: bool, note: Callable[[str], No
     if not opts.enable_zero3 and config.get("zero_optimization", {}).get("stage") == 3:
         note(f"{path}: ZeRO stage 3 without --enable_zero3: the model is built whole, then partitioned")
     return config
+
+
+def config_file(name: str) -> Path:
+    """``--deepspeed_config`` as given; a ``models/...`` path that is not there (a run outside the checkout, such as
+    the default ``models/deepspeed_config.json``) is the zoo's file of that name when it has one."""
+    path = Path(name)
+    if not path.exists() and path.parts[:1] == ("models",):
+        shipped = zoo_path(*path.parts[1:])
+        if shipped.is_file():
+            return shipped
+    return path
 
 
 def _set_precision(config: dict, opts: TrainOptions, on_cuda: bool, note: Callable[[str], None]) -> None:

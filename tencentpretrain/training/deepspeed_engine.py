@@ -1,23 +1,23 @@
-"""The DeepSpeed backend: its config (``deepspeed_config.py``), the model built partitioned (ZeRO-3,
-``--enable_zero3``) or whole and filled by ``weights.py`` under the glibc heap policy, ``deepspeed.initialize``
-with our optimizer and schedule, the NaN/inf watchdog, and the consolidated state gathered one parameter at a time.
+"""The DeepSpeed backend: its config (``deepspeed_config.py``), the plan to build the model partitioned (ZeRO-3,
+``--enable_zero3``) under the glibc heap policy or whole, ``deepspeed.initialize`` with our optimizer and schedule,
+the NaN/inf watchdog, and the consolidated state gathered one parameter at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from tencentpretrain.checkpoint import CheckpointError
 from tencentpretrain.training.deepspeed_config import deepspeed_config
-from tencentpretrain.training.engine import DistInfo, Engine, LossModule, StepResult
+from tencentpretrain.training.distributed import DistInfo
+from tencentpretrain.training.engine import BuildPlan, Engine, LossModule, StepResult
 from tencentpretrain.training.logging import note
-from tencentpretrain.training.lora import LoraConfig
-from tencentpretrain.training.memory import MemoryTrace, steady_heap
-from tencentpretrain.training.model_setup import ModelSetup, build_training_model
+from tencentpretrain.training.memory import steady_heap
 from tencentpretrain.training.optim import adamw_of, param_groups, scheduler_of
 from tencentpretrain.training.options import TrainOptions
 from tencentpretrain.training.weights import gathered
@@ -30,6 +30,14 @@ def partitioned_build(config: dict, enabled: bool) -> contextlib.AbstractContext
     return deepspeed.zero.Init(config_dict_or_path=config, enabled=enabled)
 
 
+@dataclass(frozen=True)
+class DeepSpeedPlan(BuildPlan):
+    """``BuildPlan`` with the run's DeepSpeed config (``deepspeed_config``), which ``deepspeed.initialize`` gets
+    too."""
+
+    config: dict = field(default_factory=dict)
+
+
 class DeepSpeedEngine(Engine):
     """``deepspeed.initialize`` around the model, with our optimizer (or the config's) and our schedule.
 
@@ -40,14 +48,13 @@ class DeepSpeedEngine(Engine):
         config: the dict from ``deepspeed_config``.
         groups: parameter groups (weight decay by rule).
         dist_info: rank, world size and device.
-        lora: the LoRA settings of a model with adapters (merged into the exported checkpoints).
     """
 
     def __init__(self, model: nn.Module, optimizer, scheduler_fn, config: dict, groups: list[dict],
-                 dist_info: DistInfo, lora: LoraConfig | None = None):
+                 dist_info: DistInfo):
         import deepspeed
 
-        self.model, self.dist, self.lora = model, dist_info, lora
+        self.model, self.dist = model, dist_info
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=LossModule(model), optimizer=optimizer, model_parameters=groups, config=config,
             lr_scheduler=scheduler_fn)  # DeepSpeed steps the schedule after each optimizer step
@@ -57,17 +64,21 @@ class DeepSpeedEngine(Engine):
                 param.register_hook(self._scrub)
 
     @classmethod
-    def build(cls, opts: TrainOptions, setup: ModelSetup, info: DistInfo,
-              trace: MemoryTrace | None = None) -> DeepSpeedEngine:
-        """The run's DeepSpeed config, the model built under it (partitioned as built with ``--enable_zero3``),
-        and the engine with our AdamW (unless the config brings its own optimizer) and schedule."""
+    def plan(cls, opts: TrainOptions, info: DistInfo) -> DeepSpeedPlan:
+        """The run's DeepSpeed config; with ``--enable_zero3`` the model is built partitioned (``zero.Init``) under
+        the steady heap policy, else whole."""
         config = deepspeed_config(opts, info.device.type == "cuda", note)
         zero3 = opts.enable_zero3
-        model = build_training_model(setup, info, partitioned_build(config, zero3),
-                                     steady_heap() if zero3 else contextlib.nullcontext(), trace)
+        return DeepSpeedPlan(partitioned_build(config, zero3), steady_heap() if zero3 else contextlib.nullcontext(),
+                             config)
+
+    @classmethod
+    def build(cls, opts: TrainOptions, model: nn.Module, info: DistInfo, plan: DeepSpeedPlan) -> DeepSpeedEngine:
+        """The engine over ``plan``'s config, with our AdamW (unless the config brings its own optimizer) and
+        schedule."""
         groups = param_groups(model, opts.weight_decay)
-        optimizer = None if "optimizer" in config else adamw_of(opts, groups, info.device)
-        return cls(model, optimizer, scheduler_of(opts), config, groups, info, setup.lora)
+        optimizer = None if "optimizer" in plan.config else adamw_of(opts, groups, info.device)
+        return cls(model, optimizer, scheduler_of(opts), plan.config, groups, info)
 
     def _scrub(self, grad: torch.Tensor) -> torch.Tensor:
         """Zero the gradients of a micro-batch whose loss was not finite on some rank."""
@@ -110,7 +121,7 @@ class DeepSpeedEngine(Engine):
     def train(self, mode: bool = True) -> None:
         self.ds.train(mode)
 
-    def consolidated_state_dict(self, dtype):
+    def export(self, dtype):
         """Gather one parameter at a time; only rank 0 keeps a CPU copy (at ``dtype``)."""
         params = dict(self.model.named_parameters(remove_duplicate=False))
         state, cache = {}, {}

@@ -1,4 +1,5 @@
-"""Joining the process group the launcher describes (torchrun, the deepspeed launcher, or none), and seeding."""
+"""Joining the process group the launcher describes (torchrun, the deepspeed launcher, or none), where this process
+sits in it (``DistInfo``), and seeding."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import random
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -13,9 +15,36 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tencentpretrain.training.engine import DistInfo
 from tencentpretrain.training.logging import note
 from tencentpretrain.training.options import TrainOptions
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: its rank among ``world_size`` and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Sum a few floats over all ranks (float64 on the CPU side; a collective: every rank must call it)."""
+        if self.world_size == 1:
+            return list(values)
+        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
 
 
 def init_distributed(opts: TrainOptions) -> DistInfo:

@@ -4,55 +4,28 @@
 The loop calls, per micro-batch, ``loss, metrics = engine.forward(batch.inputs(), boundary)`` and
 ``engine.backward(loss)``, and at the accumulation boundary ``engine.step()``, which clips, steps the optimizer and
 the schedule, and reports the gradient norm and whether the step was skipped because it was not finite.
-``engine.export(dtype)`` gathers the full model for a checkpoint (rank 0 gets it, LoRA adapters merged and also
-returned apart; others None); ``engine.save(dir)`` / ``engine.load(dir)`` write and read the optimizer-side
-training state. Each backend's ``build(opts, setup, info, trace)`` builds its model (``model_setup.py``), optimizer
-and schedule from the run's options.
+``engine.export(dtype)`` gathers the full model's state dict for a checkpoint (rank 0 gets it, others None);
+``engine.save(dir)`` / ``engine.load(dir)`` write and read the optimizer-side training state.
+
+An engine does not build the model: the assembly (``build.py``) asks the backend how it wants the model built
+(``plan``: the context the parameters are created in, DeepSpeed's ``zero.Init`` under ZeRO-3, and the heap policy),
+builds it (``model_setup.py``) and hands it to the backend's ``build``, which adds the optimizer and schedule.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from tencentpretrain.training.lora import LoraConfig, is_lora_name, lora_state_dict, merge_lora_state
+from tencentpretrain.training.distributed import DistInfo
 
-if TYPE_CHECKING:  # they import DistInfo from here
-    from tencentpretrain.training.memory import MemoryTrace
-    from tencentpretrain.training.model_setup import ModelSetup
+if TYPE_CHECKING:
     from tencentpretrain.training.options import TrainOptions
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits: its rank among ``world_size`` and its device."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-    def all_reduce_sum(self, values: list[float]) -> list[float]:
-        """Sum a few floats over all ranks (float64 on the CPU side; a collective: every rank must call it)."""
-        if self.world_size == 1:
-            return list(values)
-        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
 
 
 @dataclass(frozen=True)
@@ -97,13 +70,17 @@ def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, 
 
 
 @dataclass(frozen=True)
-class ModelExport:
-    """What a checkpoint writes of the model: the consolidated state dict (LoRA adapters merged into their base
-    weights) and, for a LoRA run, the adapter's own tensors and settings."""
+class BuildPlan:
+    """How a backend wants the run's model built (``Engine.plan``).
 
-    state: dict[str, torch.Tensor]
-    adapter: dict[str, torch.Tensor] | None = None
-    lora: LoraConfig | None = None
+    Attributes:
+        context: the context the model's parameters are created in (DeepSpeed's ``zero.Init`` partitions them as
+            they are created under ZeRO-3).
+        heap: the context around building and filling the model (the backend's memory policy).
+    """
+
+    context: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
+    heap: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
 
 
 class Engine:
@@ -112,22 +89,22 @@ class Engine:
 
     model: nn.Module  # the unwrapped model (parameter names as in TencentPretrain checkpoints)
     dist: DistInfo
-    lora: LoraConfig | None = None  # the run's LoRA settings, when it trains adapters
 
     @classmethod
-    def build(cls, opts: TrainOptions, setup: ModelSetup, info: DistInfo, trace: MemoryTrace | None = None) -> Engine:
-        """The engine over the model ``setup`` describes (built as this backend needs it), with the optimizer and
-        schedule of the run's options."""
+    def plan(cls, opts: TrainOptions, info: DistInfo) -> BuildPlan:
+        """How this backend wants the model built (default: whole, in ordinary memory)."""
+        return BuildPlan()
+
+    @classmethod
+    def build(cls, opts: TrainOptions, model: nn.Module, info: DistInfo, plan: BuildPlan) -> Engine:
+        """The engine around ``model`` (built as ``plan`` said), with the optimizer and schedule of the run's
+        options."""
         raise NotImplementedError
 
-    def export(self, dtype: torch.dtype) -> ModelExport | None:
-        """The model for a checkpoint, at ``dtype``, on rank 0 (None elsewhere; a collective under ZeRO-3)."""
-        state = self.consolidated_state_dict(dtype)
-        if state is None or self.lora is None:
-            return None if state is None else ModelExport(state)
-        adapter = {name: state[name] for name in lora_state_dict(self.model)}
-        base = {name: tensor for name, tensor in state.items() if not is_lora_name(name)}
-        return ModelExport(merge_lora_state(base, adapter, self.lora.rank, self.lora.alpha), adapter, self.lora)
+    def export(self, dtype: torch.dtype) -> dict[str, torch.Tensor] | None:
+        """The model's full state dict for a checkpoint, at ``dtype`` on the CPU, on rank 0 (None elsewhere; a
+        collective under ZeRO-3)."""
+        raise NotImplementedError
 
     def forward(self, inputs: dict[str, torch.Tensor], boundary: bool):
         """Loss and metrics of one micro-batch (``Batch.inputs()``); ``boundary``: the optimizer steps after it."""
@@ -141,9 +118,6 @@ class Engine:
 
     @property
     def lr(self) -> float:
-        raise NotImplementedError
-
-    def consolidated_state_dict(self, dtype: torch.dtype) -> dict[str, torch.Tensor] | None:
         raise NotImplementedError
 
     def save(self, directory: Path) -> None:

@@ -1,20 +1,11 @@
-"""LoRA adapters and parameter freezing by name pattern.
+"""LoRA adapters: ``LoraLinear``, adding them to a model (``apply_lora``), their files and merging them.
 
-Name patterns (``target_modules``, ``train_modules``, ``freeze_parameters``) are globs over dotted names: ``*``
-matches any run of characters, dots included, ``?`` one character, and a pattern must cover whole dot-separated
-components. A pattern matches a name when it matches any contiguous run of the name's components, so it selects a
-module together with everything inside it:
-
-- ``"self_attn.linear_layers.0"`` matches every layer's query projection ``encoder.transformer.{i}.self_attn.
-  linear_layers.0`` (and, for parameters, its ``.weight`` and ``.bias``);
-- ``"linear_layers.*"`` matches the query, key and value projections; ``"self_attn"`` also ``final_linear``;
-- ``"feed_forward"`` or ``"feed_forward.*"`` match the linears of every feed-forward block;
-- ``"transformer.1"`` matches layer 1 but not layers 10 or 11; ``"embedding.*"`` the embeddings.
-
-``apply_lora`` replaces each matching ``nn.Linear`` by a ``LoraLinear`` that keeps its ``weight`` and ``bias`` under
-the same names, so base checkpoints still load, and adds ``lora_A`` (rank, in) and ``lora_B`` (out, rank) beside them,
-the names TencentPretrain's ``LoraLinear`` uses. The adapter file holds only the trainable tensors; its LoRA settings
-are written next to it in ``<adapter stem>.lora.json`` so merging needs no extra arguments.
+``apply_lora`` replaces each ``nn.Linear`` matching a ``target_modules`` pattern (the syntax of ``freezing.py``) by a
+``LoraLinear`` that keeps its ``weight`` and ``bias`` under the same names, so base checkpoints still load, and adds
+``lora_A`` (rank, in) and ``lora_B`` (out, rank) beside them, the names TencentPretrain's ``LoraLinear`` uses. The
+adapter file holds only the trainable tensors; its LoRA settings are written next to it in
+``<adapter stem>.lora.json`` so merging needs no extra arguments. A training run's checkpointer
+(``checkpointing.py``) merges the adapters into the consolidated checkpoints and writes the adapter files.
 """
 
 from __future__ import annotations
@@ -22,8 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tencentpretrain.checkpoint import atomic_path, load_state_dict, save_state_dict
-from tencentpretrain.cli import InputError
 from tencentpretrain.jsonfile import read_json_object
+from tencentpretrain.training.freezing import PatternError, check_patterns, name_matches
 
 LORA_SUFFIXES = (".lora_A", ".lora_B")
 
 
-class LoraError(InputError):
+class LoraError(PatternError):
     """Bad LoRA settings, a pattern that matches nothing, or an adapter that does not fit its base model."""
 
 
@@ -111,43 +101,6 @@ def merged_delta(lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> to
     return scale * (lora_b.detach().to(dtype) @ lora_a.detach().to(dtype))
 
 
-def _pattern_regex(pattern: str) -> re.Pattern:
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(rf"(?:.*\.)?{body}(?:\..*)?", re.DOTALL)
-
-
-def name_matches(pattern: str, name: str) -> bool:
-    """Whether ``pattern`` selects the module or parameter ``name`` (see the module docstring for the rule)."""
-    return _pattern_regex(pattern).fullmatch(name) is not None
-
-
-def _check_patterns(patterns: Iterable[str], names: Sequence[str], what: str) -> None:
-    """Raise LoraError for every pattern that matches none of ``names``."""
-    unmatched = [p for p in patterns if not any(name_matches(p, n) for n in names)]
-    if unmatched:
-        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-        raise LoraError(f"{what} pattern(s) {unmatched} match nothing; known names include: {shown}")
-
-
-def freeze_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
-    """Set ``requires_grad = False`` on every parameter matching one of ``patterns``.
-
-    Returns:
-        The names of the frozen parameters.
-
-    Raises:
-        LoraError: when a pattern matches no parameter (most likely a typo).
-    """
-    names = [name for name, _ in model.named_parameters(remove_duplicate=False)]
-    _check_patterns(patterns, names, "freeze")
-    frozen = []
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if any(name_matches(p, name) for p in patterns):
-            param.requires_grad_(False)
-            frozen.append(name)
-    return frozen
-
-
 def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
                target_modules: Sequence[str] = ("linear_layers.*",), train_modules: Sequence[str] = ()) -> LoraConfig:
     """Add LoRA adapters to the linear layers matching ``target_modules`` and freeze the rest of the model.
@@ -172,9 +125,9 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
     if any(isinstance(m, LoraLinear) for m in model.modules()):
         raise LoraError("the model already has LoRA adapters; merge them first")
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    _check_patterns(config.target_modules, linears, "LoRA target_modules")
+    check_patterns(config.target_modules, linears, "LoRA target_modules", LoraError)
     param_names = [name for name, _ in model.named_parameters(remove_duplicate=False)]
-    _check_patterns(config.train_modules, param_names, "LoRA train_modules")
+    check_patterns(config.train_modules, param_names, "LoRA train_modules", LoraError)
     for name in linears:
         if any(name_matches(p, name) for p in config.target_modules):
             model.set_submodule(name, LoraLinear(model.get_submodule(name), rank, alpha, dropout), strict=True)
@@ -191,13 +144,18 @@ def is_lora_name(name: str) -> bool:
     return name.endswith(LORA_SUFFIXES)
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter: LoRA factors plus every other parameter that is being trained (``train_modules``).
+def adapter_names(model: nn.Module) -> list[str]:
+    """The names of the adapter's tensors: LoRA factors plus every other parameter that is being trained
+    (``train_modules``); tied parameters under each of their names, as in ``model.state_dict()``. Also right for a
+    ZeRO-3 partitioned model (the names and flags are the full model's)."""
+    return [name for name, param in model.named_parameters(remove_duplicate=False)
+            if is_lora_name(name) or param.requires_grad]
 
-    Tied parameters appear under each of their names, as in ``model.state_dict()``.
-    """
-    return {name: param.detach() for name, param in model.named_parameters(remove_duplicate=False)
-            if is_lora_name(name) or param.requires_grad}
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter: the tensors ``adapter_names`` names."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return {name: params[name].detach() for name in adapter_names(model)}
 
 
 def merge_lora(model: nn.Module) -> None:

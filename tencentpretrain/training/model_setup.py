@@ -1,18 +1,20 @@
 """Building the model a run trains: architecture, weights (pretrained or initialised, whole or ZeRO-3 partitioned),
-activation checkpointing, LoRA adapters or frozen parameters. The backends call ``build_training_model`` with their
-own build context (DeepSpeed's ``zero.Init`` under ZeRO-3)."""
+activation checkpointing, LoRA adapters or frozen parameters. The assembly (``build.py``) calls
+``build_training_model`` with the engine backend's ``BuildPlan`` (DeepSpeed's ``zero.Init`` under ZeRO-3) and hands
+the model to the engine."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.model import Model, build_model
-from tencentpretrain.training.engine import DistInfo
+from tencentpretrain.training.distributed import DistInfo
+from tencentpretrain.training.engine import BuildPlan
+from tencentpretrain.training.freezing import freeze_parameters
 from tencentpretrain.training.inputs import Inputs
 from tencentpretrain.training.logging import note
-from tencentpretrain.training.lora import LoraConfig, apply_lora, freeze_parameters
+from tencentpretrain.training.lora import LoraConfig, apply_lora
 from tencentpretrain.training.memory import MemoryTrace
 from tencentpretrain.training.options import TrainOptions
 from tencentpretrain.training.weights import init_partitioned, load_partitioned, pretrained_state
@@ -53,9 +55,9 @@ class ModelSetup:
                    inputs.tokenizer, opts.activation_checkpointing, lora, opts.freeze_patterns)
 
 
-def build_training_model(setup: ModelSetup, info: DistInfo, context=contextlib.nullcontext(),
-                         heap=contextlib.nullcontext(), trace: MemoryTrace | None = None) -> Model:
-    """The model, built under ``context`` (partitioned as built under ZeRO-3) or whole, filled from the
+def build_training_model(setup: ModelSetup, info: DistInfo, plan: BuildPlan | None = None,
+                         trace: MemoryTrace | None = None) -> Model:
+    """The model, built under ``plan.context`` (partitioned as built under ZeRO-3) or whole, filled from the
     pretrained checkpoint or initialised; then LoRA adapters or freezing as the setup says.
 
     Only rank 0 opens the pretrained checkpoint (memory-mapped); the other ranks receive their slices (ZeRO-3) or
@@ -64,17 +66,17 @@ def build_training_model(setup: ModelSetup, info: DistInfo, context=contextlib.n
     Args:
         setup: what to build.
         info: this rank.
-        context: the context the parameters are created in.
-        heap: the context around building and filling (the backend's memory policy, ``memory.steady_heap``).
+        plan: how the engine's backend wants the model built (``Engine.plan``; default: whole).
         trace: marks the memory after building and after filling.
     """
+    plan = plan or BuildPlan()
     trace = trace or MemoryTrace(info.rank, enabled=False)
     pretrained = setup.pretrained_path is not None
     state = None
     if pretrained:  # None on ranks > 0
         state = pretrained_state(setup.pretrained_path, setup.config, setup.vocab_size, info, setup.tokenizer)
-    with heap:
-        with context:
+    with plan.heap:
+        with plan.context:
             model = build_model(setup.config, setup.vocab_size, checkpoint_activations=setup.checkpoint_activations)
         trace.mark("building the model")
         (load_partitioned(model, state, info) if pretrained else init_partitioned(model))
@@ -82,7 +84,7 @@ def build_training_model(setup: ModelSetup, info: DistInfo, context=contextlib.n
     trace.mark("loading the weights" if pretrained else "initialising")
     if setup.lora is not None:
         lora = setup.lora
-        with context:
+        with plan.context:
             apply_lora(model, lora.rank, lora.alpha, lora.dropout, lora.target_modules, lora.train_modules)
     elif setup.freeze_patterns:
         note(f"froze {len(freeze_parameters(model, setup.freeze_patterns))} parameter tensors")

@@ -1,64 +1,18 @@
-"""AdamW with weight-decay groups by rule, and learning-rate schedules with warmup from the SCHEDULERS registry.
-
-A schedule is a function ``(step, warmup_steps, total_steps) -> factor`` registered by name; the learning rate at
-optimizer step ``step`` (0-based) is ``learning_rate * factor``. ``--scheduler`` offers ``SCHEDULERS.names()``.
-"""
+"""AdamW with weight-decay groups by rule, and the torch scheduler following a registered schedule
+(``schedules.py``)."""
 
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from tencentpretrain.cli import InputError
 from tencentpretrain.registry import SCHEDULERS
-
-if TYPE_CHECKING:  # options.py imports this module to register the schedules
-    from tencentpretrain.training.options import TrainOptions
-
-
-def _warmup(step: int, warmup_steps: int) -> float | None:
-    """The warmup factor while warming up (linear from 1/warmup to 1), else None."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return None
-
-
-@SCHEDULERS.register("constant")
-def constant_schedule(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warmup, then the full learning rate."""
-    warm = _warmup(step, warmup_steps)
-    return 1.0 if warm is None else warm
-
-
-@SCHEDULERS.register("linear")
-def linear_schedule(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warmup, then linear decay to zero at ``total_steps``."""
-    warm = _warmup(step, warmup_steps)
-    if warm is not None:
-        return warm
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-
-@SCHEDULERS.register("cosine")
-def cosine_schedule(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warmup, then half a cosine down to zero at ``total_steps``."""
-    warm = _warmup(step, warmup_steps)
-    if warm is not None:
-        return warm
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def warmup_steps_of(warmup: float, total_steps: int) -> int:
-    """TencentPretrain's ``--warmup``: a fraction of ``total_steps`` when below 1, else a number of steps."""
-    if warmup < 0:
-        raise InputError(f"--warmup must be >= 0, got {warmup}")
-    return int(total_steps * warmup) if warmup < 1 else int(warmup)
+from tencentpretrain.training.options import TrainOptions
+from tencentpretrain.training.schedules import warmup_steps_of
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup_steps: int,
@@ -86,8 +40,8 @@ def _ndim(param: torch.Tensor) -> int:
 
 def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
                 device: torch.device) -> torch.optim.AdamW:
-    """``torch.optim.AdamW`` with its fused kernel where the device has one (CUDA, and CPUs since torch 2.4:
-    several times faster than the per-tensor loop), else the foreach implementation."""
+    """``torch.optim.AdamW`` with its fused kernel where the device has one (CUDA, and CPUs since torch 2.4), else
+    the foreach implementation (docs/benchmarks.md, "Training speed", compares them)."""
     if "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type in ("cuda", "xpu", "mps", "cpu"):
         try:
             return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)

@@ -17,7 +17,6 @@ import tencentpretrain.data  # noqa: F401  (registers the data processors)
 from tencentpretrain.cli import InputError
 from tencentpretrain.dtypes import DTYPES
 from tencentpretrain.registry import DATA_PROCESSORS, SCHEDULERS
-from tencentpretrain.training import optim  # noqa: F401  (registers the schedulers)
 
 SAVE_DTYPES = tuple(DTYPES)
 

@@ -11,10 +11,8 @@ from torch import nn
 from tencentpretrain.checkpoint import CheckpointError
 from tencentpretrain.dtypes import DTYPES
 from tencentpretrain.training.checkpointing import read_state_file
-from tencentpretrain.training.engine import DistInfo, Engine, LossModule, StepResult, cast_state
-from tencentpretrain.training.lora import LoraConfig
-from tencentpretrain.training.memory import MemoryTrace
-from tencentpretrain.training.model_setup import ModelSetup, build_training_model
+from tencentpretrain.training.distributed import DistInfo
+from tencentpretrain.training.engine import BuildPlan, Engine, LossModule, StepResult, cast_state
 from tencentpretrain.training.optim import adamw_of, param_groups, scheduler_of
 from tencentpretrain.training.options import TrainOptions
 
@@ -30,14 +28,11 @@ class PlainEngine(Engine):
         precision: "fp32", "fp16" or "bf16".
         accumulation_steps: micro-batches per step (the loss is divided by it).
         max_grad_norm: clip threshold (0: no clipping, the norm is still measured).
-        lora: the LoRA settings of a model with adapters (merged into the exported checkpoints).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, dist_info: DistInfo,
-                 precision: str = "fp32", accumulation_steps: int = 1, max_grad_norm: float = 1.0,
-                 lora: LoraConfig | None = None):
+                 precision: str = "fp32", accumulation_steps: int = 1, max_grad_norm: float = 1.0):
         self.model, self.optimizer, self.scheduler, self.dist = model, optimizer, scheduler, dist_info
-        self.lora = lora
         self.accumulation_steps, self.max_grad_norm = accumulation_steps, max_grad_norm
         self.dtype = DTYPES[precision]
         self.scaler = torch.amp.GradScaler(dist_info.device.type, enabled=precision == "fp16")
@@ -48,14 +43,12 @@ class PlainEngine(Engine):
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     @classmethod
-    def build(cls, opts: TrainOptions, setup: ModelSetup, info: DistInfo,
-              trace: MemoryTrace | None = None) -> PlainEngine:
-        """The model on this rank's device, AdamW and the schedule, as the run's options say."""
-        model = build_training_model(setup, info, trace=trace)
+    def build(cls, opts: TrainOptions, model: nn.Module, info: DistInfo, plan: BuildPlan) -> PlainEngine:
+        """``model`` moved to this rank's device, AdamW and the schedule, as the run's options say."""
         model.to(info.device)
         optimizer = adamw_of(opts, param_groups(model, opts.weight_decay), info.device)
         return cls(model, optimizer, scheduler_of(opts)(optimizer), info, opts.precision, opts.accumulation_steps,
-                   opts.max_grad_norm, setup.lora)
+                   opts.max_grad_norm)
 
     def forward(self, inputs, boundary):
         if isinstance(self.wrapped, nn.parallel.DistributedDataParallel):
@@ -86,7 +79,7 @@ class PlainEngine(Engine):
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def consolidated_state_dict(self, dtype):
+    def export(self, dtype):
         return cast_state(self.model.state_dict(), dtype) if self.dist.is_main else None
 
     def save(self, directory):

@@ -19,7 +19,7 @@ from tencentpretrain.checkpoint import CheckpointError, check_state_dict, load_s
 from tencentpretrain.cli import naming
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.model import build_model
-from tencentpretrain.training.engine import DistInfo
+from tencentpretrain.training.distributed import DistInfo
 from tencentpretrain.vocab import check_vocab, vocab_rows
 
 

@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Registry-based pretraining framework for LLaMA-family models, TencentPretrain-compatible",
     packages=find_packages(include=["tencentpretrain", "tencentpretrain.*"]),
-    package_data={"tencentpretrain.generation": ["onerow.c"]},  # native decoding, compiled on first use
+    package_data={"tencentpretrain.generation.native": ["csrc/*.c", "csrc/*.h"]},  # compiled on first use
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "sentencepiece", "numpy", "regex", "safetensors", "tqdm", "jinja2>=3.1",
                       "tokenizers>=0.19"],

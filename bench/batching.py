@@ -5,8 +5,8 @@ thread: ``torch.set_num_threads(1)``) counts only the cycles it got, so these fi
 than ``bench/serve.py``'s. Two parts, on a random model of a ``bench/generate.py`` size (default ``100m``), weights
 laid out as the server lays them out for the batch size (``auto``: ``row`` wherever decoding is native):
 
-- **passes**: one forward pass of the batcher's kind (``generation/ragged.py``, ``Engine.read``), the fastest of
-  ``--repeats``, through PyTorch and natively (generation/native.py; where it runs): a prompt chunk of ``--chunk``
+- **passes**: one forward pass of the batcher's kind (``cache/ragged.py``, ``Engine.read``), the fastest of
+  ``--repeats``, through PyTorch and natively (generation/native/; where it runs): a prompt chunk of ``--chunk``
   tokens alone, ``k`` chunks of different prompts in one pass, ``R`` running rows alone, and the same ``R`` rows
   with a chunk in one pass. Prompt tokens/s = chunk tokens over the pass's CPU time (wall time with ``--threads``
   above 1).
@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import size_config  # noqa: E402
 
 from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
-from tencentpretrain.generation.batching import Batcher, Request  # noqa: E402
-from tencentpretrain.generation.layout import weight_layout  # noqa: E402
+from tencentpretrain.generation.backend import choose_backend  # noqa: E402
 from tencentpretrain.generation.native import native_unavailable  # noqa: E402
-from tencentpretrain.generation.threads import use_threads  # noqa: E402
+from tencentpretrain.generation.scheduler import Batcher, Request  # noqa: E402
+from tencentpretrain.generation.weights.layout import weight_layout  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
 
 
@@ -61,8 +61,8 @@ def one_pass(engine: Engine, rows: int, chunks: int, chunk: int, context: int = 
     """A ragged pass: ``rows`` running rows (``context`` columns each) and ``chunks`` chunks of ``chunk`` tokens of
     different prompts, each after ``chunk`` tokens already read; the logits of each row and each chunk's last
     token."""
-    from tencentpretrain.generation.ragged import RaggedPass  # here: --part load also runs on the older batcher
-    from tencentpretrain.generation.slots import SlotCache
+    from tencentpretrain.cache.ragged import RaggedPass  # here: --part load also runs on the older batcher
+    from tencentpretrain.cache.slots import SlotCache
 
     config, vocab = engine.config, engine.model.vocab_size
     slots = SlotCache(config.layers_num, max(rows, 1), config.kv_heads_num, context + 2, config.head_dim)
@@ -86,15 +86,15 @@ def passes(engine: Engine, layout: str, args) -> None:
     """The table of single passes, each through PyTorch and natively (when the engine decodes natively)."""
     chunk, repeats = args.chunk, args.repeats
     clock, unit = (time.process_time, "CPU ms") if args.threads == 1 else (time.perf_counter, "wall ms")
-    native_decoder = engine.decoder
-    kinds = [("PyTorch", None)] + ([("native", native_decoder)] if native_decoder is not None else [])
+    native_backend = engine.decoder
+    kinds = [("PyTorch", None)] + ([("native", native_backend)] if native_backend is not None else [])
 
     def best(rows: int, chunks: int) -> list[float]:
         times = []
         for _, decoder in kinds:
             engine.decoder = decoder
             times.append(cpu_best(lambda: one_pass(engine, rows, chunks, chunk), repeats, clock))
-        engine.decoder = native_decoder
+        engine.decoder = native_backend
         return times
 
     def cells(times: list[float], tokens: int) -> str:
@@ -219,7 +219,7 @@ def engine_for(model, batch: int, threads: int = 1) -> tuple[Engine, str]:
     model = copy.deepcopy(model)
     layout = weight_layout("auto", batch, native=native_unavailable(model) is None)
     engine = Engine(prepare_for_inference(model, layout=layout, batch_size=batch), eos_ids=[])
-    use_threads(engine, threads)
+    choose_backend(engine, threads)
     return engine, f"{layout}, {engine.decoding}"
 
 

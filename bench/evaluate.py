@@ -49,7 +49,7 @@ from tencentpretrain.evaluation.scoring import (  # noqa: E402
     window_nlls,
 )
 from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
-from tencentpretrain.generation.layout import weight_layout  # noqa: E402
+from tencentpretrain.generation.weights.layout import weight_layout  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SHARED = Path(os.environ.get("TP_SHARED_DIR", ROOT.parent / "shared")) / "data"

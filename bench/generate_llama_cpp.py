@@ -79,7 +79,7 @@ def threaded(run, threads: int):
 def llama_cpp_rows(name: str, ours, args, measure, ours_runner, prompts_for) -> list[str]:
     """Table rows for one model size: one per thread count in ``args.llama_cpp_threads``."""
     from tencentpretrain.generation import Engine, prepare_for_inference
-    from tencentpretrain.generation.threads import use_threads
+    from tencentpretrain.generation.backend import choose_backend
 
     params = sum(p.numel() for p in ours.parameters()) / 1e6
     prompt = prompts_for(1, ours.vocab_size)[0]
@@ -91,7 +91,7 @@ def llama_cpp_rows(name: str, ours, args, measure, ours_runner, prompts_for) -> 
         fp32 = Engine(prepare_for_inference(copy.deepcopy(ours), layout=layout, batch_size=1))
         int8 = Engine(prepare_for_inference(copy.deepcopy(ours), int8=True, batch_size=1))
         for threads in args.llama_cpp_threads:
-            use_threads(fp32, threads, native=args.native)
+            choose_backend(fp32, threads, native=args.native)
             repack = args.llama_cpp_repack
             runners = {"llama.cpp f32": llama_cpp_runner(paths["f32"], prompt, threads, context, repack),
                        "ours fp32": threaded(ours_runner(fp32, [prompt]), threads),
@@ -123,7 +123,7 @@ def llama_cpp_quant_rows(name: str, ours, args, measure, ours_runner, prompts_fo
     (llama-cpp-python's ``generate`` decodes one sequence: there llama.cpp's column is its batch-1 speed on the most
     threads, marked as such)."""
     from tencentpretrain.generation import Engine, prepare_for_inference
-    from tencentpretrain.generation.threads import use_threads
+    from tencentpretrain.generation.backend import choose_backend
 
     params = sum(p.numel() for p in ours.parameters()) / 1e6
     prompt = prompts_for(1, ours.vocab_size)[0]
@@ -135,7 +135,7 @@ def llama_cpp_quant_rows(name: str, ours, args, measure, ours_runner, prompts_fo
         quantized = Engine(prepare_for_inference(copy.deepcopy(ours), layout="row", quant=quant))
         fp32 = Engine(prepare_for_inference(copy.deepcopy(ours), layout="row"))
         for threads in args.llama_cpp_threads:
-            notes = use_threads(quantized, threads), use_threads(fp32, threads)
+            notes = choose_backend(quantized, threads), choose_backend(fp32, threads)
             print(f"threads {threads}: {quant} {notes[0]}; fp32 {notes[1]}", flush=True)
             runners = {"llama.cpp": llama_cpp_runner(paths[quant], prompt, threads, context, args.llama_cpp_repack),
                        "ours": ours_runner(quantized, [prompt]), "ours fp32": ours_runner(fp32, [prompt])}
@@ -146,7 +146,7 @@ def llama_cpp_quant_rows(name: str, ours, args, measure, ours_runner, prompts_fo
             rows.append(_quant_row(name, params, 1, threads, result, f"first {agree} of {len(mine)}"))
         threads = max(args.llama_cpp_threads)
         for batch in [b for b in args.batches if b > 1]:
-            use_threads(quantized, threads), use_threads(fp32, threads)
+            choose_backend(quantized, threads), choose_backend(fp32, threads)
             batch_prompts = prompts_for(batch, ours.vocab_size)
             runners = {"ours": ours_runner(quantized, batch_prompts), "ours fp32": ours_runner(fp32, batch_prompts)}
             result = {k: _speed(v) for k, v in measure(runners, batch, args.new_tokens, args.repeats).items()}

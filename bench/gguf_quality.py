@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tencentpretrain.generation import Engine, prepare_for_inference, quantize_int8  # noqa: E402
-from tencentpretrain.generation.engine import load_generation_model  # noqa: E402
-from tencentpretrain.generation.prepare import BLOCK_QUANTS  # noqa: E402
-from tencentpretrain.generation.threads import use_threads  # noqa: E402
+from tencentpretrain.generation.backend import choose_backend  # noqa: E402
+from tencentpretrain.generation.loading import load_generation_model  # noqa: E402
+from tencentpretrain.generation.weights.prepare import BLOCK_QUANTS  # noqa: E402
 from tencentpretrain.llamacpp import add_repack_arg, open_llama  # noqa: E402
 from tencentpretrain.tokenizers import SentencePieceTokenizer  # noqa: E402
 
@@ -136,7 +136,7 @@ def block_quant(ours, quant: str, chunks, prompts, args) -> tuple[float, list[li
         ppl = math.exp(sum(nll(model(torch.tensor([c]))[0].numpy(), c) for c in chunks)
                        / sum(len(c) - 1 for c in chunks))
     engine = Engine(prepare_for_inference(copy.deepcopy(ours), layout="row", quant=quant))
-    use_threads(engine, args.threads)
+    choose_backend(engine, args.threads)
     return ppl, engine.generate(prompts, args.new_tokens)
 
 

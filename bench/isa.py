@@ -1,5 +1,5 @@
-"""The two builds of the native kernel side by side in one process: ``onerow.c`` compiled for AVX2 and for AVX-512
-(``generation/native.py``'s ``ISAS``), on a random model of a ``bench/generate.py`` size (default ``100m``), weights
+"""The two builds of the native kernel side by side in one process: ``native/csrc/`` compiled for AVX2 and for AVX-512
+(``generation/native/``'s ``ISAS``), on a random model of a ``bench/generate.py`` size (default ``100m``), weights
 row-major (what the engine decodes natively).
 
 - **decoding**: batch-1 greedy decoding of a 48-token prompt, decode tok/s = ``(N - 1) / (t(N) - t(1))`` as in
@@ -34,7 +34,7 @@ from batching import one_pass  # noqa: E402
 from generate import decode_rate, fastest, prompts_for, rounds, size_config  # noqa: E402
 
 from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
-from tencentpretrain.generation.native import ISAS, NativeDecoder, choose_isa  # noqa: E402
+from tencentpretrain.generation.native import ISAS, NativeBackend, choose_isa  # noqa: E402
 from tencentpretrain.hardware import cpu  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     model = build_model(size_config(args.size)).eval()
     engine = Engine(prepare_for_inference(model, layout="row", batch_size=1), eos_ids=[])
     counts = sorted({1, args.threads})
-    decoders = {(isa, t): NativeDecoder(engine.model, t, isa) for isa in ISAS for t in counts}
+    decoders = {(isa, t): NativeBackend(engine.model, t, isa) for isa in ISAS for t in counts}
     print(f"{cpu().kind()}; model {args.size} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters); "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {args.repeats} rounds")
     print(f"\n| case | threads | {NARROW} | {WIDE} | {WIDE} vs {NARROW} (above 1: faster): fastest; within a round, "

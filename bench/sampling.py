@@ -31,8 +31,8 @@ from generate import measure, prompts_for, size_config  # noqa: E402
 
 from tencentpretrain.generation import Engine, SamplingParams, prepare_for_inference  # noqa: E402
 from tencentpretrain.generation import engine as engine_module  # noqa: E402
+from tencentpretrain.generation.backend import choose_backend  # noqa: E402
 from tencentpretrain.generation.sampling import candidates, greedy, sample  # noqa: E402
-from tencentpretrain.generation.threads import use_threads  # noqa: E402
 from tencentpretrain.llamacpp import add_repack_arg  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
 
@@ -101,7 +101,7 @@ def decoding(args, temporary: Path) -> list[str]:
     model = build_model(size_config(args.size)).eval()
     prompt = prompts_for(1, model.vocab_size)[0]
     engine = Engine(prepare_for_inference(model, layout="row", batch_size=1))
-    use_threads(engine, args.threads)
+    choose_backend(engine, args.threads)
     if engine.decoder is None:
         raise SystemExit(f"native decoding is unavailable here: {engine.decoding}")
     params = SETTINGS["run_llama.py default (T 0.7, top-k 40, top-p 0.9)"]

@@ -1,5 +1,5 @@
 """Batch-1 decoding on one and several cores, side by side in one run: our engine decoding in PyTorch (what it did
-before native decoding, and still does where that is unavailable) and natively (``generation/native.py``, what
+before native decoding, and still does where that is unavailable) and natively (``generation/native/``, what
 ``--threads`` gives run_llama.py, the server and evaluation), each on 1 and ``--threads`` threads, and llama.cpp's
 f32 on the same weights at the same thread counts when llama-cpp-python is installed.
 
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import decode_rate, fastest, prompts_for, rounds, size_config  # noqa: E402
 
 from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
-from tencentpretrain.generation.layout import LAYOUTS  # noqa: E402
-from tencentpretrain.generation.threads import use_threads  # noqa: E402
+from tencentpretrain.generation.backend import choose_backend  # noqa: E402
+from tencentpretrain.generation.weights.layout import LAYOUTS  # noqa: E402
 from tencentpretrain.llamacpp import add_repack_arg  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
 
@@ -42,7 +42,7 @@ def engine_runner(engine: Engine, threads: int, native: bool):
     """A function generating ``n`` tokens of a prompt with ``engine`` on ``threads`` threads."""
 
     def run(prompt: list[int], n: int) -> list[int]:
-        use_threads(engine, threads, native=native)
+        choose_backend(engine, threads, native=native)
         return engine.generate([prompt], n)[0]
 
     return run
@@ -74,7 +74,7 @@ def bench_size(name: str, args, temporary: Path) -> str:
         variants[f"PyTorch {threads}"] = engine_runner(engine, threads, native=False)
     for threads in counts:
         variants[f"native {threads}"] = engine_runner(engine, threads, native=True)
-    use_threads(engine, 1)
+    choose_backend(engine, 1)
     if engine.decoder is None:
         raise SystemExit(f"native decoding is unavailable here: {engine.decoding}")
     if args.llama_cpp:

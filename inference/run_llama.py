@@ -28,8 +28,9 @@ from tencentpretrain.checkpoint import atomic_path  # noqa: E402
 from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
 from tencentpretrain.data.chat_template import load_template  # noqa: E402
 from tencentpretrain.generation import Engine  # noqa: E402
-from tencentpretrain.generation.chat import ChatSession, fit_prompt, generate_text, question_ids  # noqa: E402
+from tencentpretrain.generation.chat import ChatSession, fit_prompt, question_ids  # noqa: E402
 from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args  # noqa: E402
+from tencentpretrain.generation.text import generate_text  # noqa: E402
 from tencentpretrain.jsonfile import read_text  # noqa: E402
 
 

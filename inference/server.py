@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from tencentpretrain.generation.api import Service, create_app
+    from tencentpretrain.serving.app import Service, create_app
 
     service = Service(engine, tokenizer, args.model_name, args.template, args.seq_length, args.max_new_tokens,
                       sampling, tuple(args.stop), args.max_batch_size, args.prefill_chunk)

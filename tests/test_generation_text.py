@@ -13,16 +13,10 @@ from tencentpretrain.checkpoint import save_state_dict
 from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine
-from tencentpretrain.generation import layout as layout_module
-from tencentpretrain.generation.chat import (
-    ChatSession,
-    TextStream,
-    chat_prompt,
-    encode_prompt,
-    generate_text,
-    split_messages,
-)
-from tencentpretrain.generation.layout import packing_available
+from tencentpretrain.generation.chat import ChatSession, chat_prompt, encode_prompt, split_messages
+from tencentpretrain.generation.text import TextStream, generate_text
+from tencentpretrain.generation.weights import layout as layout_module
+from tencentpretrain.generation.weights.layout import packing_available
 from tencentpretrain.model import build_model
 from tencentpretrain.registry import TEMPLATES
 from tencentpretrain.tokenizers import SentencePieceTokenizer

@@ -1,8 +1,8 @@
-"""Native passes (generation/native.py, onerow.c): products equal F.linear and never depend on the rows beside
+"""Native passes (generation/native/, csrc/forward.c): products equal F.linear and never depend on the rows beside
 them; logits and cache writes equal the PyTorch model's, for decoding steps and for the batcher's passes of running
 rows and prompt chunks; greedy tokens equal transformers' and the PyTorch engine's on 1-3 threads, alone, batched
 with left padding and inside the continuous batcher; every model or machine it cannot take is refused with a
-reason. Every test runs with each build of onerow.c (``isa``: AVX2, and AVX-512 and AVX-512 with VNNI where the CPU
+reason. Every test runs with each native build (``isa``: AVX2, and AVX-512 and AVX-512 with VNNI where the CPU
 has them); the builds compute the same bits, and an AVX2-only CPU gets the AVX2 build."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from conftest import confident_model
 from test_generation import PROMPTS, hf_greedy, tiny_hf
 
 from tencentpretrain.generation import Engine, load_generation_model, native, prepare_for_inference, quantize_int8
-from tencentpretrain.generation.batching import Batcher, TokenRequest
-from tencentpretrain.generation.threads import use_threads
+from tencentpretrain.generation.backend import choose_backend
+from tencentpretrain.generation.scheduler import Batcher, TokenRequest
 from tencentpretrain.hardware import CPU, cpu
 
 VOCAB = 500
@@ -37,7 +37,7 @@ def native_or_skip():
 
 @pytest.fixture(autouse=True, params=sorted(native.ISAS))
 def isa(request, monkeypatch):
-    """Each test with each build of onerow.c (``TP_NATIVE_ISA``); the AVX-512 one only where the CPU runs it."""
+    """Each test with each native build (``TP_NATIVE_ISA``); the AVX-512 one only where the CPU runs it."""
     if not all(cpu().has(flag) for flag in native.ISAS[request.param][1]):
         pytest.skip(f"the {request.param} build needs {', '.join(native.ISAS[request.param][1])}: {cpu().kind()}")
     monkeypatch.setenv("TP_NATIVE_ISA", request.param)
@@ -131,7 +131,7 @@ def test_the_two_builds_compute_the_same_bits(model):
     runs = {}
     for name in ("avx2", "avx512"):
         engine = Engine(copy.deepcopy(model))
-        engine.decoder = native.NativeDecoder(engine.model, 2, name)
+        engine.decoder = native.NativeBackend(engine.model, 2, name)
         runs[name] = engine.generate(prompts(4, seed=3), 12), *logits_of_a_prompt_and_steps(engine)
     for got, expected in zip(runs["avx512"], runs["avx2"]):
         assert got == expected if isinstance(got, list) else torch.equal(got, expected)
@@ -152,7 +152,7 @@ def logits_of_a_prompt_and_steps(engine: Engine) -> tuple[torch.Tensor, torch.Te
 
 def test_decoder_logits_and_cache_equal_the_model(model):
     engine = Engine(copy.deepcopy(model))
-    decoder, note = native.native_decoder(engine.model, 2)
+    decoder, note = native.native_backend(engine.model, 2)
     assert decoder is not None, note
     batch = PROMPTS[:2] + [[1, 7]]
     with torch.inference_mode():
@@ -175,10 +175,10 @@ def test_decoder_logits_and_cache_equal_the_model(model):
 
 
 def test_a_step_picks_the_greedy_token_as_torch_argmax_does(model):
-    """``NativeDecoder.step`` returns each row's argmax with its logits, as ``torch.argmax`` picks it: the first of
+    """``NativeBackend.step`` returns each row's argmax with its logits, as ``torch.argmax`` picks it: the first of
     tied maxima (equal LM head rows give bit-equal logits: products sum in one order) and the first NaN before any
     number."""
-    decoder, note = native.native_decoder(copy.deepcopy(model), 2)
+    decoder, note = native.native_backend(copy.deepcopy(model), 2)
     assert decoder is not None, note
     head = decoder.model.target["lm"].output_layer.weight
     engine = Engine(decoder.model)
@@ -199,7 +199,7 @@ def test_a_step_picks_the_greedy_token_as_torch_argmax_does(model):
 def test_a_step_equals_the_models_step_and_keeps_its_arguments_per_cache(model):
     """Steps over two caches in turn (the decoder's kept arguments switch from one cache to the other and back)
     give the model's logits for each."""
-    decoder, note = native.native_decoder(copy.deepcopy(model), 2)
+    decoder, note = native.native_backend(copy.deepcopy(model), 2)
     assert decoder is not None, note
     engine = Engine(decoder.model)
     batches = [[[1, 5, 6, 7], [1, 9]], [[1, 300, 301]]]
@@ -239,7 +239,7 @@ def test_native_prefill_equals_the_model(model):
     """Left-padded prompts read natively: the last position's logits and the real tokens' keys and values equal
     the model's; the padding columns are left as they were (never attended to)."""
     engine = Engine(copy.deepcopy(model))
-    decoder, _ = native.native_decoder(engine.model, 2)
+    decoder, _ = native.native_backend(engine.model, 2)
     batch = PROMPTS[:2] + [[1, 7], [1]]
     with torch.inference_mode():
         ids, mask = engine.stream(batch, 1)._prefill_inputs()
@@ -265,14 +265,14 @@ def test_long_prompts_are_read_in_several_native_calls_exactly(model, monkeypatc
     """A prompt longer than PASS_TOKENS is read in several calls: bit for bit what one call computes, and what
     the model computes up to rounding."""
     engine = Engine(copy.deepcopy(model))
-    decoder, _ = native.native_decoder(engine.model, 2)
+    decoder, _ = native.native_backend(engine.model, 2)
     g = torch.Generator().manual_seed(8)
     ids = torch.randint(3, VOCAB, (2, 150), generator=g)
     positions = torch.arange(150).expand(2, 150)
     got = {}
     with torch.inference_mode():
         for tokens in (1000, 64, 7):
-            monkeypatch.setattr(native, "PASS_TOKENS", tokens)
+            monkeypatch.setattr(native.backend, "PASS_TOKENS", tokens)
             cache = engine.new_cache(2, 150)
             got[tokens] = decoder.prefill(ids, positions, None, cache), cache.keys.clone()
         cache = engine.new_cache(2, 150)
@@ -303,7 +303,7 @@ def assert_same_greedy_tokens(reference: Engine, fast: Engine, batch: list[list[
 def test_native_tokens_equal_pytorch_alone_and_batched(model, threads, layout, isa):
     pytorch = Engine(copy.deepcopy(model))
     fast = Engine(prepare_for_inference(copy.deepcopy(model), layout=layout))
-    assert use_threads(fast, threads) == f"native decoding on {threads} thread{'s' * (threads > 1)} ({isa})"
+    assert choose_backend(fast, threads) == f"native decoding on {threads} thread{'s' * (threads > 1)} ({isa})"
     assert fast.decoder is not None and fast.decoder.threads == threads and fast.decoder.lib.isa == isa
     for prompt in prompts(3, seed=threads):
         assert_same_greedy_tokens(pytorch, fast, [prompt], 40)
@@ -315,7 +315,7 @@ def test_native_tokens_equal_transformers(tmp_path):
     native_or_skip()
     hf = tiny_hf(tmp_path, 2)
     engine = Engine(load_generation_model(tmp_path), pad_id=0)
-    use_threads(engine, 2)
+    choose_backend(engine, 2)
     assert engine.decoder is not None, engine.decoding
     assert engine.generate(PROMPTS, 48) == hf_greedy(hf, PROMPTS, 48)
     for prompt in PROMPTS:
@@ -325,7 +325,7 @@ def test_native_tokens_equal_transformers(tmp_path):
 def test_native_decoding_inside_the_batcher(model):
     alone = Engine(copy.deepcopy(model), eos_ids=[2])
     fast = Engine(copy.deepcopy(model), eos_ids=[2])
-    use_threads(fast, 2)
+    choose_backend(fast, 2)
     batch = prompts(6, seed=21)
     lengths = [5, 30, 12, 41, 1, 25]
     expected = [alone.generate([p], n)[0] for p, n in zip(batch, lengths)]
@@ -346,9 +346,9 @@ def ragged_pass(model, seed: int):
     """A batcher pass on random caches: three running rows (spans of 9, 4 and 12 columns in a slot cache of 16)
     and two prompt chunks (5 tokens after 7 read, the first 6 tokens of another): its ids and positions (1, N),
     the ``RaggedPass``, and the caches to compare afterwards."""
-    from tencentpretrain.generation.ragged import RaggedPass
-    from tencentpretrain.generation.slots import SlotCache
-    from tencentpretrain.layers.kv_cache import KVCache
+    from tencentpretrain.cache import KVCache
+    from tencentpretrain.cache.ragged import RaggedPass
+    from tencentpretrain.cache.slots import SlotCache
 
     config, g = model.config, torch.Generator().manual_seed(seed)
     shape = (config.layers_num, config.kv_heads_num, config.head_dim)
@@ -373,7 +373,7 @@ def test_a_native_batcher_pass_equals_the_models(model):
     """Running rows and prompt chunks in one native pass: the logits of the tokens picked and every key and value
     stored equal the PyTorch pass's, and every cache is advanced alike."""
     engine = Engine(copy.deepcopy(model))
-    decoder, note = native.native_decoder(engine.model, 2)
+    decoder, note = native.native_backend(engine.model, 2)
     assert decoder is not None, note
     picks = [0, 1, 2, 7, 13]  # the running rows and the last token of each chunk
     with torch.inference_mode():
@@ -392,10 +392,10 @@ def test_a_native_batcher_pass_equals_the_models(model):
 def test_a_prompt_computes_the_same_bits_alone_and_among_others(model):
     """Natively, a prompt chunk read beside running rows and another prompt, read alone in the batcher, or read by
     ``prefill`` gives the same logits and cache, bit for bit (every kernel sums in one order)."""
-    from tencentpretrain.generation.ragged import RaggedPass
+    from tencentpretrain.cache.ragged import RaggedPass
 
     engine = Engine(copy.deepcopy(model))
-    decoder, _ = native.native_decoder(engine.model, 2)
+    decoder, _ = native.native_backend(engine.model, 2)
     with torch.inference_mode():
         ids, positions, ragged, (_, _, among) = ragged_pass(engine.model, seed=5)
         beside = decoder.read(ids, positions, ragged, [13])  # the last token of the second chunk
@@ -409,7 +409,7 @@ def test_a_prompt_computes_the_same_bits_alone_and_among_others(model):
 
 def test_a_native_pass_declines_what_it_cannot_read(model):
     engine = Engine(copy.deepcopy(model))
-    decoder, _ = native.native_decoder(engine.model, 1)
+    decoder, _ = native.native_backend(engine.model, 1)
     with torch.inference_mode():
         ids, positions, ragged, (slots, read, fresh) = ragged_pass(engine.model, seed=4)
         slots.mask[1, 0] = True  # a row whose columns are not one span: only the model's masks can say that
@@ -444,7 +444,7 @@ def test_positions_beyond_the_rotary_table_grow_it(model):
     rotary.cos, rotary.sin = rotary.cos[:40].clone(), rotary.sin[:40].clone()
     pytorch = Engine(copy.deepcopy(model), eos_ids=[2])
     fast = Engine(small, eos_ids=[2])
-    use_threads(fast, 2)
+    choose_backend(fast, 2)
     prompt = prompts(1, seed=5)[0][:30]
     assert fast.generate([prompt], 60) == pytorch.generate([prompt], 60)
     assert rotary.cos.shape[0] >= 90
@@ -452,7 +452,7 @@ def test_positions_beyond_the_rotary_table_grow_it(model):
 
 def test_a_full_cache_is_an_error_not_a_write_past_its_end(model):
     engine = Engine(copy.deepcopy(model))
-    use_threads(engine, 2)
+    choose_backend(engine, 2)
     cache = engine.new_cache(1, 3)
     with torch.inference_mode():
         engine.model.encode(torch.tensor([[1, 5, 6]]), None, None, cache)
@@ -471,21 +471,21 @@ def test_models_it_cannot_take_are_refused_with_a_reason(model, monkeypatch):
     }
     for reason, other in cases.items():
         engine = Engine(other)
-        note = use_threads(engine, 2)
+        note = choose_backend(engine, 2)
         assert engine.decoder is None and reason in note and note.startswith("decoding in PyTorch"), note
-    from tencentpretrain.generation.layout import packing_available
+    from tencentpretrain.generation.weights.layout import packing_available
 
     if packing_available():
-        monkeypatch.setattr("tencentpretrain.generation.layout.PACK_MIN_WEIGHTS", 1)  # pack every layer
+        monkeypatch.setattr("tencentpretrain.generation.weights.layout.PACK_MIN_WEIGHTS", 1)  # pack every layer
         packed = Engine(prepare_for_inference(copy.deepcopy(model), layout="packed", batch_size=4))
-        assert "packed for oneDNN only" in use_threads(packed, 2) and packed.decoder is None
+        assert "packed for oneDNN only" in choose_backend(packed, 2) and packed.decoder is None
         both = Engine(prepare_for_inference(copy.deepcopy(model), layout="both", batch_size=4))  # a dense copy too
-        use_threads(both, 2)
+        choose_backend(both, 2)
         assert both.decoder is not None
         batch = prompts(3, seed=7)
         assert both.generate(batch, 20) == Engine(copy.deepcopy(model)).generate(batch, 20)
     engine = Engine(copy.deepcopy(model))
-    assert use_threads(engine, 2, native=False) == "decoding in PyTorch" and engine.decoder is None
+    assert choose_backend(engine, 2, native=False) == "decoding in PyTorch" and engine.decoder is None
 
 
 def test_turned_off_or_unbuildable_library_is_a_reason_not_a_crash(model, monkeypatch, tmp_path):
@@ -500,23 +500,23 @@ def test_turned_off_or_unbuildable_library_is_a_reason_not_a_crash(model, monkey
         assert "no C compiler 'no-such-compiler'" in native.native_unavailable(model)
         native.load_library.cache_clear()
         fake = tmp_path / "fakecc"
-        fake.write_text("#!/bin/sh\necho 'onerow.c:1: error: broken' >&2\nexit 1\n")
+        fake.write_text("#!/bin/sh\necho 'forward.c:1: error: broken' >&2\nexit 1\n")
         fake.chmod(0o755)
         monkeypatch.setenv("CC", str(fake))
         why = native.native_unavailable(model)
-        assert "building onerow.c" in why and "error: broken" in why
+        assert "building forward.c" in why and "error: broken" in why
         assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-built left behind
         native.load_library.cache_clear()
         monkeypatch.delenv("CC")
         assert native.native_unavailable(model) is None  # builds in the new cache folder
-        assert len(list((tmp_path / "cache").glob("onerow-*.so"))) == 1
+        assert len(list((tmp_path / "cache").glob("forward-*.so"))) == 1
     finally:
         native.load_library.cache_clear()
 
 
 def test_streams_read_side_by_side_leave_the_grad_mode_as_it_was(model):
     engine = Engine(copy.deepcopy(model))
-    use_threads(engine, 2)
+    choose_backend(engine, 2)
     alone = [engine.generate([[1, 5, 6]], 5)[0], engine.generate([[1, 7], [1, 8, 9, 10]], 9)]
     first, second = iter(engine.stream([[1, 5, 6]], 5)), iter(engine.stream([[1, 7], [1, 8, 9, 10]], 9))
     together = [[], []]

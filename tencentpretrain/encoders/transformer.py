@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tencentpretrain.cache import KVCache
 from tencentpretrain.config import ModelConfig
-from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.layers.rope import RotaryEmbedding
 from tencentpretrain.layers.transformer import TransformerLayer
 from tencentpretrain.registry import ENCODERS, NORMS

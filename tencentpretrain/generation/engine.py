@@ -5,16 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from tencentpretrain.checkpoint import load_state_dict, model_from_state
-from tencentpretrain.cli import InputError
+from tencentpretrain.cache import KVCache
 from tencentpretrain.config import ModelConfig
-from tencentpretrain.generation.native import NativeDecoder
+from tencentpretrain.generation.native import NativeBackend
 from tencentpretrain.generation.sampling import SamplingParams, sample
-from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.model import Model
 
 
@@ -61,7 +58,7 @@ class GenerationStream:
     def __iter__(self) -> Iterator[Step]:
         """The steps. The engine runs the model's passes in inference mode (``Engine``), and nothing else here
         needs it: the caller's thread stays in its own grad mode, also with a stream read step by step or left
-        half-read, and a native step pays for no switch of modes (its cost is in ``NativeDecoder.step``)."""
+        half-read, and a native step pays for no switch of modes (its cost is in ``NativeBackend.step``)."""
         return self._steps()
 
     def _prefill_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +68,7 @@ class GenerationStream:
 
     def _steps(self) -> Iterator[Step]:
         """The prefill, then one ``Engine.decode`` per token; the bookkeeping of a step is on Python lists (at
-        batch 1 a tensor operation after a pass costs more than the Python: ``NativeDecoder.step``)."""
+        batch 1 a tensor operation after a pass costs more than the Python: ``NativeBackend.step``)."""
         engine, sampling, finished = self.engine, self.sampling, self.finished
         ids, mask = self._prefill_inputs()
         batch, width = ids.shape
@@ -121,7 +118,7 @@ class Engine:
         self.device, self.dtype = weight.device, weight.dtype
         self.eos_ids = tuple(eos_ids)
         self.pad_id = pad_id
-        self.decoder: NativeDecoder | None = None  # decoding steps in C (generation/threads.py: use_threads)
+        self.decoder: NativeBackend | None = None  # decoding steps in C (generation/backend.py: choose_backend)
         self.decoding = "decoding in PyTorch"  # what runs the decoding steps, for logs
 
     @property
@@ -150,7 +147,7 @@ class Engine:
                 cache: KVCache) -> torch.Tensor:
         """The model's logits (B, T, vocab) for ``tokens`` (B, T) after what ``cache`` holds (advanced by T), as
         ``model(tokens, positions, padding_mask, cache)``: a decoding step. One token per row goes to ``self.decoder``
-        when one is set (``use_threads``) and takes the call, everything else to the model."""
+        when one is set (``choose_backend``) and takes the call, everything else to the model."""
         if self.decoder is not None:
             logits = self.decoder(tokens, positions, padding_mask, cache)
             if logits is not None:
@@ -174,7 +171,7 @@ class Engine:
         """One pass of the continuous batcher over (1, N) ``tokens`` at ``positions``, laid out and cached as the
         ``RaggedPass`` ``ragged`` says (the running rows' next tokens, then prompt chunks); the logits
         (len(picks), vocab) of the tokens at ``picks`` (the LM head runs on those only). Natively when a decoder is
-        set and takes the pass (generation/native.py), else through the model."""
+        set and takes the pass (generation/native/), else through the model."""
         if self.decoder is not None:
             logits = self.decoder.read(tokens, positions, ragged, picks)
             if logits is not None:
@@ -227,59 +224,3 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, extra: int = 0) -> t
         ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
         mask[row, :width - len(prompt)] = False
     return ids, mask
-
-
-def load_generation_model(model_path: str | Path, config_path: str | Path | None = None,
-                          device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                          lora_path: str | Path | None = None) -> Model:
-    """Load a model for generation from a TencentPretrain checkpoint or a Hugging Face directory.
-
-    Args:
-        model_path: a ``.bin``/``.safetensors`` file (needs ``config_path``) or a Hugging Face LLaMA directory
-            (``config.json`` plus weights), converted on the fly.
-        config_path: the TencentPretrain JSON config of a checkpoint file; optional for a directory (whose own
-            config.json is used), where it must describe the same sizes.
-        device: where to put the model.
-        dtype: cast floating-point weights (default: keep the checkpoint's).
-        lora_path: a LoRA adapter merged into the weights first: our ``lora.bin`` (with its ``.lora.json``) or a
-            PEFT adapter directory (``convert/peft.py``).
-    """
-    model_path = Path(model_path)
-    if not model_path.exists():
-        raise InputError(f"{model_path}: no such checkpoint file or Hugging Face directory")
-    if not model_path.is_dir():
-        if config_path is None:
-            raise InputError(f"{model_path}: a checkpoint file needs --config_path")
-        config = ModelConfig.from_json(config_path)
-        config.require_causal("generation")  # before reading the weights
-        state = load_state_dict(model_path)
-    else:
-        from tencentpretrain.convert import load_hf_llama
-
-        config, state = load_hf_llama(model_path)
-        if config_path is not None:
-            _check_same_architecture(ModelConfig.from_json(config_path), config)
-    if lora_path is not None:
-        state = with_adapter(state, lora_path, config)
-    return model_from_state(config, state, str(model_path), device, dtype)
-
-
-def with_adapter(state: dict[str, torch.Tensor], lora_path: str | Path, config: ModelConfig) -> dict:
-    """``state`` with the adapter at ``lora_path`` (either format) merged in; errors name ``--lora_path``."""
-    from tencentpretrain.cli import naming
-    from tencentpretrain.convert.peft import read_adapter
-    from tencentpretrain.training.lora import merge_lora_state
-
-    with naming("--lora_path", lora_path):
-        if not Path(lora_path).exists():
-            raise InputError(f"{lora_path}: no such adapter file or PEFT directory")
-        adapter, lora = read_adapter(lora_path, config)
-        return merge_lora_state(state, adapter, lora.rank, lora.alpha)
-
-
-def _check_same_architecture(given: ModelConfig, found: ModelConfig) -> None:
-    """Raise InputError when a --config_path disagrees with a Hugging Face directory's config.json."""
-    keys = ("hidden_size", "feedforward_size", "heads_num", "kv_heads_num", "layers_num")
-    diff = [f"{k}: {getattr(given, k)} vs {getattr(found, k)}" for k in keys if getattr(given, k) != getattr(found, k)]
-    if diff:
-        raise InputError(f"{given.source} disagrees with {found.source} ({'; '.join(diff)}); leave --config_path out")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.cache import KVCache
 
 
 class SlotCache(KVCache):

@@ -6,12 +6,12 @@ A ``Batcher`` owns up to ``max_batch_size`` rows of a ``SlotCache``. Each of its
    they were still being prefilled);
 2. admits waiting requests, oldest first, while rows are free: each is prefilled into a one-row cache of its own
    and holds its row meanwhile;
-3. runs **one forward pass** (``generation/ragged.py``) over the next token of every running row and the next chunk
+3. runs **one forward pass** (``cache/ragged.py``) over the next token of every running row and the next chunk
    of at most ``prefill_chunk`` prompt tokens of **every** request being prefilled, laid end to end; each running
    row gets its next token (its own positions, sampling settings, random generator, stop test and
    ``max_tokens``; finished rows leave), and each request whose whole prompt is now in gets its first token and
    joins the running rows. A step with no prompt chunk is a plain batched decoding step, which the engine runs
-   natively where it can (``Engine.forward``, generation/native.py: every weight read once for all the rows, the
+   natively where it can (``Engine.forward``, generation/native/: every weight read once for all the rows, the
    products split over ``--threads``).
 
 So the weights are read once per step for everything in it: every pass streams all of them from memory whatever
@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tencentpretrain.generation.chat import Completion, TextStream
+from tencentpretrain.cache import KVCache
+from tencentpretrain.cache.ragged import RaggedPass
+from tencentpretrain.cache.slots import SlotCache
 from tencentpretrain.generation.engine import Engine
-from tencentpretrain.generation.ragged import RaggedPass
 from tencentpretrain.generation.sampling import SamplingParams, greedy, sample
-from tencentpretrain.generation.slots import SlotCache
-from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.generation.text import Completion, TextStream
 
 LOG = logging.getLogger(__name__)
 SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1  # what torch.Generator.manual_seed takes
@@ -319,7 +319,7 @@ class Batcher:
                               for x in (ids, positions))  # (1, N) each
             ragged = RaggedPass(self.cache, decoding, [(state.cache, b - a) for state, a, b in chunks])
             logits, done = self._read_chunks(ids, positions, ragged, chunks)
-        else:  # a plain batched decoding step, the engine's (native where it can: generation/native.py)
+        else:  # a plain batched decoding step, the engine's (native where it can: generation/native/)
             logits, done = self._decode_step(), []  # (R, vocab)
         self._count(decoding, bool(chunks))
         if decoding:

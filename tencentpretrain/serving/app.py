@@ -27,9 +27,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 from tencentpretrain.data.chat_template import load_template
-from tencentpretrain.generation.batching import SEED_MAX, SEED_MIN, Batcher, TextRequest
-from tencentpretrain.generation.chat import Completion, chat_prompt, encode_prompt, fit_prompt, split_messages
+from tencentpretrain.generation.chat import chat_prompt, encode_prompt, fit_prompt, split_messages
 from tencentpretrain.generation.sampling import SamplingParams
+from tencentpretrain.generation.scheduler import SEED_MAX, SEED_MIN, Batcher, TextRequest
+from tencentpretrain.generation.text import Completion
 
 MAX_BODY = 16 << 20  # bytes of a request body
 DISCONNECT_POLL_S = 1.0  # how often a waiting non-streaming request checks that its client is still there
@@ -429,40 +430,3 @@ class EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.job.cancel()
-
-
-class ServerThread:
-    """``app`` served by uvicorn in a daemon thread on ``host:port`` (0: a free port), for tests and benchmarks.
-
-    Attributes:
-        server_address: the bound (host, port).
-        url: ``http://host:port``.
-    """
-
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        import socket
-        import threading
-
-        import uvicorn
-
-        self.socket = socket.create_server((host, port))
-        self.server_address = self.socket.getsockname()[:2]
-        self.url = f"http://{self.server_address[0]}:{self.server_address[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-
-    def start(self, timeout: float = 30) -> ServerThread:
-        """Start serving; return once uvicorn accepts connections."""
-        self.thread.start()
-        deadline = time.time() + timeout
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.01)
-        return self
-
-    def close(self) -> None:
-        """Stop serving (the app's lifespan stops the batcher)."""
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.socket.close()

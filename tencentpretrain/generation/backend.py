@@ -1,11 +1,12 @@
-"""Decoding on several cores: ``use_threads(engine, n)``, what the inference commands' ``--threads`` does.
+"""Choosing what runs an engine's passes: ``choose_backend(engine, n)``, what the inference commands' ``--threads``
+does.
 
 PyTorch multiplies a single row by a weight on one thread whatever ``torch.set_num_threads`` says, and a decoding
 step is bound by reading the weights from memory, which a second core does faster. So for a model of the LLaMA
-shape on CPU the engine hands its passes to a ``NativeDecoder`` (``generation/native.py``): decoding steps, prompts
+shape on CPU the engine hands its passes to a ``NativeBackend`` (``generation/native/``): decoding steps, prompts
 and the continuous batcher's passes, each in one C call, its products split over ``n`` threads. Other models,
 other devices, int8 layers, or a machine without a C compiler or AVX2 stay in PyTorch on ``n`` threads
-(``use_threads`` says which, and why); evaluation's log-likelihoods always do.
+(``choose_backend`` says which, and why); evaluation's log-likelihoods always do.
 
 Measured by ``bench/threads.py`` against PyTorch and llama.cpp (docs/benchmarks.md).
 """
@@ -15,10 +16,10 @@ from __future__ import annotations
 import torch
 
 from tencentpretrain.generation.engine import Engine
-from tencentpretrain.generation.native import native_decoder
+from tencentpretrain.generation.native import native_backend
 
 
-def use_threads(engine: Engine, threads: int, native: bool = True) -> str:
+def choose_backend(engine: Engine, threads: int, native: bool = True) -> str:
     """Run ``engine`` on ``threads`` cores (see the module docstring).
 
     Args:
@@ -38,6 +39,6 @@ def use_threads(engine: Engine, threads: int, native: bool = True) -> str:
     elif engine.device.type != "cpu":
         note = f"decoding in PyTorch on {engine.device}"
     else:
-        engine.decoder, note = native_decoder(engine.model, threads)
+        engine.decoder, note = native_backend(engine.model, threads)
     engine.decoding = note
     return note

@@ -39,7 +39,7 @@ from generate import size_config  # noqa: E402
 
 from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
 from tencentpretrain.generation.backend import choose_backend  # noqa: E402
-from tencentpretrain.generation.native import native_unavailable  # noqa: E402
+from tencentpretrain.generation.native import NativeBackend, native_unavailable  # noqa: E402
 from tencentpretrain.generation.scheduler import Batcher, Request  # noqa: E402
 from tencentpretrain.generation.weights.layout import weight_layout  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
@@ -79,31 +79,27 @@ def one_pass(engine: Engine, rows: int, chunks: int, chunk: int, context: int = 
     positions = torch.tensor([[context] * rows + list(range(chunk, 2 * chunk)) * chunks])
     with torch.inference_mode():
         ends = list(range(rows)) + [rows + (i + 1) * chunk - 1 for i in range(chunks)]
-        return engine.read(ids, positions, ragged, ends)  # natively when the engine has a decoder
+        return engine.backend.read(ids, positions, ragged, ends)
 
 
 def passes(engine: Engine, layout: str, args) -> None:
     """The table of single passes, each through PyTorch and natively (when the engine decodes natively)."""
     chunk, repeats = args.chunk, args.repeats
     clock, unit = (time.process_time, "CPU ms") if args.threads == 1 else (time.perf_counter, "wall ms")
-    native_backend = engine.decoder
-    kinds = [("PyTorch", None)] + ([("native", native_backend)] if native_backend is not None else [])
+    engines = [("PyTorch", Engine(engine.model))]
+    if isinstance(engine.backend, NativeBackend):
+        engines.append(("native", engine))
 
     def best(rows: int, chunks: int) -> list[float]:
-        times = []
-        for _, decoder in kinds:
-            engine.decoder = decoder
-            times.append(cpu_best(lambda: one_pass(engine, rows, chunks, chunk), repeats, clock))
-        engine.decoder = native_backend
-        return times
+        return [cpu_best(lambda: one_pass(e, rows, chunks, chunk), repeats, clock) for _, e in engines]
 
     def cells(times: list[float], tokens: int) -> str:
         figures = " | ".join(f"{t * 1e3:.1f} ({tokens / t:.0f})" for t in times)
         return figures + (f" | {times[0] / times[1]:.2f}x" if len(times) == 2 else "")
 
-    names = " | ".join(f"{name} {unit} (prompt tok/s)" for name, _ in kinds)
-    print(f"\n| pass ({layout}) | {names} |{' native vs PyTorch |' if len(kinds) == 2 else ''}\n"
-          f"|---|{'---|' * (len(kinds) + (len(kinds) == 2))}")
+    names = " | ".join(f"{name} {unit} (prompt tok/s)" for name, _ in engines)
+    print(f"\n| pass ({layout}) | {names} |{' native vs PyTorch |' if len(engines) == 2 else ''}\n"
+          f"|---|{'---|' * (len(engines) + (len(engines) == 2))}")
     for k in [1, *args.several]:
         print(f"| {k} chunk{'s' * (k > 1)} of {chunk} | {cells(best(0, k), k * chunk)} |")
     for rows in args.rows:
@@ -218,9 +214,9 @@ def engine_for(model, batch: int, threads: int = 1) -> tuple[Engine, str]:
 
     model = copy.deepcopy(model)
     layout = weight_layout("auto", batch, native=native_unavailable(model) is None)
-    engine = Engine(prepare_for_inference(model, layout=layout, batch_size=batch), eos_ids=[])
-    choose_backend(engine, threads)
-    return engine, f"{layout}, {engine.decoding}"
+    model = prepare_for_inference(model, layout=layout, batch_size=batch)
+    engine = Engine(model, choose_backend(model, threads), eos_ids=[])
+    return engine, f"{layout}, {engine.backend.description}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -148,8 +148,8 @@ def bench_size(name: str, args) -> list[str]:
 
 def bench_row(name: str, params: float, hf, ours, int8_engine, batch: int, layout: str, args) -> str:
     """One table row: transformers against a copy of our model in ``layout`` (and ``int8_engine``), one batch."""
-    engine = Engine(prepare_for_inference(load_copy(ours), layout=layout, batch_size=batch))
-    choose_backend(engine, args.threads, native=args.native)  # as run_llama.py's --threads (native: its default)
+    model = prepare_for_inference(load_copy(ours), layout=layout, batch_size=batch)
+    engine = Engine(model, choose_backend(model, args.threads, native=args.native))  # as run_llama.py's --threads
     prompts = prompts_for(batch, ours.vocab_size)
     runners = {"transformers": hf_runner(hf, prompts), "ours": ours_runner(engine, prompts)}
     if int8_engine is not None:

@@ -135,8 +135,8 @@ def block_quant(ours, quant: str, chunks, prompts, args) -> tuple[float, list[li
     with torch.no_grad():
         ppl = math.exp(sum(nll(model(torch.tensor([c]))[0].numpy(), c) for c in chunks)
                        / sum(len(c) - 1 for c in chunks))
-    engine = Engine(prepare_for_inference(copy.deepcopy(ours), layout="row", quant=quant))
-    choose_backend(engine, args.threads)
+    model = prepare_for_inference(copy.deepcopy(ours), layout="row", quant=quant)
+    engine = Engine(model, choose_backend(model, args.threads))
     return ppl, engine.generate(prompts, args.new_tokens)
 
 

@@ -51,14 +51,13 @@ def main(argv: list[str] | None = None) -> list[str]:
     for threads in args.threads:
         decoders = {name: native.NativeBackend(m, threads) for name, m in copies.items()}
         caches = {name: Engine(m).new_cache(1, 128) for name, m in copies.items()}
-        token, position = torch.tensor([[5]]), torch.tensor([[100]])
         best = dict.fromkeys(copies, float("inf"))
         with torch.inference_mode():
             for _ in range(args.repeats + 1):
                 for name, decoder in decoders.items():
                     caches[name].length = 100
                     start = time.perf_counter()
-                    decoder(token, position, None, caches[name])
+                    decoder.decode([5], [100], [0], caches[name])
                     best[name] = min(best[name], time.perf_counter() - start)
         cells = " | ".join(f"{t * 1e3:.2f} ({streamed_bytes(model) / t / 1e9:.1f})" for t in best.values())
         rows.append(f"| {threads} | {cells} | {best['4 KiB pages'] / best['2 MiB pages']:.2f}x |")

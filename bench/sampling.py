@@ -32,6 +32,7 @@ from generate import measure, prompts_for, size_config  # noqa: E402
 from tencentpretrain.generation import Engine, SamplingParams, prepare_for_inference  # noqa: E402
 from tencentpretrain.generation import engine as engine_module  # noqa: E402
 from tencentpretrain.generation.backend import choose_backend  # noqa: E402
+from tencentpretrain.generation.native import NativeBackend  # noqa: E402
 from tencentpretrain.generation.sampling import candidates, greedy, sample  # noqa: E402
 from tencentpretrain.llamacpp import add_repack_arg  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
@@ -100,10 +101,10 @@ def decoding(args, temporary: Path) -> list[str]:
     torch.manual_seed(0)
     model = build_model(size_config(args.size)).eval()
     prompt = prompts_for(1, model.vocab_size)[0]
-    engine = Engine(prepare_for_inference(model, layout="row", batch_size=1))
-    choose_backend(engine, args.threads)
-    if engine.decoder is None:
-        raise SystemExit(f"native decoding is unavailable here: {engine.decoding}")
+    model = prepare_for_inference(model, layout="row", batch_size=1)
+    engine = Engine(model, choose_backend(model, args.threads))
+    if not isinstance(engine.backend, NativeBackend):
+        raise SystemExit(f"native decoding is unavailable here: {engine.backend.description}")
     params = SETTINGS["run_llama.py default (T 0.7, top-k 40, top-p 0.9)"]
 
     def ours(sampler):

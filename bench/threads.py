@@ -33,17 +33,17 @@ from generate import decode_rate, fastest, prompts_for, rounds, size_config  # n
 
 from tencentpretrain.generation import Engine, prepare_for_inference  # noqa: E402
 from tencentpretrain.generation.backend import choose_backend  # noqa: E402
+from tencentpretrain.generation.native import NativeBackend  # noqa: E402
 from tencentpretrain.generation.weights.layout import LAYOUTS  # noqa: E402
 from tencentpretrain.llamacpp import add_repack_arg  # noqa: E402
 from tencentpretrain.model import build_model  # noqa: E402
 
 
-def engine_runner(engine: Engine, threads: int, native: bool):
-    """A function generating ``n`` tokens of a prompt with ``engine`` on ``threads`` threads."""
+def engine_runner(model, threads: int, native: bool):
+    """A function generating ``n`` tokens of a prompt with an engine over ``model`` on ``threads`` threads."""
 
     def run(prompt: list[int], n: int) -> list[int]:
-        choose_backend(engine, threads, native=native)
-        return engine.generate([prompt], n)[0]
+        return Engine(model, choose_backend(model, threads, native=native)).generate([prompt], n)[0]
 
     return run
 
@@ -67,16 +67,16 @@ def bench_size(name: str, args, temporary: Path) -> str:
     torch.manual_seed(0)
     model = build_model(size_config(name)).eval()
     prompt = prompts_for(1, model.vocab_size)[0]
-    engine = Engine(prepare_for_inference(model, layout=args.layout, batch_size=1))
+    model = prepare_for_inference(model, layout=args.layout, batch_size=1)
     counts = sorted({1, args.threads})
     variants = {}
     for threads in counts:
-        variants[f"PyTorch {threads}"] = engine_runner(engine, threads, native=False)
+        variants[f"PyTorch {threads}"] = engine_runner(model, threads, native=False)
     for threads in counts:
-        variants[f"native {threads}"] = engine_runner(engine, threads, native=True)
-    choose_backend(engine, 1)
-    if engine.decoder is None:
-        raise SystemExit(f"native decoding is unavailable here: {engine.decoding}")
+        variants[f"native {threads}"] = engine_runner(model, threads, native=True)
+    backend = choose_backend(model, 1)
+    if not isinstance(backend, NativeBackend):
+        raise SystemExit(f"native decoding is unavailable here: {backend.description}")
     if args.llama_cpp:
         from generate_llama_cpp import export
 

@@ -148,9 +148,10 @@ def test_native_q8_0_greedy_tokens_equal_the_pytorch_reference(model, isa, threa
     native.load_library.cache_clear()
     try:
         pytorch = Engine(prepare_for_inference(copy.deepcopy(model), quant="q8_0", layout="row"))
-        fast = Engine(prepare_for_inference(copy.deepcopy(model), quant="q8_0", layout="row"))
-        note = choose_backend(fast, threads)
-        if fast.decoder is None:
+        prepared = prepare_for_inference(copy.deepcopy(model), quant="q8_0", layout="row")
+        fast = Engine(prepared, choose_backend(prepared, threads))
+        note = fast.backend.description
+        if not isinstance(fast.backend, native.NativeBackend):
             pytest.skip(note)
         assert note == f"native decoding on {threads} thread{'s' * (threads > 1)} ({isa})"
         assert isinstance(fast.model.encoder.transformer[0].feed_forward.linear_1, Q8Linear)

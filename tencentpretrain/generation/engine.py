@@ -10,7 +10,7 @@ import torch
 
 from tencentpretrain.cache import KVCache
 from tencentpretrain.config import ModelConfig
-from tencentpretrain.generation.native import NativeBackend
+from tencentpretrain.generation.backend import Backend, TorchBackend
 from tencentpretrain.generation.sampling import SamplingParams, sample
 from tencentpretrain.model import Model
 
@@ -58,7 +58,7 @@ class GenerationStream:
     def __iter__(self) -> Iterator[Step]:
         """The steps. The engine runs the model's passes in inference mode (``Engine``), and nothing else here
         needs it: the caller's thread stays in its own grad mode, also with a stream read step by step or left
-        half-read, and a native step pays for no switch of modes (its cost is in ``NativeBackend.step``)."""
+        half-read, and a native step pays for no switch of modes (its cost is in ``NativeBackend.decode``)."""
         return self._steps()
 
     def _prefill_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,8 +67,8 @@ class GenerationStream:
         return ids.to(self.engine.device), mask.to(self.engine.device)
 
     def _steps(self) -> Iterator[Step]:
-        """The prefill, then one ``Engine.decode`` per token; the bookkeeping of a step is on Python lists (at
-        batch 1 a tensor operation after a pass costs more than the Python: ``NativeBackend.step``)."""
+        """The prefill, then one ``Backend.decode`` per token; the bookkeeping of a step is on Python lists (at
+        batch 1 a tensor operation after a pass costs more than the Python: ``NativeBackend.decode``)."""
         engine, sampling, finished = self.engine, self.sampling, self.finished
         ids, mask = self._prefill_inputs()
         batch, width = ids.shape
@@ -76,7 +76,7 @@ class GenerationStream:
         positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)  # (B, T): real tokens count from 0
         cache = engine.new_cache(batch, width + self.max_new_tokens - 1)
         seen = self._seen(ids, mask[:, :width]) if sampling.penalized else None
-        logits = engine.prefill(ids, positions, mask if padded else None, cache)  # (B, vocab): the last position
+        logits = engine.backend.prefill(ids, positions, mask if padded else None, cache)  # (B, vocab): last position
         best = None  # the greedy tokens, when the step computed them
         pads = [width - len(p) for p in self.prompts]
         next_positions = [len(p) for p in self.prompts]
@@ -91,7 +91,7 @@ class GenerationStream:
                 return
             if seen is not None:
                 seen[range(batch), tokens] = True
-            logits, best = engine.decode(tokens, next_positions, pads, cache)  # (B, vocab), the greedy tokens
+            logits, best = engine.backend.decode(tokens, next_positions, pads, cache)  # (B, vocab), the greedy tokens
             next_positions = [p + 1 for p in next_positions]
 
     def _seen(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -102,83 +102,30 @@ class GenerationStream:
 
 class Engine:
     """Generates token ids with a model, whose weights it uses as given (it only switches it to eval mode): prepare
-    it first with ``generation.prepare.prepare_for_inference`` (int8 weights, the CPU weight layout for speed).
-    Its passes through the model run in inference mode, whatever the caller's grad mode.
+    it first with ``generation.weights.prepare_for_inference`` (int8 weights, the CPU weight layout for speed).
+    Its passes through the model run on ``backend``, in inference mode, whatever the caller's grad mode.
 
     Args:
         model: a ``Model`` (any dtype/device; the cache follows the word embedding's).
+        backend: what runs the passes (``generation.backend.choose_backend``); None: PyTorch (``TorchBackend``).
         eos_ids: tokens that end a row (not included in the output of ``generate``).
         pad_id: the token fed as left padding and after a row ends (never attended to).
     """
 
-    def __init__(self, model: Model, eos_ids: Sequence[int] = (), pad_id: int = 0):
+    def __init__(self, model: Model, backend: Backend | None = None, eos_ids: Sequence[int] = (), pad_id: int = 0):
         model.config.require_causal("generation")
+        if backend is not None and backend.model is not model:
+            raise ValueError("the backend was chosen for another model")
         self.model = model.eval()
         weight = model.embedding.word.embedding.weight
         self.device, self.dtype = weight.device, weight.dtype
+        self.backend: Backend = backend or TorchBackend(model)
         self.eos_ids = tuple(eos_ids)
         self.pad_id = pad_id
-        self.decoder: NativeBackend | None = None  # decoding steps in C (generation/backend.py: choose_backend)
-        self.decoding = "decoding in PyTorch"  # what runs the decoding steps, for logs
 
     @property
     def config(self) -> ModelConfig:
         return self.model.config
-
-    def decode(self, tokens: list[int], positions: list[int], pads: list[int],
-               cache: KVCache) -> tuple[torch.Tensor, list[int] | None]:
-        """A decoding step from plain lists: token ``tokens[b]`` at rotary position ``positions[b]`` after what
-        row b of ``cache`` holds (advanced by one), row b's real tokens starting at its column ``pads[b]`` (left
-        padding). Returns the logits (B, vocab) and, when ``self.decoder`` ran the step, each row's argmax (the
-        greedy tokens; None otherwise)."""
-        if self.decoder is not None:
-            done = self.decoder.step(tokens, positions, pads, cache)
-            if done is not None:
-                return done
-        device = self.device
-        mask = None
-        if any(pads):
-            mask = torch.arange(cache.length + 1, device=device) >= torch.tensor(pads, device=device)[:, None]
-        ids, at = (torch.tensor(x, dtype=torch.long, device=device)[:, None] for x in (tokens, positions))
-        with torch.inference_mode():
-            return self.model(ids, at, mask, cache)[:, 0], None
-
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
-                cache: KVCache) -> torch.Tensor:
-        """The model's logits (B, T, vocab) for ``tokens`` (B, T) after what ``cache`` holds (advanced by T), as
-        ``model(tokens, positions, padding_mask, cache)``: a decoding step. One token per row goes to ``self.decoder``
-        when one is set (``choose_backend``) and takes the call, everything else to the model."""
-        if self.decoder is not None:
-            logits = self.decoder(tokens, positions, padding_mask, cache)
-            if logits is not None:
-                return logits
-        with torch.inference_mode():
-            return self.model(tokens, positions, padding_mask, cache)
-
-    def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
-                cache: KVCache) -> torch.Tensor:
-        """The logits (B, vocab) of the last position of (B, T) left-padded prompts read into the empty ``cache``
-        (advanced by T): natively when a decoder is set and takes them, else through the model."""
-        if self.decoder is not None:
-            logits = self.decoder.prefill(tokens, positions, padding_mask, cache)
-            if logits is not None:
-                return logits
-        with torch.inference_mode():
-            hidden = self.model.encode(tokens, positions, padding_mask, cache)  # (B, T, hidden)
-            return self.model.target["lm"].logits(hidden[:, -1:])[:, 0]
-
-    def read(self, tokens: torch.Tensor, positions: torch.Tensor, ragged, picks: list[int]) -> torch.Tensor:
-        """One pass of the continuous batcher over (1, N) ``tokens`` at ``positions``, laid out and cached as the
-        ``RaggedPass`` ``ragged`` says (the running rows' next tokens, then prompt chunks); the logits
-        (len(picks), vocab) of the tokens at ``picks`` (the LM head runs on those only). Natively when a decoder is
-        set and takes the pass (generation/native/), else through the model."""
-        if self.decoder is not None:
-            logits = self.decoder.read(tokens, positions, ragged, picks)
-            if logits is not None:
-                return logits
-        with torch.inference_mode():
-            hidden = self.model.encode(tokens, positions, None, ragged)[0]  # (N, hidden)
-            return self.model.target["lm"].logits(hidden[picks][None])[0]
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         """An empty cache for ``batch`` rows of up to ``length`` positions."""

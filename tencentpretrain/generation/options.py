@@ -116,15 +116,14 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1,
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     quant = quant_of(args)
-    native = args.device == "cpu" and dtype == torch.float32 and quant != "int8" and native_unavailable(model) is None
+    native = native_unavailable(model, quant) is None
     if requested is None and dtype == torch.float32 and quant == "none" and not (decoding and native) \
             and auto_dtype(args.device) == torch.bfloat16:  # an AMX CPU, where PyTorch would run in float32
         model.to(torch.bfloat16)
         dtype, native = torch.bfloat16, False
     layout = weight_layout(args.weight_layout, batch_size, args.device, dtype, native=native)
     prepare_for_inference(model, layout=layout, batch_size=batch_size, quant=quant)
-    engine = Engine(model, eos_ids=tokenizer.end_ids, pad_id=tokenizer.pad_id)
-    choose_backend(engine, args.threads)
+    engine = Engine(model, choose_backend(model, args.threads), eos_ids=tokenizer.end_ids, pad_id=tokenizer.pad_id)
     return engine, tokenizer
 
 

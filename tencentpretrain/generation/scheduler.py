@@ -333,11 +333,11 @@ class Batcher:
         mask = self.cache.open_column()  # (R, length + 1)
         tokens = torch.tensor([[r.next_token] for r in self.rows], dtype=torch.long, device=device)  # (R, 1)
         positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long, device=device)  # (R, 1)
-        return self.engine.forward(tokens, positions, mask, self.cache)[:, 0]
+        return self.engine.backend.decode_batch(tokens, positions, mask, self.cache)
 
     def _read_chunks(self, ids: torch.Tensor, positions: torch.Tensor, ragged: RaggedPass,
                      chunks: list[tuple[Prefill, int, int]]) -> tuple[torch.Tensor, list[Prefill]]:
-        """The pass with prompt chunks (``Engine.read``): logits (R + len(done), vocab) of the running rows and of
+        """The pass with prompt chunks (``Backend.read``): logits (R + len(done), vocab) of the running rows and of
         the last token of each prompt now read in full (``done``); the LM head runs on those rows only."""
         ends, offset, done = list(range(ragged.decoding)), ragged.decoding, []
         for state, first, end in chunks:
@@ -345,7 +345,7 @@ class Batcher:
             if end == len(state.row.request.prompt):
                 ends.append(offset - 1)
                 done.append(state)
-        logits = self.engine.read(ids, positions, ragged, ends)
+        logits = self.engine.backend.read(ids, positions, ragged, ends)
         for state, first, end in chunks:
             state.done = end
         return logits, done

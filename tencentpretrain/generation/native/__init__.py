@@ -6,10 +6,10 @@ models they compute and ``backend.py`` runs the passes (``NativeBackend``).
 """
 
 from tencentpretrain.generation.native.abi import Unsupported
-from tencentpretrain.generation.native.backend import NativeBackend, native_backend
+from tencentpretrain.generation.native.backend import NativeBackend
 from tencentpretrain.generation.native.build import ISAS, choose_isa, load_library
 from tencentpretrain.generation.native.support import check_shape, native_unavailable
 from tencentpretrain.generation.native.team import Team
 
 __all__ = ["ISAS", "NativeBackend", "Team", "Unsupported", "check_shape", "choose_isa", "load_library",
-           "native_backend", "native_unavailable"]
+           "native_unavailable"]

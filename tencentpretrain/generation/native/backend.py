@@ -4,12 +4,13 @@ PyTorch multiplies one input row by a weight on a single thread whatever ``torch
 decoding step of a small model spends milliseconds in Python between its products. ``NativeBackend`` runs a whole
 pass of a LLaMA-shaped model in C instead: the products split by output rows over a team of threads that spin
 between tasks, each weight read once for all the pass's tokens, with the norms, rotary positions, attention over the
-cache and the SwiGLU around them. It takes three kinds of pass:
+cache and the SwiGLU around them. It implements the engine's ``Backend`` (``generation/backend.py``):
 
-- a decoding step, one new token for each of B rows of a cache (``step``, from plain lists, for ``Engine.decode``;
-  ``__call__``, from tensors, for ``Engine.forward``), also returning each row's argmax (the greedy token);
-- left-padded prompts read into an empty cache, their real tokens only (``Engine.prefill``);
-- a pass of the continuous batcher (``Engine.read``): the running rows' next tokens and chunks of the prompts being
+- a decoding step, one new token for each of B rows of a cache (``decode``, from plain lists, for the engine's
+  streams; ``decode_batch``, from tensors, for the batcher), ``decode`` also returning each row's argmax (the
+  greedy token);
+- left-padded prompts read into an empty cache, their real tokens only (``prefill``);
+- a pass of the continuous batcher (``read``): the running rows' next tokens and chunks of the prompts being
   read, each chunk's tokens attending causally to their own request's cache. Beyond 8 tokens the products run in a
   register-blocked kernel that streams each weight once per tile of tokens held in L2 (a 64-token chunk: 1.7x
   PyTorch's pass on two threads, docs/benchmarks.md).
@@ -57,23 +58,19 @@ PASS_TOKENS = 256  # most tokens of one native call (a longer prompt is read in 
 Rows = tuple[list[Row], list[int]]  # the ``Row`` (forward.c's row_t) of each token, and the columns each sees
 
 
-def left_spans(real: torch.Tensor, rows: int, columns: int) -> list[int] | None:
+def left_spans(real: torch.Tensor, rows: int, columns: int) -> list[int]:
     """The first real column of each row of a (rows, columns) real-token mask whose True columns are one span ending
-    at the last column (left padding); None for any other mask."""
-    if real.shape != (rows, columns):
-        return None
+    at the last column (left padding).
+
+    Raises:
+        ValueError: any other mask (the native passes compute left padding only).
+    """
     starts = columns - real.sum(1)  # (rows,)
-    if not torch.equal(real, torch.arange(columns, device=real.device) >= starts[:, None]):
-        return None
+    if real.shape != (rows, columns) or not torch.equal(real, torch.arange(columns, device=real.device) >=
+                                                        starts[:, None]):
+        raise ValueError(f"the native passes take left padding only: a ({rows}, {columns}) mask whose real tokens "
+                         f"end each row, not one of shape {tuple(real.shape)} like this")
     return starts.tolist()
-
-
-def pads_of(padding_mask: torch.Tensor | None, rows: int, columns: int) -> list[int] | None:
-    """The left padding of each of the first ``rows`` rows of a real-token mask over ``columns`` columns (all 0 for
-    None); None when a row's real tokens are not one span ending at the last column."""
-    if padding_mask is None:
-        return [0] * rows
-    return left_spans(padding_mask[:rows, :columns], rows, columns)
 
 
 def joined(parts: list[Rows]) -> Rows:
@@ -85,11 +82,11 @@ def joined(parts: list[Rows]) -> Rows:
 
 class StepPlan:
     """The native arguments of decoding steps over the first B rows of one cache, with the same left padding,
-    built once and written into at each step (``NativeBackend.step``); it holds the cache weakly.
+    built once and written into at each step (``NativeBackend.decode``); it holds the cache weakly.
 
     Args:
         decoder: the decoder whose steps these are.
-        cache: a cache the decoder can read (``NativeBackend._readable``) with at least ``len(pads)`` rows.
+        cache: a cache the decoder can read (``check_cache``) with at least ``len(pads)`` rows.
         pads: the left padding of each row (its first real column).
     """
 
@@ -177,38 +174,36 @@ class NativeBackend:
         self.lib = self.team.lib
         self.scratch = torch.empty(0)
         self.struct_pointer = ctypes.pointer(self.struct)
-        self.plan: StepPlan | None = None  # the arguments of the last decoding steps (``step``)
+        self.plan: StepPlan | None = None  # the arguments of the last decoding steps (``decode``)
+        self.description = f"native decoding on {self.threads} thread{'s' * (self.threads > 1)} ({self.lib.isa})"
 
     @property
     def threads(self) -> int:
         return self.team.threads
 
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
-                 cache) -> torch.Tensor | None:
-        """Logits (B, 1, vocab) of one token of each of B rows, as ``model(tokens, positions, padding_mask, cache)``
-        returns them (and the cache advanced by one), or None when this call is not one the decoder takes (more
-        than one token per row, a cache it cannot read, padding that is not a span on the left): the caller then
-        runs the model.
+    def decode_batch(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor,
+                     cache) -> torch.Tensor:
+        """Logits (B, vocab) of one token of each of B rows, as ``model(tokens, positions, padding_mask, cache)``
+        gives them for its one position (and the cache advanced by one): the batcher's decoding step.
 
         Args:
             tokens: (B, 1) token ids.
             positions: (B, 1) their rotary positions.
-            padding_mask: None, or (B, S) bool with S > cache.length, True for real tokens: each row's True
-                columns up to ``cache.length`` must be one span ending there (left padding).
+            padding_mask: (B, S) bool with S > cache.length, True for real tokens: each row's True columns up to
+                ``cache.length`` must be one span ending there (left padding).
             cache: a ``KVCache`` or ``SlotCache`` whose first B rows are these rows.
         """
-        if tokens.dim() != 2 or tokens.shape[1] != 1 or cache is None:
-            return None
-        pads = pads_of(padding_mask, tokens.shape[0], cache.length + 1)
-        done = None if pads is None else self.step(tokens.view(-1).tolist(), positions.view(-1).tolist(), pads, cache)
-        return None if done is None else done[0].unsqueeze(1)
+        if tokens.dim() != 2 or tokens.shape[1] != 1:
+            raise ValueError(f"a decoding step takes one token per row, not {tuple(tokens.shape)}")
+        pads = left_spans(padding_mask[:tokens.shape[0], :cache.length + 1], tokens.shape[0], cache.length + 1)
+        return self.decode(tokens.view(-1).tolist(), positions.view(-1).tolist(), pads, cache)[0]
 
-    def step(self, tokens: list[int], positions: list[int], pads: list[int],
-             cache) -> tuple[torch.Tensor, list[int]] | None:
+    def decode(self, tokens: list[int], positions: list[int], pads: list[int],
+               cache) -> tuple[torch.Tensor, list[int]]:
         """A decoding step from plain lists (``Engine.decode``): token ``tokens[b]`` at rotary position
         ``positions[b]`` for each of the first B rows of ``cache``, row b's real tokens starting at its column
         ``pads[b]`` (left padding). Returns the logits (B, vocab) and each row's largest (the greedy token, as
-        ``torch.argmax`` picks it), the cache advanced by one; or None when the cache is not one it can read.
+        ``torch.argmax`` picks it), the cache advanced by one.
 
         The arguments of the native call are kept from step to step (``StepPlan``) and only the token, position and
         column are written in, and no tensor work is done besides allocating the logits: once a pass has streamed
@@ -217,8 +212,7 @@ class NativeBackend:
         """
         plan = self.plan
         if plan is None or not plan.fits(cache, pads):
-            if cache is None or not self._readable(cache) or cache.keys.shape[1] < len(pads):
-                return None
+            check_cache(cache, len(pads), cache.length + 1)
             plan = self.plan = StepPlan(self, cache, pads)
         length, rows, vocab = cache.length, len(tokens), self.struct.vocab
         if length + 1 > plan.columns:
@@ -238,19 +232,15 @@ class NativeBackend:
         return logits, plan.best[:]
 
     def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
-                cache) -> torch.Tensor | None:
+                cache) -> torch.Tensor:
         """Logits (B, vocab) of the last token of each of B left-padded prompts (B, T) read into an empty ``cache``
         (advanced by T), as ``model.encode`` and the LM head on the last position give them; only the real tokens
-        are computed and stored (the padding columns are never attended to). None when it cannot (see
-        ``__call__``)."""
-        if tokens.dim() != 2 or cache is None or cache.length != 0 or not self._readable(cache):
-            return None
+        are computed and stored (the padding columns are never attended to)."""
         batch, width = tokens.shape
-        if cache.keys.shape[1] < batch or cache.keys.shape[3] < width:
-            return None
+        if cache.length != 0:
+            raise ValueError(f"a prompt is read into an empty cache; this one holds {cache.length} positions")
+        check_cache(cache, batch, width)
         first = [0] * batch if padding_mask is None else left_spans(padding_mask[:, :width], batch, width)
-        if first is None:
-            return None
         rows = joined([self._describe(cache, [b] * (width - f), range(f, width), [f] * (width - f))
                        for b, f in enumerate(first)])
         ids = [t for b, f in enumerate(first) for t in tokens[b, f:].tolist()]
@@ -260,45 +250,25 @@ class NativeBackend:
         cache.advance(width)
         return logits
 
-    def read(self, tokens: torch.Tensor, positions: torch.Tensor, ragged, picks: list[int]) -> torch.Tensor | None:
+    def read(self, tokens: torch.Tensor, positions: torch.Tensor, ragged, picks: list[int]) -> torch.Tensor:
         """One pass of the continuous batcher (``cache/ragged.py``): the running rows' next tokens and the
         prompt chunks, (1, N) ``tokens`` at (1, N) ``positions`` laid out as ``ragged`` says, each token's key and
         value stored in its request's cache and the caches advanced as the model's pass would; the logits
-        (len(picks), vocab) of the tokens at ``picks``. None (nothing done) when a cache is not one it can read.
-        """
-        if tokens.dim() != 2 or tokens.shape[0] != 1 or tokens.shape[1] != ragged.tokens:
-            return None
+        (len(picks), vocab) of the tokens at ``picks``."""
+        if tuple(tokens.shape) != (1, ragged.tokens):
+            raise ValueError(f"the pass has (1, {ragged.tokens}) tokens, not {tuple(tokens.shape)}")
         rows = []
         if ragged.decoding:
-            mask = ragged.decode_mask[:, 0, 0, :]  # (R, length + 1)
-            pads = pads_of(mask, ragged.decoding, ragged.slots.length + 1)
-            decoding = None if pads is None else self._decoding_rows(ragged.slots, pads)
-            if decoding is None:
-                return None
-            rows.append(decoding)
+            slots, length = ragged.slots, ragged.slots.length
+            pads = left_spans(ragged.decode_mask[:, 0, 0, :], ragged.decoding, length + 1)  # (R, length + 1)
+            check_cache(slots, len(pads), length + 1)
+            rows.append(self._describe(slots, range(len(pads)), [length] * len(pads), pads))
         for cache, count in ragged.chunks:
-            if not self._readable(cache) or cache.length + count > cache.keys.shape[3]:
-                return None
+            check_cache(cache, 1, cache.length + count)
             rows.append(self._describe(cache, [0] * count, range(cache.length, cache.length + count), [0] * count))
         logits = self._run(tokens[0].tolist(), positions[0].tolist(), joined(rows), picks)
         ragged.advance(ragged.tokens)
         return logits
-
-    @staticmethod
-    def _readable(cache) -> bool:
-        keys, values = cache.keys, cache.values  # (layers, rows, kv_heads, columns, head_dim)
-        return keys.dtype == torch.float32 and keys.device.type == "cpu" and keys.stride(-1) == 1 and \
-            keys.stride() == values.stride() and values.dtype == torch.float32
-
-    def _decoding_rows(self, cache, pads: list[int]) -> Rows | None:
-        """The row descriptions of one new token for each of the first ``len(pads)`` rows of ``cache``, row b's
-        real tokens from its column ``pads[b]`` (None: it cannot read the cache)."""
-        if cache is None or not self._readable(cache) or cache.keys.shape[1] < len(pads):
-            return None
-        length = cache.length
-        if length + 1 > cache.keys.shape[3]:
-            raise ValueError(f"KV cache full: {length + 1} positions needed, {cache.keys.shape[3]} allocated")
-        return self._describe(cache, range(len(pads)), [length] * len(pads), pads)
 
     @staticmethod
     def _describe(cache, cache_rows, writes, firsts) -> Rows:
@@ -341,10 +311,15 @@ class NativeBackend:
         return logits
 
 
-def native_backend(model: nn.Module, threads: int) -> tuple[NativeBackend | None, str]:
-    """A ``NativeBackend`` for ``model`` on ``threads`` threads, or None and the reason it cannot be used."""
-    try:
-        decoder = NativeBackend(model, threads)
-        return decoder, f"native decoding on {threads} thread{'s' * (threads > 1)} ({decoder.lib.isa})"
-    except Unsupported as why:
-        return None, f"decoding in PyTorch (not natively: {why})"
+def check_cache(cache, rows: int, columns: int) -> None:
+    """Raise ValueError unless the native passes can read and write ``rows`` rows of ``columns`` columns of
+    ``cache``: float32 keys and values on the CPU, laid out alike, each head's columns contiguous."""
+    keys, values = cache.keys, cache.values  # (layers, rows, kv_heads, columns, head_dim)
+    if keys.dtype != torch.float32 or keys.device.type != "cpu" or keys.stride(-1) != 1 or \
+            keys.stride() != values.stride() or values.dtype != torch.float32:
+        raise ValueError(f"the native passes take float32 CPU caches with keys and values laid out alike, not "
+                         f"{keys.dtype} on {keys.device}")
+    if keys.shape[3] < columns:
+        raise ValueError(f"KV cache full: {columns} positions needed, {keys.shape[3]} allocated")
+    if keys.shape[1] < rows:
+        raise ValueError(f"the cache has {keys.shape[1]} rows, the pass {rows}")

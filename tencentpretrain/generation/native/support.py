@@ -58,12 +58,18 @@ def check_shape(model: nn.Module) -> None:
             raise Unsupported(f"layer {i}'s feed-forward is not gated SiLU (SwiGLU)")
 
 
-def native_unavailable(model: nn.Module) -> str | None:
-    """Why ``model`` cannot be decoded natively here, whatever its weight layout (None: it can, with float32 CPU
-    weights in the ``column`` layout)."""
+def native_unavailable(model: nn.Module, quant: str = "none") -> str | None:
+    """Why ``model`` cannot run natively here once prepared with ``quant`` (``weights.QUANTS``), whatever its weight
+    layout (None: it can, with float32 CPU weights in the ``row`` or ``column`` layout). ``NativeBackend`` checks the
+    prepared weights themselves (``linear_weight``, ``abi.matrix_of``)."""
     try:
         load_library()
         check_shape(model)
+        weight = model.embedding.word.embedding.weight
+        if weight.dtype != torch.float32 or weight.device.type != "cpu":
+            raise Unsupported(f"the model is {weight.dtype} on {weight.device}; the native passes take float32 on CPU")
+        if quant == "int8":
+            raise Unsupported("int8 layers (--quant int8) are computed in PyTorch only")
     except Unsupported as why:
         return str(why)
     return None

@@ -29,6 +29,7 @@ from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
 from tencentpretrain.data.chat_template import load_template  # noqa: E402
 from tencentpretrain.generation import Engine  # noqa: E402
 from tencentpretrain.generation.chat import ChatSession, fit_prompt, question_ids  # noqa: E402
+from tencentpretrain.generation.finish import prompt_budget  # noqa: E402
 from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args  # noqa: E402
 from tencentpretrain.generation.text import generate_text  # noqa: E402
 from tencentpretrain.jsonfile import read_text  # noqa: E402
@@ -93,7 +94,7 @@ def run_file(args: argparse.Namespace, engine: Engine, tokenizer, prompts: list[
     atomically."""
     template = load_template(args.template)
     prompts = read_prompts(args.test_path) if prompts is None else prompts
-    budget = args.seq_length - args.max_new_tokens
+    budget = prompt_budget(args.seq_length, args.max_new_tokens)
     outputs = []
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start:start + args.batch_size]
@@ -113,7 +114,7 @@ def run_file(args: argparse.Namespace, engine: Engine, tokenizer, prompts: list[
 
 def warn_if_cut(args: argparse.Namespace, tokenizer, question: str) -> None:
     """Chat drops the oldest turns to fit; a message too long even alone loses its start: say how much."""
-    budget = args.seq_length - args.max_new_tokens
+    budget = prompt_budget(args.seq_length, args.max_new_tokens)
     tokens = len(question_ids(tokenizer, args.template, question))
     if tokens > budget:
         print(f"(your message has {tokens} tokens with the template; its first {tokens - budget} are cut to fit "

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from tencentpretrain.data.chat import conversation_ids
 from tencentpretrain.data.chat_template import ChatTemplate, load_template
 from tencentpretrain.generation.engine import Engine
+from tencentpretrain.generation.finish import prompt_budget
 from tencentpretrain.generation.sampling import SamplingParams
 from tencentpretrain.generation.text import generate_text
 from tencentpretrain.tokenizers import prefix_ids
@@ -121,7 +122,7 @@ class ChatSession:
     def ask(self, question: str, on_text: Callable[[str], None] | None = None, seed: int | None = None) -> str:
         """Answer ``question`` in the context of the earlier turns, streaming pieces to ``on_text``."""
         ids = chat_prompt(self.tokenizer, self.template, self.history, question,
-                          self.seq_length - self.max_new_tokens, self.system)
+                          prompt_budget(self.seq_length, self.max_new_tokens), self.system)
         callback = None if on_text is None else (lambda _row, piece: on_text(piece))
         (completion,) = generate_text(self.engine, self.tokenizer, [ids], self.max_new_tokens, self.sampling,
                                       self.stop, seed, callback)

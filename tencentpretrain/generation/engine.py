@@ -149,14 +149,9 @@ class Engine:
                  sampling: SamplingParams = SamplingParams(), seed: int | None = None) -> list[list[int]]:
         """The new token ids of each prompt, up to (not including) its first eos."""
         outputs: list[list[int]] = [[] for _ in prompts]
-        done = [False] * len(prompts)
         for step in self.stream(prompts, max_new_tokens, sampling, seed):
-            for row, token in enumerate(step.tokens):
-                if done[row]:
-                    continue
-                if token in self.eos_ids:
-                    done[row] = True
-                else:
+            for row, (token, finished) in enumerate(zip(step.tokens, step.finished)):
+                if not finished:  # an eos finishes its row at its own step; later steps give it pad tokens
                     outputs[row].append(token)
         return outputs
 

@@ -40,6 +40,7 @@ from tencentpretrain.cache import KVCache
 from tencentpretrain.cache.ragged import RaggedPass
 from tencentpretrain.cache.slots import SlotCache
 from tencentpretrain.generation.engine import Engine
+from tencentpretrain.generation.finish import finish_reason
 from tencentpretrain.generation.sampling import SamplingParams, greedy, sample
 from tencentpretrain.generation.text import Completion, TextStream
 
@@ -129,10 +130,11 @@ class TextRequest(Request):
         self.on_event = on_event
 
     def accept(self, token: int) -> bool:
-        piece = self.text.push(token)
+        going_on = self.text.accept(token)
+        piece = self.text.take()
         if piece:
             self.on_event(("text", piece))
-        return not self.text.stopped
+        return going_on
 
     def finish(self, reason: str, error: str | None = None) -> None:
         if reason == "error":
@@ -401,13 +403,11 @@ class Batcher:
         request = row.request
         request.completion_tokens += 1
         self.metrics.completion_tokens += 1
-        if token in self.engine.eos_ids or not request.accept(token):
-            self._end(request, "stop")
-            return False
-        if request.completion_tokens >= request.max_tokens:
-            self._end(request, "length")
-            return False
-        return True
+        reason = finish_reason(token, request.completion_tokens, request.max_tokens, self.engine.eos_ids,
+                               request.accept)
+        if reason is not None:
+            self._end(request, reason)
+        return reason is None
 
     def _leave(self, index: int, reason: str | None) -> None:
         """Free row ``index`` (ending its request with ``reason`` unless None: already ended)."""

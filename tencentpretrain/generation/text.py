@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from tencentpretrain.generation.engine import Engine
+from tencentpretrain.generation.finish import LENGTH, finish_reason
 from tencentpretrain.generation.sampling import SamplingParams
 
 REPLACEMENT = "\ufffd"  # what SentencePiece and byte-level BPE decode an incomplete UTF-8 byte sequence to
@@ -31,6 +32,7 @@ class TextStream:
         self.ids: list[int] = []
         self.text = ""  # final text so far (emitted)
         self.stopped = False  # a stop string was found
+        self.pending = ""  # final text ``accept`` made that ``take`` has not handed out
 
     def _decoded(self) -> str:
         return self.tokenizer.decode(self.prefix + self.ids)[self.skip:]
@@ -47,6 +49,17 @@ class TextStream:
             return self._emit(full[:cut])
         safe = full.rstrip(REPLACEMENT)
         return self._emit(safe[:len(safe) - self._held(safe)])
+
+    def accept(self, token: int) -> bool:
+        """``push`` as the consumer of ``finish.finish_reason``: the text that became final is kept for ``take``;
+        False once a stop string has appeared."""
+        self.pending += self.push(token)
+        return not self.stopped
+
+    def take(self) -> str:
+        """The text ``accept`` made final since the last ``take``."""
+        piece, self.pending = self.pending, ""
+        return piece
 
     def finish(self) -> str:
         """The text still held back (the row ended): everything but a trailing incomplete character."""
@@ -93,19 +106,17 @@ def stream_text(engine: Engine, tokenizer, prompts: Sequence[Sequence[int]], max
     Use ``completions = yield from stream_text(...)`` or the ``generate_text`` wrapper.
     """
     streams = [TextStream(tokenizer, p[-1] if p else None, stop) for p in prompts]
-    counts, eos_hit = [0] * len(prompts), [False] * len(prompts)
+    counts, reasons = [0] * len(prompts), [None] * len(prompts)
     run = engine.stream(prompts, max_new_tokens, sampling, seed)
     for step in run:
         for row, token in enumerate(step.tokens):
-            if eos_hit[row] or streams[row].stopped:
+            if reasons[row] is not None:
                 continue
             counts[row] += 1
-            if token in engine.eos_ids:
-                eos_hit[row] = True
-                continue
-            piece = streams[row].push(token)
-            if streams[row].stopped:
+            reasons[row] = finish_reason(token, counts[row], max_new_tokens, engine.eos_ids, streams[row].accept)
+            if reasons[row] is not None:
                 run.stop(row)
+            piece = streams[row].take()
             if piece:
                 yield row, piece
     completions = []
@@ -113,8 +124,7 @@ def stream_text(engine: Engine, tokenizer, prompts: Sequence[Sequence[int]], max
         piece = text_stream.finish()
         if piece:
             yield row, piece
-        reason = "stop" if eos_hit[row] or text_stream.stopped else "length"
-        completions.append(Completion(text_stream.text, reason, len(prompts[row]), counts[row]))
+        completions.append(Completion(text_stream.text, reasons[row] or LENGTH, len(prompts[row]), counts[row]))
     return completions
 
 

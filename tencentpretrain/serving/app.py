@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 from tencentpretrain.data.chat_template import load_template
 from tencentpretrain.generation.chat import chat_prompt, encode_prompt, fit_prompt, split_messages
+from tencentpretrain.generation.finish import prompt_budget
 from tencentpretrain.generation.sampling import SamplingParams
 from tencentpretrain.generation.scheduler import SEED_MAX, SEED_MIN, Batcher, TextRequest
 from tencentpretrain.generation.text import Completion
@@ -272,7 +273,7 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         max_tokens, sampling, stop = service.settings(body)
-        fitted = service.completion_prompts(body, service.seq_length - max_tokens)
+        fitted = service.completion_prompts(body, prompt_budget(service.seq_length, max_tokens))
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": service.model_name}
         job = Job(service, request, [ids for ids, _ in fitted], [cut for _, cut in fitted], max_tokens, sampling,
@@ -289,7 +290,7 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         max_tokens, sampling, stop = service.settings(body)
-        ids, cut = service.chat_prompt(body.messages, service.seq_length - max_tokens, body.truncate)
+        ids, cut = service.chat_prompt(body.messages, prompt_budget(service.seq_length, max_tokens), body.truncate)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": service.model_name}
         job = Job(service, request, [ids], [cut], max_tokens, sampling, stop, body.seed)
@@ -309,7 +310,7 @@ def create_app(service: Service) -> FastAPI:
     async def simple_chat(body: SimpleChatRequest, request: Request) -> dict:
         max_tokens, sampling, stop = service.settings(body)
         messages = [Message(role="user", content=body.question)]
-        ids, cut = service.chat_prompt(messages, service.seq_length - max_tokens, body.truncate)
+        ids, cut = service.chat_prompt(messages, prompt_budget(service.seq_length, max_tokens), body.truncate)
         (done,) = await Job(service, request, [ids], [cut], max_tokens, sampling, stop, body.seed).wait()
         return {"answer": done.text}
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from tencentpretrain.cache import KVCache
+from tencentpretrain.cache.kv_cache import KVCache
 from tencentpretrain.cache.slots import SlotCache
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from tencentpretrain.cache import KVCache
+from tencentpretrain.cache.kv_cache import KVCache
 
 
 class SlotCache(KVCache):

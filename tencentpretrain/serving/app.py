@@ -243,6 +243,14 @@ def create_app(service: Service) -> FastAPI:
                   description=__doc__.split("\n\n")[0])
 
     app.add_middleware(BodyLimit)
+    add_error_handlers(app)
+    add_status_routes(app, service)
+    add_completion_routes(app, service)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Bad requests answered as OpenAI's API answers them (``error_body``)."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -252,6 +260,10 @@ def create_app(service: Service) -> FastAPI:
     @app.exception_handler(RequestError)
     async def refused(_request: Request, err: RequestError) -> JSONResponse:
         return JSONResponse(error_body(str(err), err.status, err.param), status_code=err.status)
+
+
+def add_status_routes(app: FastAPI, service: Service) -> None:
+    """``/v1/models``, ``/health`` and ``/metrics``."""
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -269,6 +281,10 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(service.metrics_text(), media_type="text/plain; version=0.0.4")
+
+
+def add_completion_routes(app: FastAPI, service: Service) -> None:
+    """``/v1/completions``, ``/v1/chat/completions`` (both streamed on request) and ``/chat``."""
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -313,8 +329,6 @@ def create_app(service: Service) -> FastAPI:
         ids, cut = service.chat_prompt(messages, prompt_budget(service.seq_length, max_tokens), body.truncate)
         (done,) = await Job(service, request, [ids], [cut], max_tokens, sampling, stop, body.seed).wait()
         return {"answer": done.text}
-
-    return app
 
 
 class BodyLimit:

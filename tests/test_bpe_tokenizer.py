@@ -280,7 +280,7 @@ def test_a_tiny_qwen3_tunes_converts_back_and_chats_as_transformers_does(tmp_pat
                               tokenizer_dir, "--template", tokenizer_dir])
     engine, tokenizer = load_engine(args, batch_size=2)
     httpd = ServerThread(create_app(Service(engine, tokenizer, model_name="qwen3-tiny", template=args.template,
-                                            seq_length=128, max_new_tokens=12))).start()
+                                            seq_length=128, max_tokens=12))).start()
     try:
         status, data = post_json(httpd, "/v1/chat/completions", {"messages": question, "max_tokens": 12,
                                                                  "temperature": 0})

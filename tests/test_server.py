@@ -71,7 +71,7 @@ def running(service: Service):
 def server(engine, tokenizer):
     """A running server on a free loopback port (greedy by default), stopped after the tests."""
     httpd = running(Service(engine, tokenizer, model_name="tiny", template="alpaca", seq_length=128,
-                            max_new_tokens=16, max_batch_size=8, prefill_chunk=8))
+                            max_tokens=16, max_batch_size=8, prefill_chunk=8))
     yield httpd
     httpd.close()
 
@@ -238,7 +238,7 @@ def one_row_server(model, tokenizer):
     """A server with a single row and no eos: a request ends only at max_tokens or when cancelled."""
     endless = Engine(model, eos_ids=[], pad_id=tokenizer.pad_id)
     httpd = running(Service(endless, tokenizer, model_name="tiny", template="alpaca", seq_length=8192,
-                            max_new_tokens=16, max_batch_size=1))
+                            max_tokens=16, max_batch_size=1))
     yield httpd
     httpd.close()
 
@@ -368,7 +368,7 @@ def test_validation_errors_name_the_field(server):
 @pytest.fixture()
 def fuzz_server(engine, tokenizer):
     httpd = running(Service(engine, tokenizer, model_name="tiny", template="alpaca", seq_length=40,
-                            max_new_tokens=4, max_batch_size=4))
+                            max_tokens=4, max_batch_size=4))
     yield httpd
     httpd.close()
 

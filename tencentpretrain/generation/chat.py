@@ -98,20 +98,20 @@ class ChatSession:
         tokenizer: the model's tokenizer.
         template: a registered name, a template file or a ``ChatTemplate`` (the one the model was tuned with).
         seq_length: context size: prompt plus answer never exceed it (oldest turns are dropped).
-        max_new_tokens: most tokens per answer.
+        max_tokens: most tokens per answer.
         sampling: how tokens are chosen.
         stop: strings that end an answer.
         system: optional text before the conversation.
     """
 
     def __init__(self, engine: Engine, tokenizer, template: str | ChatTemplate = "alpaca", seq_length: int = 2048,
-                 max_new_tokens: int = 512, sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
+                 max_tokens: int = 512, sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
                  system: str = ""):
-        if max_new_tokens >= seq_length:
-            raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in seq_length "
+        if max_tokens >= seq_length:
+            raise ValueError(f"max_tokens {max_tokens} leaves no room for a prompt in seq_length "
                              f"{seq_length}")
         self.engine, self.tokenizer, self.template = engine, tokenizer, load_template(template)
-        self.seq_length, self.max_new_tokens = seq_length, max_new_tokens
+        self.seq_length, self.max_tokens = seq_length, max_tokens
         self.sampling, self.stop, self.system = sampling, tuple(stop), system
         self.history: list[tuple[str, str]] = []
 
@@ -122,9 +122,9 @@ class ChatSession:
     def ask(self, question: str, on_text: Callable[[str], None] | None = None, seed: int | None = None) -> str:
         """Answer ``question`` in the context of the earlier turns, streaming pieces to ``on_text``."""
         ids = chat_prompt(self.tokenizer, self.template, self.history, question,
-                          prompt_budget(self.seq_length, self.max_new_tokens), self.system)
+                          prompt_budget(self.seq_length, self.max_tokens), self.system)
         callback = None if on_text is None else (lambda _row, piece: on_text(piece))
-        (completion,) = generate_text(self.engine, self.tokenizer, [ids], self.max_new_tokens, self.sampling,
+        (completion,) = generate_text(self.engine, self.tokenizer, [ids], self.max_tokens, self.sampling,
                                       self.stop, seed, callback)
         self.history.append((question, completion.text))
         return completion.text

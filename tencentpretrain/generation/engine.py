@@ -36,15 +36,15 @@ class GenerationStream:
     Created by ``Engine.stream``; iterate it once.
     """
 
-    def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+    def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], max_tokens: int,
                  sampling: SamplingParams, seed: int | None):
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens (--max_new_tokens) must be >= 1, got {max_tokens}")
         self.engine = engine
         self.prompts = [list(p) for p in prompts]
-        self.max_new_tokens = max_new_tokens
+        self.max_tokens = max_tokens
         self.sampling = sampling
         self.finished = [False] * len(prompts)
         self.generator = None
@@ -62,8 +62,8 @@ class GenerationStream:
         return self._steps()
 
     def _prefill_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ids (B, T) and the real-token mask (B, T + max_new_tokens)."""
-        ids, mask = left_pad(self.prompts, self.engine.pad_id, extra=self.max_new_tokens)
+        """Left-padded ids (B, T) and the real-token mask (B, T + max_tokens)."""
+        ids, mask = left_pad(self.prompts, self.engine.pad_id, extra=self.max_tokens)
         return ids.to(self.engine.device), mask.to(self.engine.device)
 
     def _steps(self) -> Iterator[Step]:
@@ -74,20 +74,20 @@ class GenerationStream:
         batch, width = ids.shape
         padded = not bool(mask.all())
         positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)  # (B, T): real tokens count from 0
-        cache = engine.new_cache(batch, width + self.max_new_tokens - 1)
+        cache = engine.new_cache(batch, width + self.max_tokens - 1)
         seen = self._seen(ids, mask[:, :width]) if sampling.penalized else None
         logits = engine.backend.prefill(ids, positions, mask if padded else None, cache)  # (B, vocab): last position
         best = None  # the greedy tokens, when the step computed them
         pads = [width - len(p) for p in self.prompts]
         next_positions = [len(p) for p in self.prompts]
         eos = set(engine.eos_ids)
-        for step in range(self.max_new_tokens):
+        for step in range(self.max_tokens):
             if best is None or not sampling.greedy or sampling.penalized:
                 best = sample(logits, sampling, seen, self.generator).tolist()
             tokens = [engine.pad_id if done else token for token, done in zip(best, finished)]
             finished[:] = [done or token in eos for token, done in zip(tokens, finished)]
             yield Step(tokens, logits, finished.copy())
-            if step + 1 == self.max_new_tokens or all(finished):
+            if step + 1 == self.max_tokens or all(finished):
                 return
             if seen is not None:
                 seen[range(batch), tokens] = True
@@ -133,23 +133,23 @@ class Engine:
         return KVCache(config.layers_num, batch, config.kv_heads_num, length, config.head_dim,
                        dtype=self.dtype, device=self.device)
 
-    def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+    def stream(self, prompts: Sequence[Sequence[int]], max_tokens: int,
                sampling: SamplingParams = SamplingParams(), seed: int | None = None) -> GenerationStream:
         """Decode a batch step by step.
 
         Args:
             prompts: token ids of each prompt (different lengths are left-padded).
-            max_new_tokens: most tokens to generate per row.
+            max_tokens: most tokens to generate per row.
             sampling: how to choose tokens (default greedy).
             seed: seed of the sampling random generator (None: torch's global generator).
         """
-        return GenerationStream(self, prompts, max_new_tokens, sampling, seed)
+        return GenerationStream(self, prompts, max_tokens, sampling, seed)
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int,
                  sampling: SamplingParams = SamplingParams(), seed: int | None = None) -> list[list[int]]:
         """The new token ids of each prompt, up to (not including) its first eos."""
         outputs: list[list[int]] = [[] for _ in prompts]
-        for step in self.stream(prompts, max_new_tokens, sampling, seed):
+        for step in self.stream(prompts, max_tokens, sampling, seed):
             for row, (token, finished) in enumerate(zip(step.tokens, step.finished)):
                 if not finished:  # an eos finishes its row at its own step; later steps give it pad tokens
                     outputs[row].append(token)

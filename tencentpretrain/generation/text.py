@@ -98,7 +98,7 @@ class Completion:
     completion_tokens: int
 
 
-def stream_text(engine: Engine, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+def stream_text(engine: Engine, tokenizer, prompts: Sequence[Sequence[int]], max_tokens: int,
                 sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
                 seed: int | None = None) -> Iterator[tuple[int, str]]:
     """Generate a batch and yield ``(row, new_text)`` pieces as they become final; then return the completions.
@@ -107,13 +107,13 @@ def stream_text(engine: Engine, tokenizer, prompts: Sequence[Sequence[int]], max
     """
     streams = [TextStream(tokenizer, p[-1] if p else None, stop) for p in prompts]
     counts, reasons = [0] * len(prompts), [None] * len(prompts)
-    run = engine.stream(prompts, max_new_tokens, sampling, seed)
+    run = engine.stream(prompts, max_tokens, sampling, seed)
     for step in run:
         for row, token in enumerate(step.tokens):
             if reasons[row] is not None:
                 continue
             counts[row] += 1
-            reasons[row] = finish_reason(token, counts[row], max_new_tokens, engine.eos_ids, streams[row].accept)
+            reasons[row] = finish_reason(token, counts[row], max_tokens, engine.eos_ids, streams[row].accept)
             if reasons[row] is not None:
                 run.stop(row)
             piece = streams[row].take()
@@ -128,11 +128,11 @@ def stream_text(engine: Engine, tokenizer, prompts: Sequence[Sequence[int]], max
     return completions
 
 
-def generate_text(engine: Engine, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+def generate_text(engine: Engine, tokenizer, prompts: Sequence[Sequence[int]], max_tokens: int,
                   sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (), seed: int | None = None,
                   on_text: Callable[[int, str], None] | None = None) -> list[Completion]:
     """Generate a batch of completions, calling ``on_text(row, piece)`` for each piece of streamed text."""
-    pieces = stream_text(engine, tokenizer, prompts, max_new_tokens, sampling, stop, seed)
+    pieces = stream_text(engine, tokenizer, prompts, max_tokens, sampling, stop, seed)
     while True:
         try:
             row, piece = next(pieces)

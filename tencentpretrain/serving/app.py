@@ -110,7 +110,7 @@ class Service:
         model_name: the id ``/v1/models`` reports.
         template: the chat template (a registered name, a template file or a ``ChatTemplate``).
         seq_length: context size: prompt plus new tokens.
-        max_new_tokens: default ``max_tokens``.
+        max_tokens: the default of a request's ``max_tokens``.
         sampling: default sampling settings.
         stop: stop strings added to every request's.
         max_batch_size: requests decoded together.
@@ -118,16 +118,16 @@ class Service:
     """
 
     def __init__(self, engine, tokenizer, model_name: str = "tencentpretrain", template: str = "alpaca",
-                 seq_length: int = 2048, max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
+                 seq_length: int = 2048, max_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                  stop: tuple[str, ...] = (), max_batch_size: int = 8, prefill_chunk: int = 64):
         self.tokenizer, self.model_name, self.template = tokenizer, model_name, load_template(template)
-        self.seq_length, self.max_new_tokens, self.sampling, self.stop = seq_length, max_new_tokens, sampling, stop
+        self.seq_length, self.max_tokens, self.sampling, self.stop = seq_length, max_tokens, sampling, stop
         self.batcher = Batcher(engine, max_batch_size, seq_length, prefill_chunk)
         self.started = time.time()
 
     def settings(self, body: Settings) -> tuple[int, SamplingParams, tuple[str, ...]]:
         """(max_tokens, sampling, stop strings) of a request, defaults filled in."""
-        max_tokens = body.max_completion_tokens or body.max_tokens or self.max_new_tokens
+        max_tokens = body.max_completion_tokens or body.max_tokens or self.max_tokens
         if not 1 <= max_tokens < self.seq_length:
             raise RequestError(f"max_tokens must be in [1, {self.seq_length - 1}], got {max_tokens}", "max_tokens")
         given = {key: getattr(body, key) for key in ("temperature", "top_k", "top_p", "repetition_penalty")}

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = listener.getsockname()[:2]
     print(f"serving {args.model_name} on http://{host}:{port} (batches of up to {args.max_batch_size}, "
           f"{args.threads} threads, {engine.backend.description}, "
-          f"{getattr(engine.model, 'weight_pages', '')})", flush=True)
+          f"{engine.model.weight_pages})", flush=True)  # (load_engine prepared the model)
     config = uvicorn.Config(create_app(service), log_level="info" if args.verbose else "warning",
                             access_log=args.verbose, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[listener])

@@ -166,7 +166,7 @@ def test_decoder_logits_and_cache_equal_the_model(model):
         tokens = torch.tensor([[5], [9], [400]])
         at = positions[:, -1:] + 1
         expected = engine.model(tokens, at, mask, caches[0])[:, 0]
-        got = decoder.decode_batch(tokens, at, mask, caches[1])
+        got, _ = decoder.decode_batch(tokens, at, mask, caches[1])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert caches[1].length == caches[0].length
     torch.testing.assert_close(caches[1].keys, caches[0].keys, rtol=1e-5, atol=1e-5)

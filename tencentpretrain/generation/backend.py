@@ -46,9 +46,10 @@ class Backend(Protocol):
         and each row's argmax when the backend computed it (the greedy tokens), else None."""
 
     def decode_batch(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor,
-                     cache: KVCache) -> torch.Tensor:
+                     cache: KVCache) -> tuple[torch.Tensor, list[int] | None]:
         """A decoding step of the batcher: (R, 1) ``tokens`` at (R, 1) ``positions`` after what the first R rows of
-        ``cache`` hold, ``padding_mask`` (R, length + 1) True where a row's own tokens are; the logits (R, vocab)."""
+        ``cache`` hold, ``padding_mask`` (R, length + 1) True where a row's own tokens are; the logits (R, vocab)
+        and, as ``decode``, each row's argmax or None."""
 
     def read(self, tokens: torch.Tensor, positions: torch.Tensor, ragged: RaggedPass,
              picks: list[int]) -> torch.Tensor:
@@ -84,9 +85,9 @@ class TorchBackend:
             return self.model(ids, at, mask, cache)[:, 0], None
 
     def decode_batch(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor,
-                     cache: KVCache) -> torch.Tensor:
+                     cache: KVCache) -> tuple[torch.Tensor, None]:
         with torch.inference_mode():
-            return self.model(tokens, positions, padding_mask, cache)[:, 0]
+            return self.model(tokens, positions, padding_mask, cache)[:, 0], None
 
     def read(self, tokens: torch.Tensor, positions: torch.Tensor, ragged: RaggedPass,
              picks: list[int]) -> torch.Tensor:

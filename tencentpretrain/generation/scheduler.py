@@ -320,17 +320,18 @@ class Batcher:
             ids, positions = (torch.tensor([x], dtype=torch.long, device=self.engine.device)
                               for x in (ids, positions))  # (1, N) each
             ragged = RaggedPass(self.cache, decoding, [(state.cache, b - a) for state, a, b in chunks])
-            logits, done = self._read_chunks(ids, positions, ragged, chunks)
+            (logits, done), best = self._read_chunks(ids, positions, ragged, chunks), None
         else:  # a plain batched decoding step, the engine's (native where it can: generation/native/)
-            logits, done = self._decode_step(), []  # (R, vocab)
+            (logits, best), done = self._decode_step(), []  # (R, vocab), the greedy tokens or None
         self._count(decoding, bool(chunks))
         if decoding:
-            self._decoded(logits[:decoding])  # rows may leave: self.rows shrinks
+            self._decoded(logits[:decoding], best)  # rows may leave: self.rows shrinks
         if done:
             self._joined(done, logits[decoding:])
 
-    def _decode_step(self) -> torch.Tensor:
-        """Logits (R, vocab) of one decoding step of the running rows, each (R, 1) over its span of the slot cache."""
+    def _decode_step(self) -> tuple[torch.Tensor, list[int] | None]:
+        """Logits (R, vocab) of one decoding step of the running rows, each (R, 1) over its span of the slot cache,
+        and each row's argmax when the backend computed it."""
         device = self.engine.device
         mask = self.cache.open_column()  # (R, length + 1)
         tokens = torch.tensor([[r.next_token] for r in self.rows], dtype=torch.long, device=device)  # (R, 1)
@@ -360,10 +361,11 @@ class Batcher:
             metrics.rows_decoded += rows
             metrics.mixed_steps += prefilled
 
-    def _decoded(self, logits: torch.Tensor) -> None:
-        """Hand each running row its next token from its logits (R, vocab); finished rows leave."""
+    def _decoded(self, logits: torch.Tensor, best: list[int] | None) -> None:
+        """Hand each running row its next token from its logits (R, vocab) (or ``best``, the argmax of each, for
+        greedy rows); finished rows leave."""
         leaving = []
-        for index, (row, token) in enumerate(zip(self.rows, self._choose(logits, self.rows))):
+        for index, (row, token) in enumerate(zip(self.rows, self._choose(logits, self.rows, best))):
             row.position += 1
             row.next_token = token
             if not self._deliver(row, token):
@@ -382,12 +384,14 @@ class Batcher:
                 self.cache.add(state.cache)
                 self.rows.append(state.row)
 
-    def _choose(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
-        """The next token of each row (B, vocab) -> B ints, each row with its own settings and generator."""
+    def _choose(self, logits: torch.Tensor, rows: list[Row], best: list[int] | None = None) -> list[int]:
+        """The next token of each row (B, vocab) -> B ints, each row with its own settings and generator; the
+        greedy rows take ``best`` (each row's argmax, when the pass computed it)."""
         plain = [i for i, r in enumerate(rows) if r.request.sampling.greedy and not r.request.sampling.penalized]
         tokens = [0] * len(rows)
         if plain:
-            picked = greedy(logits if len(plain) == len(rows) else logits[plain]).tolist()
+            picked = [best[i] for i in plain] if best is not None else \
+                greedy(logits if len(plain) == len(rows) else logits[plain]).tolist()
             for i, token in zip(plain, picked):
                 tokens[i] = token
         for i, row in enumerate(rows):

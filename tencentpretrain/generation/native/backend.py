@@ -7,7 +7,7 @@ between tasks, each weight read once for all the pass's tokens, with the norms, 
 cache and the SwiGLU around them. It implements the engine's ``Backend`` (``generation/backend.py``):
 
 - a decoding step, one new token for each of B rows of a cache (``decode``, from plain lists, for the engine's
-  streams; ``decode_batch``, from tensors, for the batcher), ``decode`` also returning each row's argmax (the
+  streams; ``decode_batch``, from tensors, for the batcher), both also returning each row's argmax (the
   greedy token);
 - left-padded prompts read into an empty cache, their real tokens only (``prefill``);
 - a pass of the continuous batcher (``read``): the running rows' next tokens and chunks of the prompts being
@@ -182,9 +182,10 @@ class NativeBackend:
         return self.team.threads
 
     def decode_batch(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor,
-                     cache) -> torch.Tensor:
+                     cache) -> tuple[torch.Tensor, list[int]]:
         """Logits (B, vocab) of one token of each of B rows, as ``model(tokens, positions, padding_mask, cache)``
-        gives them for its one position (and the cache advanced by one): the batcher's decoding step.
+        gives them for its one position (and the cache advanced by one), and each row's argmax: the batcher's
+        decoding step.
 
         Args:
             tokens: (B, 1) token ids.
@@ -196,7 +197,7 @@ class NativeBackend:
         if tokens.dim() != 2 or tokens.shape[1] != 1:
             raise ValueError(f"a decoding step takes one token per row, not {tuple(tokens.shape)}")
         pads = left_spans(padding_mask[:tokens.shape[0], :cache.length + 1], tokens.shape[0], cache.length + 1)
-        return self.decode(tokens.view(-1).tolist(), positions.view(-1).tolist(), pads, cache)[0]
+        return self.decode(tokens.view(-1).tolist(), positions.view(-1).tolist(), pads, cache)
 
     def decode(self, tokens: list[int], positions: list[int], pads: list[int],
                cache) -> tuple[torch.Tensor, list[int]]:

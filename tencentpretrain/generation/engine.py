@@ -11,7 +11,7 @@ import torch
 from tencentpretrain.cache import KVCache
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation.backend import Backend, TorchBackend
-from tencentpretrain.generation.sampling import SamplingParams, sample
+from tencentpretrain.generation.sampling import SamplingParams, sample, seeded_generator, seen_tokens
 from tencentpretrain.model import Model
 
 
@@ -47,9 +47,7 @@ class GenerationStream:
         self.max_tokens = max_tokens
         self.sampling = sampling
         self.finished = [False] * len(prompts)
-        self.generator = None
-        if seed is not None:
-            self.generator = torch.Generator(device=engine.device).manual_seed(seed)
+        self.generator = seeded_generator(seed, engine.device)
 
     def stop(self, row: int) -> None:
         """Mark ``row`` finished: it is fed pad tokens from now on and the loop ends when all rows are."""
@@ -75,7 +73,7 @@ class GenerationStream:
         padded = not bool(mask.all())
         positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)  # (B, T): real tokens count from 0
         cache = engine.new_cache(batch, width + self.max_tokens - 1)
-        seen = self._seen(ids, mask[:, :width]) if sampling.penalized else None
+        seen = seen_tokens(self.prompts, engine.model.vocab_size, ids.device) if sampling.penalized else None
         logits = engine.backend.prefill(ids, positions, mask if padded else None, cache)  # (B, vocab): last position
         best = None  # the greedy tokens, when the step computed them
         pads = [width - len(p) for p in self.prompts]
@@ -93,11 +91,6 @@ class GenerationStream:
                 seen[range(batch), tokens] = True
             logits, best = engine.backend.decode(tokens, next_positions, pads, cache)  # (B, vocab), the greedy tokens
             next_positions = [p + 1 for p in next_positions]
-
-    def _seen(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """(B, vocab) bool: the prompt tokens, for the repetition penalty (padding excluded)."""
-        seen = torch.zeros(ids.shape[0], self.engine.model.vocab_size, dtype=torch.bool, device=ids.device)
-        return seen.scatter_(1, ids, real)
 
 
 class Engine:

@@ -41,7 +41,7 @@ from tencentpretrain.cache.ragged import RaggedPass
 from tencentpretrain.cache.slots import SlotCache
 from tencentpretrain.generation.engine import Engine
 from tencentpretrain.generation.finish import finish_reason
-from tencentpretrain.generation.sampling import SamplingParams, greedy, sample
+from tencentpretrain.generation.sampling import SamplingParams, greedy, sample, seeded_generator, seen_tokens
 from tencentpretrain.generation.text import Completion, TextStream
 
 LOG = logging.getLogger(__name__)
@@ -302,10 +302,8 @@ class Batcher:
         device = self.engine.device
         row = Row(request, position=len(request.prompt))
         if request.sampling.penalized:
-            row.seen = torch.zeros(1, self.engine.model.vocab_size, dtype=torch.bool, device=device)
-            row.seen[0, torch.tensor(request.prompt, device=device)] = True
-        if request.seed is not None:
-            row.generator = torch.Generator(device=device).manual_seed(request.seed)
+            row.seen = seen_tokens([request.prompt], self.engine.model.vocab_size, device)
+        row.generator = seeded_generator(request.seed, device)
         self.metrics.prompt_tokens += len(request.prompt)
         return Prefill(row, self.engine.new_cache(1, len(request.prompt)))
 

@@ -7,7 +7,7 @@ setup(
     # models/ (the zoo's JSON configs) stays at the repository root and ships as tencentpretrain/zoo/ (model_zoo.py)
     packages=find_packages(include=["tencentpretrain", "tencentpretrain.*"]) + ["tencentpretrain.zoo"],
     package_dir={"tencentpretrain.zoo": "models"},
-    package_data={"tencentpretrain.generation": ["onerow.c"],  # native decoding, compiled on first use
+    package_data={"tencentpretrain.generation.native": ["csrc/*.c", "csrc/*.h"],  # compiled on first use
                   "tencentpretrain.zoo": ["*.json", "*/*.json"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "sentencepiece", "numpy", "regex", "safetensors", "tqdm", "jinja2>=3.1",

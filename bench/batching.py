@@ -5,8 +5,8 @@ thread: ``torch.set_num_threads(1)``) counts only the cycles it got, so these fi
 than ``bench/serve.py``'s. Two parts, on a random model of a ``bench/generate.py`` size (default ``100m``), weights
 laid out as the server lays them out for the batch size (``auto``: ``row`` wherever decoding is native):
 
-- **passes**: one forward pass of the batcher's kind (``generation/ragged.py``, ``Engine.read``), the fastest of
-  ``--repeats``, through PyTorch and natively (generation/native.py; where it runs): a prompt chunk of ``--chunk``
+- **passes**: one forward pass of the batcher's kind (``cache/ragged.py``, ``Engine.read``), the fastest of
+  ``--repeats``, through PyTorch and natively (generation/native/; where it runs): a prompt chunk of ``--chunk``
   tokens alone, ``k`` chunks of different prompts in one pass, ``R`` running rows alone, and the same ``R`` rows
   with a chunk in one pass. Prompt tokens/s = chunk tokens over the pass's CPU time (wall time with ``--threads``
   above 1).
@@ -33,10 +33,10 @@ import torch
 
 from bench.generate import size_config
 from tencentpretrain.generation import Engine, prepare_for_inference
-from tencentpretrain.generation.batching import Batcher, Request
-from tencentpretrain.generation.layout import weight_layout
-from tencentpretrain.generation.native import native_unavailable
-from tencentpretrain.generation.threads import use_threads
+from tencentpretrain.generation.backend import choose_backend
+from tencentpretrain.generation.native import NativeBackend, native_unavailable
+from tencentpretrain.generation.scheduler import Batcher, Request
+from tencentpretrain.generation.weights.layout import weight_layout
 from tencentpretrain.model import build_model
 
 
@@ -56,8 +56,8 @@ def one_pass(engine: Engine, rows: int, chunks: int, chunk: int, context: int = 
     """A ragged pass: ``rows`` running rows (``context`` columns each) and ``chunks`` chunks of ``chunk`` tokens of
     different prompts, each after ``chunk`` tokens already read; the logits of each row and each chunk's last
     token."""
-    from tencentpretrain.generation.ragged import RaggedPass  # here: --part load also runs on the older batcher
-    from tencentpretrain.generation.slots import SlotCache
+    from tencentpretrain.cache.ragged import RaggedPass  # here: --part load also runs on the older batcher
+    from tencentpretrain.cache.slots import SlotCache
 
     config, vocab = engine.config, engine.model.vocab_size
     slots = SlotCache(config.layers_num, max(rows, 1), config.kv_heads_num, context + 2, config.head_dim)
@@ -74,31 +74,27 @@ def one_pass(engine: Engine, rows: int, chunks: int, chunk: int, context: int = 
     positions = torch.tensor([[context] * rows + list(range(chunk, 2 * chunk)) * chunks])
     with torch.inference_mode():
         ends = list(range(rows)) + [rows + (i + 1) * chunk - 1 for i in range(chunks)]
-        return engine.read(ids, positions, ragged, ends)  # natively when the engine has a decoder
+        return engine.backend.read(ids, positions, ragged, ends)
 
 
 def passes(engine: Engine, layout: str, args) -> None:
     """The table of single passes, each through PyTorch and natively (when the engine decodes natively)."""
     chunk, repeats = args.chunk, args.repeats
     clock, unit = (time.process_time, "CPU ms") if args.threads == 1 else (time.perf_counter, "wall ms")
-    native_decoder = engine.decoder
-    kinds = [("PyTorch", None)] + ([("native", native_decoder)] if native_decoder is not None else [])
+    engines = [("PyTorch", Engine(engine.model))]
+    if isinstance(engine.backend, NativeBackend):
+        engines.append(("native", engine))
 
     def best(rows: int, chunks: int) -> list[float]:
-        times = []
-        for _, decoder in kinds:
-            engine.decoder = decoder
-            times.append(cpu_best(lambda: one_pass(engine, rows, chunks, chunk), repeats, clock))
-        engine.decoder = native_decoder
-        return times
+        return [cpu_best(lambda: one_pass(e, rows, chunks, chunk), repeats, clock) for _, e in engines]
 
     def cells(times: list[float], tokens: int) -> str:
         figures = " | ".join(f"{t * 1e3:.1f} ({tokens / t:.0f})" for t in times)
         return figures + (f" | {times[0] / times[1]:.2f}x" if len(times) == 2 else "")
 
-    names = " | ".join(f"{name} {unit} (prompt tok/s)" for name, _ in kinds)
-    print(f"\n| pass ({layout}) | {names} |{' native vs PyTorch |' if len(kinds) == 2 else ''}\n"
-          f"|---|{'---|' * (len(kinds) + (len(kinds) == 2))}")
+    names = " | ".join(f"{name} {unit} (prompt tok/s)" for name, _ in engines)
+    print(f"\n| pass ({layout}) | {names} |{' native vs PyTorch |' if len(engines) == 2 else ''}\n"
+          f"|---|{'---|' * (len(engines) + (len(engines) == 2))}")
     for k in [1, *args.several]:
         print(f"| {k} chunk{'s' * (k > 1)} of {chunk} | {cells(best(0, k), k * chunk)} |")
     for rows in args.rows:
@@ -213,9 +209,9 @@ def engine_for(model, batch: int, threads: int = 1) -> tuple[Engine, str]:
 
     model = copy.deepcopy(model)
     layout = weight_layout("auto", batch, native=native_unavailable(model) is None)
-    engine = Engine(prepare_for_inference(model, layout=layout, batch_size=batch), eos_ids=[])
-    use_threads(engine, threads)
-    return engine, f"{layout}, {engine.decoding}"
+    model = prepare_for_inference(model, layout=layout, batch_size=batch)
+    engine = Engine(model, choose_backend(model, threads), eos_ids=[])
+    return engine, f"{layout}, {engine.backend.description}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,7 @@ from tencentpretrain.evaluation.scoring import (
     window_nlls,
 )
 from tencentpretrain.generation import Engine, prepare_for_inference
-from tencentpretrain.generation.layout import weight_layout
+from tencentpretrain.generation.weights.layout import weight_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ runs taken in alternation (the machine is shared: the minimum is the least distu
 Both use ``torch.set_num_threads(--threads)`` and fp32 on CPU. Run: ``python -m bench.generate``
 (``--sizes tiny`` for a quick look; ``--int8`` adds our int8 engine as a third column; ``--layout column packed``
 times our engine with each weight layout, one row each, against transformers afresh; ``--native`` has our engine
-decode natively (generation/native.py, run_llama.py's default) instead of in PyTorch, see also ``bench/threads.py``
+decode natively (generation/native/, run_llama.py's default) instead of in PyTorch, see also ``bench/threads.py``
 for one and several threads side by side; ``--llama_cpp`` adds a table of
 llama.cpp through llama-cpp-python against our engine on the same weights, see ``bench/generate_llama_cpp.py``).
 """
@@ -28,9 +28,10 @@ import torch
 
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine, prepare_for_inference
-from tencentpretrain.generation.engine import left_pad, load_generation_model
-from tencentpretrain.generation.layout import LAYOUTS, packing_available, weight_layout
-from tencentpretrain.generation.threads import use_threads
+from tencentpretrain.generation.backend import choose_backend
+from tencentpretrain.generation.engine import left_pad
+from tencentpretrain.generation.loading import load_generation_model
+from tencentpretrain.generation.weights.layout import LAYOUTS, packing_available, weight_layout
 from tencentpretrain.llamacpp import add_repack_arg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,8 +148,8 @@ def bench_size(name: str, args) -> list[str]:
 
 def bench_row(name: str, params: float, hf, ours, int8_engine, batch: int, layout: str, args) -> str:
     """One table row: transformers against a copy of our model in ``layout`` (and ``int8_engine``), one batch."""
-    engine = Engine(prepare_for_inference(load_copy(ours), layout=layout, batch_size=batch))
-    use_threads(engine, args.threads, native=args.native)  # as run_llama.py's --threads (native: its default)
+    model = prepare_for_inference(load_copy(ours), layout=layout, batch_size=batch)
+    engine = Engine(model, choose_backend(model, args.threads, native=args.native))  # as run_llama.py's --threads
     prompts = prompts_for(batch, ours.vocab_size)
     runners = {"transformers": hf_runner(hf, prompts), "ours": ours_runner(engine, prompts)}
     if int8_engine is not None:
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both implementations")
     parser.add_argument("--native", action="store_true",
                         help="our engine decodes natively on the --threads, as run_llama.py and the server do by "
-                             "default (generation/native.py); without it, in PyTorch")
+                             "default (generation/native/); without it, in PyTorch")
     parser.add_argument("--int8", action="store_true", help="also time our engine with int8 weights")
     parser.add_argument("--layout", nargs="+", choices=("auto",) + LAYOUTS, default=["auto"],
                         help="our engine's weight layouts, one row each (auto: as inference/run_llama.py picks for "

@@ -79,7 +79,7 @@ def threaded(run, threads: int):
 def llama_cpp_rows(name: str, ours, args, measure, ours_runner, prompts_for) -> list[str]:
     """Table rows for one model size: one per thread count in ``args.llama_cpp_threads``."""
     from tencentpretrain.generation import Engine, prepare_for_inference
-    from tencentpretrain.generation.threads import use_threads
+    from tencentpretrain.generation.backend import choose_backend
 
     params = sum(p.numel() for p in ours.parameters()) / 1e6
     prompt = prompts_for(1, ours.vocab_size)[0]
@@ -88,10 +88,10 @@ def llama_cpp_rows(name: str, ours, args, measure, ours_runner, prompts_for) -> 
     with tempfile.TemporaryDirectory() as tmp:
         paths = export(ours, Path(tmp))
         layout = "row" if args.native else "column"  # what run_llama.py picks for each
-        fp32 = Engine(prepare_for_inference(copy.deepcopy(ours), layout=layout, batch_size=1))
+        fp32_model = prepare_for_inference(copy.deepcopy(ours), layout=layout, batch_size=1)
         int8 = Engine(prepare_for_inference(copy.deepcopy(ours), int8=True, batch_size=1))
         for threads in args.llama_cpp_threads:
-            use_threads(fp32, threads, native=args.native)
+            fp32 = Engine(fp32_model, choose_backend(fp32_model, threads, native=args.native))
             repack = args.llama_cpp_repack
             runners = {"llama.cpp f32": llama_cpp_runner(paths["f32"], prompt, threads, context, repack),
                        "ours fp32": threaded(ours_runner(fp32, [prompt]), threads),
@@ -123,7 +123,7 @@ def llama_cpp_quant_rows(name: str, ours, args, measure, ours_runner, prompts_fo
     (llama-cpp-python's ``generate`` decodes one sequence: there llama.cpp's column is its batch-1 speed on the most
     threads, marked as such)."""
     from tencentpretrain.generation import Engine, prepare_for_inference
-    from tencentpretrain.generation.threads import use_threads
+    from tencentpretrain.generation.backend import choose_backend
 
     params = sum(p.numel() for p in ours.parameters()) / 1e6
     prompt = prompts_for(1, ours.vocab_size)[0]
@@ -132,10 +132,11 @@ def llama_cpp_quant_rows(name: str, ours, args, measure, ours_runner, prompts_fo
     with tempfile.TemporaryDirectory() as tmp:
         quant = args.quant
         paths = export(ours, Path(tmp), (quant,))
-        quantized = Engine(prepare_for_inference(copy.deepcopy(ours), layout="row", quant=quant))
-        fp32 = Engine(prepare_for_inference(copy.deepcopy(ours), layout="row"))
+        models = (prepare_for_inference(copy.deepcopy(ours), layout="row", quant=quant),
+                  prepare_for_inference(copy.deepcopy(ours), layout="row"))
         for threads in args.llama_cpp_threads:
-            notes = use_threads(quantized, threads), use_threads(fp32, threads)
+            quantized, fp32 = (Engine(model, choose_backend(model, threads)) for model in models)
+            notes = quantized.backend.description, fp32.backend.description
             print(f"threads {threads}: {quant} {notes[0]}; fp32 {notes[1]}", flush=True)
             runners = {"llama.cpp": llama_cpp_runner(paths[quant], prompt, threads, context, args.llama_cpp_repack),
                        "ours": ours_runner(quantized, [prompt]), "ours fp32": ours_runner(fp32, [prompt])}
@@ -146,7 +147,7 @@ def llama_cpp_quant_rows(name: str, ours, args, measure, ours_runner, prompts_fo
             rows.append(_quant_row(name, params, 1, threads, result, f"first {agree} of {len(mine)}"))
         threads = max(args.llama_cpp_threads)
         for batch in [b for b in args.batches if b > 1]:
-            use_threads(quantized, threads), use_threads(fp32, threads)
+            quantized, fp32 = (Engine(model, choose_backend(model, threads)) for model in models)
             batch_prompts = prompts_for(batch, ours.vocab_size)
             runners = {"ours": ours_runner(quantized, batch_prompts), "ours fp32": ours_runner(fp32, batch_prompts)}
             result = {k: _speed(v) for k, v in measure(runners, batch, args.new_tokens, args.repeats).items()}

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from tencentpretrain.generation import Engine, prepare_for_inference, quantize_int8
-from tencentpretrain.generation.engine import load_generation_model
-from tencentpretrain.generation.prepare import BLOCK_QUANTS
-from tencentpretrain.generation.threads import use_threads
+from tencentpretrain.generation.backend import choose_backend
+from tencentpretrain.generation.loading import load_generation_model
+from tencentpretrain.generation.weights.prepare import BLOCK_QUANTS
 from tencentpretrain.llamacpp import add_repack_arg, open_llama
 from tencentpretrain.tokenizers import SentencePieceTokenizer
 
@@ -134,8 +134,8 @@ def block_quant(ours, quant: str, chunks, prompts, args) -> tuple[float, list[li
     with torch.no_grad():
         ppl = math.exp(sum(nll(model(torch.tensor([c]))[0].numpy(), c) for c in chunks)
                        / sum(len(c) - 1 for c in chunks))
-    engine = Engine(prepare_for_inference(copy.deepcopy(ours), layout="row", quant=quant))
-    use_threads(engine, args.threads)
+    model = prepare_for_inference(copy.deepcopy(ours), layout="row", quant=quant)
+    engine = Engine(model, choose_backend(model, args.threads))
     return ppl, engine.generate(prompts, args.new_tokens)
 
 

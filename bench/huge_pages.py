@@ -2,7 +2,7 @@
 
 Two copies of a random model of a ``bench/generate.py`` size (default ``100m``) are prepared as the engine prepares
 them (``row`` layout), one with ``prepare_for_inference(huge_pages=False)`` (the weights where PyTorch allocated
-them: 4 KiB pages) and one with the default (``generation/hugepages.py``: one mapping advised ``MADV_HUGEPAGE``).
+them: 4 KiB pages) and one with the default (``weights/hugepages.py``: one mapping advised ``MADV_HUGEPAGE``).
 For each thread count, decoding steps of one row over a 100-token cache alternate between the two copies; the
 fastest of ``--repeats`` is reported, with the bytes of weights a step streams per second.
 
@@ -43,16 +43,15 @@ def main(argv: list[str] | None = None) -> list[str]:
     rows = ["| threads | " + " | ".join(f"{name} ms a step (GB/s)" for name in copies) + " | 2 MiB vs 4 KiB |",
             "|---|---|---|---|"]
     for threads in args.threads:
-        decoders = {name: native.NativeDecoder(m, threads) for name, m in copies.items()}
+        decoders = {name: native.NativeBackend(m, threads) for name, m in copies.items()}
         caches = {name: Engine(m).new_cache(1, 128) for name, m in copies.items()}
-        token, position = torch.tensor([[5]]), torch.tensor([[100]])
         best = dict.fromkeys(copies, float("inf"))
         with torch.inference_mode():
             for _ in range(args.repeats + 1):
                 for name, decoder in decoders.items():
                     caches[name].length = 100
                     start = time.perf_counter()
-                    decoder(token, position, None, caches[name])
+                    decoder.decode([5], [100], [0], caches[name])
                     best[name] = min(best[name], time.perf_counter() - start)
         cells = " | ".join(f"{t * 1e3:.2f} ({streamed_bytes(model) / t / 1e9:.1f})" for t in best.values())
         rows.append(f"| {threads} | {cells} | {best['4 KiB pages'] / best['2 MiB pages']:.2f}x |")

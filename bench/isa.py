@@ -1,5 +1,5 @@
-"""The two builds of the native kernel side by side in one process: ``onerow.c`` compiled for AVX2 and for AVX-512
-(``generation/native.py``'s ``ISAS``), on a random model of a ``bench/generate.py`` size (default ``100m``), weights
+"""The two builds of the native kernel side by side in one process: ``native/csrc/`` compiled for AVX2 and for AVX-512
+(``generation/native/``'s ``ISAS``), on a random model of a ``bench/generate.py`` size (default ``100m``), weights
 row-major (what the engine decodes natively).
 
 - **decoding**: batch-1 greedy decoding of a 48-token prompt, decode tok/s = ``(N - 1) / (t(N) - t(1))`` as in
@@ -29,7 +29,7 @@ import torch
 from bench.batching import one_pass
 from bench.generate import decode_rate, fastest, prompts_for, rounds, size_config
 from tencentpretrain.generation import Engine, prepare_for_inference
-from tencentpretrain.generation.native import ISAS, NativeDecoder, choose_isa
+from tencentpretrain.generation.native import ISAS, NativeBackend, choose_isa
 from tencentpretrain.hardware import cpu
 from tencentpretrain.model import build_model
 
@@ -42,18 +42,17 @@ def paired(narrow: list[float], wide: list[float]) -> str:
     return f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
 
 
-def decoding(engine: Engine, decoders: dict, threads: int, args) -> str:
-    """The table row of batch-1 decoding on ``threads`` threads with each build."""
-    prompt = prompts_for(1, engine.model.vocab_size)[0]
+def decoding(engines: dict, threads: int, args) -> str:
+    """The table row of batch-1 decoding on ``threads`` threads with each build (``engines[isa, threads]``)."""
+    prompt = prompts_for(1, engines[NARROW, threads].model.vocab_size)[0]
 
-    def runner(decoder):
+    def runner(engine: Engine):
         def run(n: int) -> list[int]:
-            engine.decoder = decoder
             return engine.generate([prompt], n)[0]
 
         return run
 
-    runners = {isa: runner(decoders[isa, threads]) for isa in (NARROW, WIDE)}
+    runners = {isa: runner(engines[isa, threads]) for isa in (NARROW, WIDE)}
     same = runners[NARROW](args.new_tokens) == runners[WIDE](args.new_tokens)
     times = rounds(runners, args.new_tokens, args.repeats)
     per_round = {isa: [decode_rate(first, full, 1, args.new_tokens) for first, full in runs]
@@ -64,27 +63,26 @@ def decoding(engine: Engine, decoders: dict, threads: int, args) -> str:
             f"{same} |")
 
 
-def a_pass(engine: Engine, decoders: dict, threads: int, rows: int, chunks: int, args) -> str:
-    """The table row of one kind of batcher pass on ``threads`` threads with each build."""
+def a_pass(engines: dict, threads: int, rows: int, chunks: int, args) -> str:
+    """The table row of one kind of batcher pass on ``threads`` threads with each build (``engines[isa, threads]``)."""
 
-    def run(decoder):
-        engine.decoder = decoder
+    def run(engine: Engine):
         torch.manual_seed(0)  # the same token ids for both builds
         return one_pass(engine, rows, chunks, args.chunk)
 
-    def timed(decoder) -> float:
+    def timed(engine: Engine) -> float:
         best = float("inf")
         for _ in range(3):
             start = time.perf_counter()
-            run(decoder)
+            run(engine)
             best = min(best, time.perf_counter() - start)
         return best
 
-    same = torch.equal(run(decoders[NARROW, threads]), run(decoders[WIDE, threads]))  # (and the warm-up)
+    same = torch.equal(run(engines[NARROW, threads]), run(engines[WIDE, threads]))  # (and the warm-up)
     times = {NARROW: [], WIDE: []}
     for _ in range(args.repeats):
         for isa in (NARROW, WIDE):
-            times[isa].append(timed(decoders[isa, threads]))
+            times[isa].append(timed(engines[isa, threads]))
     speed = {isa: [1 / t for t in ts] for isa, ts in times.items()}
     parts = ([f"{chunks} chunk{'s' * (chunks > 1)} of {args.chunk}"] if chunks else []) + \
         ([f"{rows} running rows"] if rows else [])
@@ -104,9 +102,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     choose_isa(cpu(), WIDE)  # raises on a CPU without AVX-512F
     torch.manual_seed(0)
     model = build_model(size_config(args.size)).eval()
-    engine = Engine(prepare_for_inference(model, layout="row", batch_size=1), eos_ids=[])
+    model = prepare_for_inference(model, layout="row", batch_size=1)
     counts = sorted({1, args.threads})
-    decoders = {(isa, t): NativeDecoder(engine.model, t, isa) for isa in ISAS for t in counts}
+    engines = {(isa, t): Engine(model, NativeBackend(model, t, isa), eos_ids=[]) for isa in ISAS for t in counts}
     print(f"{cpu().kind()}; model {args.size} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters); "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {args.repeats} rounds")
     print(f"\n| case | threads | {NARROW} | {WIDE} | {WIDE} vs {NARROW} (above 1: faster): fastest; within a round, "
@@ -114,11 +112,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     table = []
     for threads in counts:
         if args.part in ("decoding", "both"):
-            table.append(decoding(engine, decoders, threads, args))
+            table.append(decoding(engines, threads, args))
             print(table[-1], flush=True)
         if args.part in ("passes", "both"):
             for rows, chunks in ((0, 1), (0, 4), (4, 0), (8, 0), (4, 1)):
-                table.append(a_pass(engine, decoders, threads, rows, chunks, args))
+                table.append(a_pass(engines, threads, rows, chunks, args))
                 print(table[-1], flush=True)
     return table
 

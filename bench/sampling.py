@@ -26,8 +26,9 @@ import torch
 from bench.generate import measure, prompts_for, size_config
 from tencentpretrain.generation import Engine, SamplingParams, prepare_for_inference
 from tencentpretrain.generation import engine as engine_module
+from tencentpretrain.generation.backend import choose_backend
+from tencentpretrain.generation.native import NativeBackend
 from tencentpretrain.generation.sampling import candidates, greedy, sample
-from tencentpretrain.generation.threads import use_threads
 from tencentpretrain.llamacpp import add_repack_arg
 from tencentpretrain.model import build_model
 
@@ -95,10 +96,10 @@ def decoding(args, temporary: Path) -> list[str]:
     torch.manual_seed(0)
     model = build_model(size_config(args.size)).eval()
     prompt = prompts_for(1, model.vocab_size)[0]
-    engine = Engine(prepare_for_inference(model, layout="row", batch_size=1))
-    use_threads(engine, args.threads)
-    if engine.decoder is None:
-        raise SystemExit(f"native decoding is unavailable here: {engine.decoding}")
+    model = prepare_for_inference(model, layout="row", batch_size=1)
+    engine = Engine(model, choose_backend(model, args.threads))
+    if not isinstance(engine.backend, NativeBackend):
+        raise SystemExit(f"native decoding is unavailable here: {engine.backend.description}")
     params = SETTINGS["run_llama.py default (T 0.7, top-k 40, top-p 0.9)"]
 
     def ours(sampler):

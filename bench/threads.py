@@ -1,5 +1,5 @@
 """Batch-1 decoding on one and several cores, side by side in one run: our engine decoding in PyTorch (what it did
-before native decoding, and still does where that is unavailable) and natively (``generation/native.py``, what
+before native decoding, and still does where that is unavailable) and natively (``generation/native/``, what
 ``--threads`` gives run_llama.py, the server and evaluation), each on 1 and ``--threads`` threads, and llama.cpp's
 f32 on the same weights at the same thread counts when llama-cpp-python is installed.
 
@@ -28,18 +28,18 @@ import torch
 
 from bench.generate import decode_rate, fastest, prompts_for, rounds, size_config
 from tencentpretrain.generation import Engine, prepare_for_inference
-from tencentpretrain.generation.layout import LAYOUTS
-from tencentpretrain.generation.threads import use_threads
+from tencentpretrain.generation.backend import choose_backend
+from tencentpretrain.generation.native import NativeBackend
+from tencentpretrain.generation.weights.layout import LAYOUTS
 from tencentpretrain.llamacpp import add_repack_arg
 from tencentpretrain.model import build_model
 
 
-def engine_runner(engine: Engine, threads: int, native: bool):
-    """A function generating ``n`` tokens of a prompt with ``engine`` on ``threads`` threads."""
+def engine_runner(model, threads: int, native: bool):
+    """A function generating ``n`` tokens of a prompt with an engine over ``model`` on ``threads`` threads."""
 
     def run(prompt: list[int], n: int) -> list[int]:
-        use_threads(engine, threads, native=native)
-        return engine.generate([prompt], n)[0]
+        return Engine(model, choose_backend(model, threads, native=native)).generate([prompt], n)[0]
 
     return run
 
@@ -63,16 +63,16 @@ def bench_size(name: str, args, temporary: Path) -> str:
     torch.manual_seed(0)
     model = build_model(size_config(name)).eval()
     prompt = prompts_for(1, model.vocab_size)[0]
-    engine = Engine(prepare_for_inference(model, layout=args.layout, batch_size=1))
+    model = prepare_for_inference(model, layout=args.layout, batch_size=1)
     counts = sorted({1, args.threads})
     variants = {}
     for threads in counts:
-        variants[f"PyTorch {threads}"] = engine_runner(engine, threads, native=False)
+        variants[f"PyTorch {threads}"] = engine_runner(model, threads, native=False)
     for threads in counts:
-        variants[f"native {threads}"] = engine_runner(engine, threads, native=True)
-    use_threads(engine, 1)
-    if engine.decoder is None:
-        raise SystemExit(f"native decoding is unavailable here: {engine.decoding}")
+        variants[f"native {threads}"] = engine_runner(model, threads, native=True)
+    backend = choose_backend(model, 1)
+    if not isinstance(backend, NativeBackend):
+        raise SystemExit(f"native decoding is unavailable here: {backend.description}")
     if args.llama_cpp:
         from bench.generate_llama_cpp import export
 

@@ -25,8 +25,10 @@ from tencentpretrain.checkpoint import atomic_path
 from tencentpretrain.cli import run_cli
 from tencentpretrain.data.chat_template import load_template
 from tencentpretrain.generation import Engine
-from tencentpretrain.generation.chat import ChatSession, fit_prompt, generate_text, question_ids
+from tencentpretrain.generation.chat import ChatSession, fit_prompt, question_ids
+from tencentpretrain.generation.finish import prompt_budget
 from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args
+from tencentpretrain.generation.text import generate_text
 from tencentpretrain.prompts import escape, read_prompts
 
 
@@ -73,7 +75,7 @@ def run_file(args: argparse.Namespace, engine: Engine, tokenizer, prompts: list[
     atomically."""
     template = load_template(args.template)
     prompts = read_prompts(args.test_path) if prompts is None else prompts
-    budget = args.seq_length - args.max_new_tokens
+    budget = prompt_budget(args.seq_length, args.max_new_tokens)
     outputs = []
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start:start + args.batch_size]
@@ -93,7 +95,7 @@ def run_file(args: argparse.Namespace, engine: Engine, tokenizer, prompts: list[
 
 def warn_if_cut(args: argparse.Namespace, tokenizer, question: str) -> None:
     """Chat drops the oldest turns to fit; a message too long even alone loses its start: say how much."""
-    budget = args.seq_length - args.max_new_tokens
+    budget = prompt_budget(args.seq_length, args.max_new_tokens)
     tokens = len(question_ids(tokenizer, args.template, question))
     if tokens > budget:
         print(f"(your message has {tokens} tokens with the template; its first {tokens - budget} are cut to fit "

@@ -21,15 +21,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-from tencentpretrain.checkpoint import atomic_path, load_model  # noqa: E402
-from tencentpretrain.cli import InputError, naming, run_cli  # noqa: E402
-from tencentpretrain.config import ModelConfig  # noqa: E402
-from tencentpretrain.generation.sampling import SamplingParams, sample  # noqa: E402
-from tencentpretrain.jsonfile import read_text  # noqa: E402
-from tencentpretrain.tokenizers import open_tokenizer  # noqa: E402
-from tencentpretrain.vocab import check_vocab, vocab_rows  # noqa: E402
+from tencentpretrain.checkpoint import atomic_path, load_model
+from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.config import ModelConfig
+from tencentpretrain.generation.sampling import SamplingParams, sample
+from tencentpretrain.jsonfile import read_text
+from tencentpretrain.tokenizers import open_tokenizer
+from tencentpretrain.vocab import check_vocab, vocab_rows
 
 
 def build_args(argv: list[str] | None) -> argparse.Namespace:

@@ -67,14 +67,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from tencentpretrain.generation.api import Service, create_app
+    from tencentpretrain.serving.app import Service, create_app
 
     service = Service(engine, tokenizer, args.model_name, args.template, args.seq_length, args.max_new_tokens,
                       sampling, tuple(args.stop), args.max_batch_size, args.prefill_chunk)
     listener = bind(args.host, args.port)
     host, port = listener.getsockname()[:2]
     print(f"serving {args.model_name} on http://{host}:{port} (batches of up to {args.max_batch_size}, "
-          f"{args.threads} threads, {engine.decoding}, {getattr(engine.model, 'weight_pages', '')})", flush=True)
+          f"{args.threads} threads, {engine.backend.description}, "
+          f"{engine.model.weight_pages})", flush=True)  # (load_engine prepared the model)
     config = uvicorn.Config(create_app(service), log_level="info" if args.verbose else "warning",
                             access_log=args.verbose, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[listener])

@@ -2,13 +2,10 @@
 TencentPretrain (the positions without their two offset rows, final_logits_bias as the head's bias)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tencentpretrain.cli import run_cli  # noqa: E402
-from tencentpretrain.convert import load_hf_bart  # noqa: E402
-from tencentpretrain.convert.cli import to_tencentpretrain  # noqa: E402
+from tencentpretrain.cli import run_cli
+from tencentpretrain.convert import load_hf_bart
+from tencentpretrain.convert.cli import to_tencentpretrain
 
 
 def main(argv=None) -> int:

@@ -1,13 +1,10 @@
 """Convert a TencentPretrain T5 checkpoint to a Hugging Face directory that T5ForConditionalGeneration loads."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tencentpretrain.cli import run_cli  # noqa: E402
-from tencentpretrain.convert import save_hf_t5  # noqa: E402
-from tencentpretrain.convert.cli import from_tencentpretrain  # noqa: E402
+from tencentpretrain.cli import run_cli
+from tencentpretrain.convert import save_hf_t5
+from tencentpretrain.convert.cli import from_tencentpretrain
 
 
 def main(argv=None) -> int:

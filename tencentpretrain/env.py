@@ -4,7 +4,7 @@ one), as ``transformers env``, DeepSpeed's ``ds_report`` and ``python -m torch.u
 It names Python and the platform; the versions of the libraries we drive (torch with its BLAS, oneDNN and CPU
 capability, transformers, deepspeed, sentencepiece, tokenizers, llama-cpp-python, gguf, lm-eval); the CPU's model and
 the features that decide something here (AVX2, AVX-512, AVX512-BF16, AMX); whether our native decoding kernel
-(``generation/onerow.c``) builds, loads and runs, and which build; llama.cpp's repack decision; the GPUs.
+(``generation/native/csrc/``) builds, loads and runs, and which build; llama.cpp's repack decision; the GPUs.
 Nothing here imports llama.cpp itself (its native code can crash on some CPUs): its version comes from the
 installed package's metadata.
 """

@@ -8,10 +8,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from tencentpretrain.cache import KVCache
 from tencentpretrain.config import ConfigError, ModelConfig
 from tencentpretrain.decoders import Memory
 from tencentpretrain.embeddings import Embedding
-from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.layers.rope import RotaryEmbedding
 from tencentpretrain.registry import DECODERS, ENCODERS, TARGETS
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import confident_model
 
+from tencentpretrain.cache import KVCache
+from tencentpretrain.cache.slots import SlotCache
 from tencentpretrain.generation import Engine, SamplingParams
-from tencentpretrain.generation.batching import Batcher, Request, TokenRequest
-from tencentpretrain.generation.slots import SlotCache
-from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.generation.scheduler import Batcher, Request, TokenRequest
 
 VOCAB = 500
 TINY = {"mask": "causal", "layernorm_positioning": "pre", "target": ["lm"],
@@ -281,7 +281,7 @@ def test_a_request_cancelled_mid_prefill_frees_its_row_in_the_same_step(engine, 
 
 def test_ragged_pass_computes_what_separate_passes_compute(model):
     """Two running rows and two prompt chunks in one pass against the decoding step and each chunk alone."""
-    from tencentpretrain.generation.ragged import RaggedPass
+    from tencentpretrain.cache.ragged import RaggedPass
 
     engine = Engine(model, eos_ids=[2])
     config = model.config

@@ -219,11 +219,12 @@ def test_a_tiny_qwen3_tunes_converts_back_and_chats_as_transformers_does(tmp_pat
     greedy chat answer equals transformers' generate on the model and tokenizer written, prompted with the template
     from its tokenizer_config.json."""
     import torch
+    from server_thread import ServerThread
     from test_convert import hf_to_ours, ours_to_hf
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-    from tencentpretrain.generation.api import ServerThread, Service, create_app
     from tencentpretrain.generation.options import add_model_args, load_engine
+    from tencentpretrain.serving.app import Service, create_app
 
     torch.manual_seed(0)
     hf = Qwen3ForCausalLM(Qwen3Config(vocab_size=416, hidden_size=64, intermediate_size=96, num_attention_heads=4,
@@ -279,7 +280,7 @@ def test_a_tiny_qwen3_tunes_converts_back_and_chats_as_transformers_does(tmp_pat
                               tokenizer_dir, "--template", tokenizer_dir])
     engine, tokenizer = load_engine(args, batch_size=2)
     httpd = ServerThread(create_app(Service(engine, tokenizer, model_name="qwen3-tiny", template=args.template,
-                                            seq_length=128, max_new_tokens=12))).start()
+                                            seq_length=128, max_tokens=12))).start()
     try:
         status, data = post_json(httpd, "/v1/chat/completions", {"messages": question, "max_tokens": 12,
                                                                  "temperature": 0})
@@ -305,7 +306,7 @@ def post_json(server, path: str, body: dict) -> tuple[int, dict]:
 def test_streamed_text_is_whole_characters(tiny_bpe):
     """Byte-level tokens split emoji and CJK characters across tokens: the stream holds a piece back until its
     character is complete, so no piece carries U+FFFD and the pieces add up to the decoded text."""
-    from tencentpretrain.generation.chat import REPLACEMENT, TextStream
+    from tencentpretrain.generation.text import REPLACEMENT, TextStream
 
     tokenizer = HuggingFaceTokenizer(tiny_bpe)
     text = "emoji 😀🎉👍🏽 中文文本 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ✓"

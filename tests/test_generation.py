@@ -9,8 +9,8 @@ import torch
 
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine, SamplingParams, load_generation_model, quantize_int8
-from tencentpretrain.generation.quant import Int8Linear, quantize_weight
 from tencentpretrain.generation.sampling import apply_repetition_penalty, candidates, draw, sample
+from tencentpretrain.generation.weights.int8 import Int8Linear, quantize_weight
 from tencentpretrain.model import build_model
 
 VOCAB = 1000

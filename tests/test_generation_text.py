@@ -13,16 +13,10 @@ from tencentpretrain.checkpoint import save_state_dict
 from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine
-from tencentpretrain.generation import layout as layout_module
-from tencentpretrain.generation.chat import (
-    ChatSession,
-    TextStream,
-    chat_prompt,
-    encode_prompt,
-    generate_text,
-    split_messages,
-)
-from tencentpretrain.generation.layout import packing_available
+from tencentpretrain.generation.chat import ChatSession, chat_prompt, encode_prompt, split_messages
+from tencentpretrain.generation.text import TextStream, generate_text
+from tencentpretrain.generation.weights import layout as layout_module
+from tencentpretrain.generation.weights.layout import packing_available
 from tencentpretrain.model import build_model
 from tencentpretrain.registry import TEMPLATES
 from tencentpretrain.tokenizers import SentencePieceTokenizer
@@ -137,12 +131,12 @@ def test_generate_text_matches_token_generation(tiny_checkpoint, tokenizer):
 def test_chat_session_keeps_history(tiny_checkpoint, tokenizer):
     *_, model = tiny_checkpoint
     engine = Engine(model, eos_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id)
-    session = ChatSession(engine, tokenizer, "alpaca", seq_length=200, max_new_tokens=16)
+    session = ChatSession(engine, tokenizer, "alpaca", seq_length=200, max_tokens=16)
     first = session.ask("what is the model")
     second = session.ask("and the data")
     assert session.history == [("what is the model", first), ("and the data", second)]
     with pytest.raises(ValueError, match="no room"):
-        ChatSession(engine, tokenizer, seq_length=16, max_new_tokens=16)
+        ChatSession(engine, tokenizer, seq_length=16, max_tokens=16)
 
 
 def test_run_llama_file_mode(tiny_checkpoint, tiny_spm, tmp_path):

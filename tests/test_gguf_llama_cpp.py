@@ -242,7 +242,7 @@ def test_trained_model_answers_as_ours(trained, tiny_spm):
     tokenizer = SentencePieceTokenizer(tiny_spm)
     path = to_gguf(model_path, config_path, tiny_spm, folder / "chat-f32.gguf", "f32", "--template", "alpaca")
     session = ChatSession(Engine(ours, eos_ids=[tokenizer.eos_id]), tokenizer, "alpaca", seq_length=CTX,
-                          max_new_tokens=24)
+                          max_tokens=24)
     conversations, want = [], []
     for question in ("train the model", "中文 模型 数据", "the loss of 数据"):
         messages = [m for q, a in session.history for m in ({"role": "user", "content": q},

@@ -1,4 +1,4 @@
-"""generation/hugepages.py: a prepared CPU model's weights move onto one huge-page mapping with their values, shapes,
+"""weights/hugepages.py: a prepared CPU model's weights move onto one huge-page mapping with their values, shapes,
 strides and ties unchanged (and generate the same tokens); where transparent huge pages are off nothing moves."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from conftest import confident_model
 from test_native import TINY, VOCAB
 from torch import nn
 
-from tencentpretrain.generation import Engine, hugepages, prepare_for_inference
+from tencentpretrain.generation import Engine, prepare_for_inference
+from tencentpretrain.generation.weights import hugepages
 
 
 def tiny_model() -> nn.Module:

@@ -31,8 +31,13 @@ PACKAGES = [
     "tencentpretrain.targets",
     "tencentpretrain.tokenizers",
     "tencentpretrain.training",
+    "tencentpretrain.cache",
+    "tencentpretrain.generation",
+    "tencentpretrain.generation.native",
+    "tencentpretrain.generation.weights",
+    "tencentpretrain.serving",
 ]
-NOT_YET_WALKED = ["tencentpretrain.generation"]  # being restructured (issue 23); it joins PACKAGES then
+NOT_YET_WALKED: list[str] = []  # a package being restructured, walked again once it lands
 # Functions over the limit that are known and owned elsewhere: the test fails when one is split but still listed.
 LONG_FOR_NOW = ["tencentpretrain/config.py _check"]  # the config's cross-field rules (the seq2seq work edits it)
 

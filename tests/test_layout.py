@@ -12,8 +12,8 @@ from torch import nn
 
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.generation import Engine, prepare_for_inference
-from tencentpretrain.generation import layout as layout_module
-from tencentpretrain.generation.layout import PackedLinear, apply_layout, packing_available, weight_layout
+from tencentpretrain.generation.weights import layout as layout_module
+from tencentpretrain.generation.weights.layout import PackedLinear, apply_layout, packing_available, weight_layout
 from tencentpretrain.model import build_model
 
 needs_onednn = pytest.mark.skipif(not packing_available(), reason="this PyTorch build has no oneDNN")

@@ -7,7 +7,8 @@ import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from tencentpretrain import ModelConfig, build_model
-from tencentpretrain.layers import KVCache, MultiHeadedAttention, apply_rotary
+from tencentpretrain.cache import KVCache
+from tencentpretrain.layers import MultiHeadedAttention, apply_rotary
 from tencentpretrain.layers.norm import LayerNorm, RMSNorm
 from tencentpretrain.layers.rope import RotaryEmbedding
 from tencentpretrain.targets import IGNORE_INDEX

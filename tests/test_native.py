@@ -1,8 +1,8 @@
-"""Native passes (generation/native.py, onerow.c): products equal F.linear and never depend on the rows beside
+"""Native passes (generation/native/, csrc/forward.c): products equal F.linear and never depend on the rows beside
 them; logits and cache writes equal the PyTorch model's, for decoding steps and for the batcher's passes of running
 rows and prompt chunks; greedy tokens equal transformers' and the PyTorch engine's on 1-3 threads, alone, batched
 with left padding and inside the continuous batcher; every model or machine it cannot take is refused with a
-reason. Every test runs with each build of onerow.c (``isa``: AVX2, and AVX-512 and AVX-512 with VNNI where the CPU
+reason. Every test runs with each native build (``isa``: AVX2, and AVX-512 and AVX-512 with VNNI where the CPU
 has them); the builds compute the same bits, and an AVX2-only CPU gets the AVX2 build."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from conftest import confident_model
 from test_generation import PROMPTS, hf_greedy, tiny_hf
 
 from tencentpretrain.generation import Engine, load_generation_model, native, prepare_for_inference, quantize_int8
-from tencentpretrain.generation.batching import Batcher, TokenRequest
-from tencentpretrain.generation.threads import use_threads
+from tencentpretrain.generation.backend import TorchBackend, choose_backend
+from tencentpretrain.generation.scheduler import Batcher, TokenRequest
 from tencentpretrain.hardware import CPU, cpu
 
 VOCAB = 500
@@ -37,7 +37,7 @@ def native_or_skip():
 
 @pytest.fixture(autouse=True, params=sorted(native.ISAS))
 def isa(request, monkeypatch):
-    """Each test with each build of onerow.c (``TP_NATIVE_ISA``); the AVX-512 one only where the CPU runs it."""
+    """Each test with each native build (``TP_NATIVE_ISA``); the AVX-512 one only where the CPU runs it."""
     if not all(cpu().has(flag) for flag in native.ISAS[request.param][1]):
         pytest.skip(f"the {request.param} build needs {', '.join(native.ISAS[request.param][1])}: {cpu().kind()}")
     monkeypatch.setenv("TP_NATIVE_ISA", request.param)
@@ -130,8 +130,8 @@ def test_the_two_builds_compute_the_same_bits(model):
                 assert torch.equal(narrow.product(w, x), wide.product(w, x)), (out_features, in_features, rows)
     runs = {}
     for name in ("avx2", "avx512"):
-        engine = Engine(copy.deepcopy(model))
-        engine.decoder = native.NativeDecoder(engine.model, 2, name)
+        copied = copy.deepcopy(model)
+        engine = Engine(copied, native.NativeBackend(copied, 2, name))
         runs[name] = engine.generate(prompts(4, seed=3), 12), *logits_of_a_prompt_and_steps(engine)
     for got, expected in zip(runs["avx512"], runs["avx2"]):
         assert got == expected if isinstance(got, list) else torch.equal(got, expected)
@@ -142,18 +142,17 @@ def logits_of_a_prompt_and_steps(engine: Engine) -> tuple[torch.Tensor, torch.Te
     prompt = torch.randint(3, VOCAB, (1, 70), generator=torch.Generator().manual_seed(4))
     cache = engine.new_cache(1, 80)
     with torch.inference_mode():
-        first = engine.decoder.prefill(prompt, torch.arange(prompt.shape[1])[None], None, cache)
+        first = engine.backend.prefill(prompt, torch.arange(prompt.shape[1])[None], None, cache)
         steps = []
         for i in range(3):
-            logits, _ = engine.decoder.step([5 + i], [cache.length], [0], cache)
+            logits, _ = engine.backend.decode([5 + i], [cache.length], [0], cache)
             steps.append(logits)
     return first, torch.cat(steps)
 
 
 def test_decoder_logits_and_cache_equal_the_model(model):
     engine = Engine(copy.deepcopy(model))
-    decoder, note = native.native_decoder(engine.model, 2)
-    assert decoder is not None, note
+    decoder = native.NativeBackend(engine.model, 2)
     batch = PROMPTS[:2] + [[1, 7]]
     with torch.inference_mode():
         caches = []
@@ -166,8 +165,8 @@ def test_decoder_logits_and_cache_equal_the_model(model):
             caches.append(cache)
         tokens = torch.tensor([[5], [9], [400]])
         at = positions[:, -1:] + 1
-        expected = engine.model(tokens, at, mask, caches[0])
-        got = decoder(tokens, at, mask, caches[1])
+        expected = engine.model(tokens, at, mask, caches[0])[:, 0]
+        got, _ = decoder.decode_batch(tokens, at, mask, caches[1])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert caches[1].length == caches[0].length
     torch.testing.assert_close(caches[1].keys, caches[0].keys, rtol=1e-5, atol=1e-5)
@@ -175,32 +174,30 @@ def test_decoder_logits_and_cache_equal_the_model(model):
 
 
 def test_a_step_picks_the_greedy_token_as_torch_argmax_does(model):
-    """``NativeDecoder.step`` returns each row's argmax with its logits, as ``torch.argmax`` picks it: the first of
+    """``NativeBackend.decode`` returns each row's argmax with its logits, as ``torch.argmax`` picks it: the first of
     tied maxima (equal LM head rows give bit-equal logits: products sum in one order) and the first NaN before any
     number."""
-    decoder, note = native.native_decoder(copy.deepcopy(model), 2)
-    assert decoder is not None, note
+    decoder = native.NativeBackend(copy.deepcopy(model), 2)
     head = decoder.model.target["lm"].output_layer.weight
     engine = Engine(decoder.model)
     batch, pads = [[1, 5, 6, 7], [1, 9], [1, 300, 301]], [0, 2, 1]
     with torch.no_grad():
         cache = engine.new_cache(len(batch), 12)
         decoder.prefill(*left_padded(batch), cache)
-        logits, best = decoder.step([5, 9, 400], [4, 2, 3], pads, cache)
+        logits, best = decoder.decode([5, 9, 400], [4, 2, 3], pads, cache)
         assert best == logits.argmax(-1).tolist() and len(set(best)) > 1
         head.copy_(head[best[0]].expand_as(head))  # every logit of a row ties
-        logits, best = decoder.step([8, 8, 8], [5, 3, 4], pads, cache)
+        logits, best = decoder.decode([8, 8, 8], [5, 3, 4], pads, cache)
         assert best == logits.argmax(-1).tolist() == [0, 0, 0]
         head[200, 5] = head[37, 3] = float("nan")
-        logits, best = decoder.step([9, 9, 9], [6, 4, 5], pads, cache)
+        logits, best = decoder.decode([9, 9, 9], [6, 4, 5], pads, cache)
     assert best == logits.argmax(-1).tolist() == [37, 37, 37]
 
 
 def test_a_step_equals_the_models_step_and_keeps_its_arguments_per_cache(model):
     """Steps over two caches in turn (the decoder's kept arguments switch from one cache to the other and back)
     give the model's logits for each."""
-    decoder, note = native.native_decoder(copy.deepcopy(model), 2)
-    assert decoder is not None, note
+    decoder = native.NativeBackend(copy.deepcopy(model), 2)
     engine = Engine(decoder.model)
     batches = [[[1, 5, 6, 7], [1, 9]], [[1, 300, 301]]]
     with torch.no_grad():
@@ -220,7 +217,7 @@ def test_a_step_equals_the_models_step_and_keeps_its_arguments_per_cache(model):
                 tokens = [(7 * step + 11 * row + 3) % VOCAB for row in range(len(batch))]
                 mask = torch.cat([mask, torch.ones(len(batch), step + 1, dtype=torch.bool)], 1)
                 expected = engine.model(torch.tensor(tokens)[:, None], torch.tensor(at)[:, None], mask, reference)
-                logits, best = decoder.step(tokens, at, pads, ours)
+                logits, best = decoder.decode(tokens, at, pads, ours)
                 torch.testing.assert_close(logits, expected[:, 0], rtol=1e-4, atol=1e-4)
                 assert ours.length == reference.length
     torch.testing.assert_close(ours.keys, reference.keys, rtol=1e-5, atol=1e-5)
@@ -239,7 +236,7 @@ def test_native_prefill_equals_the_model(model):
     """Left-padded prompts read natively: the last position's logits and the real tokens' keys and values equal
     the model's; the padding columns are left as they were (never attended to)."""
     engine = Engine(copy.deepcopy(model))
-    decoder, _ = native.native_decoder(engine.model, 2)
+    decoder = native.NativeBackend(engine.model, 2)
     batch = PROMPTS[:2] + [[1, 7], [1]]
     with torch.inference_mode():
         ids, mask = engine.stream(batch, 1)._prefill_inputs()
@@ -249,7 +246,8 @@ def test_native_prefill_equals_the_model(model):
         hidden = engine.model.encode(ids, positions, mask, caches[0])
         expected = engine.model.target["lm"].logits(hidden[:, -1:])[:, 0]
         got = decoder.prefill(ids, positions, mask, caches[1])
-        assert decoder.prefill(ids, positions, mask, caches[1]) is None  # a cache already holding tokens
+        with pytest.raises(ValueError, match="empty cache"):  # a cache already holding tokens
+            decoder.prefill(ids, positions, mask, caches[1])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert caches[1].length == caches[0].length == width
     for row, prompt in enumerate(batch):
@@ -265,14 +263,14 @@ def test_long_prompts_are_read_in_several_native_calls_exactly(model, monkeypatc
     """A prompt longer than PASS_TOKENS is read in several calls: bit for bit what one call computes, and what
     the model computes up to rounding."""
     engine = Engine(copy.deepcopy(model))
-    decoder, _ = native.native_decoder(engine.model, 2)
+    decoder = native.NativeBackend(engine.model, 2)
     g = torch.Generator().manual_seed(8)
     ids = torch.randint(3, VOCAB, (2, 150), generator=g)
     positions = torch.arange(150).expand(2, 150)
     got = {}
     with torch.inference_mode():
         for tokens in (1000, 64, 7):
-            monkeypatch.setattr(native, "PASS_TOKENS", tokens)
+            monkeypatch.setattr(native.backend, "PASS_TOKENS", tokens)
             cache = engine.new_cache(2, 150)
             got[tokens] = decoder.prefill(ids, positions, None, cache), cache.keys.clone()
         cache = engine.new_cache(2, 150)
@@ -302,9 +300,11 @@ def assert_same_greedy_tokens(reference: Engine, fast: Engine, batch: list[list[
 @pytest.mark.parametrize("threads, layout", [(1, "row"), (2, "row"), (3, "row"), (2, "column")])
 def test_native_tokens_equal_pytorch_alone_and_batched(model, threads, layout, isa):
     pytorch = Engine(copy.deepcopy(model))
-    fast = Engine(prepare_for_inference(copy.deepcopy(model), layout=layout))
-    assert use_threads(fast, threads) == f"native decoding on {threads} thread{'s' * (threads > 1)} ({isa})"
-    assert fast.decoder is not None and fast.decoder.threads == threads and fast.decoder.lib.isa == isa
+    prepared = prepare_for_inference(copy.deepcopy(model), layout=layout)
+    fast = Engine(prepared, choose_backend(prepared, threads))
+    assert fast.backend.description == f"native decoding on {threads} thread{'s' * (threads > 1)} ({isa})"
+    assert isinstance(fast.backend, native.NativeBackend) and fast.backend.threads == threads and \
+        fast.backend.lib.isa == isa
     for prompt in prompts(3, seed=threads):
         assert_same_greedy_tokens(pytorch, fast, [prompt], 40)
     batch = prompts(5, seed=10 + threads)  # left padding: each row attends from its own first column
@@ -314,9 +314,9 @@ def test_native_tokens_equal_pytorch_alone_and_batched(model, threads, layout, i
 def test_native_tokens_equal_transformers(tmp_path):
     native_or_skip()
     hf = tiny_hf(tmp_path, 2)
-    engine = Engine(load_generation_model(tmp_path), pad_id=0)
-    use_threads(engine, 2)
-    assert engine.decoder is not None, engine.decoding
+    loaded = load_generation_model(tmp_path)
+    engine = Engine(loaded, choose_backend(loaded, 2), pad_id=0)
+    assert isinstance(engine.backend, native.NativeBackend), engine.backend.description
     assert engine.generate(PROMPTS, 48) == hf_greedy(hf, PROMPTS, 48)
     for prompt in PROMPTS:
         assert engine.generate([prompt], 48) == hf_greedy(hf, [prompt], 48)
@@ -324,12 +324,12 @@ def test_native_tokens_equal_transformers(tmp_path):
 
 def test_native_decoding_inside_the_batcher(model):
     alone = Engine(copy.deepcopy(model), eos_ids=[2])
-    fast = Engine(copy.deepcopy(model), eos_ids=[2])
-    use_threads(fast, 2)
+    copied = copy.deepcopy(model)
+    spy = Spy(choose_backend(copied, 2))
+    fast = Engine(copied, spy, eos_ids=[2])
     batch = prompts(6, seed=21)
     lengths = [5, 30, 12, 41, 1, 25]
     expected = [alone.generate([p], n)[0] for p, n in zip(batch, lengths)]
-    spy = fast.decoder = Spy(fast.decoder)
     batcher = Batcher(fast, max_batch_size=4, max_length=200, prefill_chunk=16, slack=4).start()
     try:
         requests = [batcher.submit(TokenRequest(p, n)) for p, n in zip(batch, lengths)]
@@ -346,9 +346,9 @@ def ragged_pass(model, seed: int):
     """A batcher pass on random caches: three running rows (spans of 9, 4 and 12 columns in a slot cache of 16)
     and two prompt chunks (5 tokens after 7 read, the first 6 tokens of another): its ids and positions (1, N),
     the ``RaggedPass``, and the caches to compare afterwards."""
-    from tencentpretrain.generation.ragged import RaggedPass
-    from tencentpretrain.generation.slots import SlotCache
-    from tencentpretrain.layers.kv_cache import KVCache
+    from tencentpretrain.cache import KVCache
+    from tencentpretrain.cache.ragged import RaggedPass
+    from tencentpretrain.cache.slots import SlotCache
 
     config, g = model.config, torch.Generator().manual_seed(seed)
     shape = (config.layers_num, config.kv_heads_num, config.head_dim)
@@ -373,12 +373,11 @@ def test_a_native_batcher_pass_equals_the_models(model):
     """Running rows and prompt chunks in one native pass: the logits of the tokens picked and every key and value
     stored equal the PyTorch pass's, and every cache is advanced alike."""
     engine = Engine(copy.deepcopy(model))
-    decoder, note = native.native_decoder(engine.model, 2)
-    assert decoder is not None, note
+    decoder = native.NativeBackend(engine.model, 2)
     picks = [0, 1, 2, 7, 13]  # the running rows and the last token of each chunk
     with torch.inference_mode():
         ids, positions, ragged, caches = ragged_pass(engine.model, seed=3)
-        expected = engine.read(ids, positions, ragged, picks)  # no decoder set: the model
+        expected = engine.backend.read(ids, positions, ragged, picks)  # the engine's default: PyTorch
         ids, positions, ragged, native_caches = ragged_pass(engine.model, seed=3)
         got = decoder.read(ids, positions, ragged, picks)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
@@ -392,10 +391,10 @@ def test_a_native_batcher_pass_equals_the_models(model):
 def test_a_prompt_computes_the_same_bits_alone_and_among_others(model):
     """Natively, a prompt chunk read beside running rows and another prompt, read alone in the batcher, or read by
     ``prefill`` gives the same logits and cache, bit for bit (every kernel sums in one order)."""
-    from tencentpretrain.generation.ragged import RaggedPass
+    from tencentpretrain.cache.ragged import RaggedPass
 
     engine = Engine(copy.deepcopy(model))
-    decoder, _ = native.native_decoder(engine.model, 2)
+    decoder = native.NativeBackend(engine.model, 2)
     with torch.inference_mode():
         ids, positions, ragged, (_, _, among) = ragged_pass(engine.model, seed=5)
         beside = decoder.read(ids, positions, ragged, [13])  # the last token of the second chunk
@@ -407,33 +406,36 @@ def test_a_prompt_computes_the_same_bits_alone_and_among_others(model):
         assert torch.equal(cache.keys, among.keys) and torch.equal(cache.values, among.values)
 
 
-def test_a_native_pass_declines_what_it_cannot_read(model):
+def test_a_native_pass_refuses_what_it_cannot_read(model):
     engine = Engine(copy.deepcopy(model))
-    decoder, _ = native.native_decoder(engine.model, 1)
+    decoder = native.NativeBackend(engine.model, 1)
     with torch.inference_mode():
         ids, positions, ragged, (slots, read, fresh) = ragged_pass(engine.model, seed=4)
         slots.mask[1, 0] = True  # a row whose columns are not one span: only the model's masks can say that
         ragged.decode_mask = slots.open_column()[:, None, None, :]
-        assert decoder.read(ids, positions, ragged, [0]) is None
+        with pytest.raises(ValueError, match="left padding only"):
+            decoder.read(ids, positions, ragged, [0])
         ids, positions, ragged, (slots, read, fresh) = ragged_pass(engine.model, seed=4)
-        assert decoder.read(ids[:, :-1], positions[:, :-1], ragged, [0]) is None  # not the pass's tokens
+        with pytest.raises(ValueError, match="the pass has"):  # not the pass's tokens
+            decoder.read(ids[:, :-1], positions[:, :-1], ragged, [0])
         assert [c.length for c in (slots, read, fresh)] == [12, 7, 0]  # nothing advanced
 
 
 class Spy:
-    """A native decoder that notes what it was given: the rows of each decoding step, (running rows, prompt chunks)
-    of each batcher pass, and the results of those passes."""
+    """A native backend that notes what it was given: the rows of each batcher decoding step, (running rows, prompt
+    chunks) of each batcher pass, and the results of those passes."""
 
-    def __init__(self, decoder):
-        self.decoder, self.steps, self.passes, self.results = decoder, [], [], []
+    def __init__(self, backend):
+        self.backend, self.steps, self.passes, self.results = backend, [], [], []
+        self.model, self.description = backend.model, backend.description
 
-    def __call__(self, tokens, *args):
+    def decode_batch(self, tokens, *args):
         self.steps.append(tokens.shape[0])
-        return self.decoder(tokens, *args)
+        return self.backend.decode_batch(tokens, *args)
 
     def read(self, tokens, positions, ragged, picks):
         self.passes.append((ragged.decoding, len(ragged.chunks)))
-        logits = self.decoder.read(tokens, positions, ragged, picks)
+        logits = self.backend.read(tokens, positions, ragged, picks)
         self.results.append(logits)
         return logits
 
@@ -443,21 +445,20 @@ def test_positions_beyond_the_rotary_table_grow_it(model):
     rotary = small.encoder.rotary
     rotary.cos, rotary.sin = rotary.cos[:40].clone(), rotary.sin[:40].clone()
     pytorch = Engine(copy.deepcopy(model), eos_ids=[2])
-    fast = Engine(small, eos_ids=[2])
-    use_threads(fast, 2)
+    fast = Engine(small, choose_backend(small, 2), eos_ids=[2])
     prompt = prompts(1, seed=5)[0][:30]
     assert fast.generate([prompt], 60) == pytorch.generate([prompt], 60)
     assert rotary.cos.shape[0] >= 90
 
 
 def test_a_full_cache_is_an_error_not_a_write_past_its_end(model):
-    engine = Engine(copy.deepcopy(model))
-    use_threads(engine, 2)
+    copied = copy.deepcopy(model)
+    engine = Engine(copied, choose_backend(copied, 2))
     cache = engine.new_cache(1, 3)
     with torch.inference_mode():
         engine.model.encode(torch.tensor([[1, 5, 6]]), None, None, cache)
         with pytest.raises(ValueError, match="KV cache full"):
-            engine.forward(torch.tensor([[7]]), torch.tensor([[3]]), None, cache)
+            engine.backend.decode([7], [3], [0], cache)
 
 
 def test_models_it_cannot_take_are_refused_with_a_reason(model, monkeypatch):
@@ -470,22 +471,22 @@ def test_models_it_cannot_take_are_refused_with_a_reason(model, monkeypatch):
         "int8": quantize_int8(copy.deepcopy(model)),
     }
     for reason, other in cases.items():
-        engine = Engine(other)
-        note = use_threads(engine, 2)
-        assert engine.decoder is None and reason in note and note.startswith("decoding in PyTorch"), note
-    from tencentpretrain.generation.layout import packing_available
+        backend = choose_backend(other, 2)
+        note = backend.description
+        assert isinstance(backend, TorchBackend) and reason in note and note.startswith("decoding in PyTorch"), note
+    from tencentpretrain.generation.weights.layout import packing_available
 
     if packing_available():
-        monkeypatch.setattr("tencentpretrain.generation.layout.PACK_MIN_WEIGHTS", 1)  # pack every layer
-        packed = Engine(prepare_for_inference(copy.deepcopy(model), layout="packed", batch_size=4))
-        assert "packed for oneDNN only" in use_threads(packed, 2) and packed.decoder is None
-        both = Engine(prepare_for_inference(copy.deepcopy(model), layout="both", batch_size=4))  # a dense copy too
-        use_threads(both, 2)
-        assert both.decoder is not None
+        monkeypatch.setattr("tencentpretrain.generation.weights.layout.PACK_MIN_WEIGHTS", 1)  # pack every layer
+        packed = choose_backend(prepare_for_inference(copy.deepcopy(model), layout="packed", batch_size=4), 2)
+        assert "packed for oneDNN only" in packed.description and isinstance(packed, TorchBackend)
+        dense_too = prepare_for_inference(copy.deepcopy(model), layout="both", batch_size=4)  # a dense copy too
+        both = Engine(dense_too, choose_backend(dense_too, 2))
+        assert isinstance(both.backend, native.NativeBackend)
         batch = prompts(3, seed=7)
         assert both.generate(batch, 20) == Engine(copy.deepcopy(model)).generate(batch, 20)
-    engine = Engine(copy.deepcopy(model))
-    assert use_threads(engine, 2, native=False) == "decoding in PyTorch" and engine.decoder is None
+    backend = choose_backend(copy.deepcopy(model), 2, native=False)
+    assert backend.description == "decoding in PyTorch" and isinstance(backend, TorchBackend)
 
 
 def test_turned_off_or_unbuildable_library_is_a_reason_not_a_crash(model, monkeypatch, tmp_path):
@@ -500,23 +501,23 @@ def test_turned_off_or_unbuildable_library_is_a_reason_not_a_crash(model, monkey
         assert "no C compiler 'no-such-compiler'" in native.native_unavailable(model)
         native.load_library.cache_clear()
         fake = tmp_path / "fakecc"
-        fake.write_text("#!/bin/sh\necho 'onerow.c:1: error: broken' >&2\nexit 1\n")
+        fake.write_text("#!/bin/sh\necho 'forward.c:1: error: broken' >&2\nexit 1\n")
         fake.chmod(0o755)
         monkeypatch.setenv("CC", str(fake))
         why = native.native_unavailable(model)
-        assert "building onerow.c" in why and "error: broken" in why
+        assert "building forward.c" in why and "error: broken" in why
         assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-built left behind
         native.load_library.cache_clear()
         monkeypatch.delenv("CC")
         assert native.native_unavailable(model) is None  # builds in the new cache folder
-        assert len(list((tmp_path / "cache").glob("onerow-*.so"))) == 1
+        assert len(list((tmp_path / "cache").glob("forward-*.so"))) == 1
     finally:
         native.load_library.cache_clear()
 
 
 def test_streams_read_side_by_side_leave_the_grad_mode_as_it_was(model):
-    engine = Engine(copy.deepcopy(model))
-    use_threads(engine, 2)
+    copied = copy.deepcopy(model)
+    engine = Engine(copied, choose_backend(copied, 2))
     alone = [engine.generate([[1, 5, 6]], 5)[0], engine.generate([[1, 7], [1, 8, 9, 10]], 9)]
     first, second = iter(engine.stream([[1, 5, 6]], 5)), iter(engine.stream([[1, 7], [1, 8, 9, 10]], 9))
     together = [[], []]

@@ -1,4 +1,4 @@
-"""q8_0 (generation/q8.py, onerow.c's q8_product): the one quantiser equals the gguf package's (ggml's reference)
+"""q8_0 (weights/q8.py, kernels.c's q8_product): the one quantiser equals the gguf package's (ggml's reference)
 byte for byte and the GGUF export holds the engine's bytes; the native q8_0 product equals a NumPy model of the
 same arithmetic bit for bit on every build this CPU runs (AVX2's maddubs/madd, AVX512-VNNI's dpbusd), on shapes
 with tails, on 1-3 threads; the PyTorch reference computes the same bits; greedy tokens of native q8_0 decoding
@@ -17,9 +17,9 @@ from test_native import TINY, VOCAB, assert_same_greedy_tokens, prompts
 
 from tencentpretrain.cli import InputError
 from tencentpretrain.generation import Engine, native, prepare_for_inference
+from tencentpretrain.generation.backend import choose_backend
 from tencentpretrain.generation.options import quant_of
-from tencentpretrain.generation.q8 import Q8Linear, Q8Weight, q8_matmul, quantize_blocks
-from tencentpretrain.generation.threads import use_threads
+from tencentpretrain.generation.weights.q8 import Q8Linear, Q8Weight, q8_matmul, quantize_blocks
 from tencentpretrain.hardware import cpu
 
 gguf = pytest.importorskip("gguf")
@@ -148,9 +148,10 @@ def test_native_q8_0_greedy_tokens_equal_the_pytorch_reference(model, isa, threa
     native.load_library.cache_clear()
     try:
         pytorch = Engine(prepare_for_inference(copy.deepcopy(model), quant="q8_0", layout="row"))
-        fast = Engine(prepare_for_inference(copy.deepcopy(model), quant="q8_0", layout="row"))
-        note = use_threads(fast, threads)
-        if fast.decoder is None:
+        prepared = prepare_for_inference(copy.deepcopy(model), quant="q8_0", layout="row")
+        fast = Engine(prepared, choose_backend(prepared, threads))
+        note = fast.backend.description
+        if not isinstance(fast.backend, native.NativeBackend):
             pytest.skip(note)
         assert note == f"native decoding on {threads} thread{'s' * (threads > 1)} ({isa})"
         assert isinstance(fast.model.encoder.transformer[0].feed_forward.linear_1, Q8Linear)

@@ -14,14 +14,17 @@ import pytest
 from conftest import confident_model
 
 from tencentpretrain.generation import Engine
-from tencentpretrain.generation.chat import chat_prompt, encode_prompt, fit_prompt, generate_text
+from tencentpretrain.generation.chat import chat_prompt, encode_prompt, fit_prompt
+from tencentpretrain.generation.text import generate_text
 from tencentpretrain.tokenizers import SentencePieceTokenizer
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from tencentpretrain.generation.api import ServerThread, Service, create_app  # noqa: E402
+from server_thread import ServerThread  # noqa: E402
+
+from tencentpretrain.serving.app import Service, create_app  # noqa: E402
 
 TINY = {"mask": "causal", "layernorm_positioning": "pre", "target": ["lm"],
         "emb_size": 32, "hidden_size": 32, "feedforward_size": 64, "heads_num": 4, "local_kv_heads_num": 2,
@@ -68,7 +71,7 @@ def running(service: Service):
 def server(engine, tokenizer):
     """A running server on a free loopback port (greedy by default), stopped after the tests."""
     httpd = running(Service(engine, tokenizer, model_name="tiny", template="alpaca", seq_length=128,
-                            max_new_tokens=16, max_batch_size=8, prefill_chunk=8))
+                            max_tokens=16, max_batch_size=8, prefill_chunk=8))
     yield httpd
     httpd.close()
 
@@ -235,7 +238,7 @@ def one_row_server(model, tokenizer):
     """A server with a single row and no eos: a request ends only at max_tokens or when cancelled."""
     endless = Engine(model, eos_ids=[], pad_id=tokenizer.pad_id)
     httpd = running(Service(endless, tokenizer, model_name="tiny", template="alpaca", seq_length=8192,
-                            max_new_tokens=16, max_batch_size=1))
+                            max_tokens=16, max_batch_size=1))
     yield httpd
     httpd.close()
 
@@ -365,7 +368,7 @@ def test_validation_errors_name_the_field(server):
 @pytest.fixture()
 def fuzz_server(engine, tokenizer):
     httpd = running(Service(engine, tokenizer, model_name="tiny", template="alpaca", seq_length=40,
-                            max_new_tokens=4, max_batch_size=4))
+                            max_tokens=4, max_batch_size=4))
     yield httpd
     httpd.close()
 
@@ -450,7 +453,7 @@ def test_main_serves_a_checkpoint(checkpoint, tiny_spm):
 def test_stream_events_stay_one_line_for_line_splitting_clients():
     """Text with U+2028, U+2029 or U+0085 (tokens can decode to them) must not split an event where httpx's
     iter_lines, like str.splitlines, ends lines; Chinese stays readable."""
-    from tencentpretrain.generation.api import event
+    from tencentpretrain.serving.app import event
 
     data = {"choices": [{"text": "中文\u2028a\x85b\u2029c\n\r\x1c"}]}
     lines = event(data).splitlines()

@@ -6,8 +6,8 @@ llama.cpp's own converter permutes transformers' q/k rows back to that layout, a
 reads a Hugging Face directory.
 
 Tensors are read lazily (a memory-mapped ``.bin``, ``safetensors`` slices) and written one at a time after the header,
-so converting takes about one tensor of memory. q8_0 and q4_0 are quantised by ``generation/q8.py`` and
-``generation/q4.py`` (ggml's reference arithmetic, the quantisers ``--quant q8_0`` and ``--quant q4_0`` decode with;
+so converting takes about one tensor of memory. q8_0 and q4_0 are quantised by ``generation/weights/q8.py`` and
+``q4.py`` (ggml's reference arithmetic, the quantisers ``--quant q8_0`` and ``--quant q4_0`` decode with;
 tested equal to ``gguf.quants``). Both store blocks of 32 weights with one scale; norms stay f32, and under q4_0
 the output projection (or the tied embedding that serves as it) is kept in q8_0, as llama.cpp's quantiser keeps it
 in higher precision.
@@ -38,7 +38,7 @@ from tencentpretrain.convert.llama import (
     in_hf_layout,
     permute_rotary,
 )
-from tencentpretrain.generation import q4, q8
+from tencentpretrain.generation.weights import q4, q8
 from tencentpretrain.model import build_model
 
 ARCH = "llama"
@@ -159,7 +159,8 @@ def tensor_type(name: str, shape: tuple[int, ...], outtype: str, tied: bool):
 
 def encode(tensor: torch.Tensor, qtype) -> np.ndarray:
     """The bytes llama.cpp reads for ``tensor`` in ``qtype`` (an array of the GGUF element type or of uint8): q8_0
-    and q4_0 through ``generation/q8.py``'s and ``q4.py``'s quantisers (the ones the q8_0 and q4_0 engines hold, so
+    and q4_0 through ``generation/weights/q8.py``'s and ``q4.py``'s
+    quantisers (the ones the q8_0 and q4_0 engines hold, so
     the two agree bit for bit), the others through the ``gguf`` package's."""
     from gguf import GGMLQuantizationType, quants
 

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tencentpretrain.cache import KVCache
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.layers.attention import MultiHeadedAttention
-from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.layers.relative_position import RelativePositionEmbedding
 from tencentpretrain.registry import DECODERS, FEED_FORWARDS, NORMS
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tencentpretrain.cache import KVCache
 from tencentpretrain.config import ModelConfig
-from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.layers.relative_position import RelativePositionEmbedding
 from tencentpretrain.layers.rope import RotaryEmbedding
 from tencentpretrain.layers.transformer import TransformerLayer

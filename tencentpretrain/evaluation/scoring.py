@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.cache import KVCache
 from tencentpretrain.model import Model
 
 HEAD_CHUNK = 4096  # positions projected to the vocabulary at once (bounds the float32 logits' memory)

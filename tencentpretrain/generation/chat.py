@@ -8,137 +8,15 @@ for the registered templates a turn is ``bos + encode(prompt) + encode(response)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 from tencentpretrain.data.chat import conversation_ids
 from tencentpretrain.data.chat_template import ChatTemplate, load_template
 from tencentpretrain.generation.engine import Engine
+from tencentpretrain.generation.finish import prompt_budget
 from tencentpretrain.generation.sampling import SamplingParams
+from tencentpretrain.generation.text import generate_text
 from tencentpretrain.tokenizers import prefix_ids
-
-REPLACEMENT = "\ufffd"  # what SentencePiece and byte-level BPE decode an incomplete UTF-8 byte sequence to
-
-
-class TextStream:
-    """Turns one row's new tokens into text as it becomes final, and watches for stop strings.
-
-    Text is held back while it ends in an incomplete character or could be the start of a stop string.
-    The generated ids are decoded after the prompt's last token so a leading space is kept.
-
-    Args:
-        tokenizer: anything with ``decode(ids)``.
-        prefix: the last prompt token (decoded with the output, then cut off).
-        stop: strings that end the text (not included in it).
-    """
-
-    def __init__(self, tokenizer, prefix: int | None = None, stop: Sequence[str] = ()):
-        self.tokenizer = tokenizer
-        self.prefix = [] if prefix is None else [prefix]
-        self.skip = len(tokenizer.decode(self.prefix)) if self.prefix else 0
-        self.stop_strings = [s for s in stop if s]
-        self.ids: list[int] = []
-        self.text = ""  # final text so far (emitted)
-        self.stopped = False  # a stop string was found
-
-    def _decoded(self) -> str:
-        return self.tokenizer.decode(self.prefix + self.ids)[self.skip:]
-
-    def push(self, token: int) -> str:
-        """Add a token; return the text that became final (possibly empty)."""
-        if self.stopped:
-            return ""
-        self.ids.append(token)
-        full = self._decoded()
-        cut = self._stop_index(full)
-        if cut is not None:
-            self.stopped = True
-            return self._emit(full[:cut])
-        safe = full.rstrip(REPLACEMENT)
-        return self._emit(safe[:len(safe) - self._held(safe)])
-
-    def finish(self) -> str:
-        """The text still held back (the row ended): everything but a trailing incomplete character."""
-        if self.stopped:
-            return ""
-        return self._emit(self._decoded().rstrip(REPLACEMENT))
-
-    def _emit(self, upto: str) -> str:
-        new = upto[len(self.text):] if upto.startswith(self.text) else ""
-        self.text += new
-        return new
-
-    def _stop_index(self, full: str) -> int | None:
-        start = max(0, len(self.text) - max((len(s) for s in self.stop_strings), default=0))
-        found = [i for i in (full.find(s, start) for s in self.stop_strings) if i >= 0]
-        return min(found) if found else None
-
-    def _held(self, text: str) -> int:
-        """Length of the longest end of ``text`` that begins some stop string."""
-        best = 0
-        for stop in self.stop_strings:
-            for n in range(min(len(stop) - 1, len(text)), best, -1):
-                if stop.startswith(text[-n:]):
-                    best = n
-                    break
-        return best
-
-
-@dataclass
-class Completion:
-    """The result of one prompt: its text, why it ended ("stop" or "length") and token counts."""
-
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-def stream_text(engine: Engine, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
-                seed: int | None = None) -> Iterator[tuple[int, str]]:
-    """Generate a batch and yield ``(row, new_text)`` pieces as they become final; then return the completions.
-
-    Use ``completions = yield from stream_text(...)`` or the ``generate_text`` wrapper.
-    """
-    streams = [TextStream(tokenizer, p[-1] if p else None, stop) for p in prompts]
-    counts, eos_hit = [0] * len(prompts), [False] * len(prompts)
-    run = engine.stream(prompts, max_new_tokens, sampling, seed)
-    for step in run:
-        for row, token in enumerate(step.tokens):
-            if eos_hit[row] or streams[row].stopped:
-                continue
-            counts[row] += 1
-            if token in engine.eos_ids:
-                eos_hit[row] = True
-                continue
-            piece = streams[row].push(token)
-            if streams[row].stopped:
-                run.stop(row)
-            if piece:
-                yield row, piece
-    completions = []
-    for row, text_stream in enumerate(streams):
-        piece = text_stream.finish()
-        if piece:
-            yield row, piece
-        reason = "stop" if eos_hit[row] or text_stream.stopped else "length"
-        completions.append(Completion(text_stream.text, reason, len(prompts[row]), counts[row]))
-    return completions
-
-
-def generate_text(engine: Engine, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                  sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (), seed: int | None = None,
-                  on_text: Callable[[int, str], None] | None = None) -> list[Completion]:
-    """Generate a batch of completions, calling ``on_text(row, piece)`` for each piece of streamed text."""
-    pieces = stream_text(engine, tokenizer, prompts, max_new_tokens, sampling, stop, seed)
-    while True:
-        try:
-            row, piece = next(pieces)
-        except StopIteration as done:
-            return done.value
-        if on_text is not None:
-            on_text(row, piece)
 
 
 def encode_prompt(tokenizer, text: str, add_bos: bool = True) -> list[int]:
@@ -220,20 +98,20 @@ class ChatSession:
         tokenizer: the model's tokenizer.
         template: a registered name, a template file or a ``ChatTemplate`` (the one the model was tuned with).
         seq_length: context size: prompt plus answer never exceed it (oldest turns are dropped).
-        max_new_tokens: most tokens per answer.
+        max_tokens: most tokens per answer.
         sampling: how tokens are chosen.
         stop: strings that end an answer.
         system: optional text before the conversation.
     """
 
     def __init__(self, engine: Engine, tokenizer, template: str | ChatTemplate = "alpaca", seq_length: int = 2048,
-                 max_new_tokens: int = 512, sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
+                 max_tokens: int = 512, sampling: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
                  system: str = ""):
-        if max_new_tokens >= seq_length:
-            raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in seq_length "
+        if max_tokens >= seq_length:
+            raise ValueError(f"max_tokens {max_tokens} leaves no room for a prompt in seq_length "
                              f"{seq_length}")
         self.engine, self.tokenizer, self.template = engine, tokenizer, load_template(template)
-        self.seq_length, self.max_new_tokens = seq_length, max_new_tokens
+        self.seq_length, self.max_tokens = seq_length, max_tokens
         self.sampling, self.stop, self.system = sampling, tuple(stop), system
         self.history: list[tuple[str, str]] = []
 
@@ -244,9 +122,9 @@ class ChatSession:
     def ask(self, question: str, on_text: Callable[[str], None] | None = None, seed: int | None = None) -> str:
         """Answer ``question`` in the context of the earlier turns, streaming pieces to ``on_text``."""
         ids = chat_prompt(self.tokenizer, self.template, self.history, question,
-                          self.seq_length - self.max_new_tokens, self.system)
+                          prompt_budget(self.seq_length, self.max_tokens), self.system)
         callback = None if on_text is None else (lambda _row, piece: on_text(piece))
-        (completion,) = generate_text(self.engine, self.tokenizer, [ids], self.max_new_tokens, self.sampling,
+        (completion,) = generate_text(self.engine, self.tokenizer, [ids], self.max_tokens, self.sampling,
                                       self.stop, seed, callback)
         self.history.append((question, completion.text))
         return completion.text

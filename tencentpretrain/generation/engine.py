@@ -5,16 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from tencentpretrain.checkpoint import load_state_dict, model_from_state
-from tencentpretrain.cli import InputError
+from tencentpretrain.cache import KVCache
 from tencentpretrain.config import ModelConfig
-from tencentpretrain.generation.native import NativeDecoder
-from tencentpretrain.generation.sampling import SamplingParams, sample
-from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.generation.backend import Backend, TorchBackend
+from tencentpretrain.generation.sampling import SamplingParams, sample, seeded_generator, seen_tokens
 from tencentpretrain.model import Model
 
 
@@ -39,20 +36,18 @@ class GenerationStream:
     Created by ``Engine.stream``; iterate it once.
     """
 
-    def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+    def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], max_tokens: int,
                  sampling: SamplingParams, seed: int | None):
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens (--max_new_tokens) must be >= 1, got {max_tokens}")
         self.engine = engine
         self.prompts = [list(p) for p in prompts]
-        self.max_new_tokens = max_new_tokens
+        self.max_tokens = max_tokens
         self.sampling = sampling
         self.finished = [False] * len(prompts)
-        self.generator = None
-        if seed is not None:
-            self.generator = torch.Generator(device=engine.device).manual_seed(seed)
+        self.generator = seeded_generator(seed, engine.device)
 
     def stop(self, row: int) -> None:
         """Mark ``row`` finished: it is fed pad tokens from now on and the loop ends when all rows are."""
@@ -61,127 +56,69 @@ class GenerationStream:
     def __iter__(self) -> Iterator[Step]:
         """The steps. The engine runs the model's passes in inference mode (``Engine``), and nothing else here
         needs it: the caller's thread stays in its own grad mode, also with a stream read step by step or left
-        half-read, and a native step pays for no switch of modes (its cost is in ``NativeDecoder.step``)."""
+        half-read, and a native step pays for no switch of modes (its cost is in ``NativeBackend.decode``)."""
         return self._steps()
 
     def _prefill_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ids (B, T) and the real-token mask (B, T + max_new_tokens)."""
-        ids, mask = left_pad(self.prompts, self.engine.pad_id, extra=self.max_new_tokens)
+        """Left-padded ids (B, T) and the real-token mask (B, T + max_tokens)."""
+        ids, mask = left_pad(self.prompts, self.engine.pad_id, extra=self.max_tokens)
         return ids.to(self.engine.device), mask.to(self.engine.device)
 
     def _steps(self) -> Iterator[Step]:
-        """The prefill, then one ``Engine.decode`` per token; the bookkeeping of a step is on Python lists (at
-        batch 1 a tensor operation after a pass costs more than the Python: ``NativeDecoder.step``)."""
+        """The prefill, then one ``Backend.decode`` per token; the bookkeeping of a step is on Python lists (at
+        batch 1 a tensor operation after a pass costs more than the Python: ``NativeBackend.decode``)."""
         engine, sampling, finished = self.engine, self.sampling, self.finished
         ids, mask = self._prefill_inputs()
         batch, width = ids.shape
         padded = not bool(mask.all())
         positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)  # (B, T): real tokens count from 0
-        cache = engine.new_cache(batch, width + self.max_new_tokens - 1)
-        seen = self._seen(ids, mask[:, :width]) if sampling.penalized else None
-        logits = engine.prefill(ids, positions, mask if padded else None, cache)  # (B, vocab): the last position
+        cache = engine.new_cache(batch, width + self.max_tokens - 1)
+        seen = seen_tokens(self.prompts, engine.model.vocab_size, ids.device) if sampling.penalized else None
+        logits = engine.backend.prefill(ids, positions, mask if padded else None, cache)  # (B, vocab): last position
         best = None  # the greedy tokens, when the step computed them
         pads = [width - len(p) for p in self.prompts]
         next_positions = [len(p) for p in self.prompts]
         eos = set(engine.eos_ids)
-        for step in range(self.max_new_tokens):
+        for step in range(self.max_tokens):
             if best is None or not sampling.greedy or sampling.penalized:
                 best = sample(logits, sampling, seen, self.generator).tolist()
             tokens = [engine.pad_id if done else token for token, done in zip(best, finished)]
             finished[:] = [done or token in eos for token, done in zip(tokens, finished)]
             yield Step(tokens, logits, finished.copy())
-            if step + 1 == self.max_new_tokens or all(finished):
+            if step + 1 == self.max_tokens or all(finished):
                 return
             if seen is not None:
                 seen[range(batch), tokens] = True
-            logits, best = engine.decode(tokens, next_positions, pads, cache)  # (B, vocab), the greedy tokens
+            logits, best = engine.backend.decode(tokens, next_positions, pads, cache)  # (B, vocab), the greedy tokens
             next_positions = [p + 1 for p in next_positions]
-
-    def _seen(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """(B, vocab) bool: the prompt tokens, for the repetition penalty (padding excluded)."""
-        seen = torch.zeros(ids.shape[0], self.engine.model.vocab_size, dtype=torch.bool, device=ids.device)
-        return seen.scatter_(1, ids, real)
 
 
 class Engine:
     """Generates token ids with a model, whose weights it uses as given (it only switches it to eval mode): prepare
-    it first with ``generation.prepare.prepare_for_inference`` (int8 weights, the CPU weight layout for speed).
-    Its passes through the model run in inference mode, whatever the caller's grad mode.
+    it first with ``generation.weights.prepare_for_inference`` (int8 weights, the CPU weight layout for speed).
+    Its passes through the model run on ``backend``, in inference mode, whatever the caller's grad mode.
 
     Args:
         model: a ``Model`` (any dtype/device; the cache follows the word embedding's).
+        backend: what runs the passes (``generation.backend.choose_backend``); None: PyTorch (``TorchBackend``).
         eos_ids: tokens that end a row (not included in the output of ``generate``).
         pad_id: the token fed as left padding and after a row ends (never attended to).
     """
 
-    def __init__(self, model: Model, eos_ids: Sequence[int] = (), pad_id: int = 0):
+    def __init__(self, model: Model, backend: Backend | None = None, eos_ids: Sequence[int] = (), pad_id: int = 0):
         model.config.require_causal("generation")
+        if backend is not None and backend.model is not model:
+            raise ValueError("the backend was chosen for another model")
         self.model = model.eval()
         weight = model.embedding.word.embedding.weight
         self.device, self.dtype = weight.device, weight.dtype
+        self.backend: Backend = backend or TorchBackend(model)
         self.eos_ids = tuple(eos_ids)
         self.pad_id = pad_id
-        self.decoder: NativeDecoder | None = None  # decoding steps in C (generation/threads.py: use_threads)
-        self.decoding = "decoding in PyTorch"  # what runs the decoding steps, for logs
 
     @property
     def config(self) -> ModelConfig:
         return self.model.config
-
-    def decode(self, tokens: list[int], positions: list[int], pads: list[int],
-               cache: KVCache) -> tuple[torch.Tensor, list[int] | None]:
-        """A decoding step from plain lists: token ``tokens[b]`` at rotary position ``positions[b]`` after what
-        row b of ``cache`` holds (advanced by one), row b's real tokens starting at its column ``pads[b]`` (left
-        padding). Returns the logits (B, vocab) and, when ``self.decoder`` ran the step, each row's argmax (the
-        greedy tokens; None otherwise)."""
-        if self.decoder is not None:
-            done = self.decoder.step(tokens, positions, pads, cache)
-            if done is not None:
-                return done
-        device = self.device
-        mask = None
-        if any(pads):
-            mask = torch.arange(cache.length + 1, device=device) >= torch.tensor(pads, device=device)[:, None]
-        ids, at = (torch.tensor(x, dtype=torch.long, device=device)[:, None] for x in (tokens, positions))
-        with torch.inference_mode():
-            return self.model(ids, at, mask, cache)[:, 0], None
-
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
-                cache: KVCache) -> torch.Tensor:
-        """The model's logits (B, T, vocab) for ``tokens`` (B, T) after what ``cache`` holds (advanced by T), as
-        ``model(tokens, positions, padding_mask, cache)``: a decoding step. One token per row goes to ``self.decoder``
-        when one is set (``use_threads``) and takes the call, everything else to the model."""
-        if self.decoder is not None:
-            logits = self.decoder(tokens, positions, padding_mask, cache)
-            if logits is not None:
-                return logits
-        with torch.inference_mode():
-            return self.model(tokens, positions, padding_mask, cache)
-
-    def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None,
-                cache: KVCache) -> torch.Tensor:
-        """The logits (B, vocab) of the last position of (B, T) left-padded prompts read into the empty ``cache``
-        (advanced by T): natively when a decoder is set and takes them, else through the model."""
-        if self.decoder is not None:
-            logits = self.decoder.prefill(tokens, positions, padding_mask, cache)
-            if logits is not None:
-                return logits
-        with torch.inference_mode():
-            hidden = self.model.encode(tokens, positions, padding_mask, cache)  # (B, T, hidden)
-            return self.model.target["lm"].logits(hidden[:, -1:])[:, 0]
-
-    def read(self, tokens: torch.Tensor, positions: torch.Tensor, ragged, picks: list[int]) -> torch.Tensor:
-        """One pass of the continuous batcher over (1, N) ``tokens`` at ``positions``, laid out and cached as the
-        ``RaggedPass`` ``ragged`` says (the running rows' next tokens, then prompt chunks); the logits
-        (len(picks), vocab) of the tokens at ``picks`` (the LM head runs on those only). Natively when a decoder is
-        set and takes the pass (generation/native.py), else through the model."""
-        if self.decoder is not None:
-            logits = self.decoder.read(tokens, positions, ragged, picks)
-            if logits is not None:
-                return logits
-        with torch.inference_mode():
-            hidden = self.model.encode(tokens, positions, None, ragged)[0]  # (N, hidden)
-            return self.model.target["lm"].logits(hidden[picks][None])[0]
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         """An empty cache for ``batch`` rows of up to ``length`` positions."""
@@ -189,30 +126,25 @@ class Engine:
         return KVCache(config.layers_num, batch, config.kv_heads_num, length, config.head_dim,
                        dtype=self.dtype, device=self.device)
 
-    def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+    def stream(self, prompts: Sequence[Sequence[int]], max_tokens: int,
                sampling: SamplingParams = SamplingParams(), seed: int | None = None) -> GenerationStream:
         """Decode a batch step by step.
 
         Args:
             prompts: token ids of each prompt (different lengths are left-padded).
-            max_new_tokens: most tokens to generate per row.
+            max_tokens: most tokens to generate per row.
             sampling: how to choose tokens (default greedy).
             seed: seed of the sampling random generator (None: torch's global generator).
         """
-        return GenerationStream(self, prompts, max_new_tokens, sampling, seed)
+        return GenerationStream(self, prompts, max_tokens, sampling, seed)
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+    def generate(self, prompts: Sequence[Sequence[int]], max_tokens: int,
                  sampling: SamplingParams = SamplingParams(), seed: int | None = None) -> list[list[int]]:
         """The new token ids of each prompt, up to (not including) its first eos."""
         outputs: list[list[int]] = [[] for _ in prompts]
-        done = [False] * len(prompts)
-        for step in self.stream(prompts, max_new_tokens, sampling, seed):
-            for row, token in enumerate(step.tokens):
-                if done[row]:
-                    continue
-                if token in self.eos_ids:
-                    done[row] = True
-                else:
+        for step in self.stream(prompts, max_tokens, sampling, seed):
+            for row, (token, finished) in enumerate(zip(step.tokens, step.finished)):
+                if not finished:  # an eos finishes its row at its own step; later steps give it pad tokens
                     outputs[row].append(token)
         return outputs
 
@@ -227,59 +159,3 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, extra: int = 0) -> t
         ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
         mask[row, :width - len(prompt)] = False
     return ids, mask
-
-
-def load_generation_model(model_path: str | Path, config_path: str | Path | None = None,
-                          device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                          lora_path: str | Path | None = None) -> Model:
-    """Load a model for generation from a TencentPretrain checkpoint or a Hugging Face directory.
-
-    Args:
-        model_path: a ``.bin``/``.safetensors`` file (needs ``config_path``) or a Hugging Face LLaMA directory
-            (``config.json`` plus weights), converted on the fly.
-        config_path: the TencentPretrain JSON config of a checkpoint file; optional for a directory (whose own
-            config.json is used), where it must describe the same sizes.
-        device: where to put the model.
-        dtype: cast floating-point weights (default: keep the checkpoint's).
-        lora_path: a LoRA adapter merged into the weights first: our ``lora.bin`` (with its ``.lora.json``) or a
-            PEFT adapter directory (``convert/peft.py``).
-    """
-    model_path = Path(model_path)
-    if not model_path.exists():
-        raise InputError(f"{model_path}: no such checkpoint file or Hugging Face directory")
-    if not model_path.is_dir():
-        if config_path is None:
-            raise InputError(f"{model_path}: a checkpoint file needs --config_path")
-        config = ModelConfig.from_json(config_path)
-        config.require_causal("generation")  # before reading the weights
-        state = load_state_dict(model_path)
-    else:
-        from tencentpretrain.convert import load_hf_llama
-
-        config, state = load_hf_llama(model_path)
-        if config_path is not None:
-            _check_same_architecture(ModelConfig.from_json(config_path), config)
-    if lora_path is not None:
-        state = with_adapter(state, lora_path, config)
-    return model_from_state(config, state, str(model_path), device, dtype)
-
-
-def with_adapter(state: dict[str, torch.Tensor], lora_path: str | Path, config: ModelConfig) -> dict:
-    """``state`` with the adapter at ``lora_path`` (either format) merged in; errors name ``--lora_path``."""
-    from tencentpretrain.cli import naming
-    from tencentpretrain.convert.peft import read_adapter
-    from tencentpretrain.training.lora import merge_lora_state
-
-    with naming("--lora_path", lora_path):
-        if not Path(lora_path).exists():
-            raise InputError(f"{lora_path}: no such adapter file or PEFT directory")
-        adapter, lora = read_adapter(lora_path, config)
-        return merge_lora_state(state, adapter, lora.rank, lora.alpha)
-
-
-def _check_same_architecture(given: ModelConfig, found: ModelConfig) -> None:
-    """Raise InputError when a --config_path disagrees with a Hugging Face directory's config.json."""
-    keys = ("hidden_size", "feedforward_size", "heads_num", "kv_heads_num", "layers_num")
-    diff = [f"{k}: {getattr(given, k)} vs {getattr(found, k)}" for k in keys if getattr(given, k) != getattr(found, k)]
-    if diff:
-        raise InputError(f"{given.source} disagrees with {found.source} ({'; '.join(diff)}); leave --config_path out")

@@ -11,12 +11,13 @@ from tencentpretrain.cli import InputError, naming
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.data.chat_template import chat_template_path, load_template
 from tencentpretrain.dtypes import TORCH_DTYPES, auto_dtype
-from tencentpretrain.generation.engine import Engine, load_generation_model
-from tencentpretrain.generation.layout import LAYOUTS, weight_layout
+from tencentpretrain.generation.backend import choose_backend
+from tencentpretrain.generation.engine import Engine
+from tencentpretrain.generation.loading import load_generation_model
 from tencentpretrain.generation.native import native_unavailable
-from tencentpretrain.generation.prepare import QUANTS, prepare_for_inference
 from tencentpretrain.generation.sampling import SamplingParams
-from tencentpretrain.generation.threads import use_threads
+from tencentpretrain.generation.weights.layout import LAYOUTS, weight_layout
+from tencentpretrain.generation.weights.prepare import QUANTS, prepare_for_inference
 from tencentpretrain.registry import TEMPLATES
 from tencentpretrain.tokenizers import SentencePieceTokenizer, open_tokenizer, tokenizer_in
 from tencentpretrain.vocab import check_vocab, vocab_rows
@@ -66,7 +67,7 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
                             "(docs/inference.md)")
     group.add_argument("--threads", type=int, default=torch.get_num_threads(),
                        help="CPU threads: PyTorch's, and those of native decoding, which the engine uses for "
-                            "LLaMA-shaped float32 models on CPU (generation/threads.py; default: %(default)s here)")
+                            "LLaMA-shaped float32 models on CPU (generation/backend.py; default: %(default)s here)")
 
 
 def add_sampling_args(group: argparse._ActionsContainer) -> None:
@@ -115,15 +116,14 @@ def load_engine(args: argparse.Namespace, batch_size: int = 1,
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     quant = quant_of(args)
-    native = args.device == "cpu" and dtype == torch.float32 and quant != "int8" and native_unavailable(model) is None
+    native = native_unavailable(model, quant) is None
     if requested is None and dtype == torch.float32 and quant == "none" and not (decoding and native) \
             and auto_dtype(args.device) == torch.bfloat16:  # an AMX CPU, where PyTorch would run in float32
         model.to(torch.bfloat16)
         dtype, native = torch.bfloat16, False
     layout = weight_layout(args.weight_layout, batch_size, args.device, dtype, native=native)
     prepare_for_inference(model, layout=layout, batch_size=batch_size, quant=quant)
-    engine = Engine(model, eos_ids=tokenizer.end_ids, pad_id=tokenizer.pad_id)
-    use_threads(engine, args.threads)
+    engine = Engine(model, choose_backend(model, args.threads), eos_ids=tokenizer.end_ids, pad_id=tokenizer.pad_id)
     return engine, tokenizer
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +103,19 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     cumulative = probs.float().cumsum(dim=-1)
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)
     return torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True)[:, 0]
+
+
+def seeded_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
+    """The random generator of a row or batch seeded with ``seed`` on ``device`` (None: torch's global one)."""
+    return None if seed is None else torch.Generator(device=device).manual_seed(seed)
+
+
+def seen_tokens(prompts: Sequence[Sequence[int]], vocab_size: int, device: torch.device | str) -> torch.Tensor:
+    """(B, vocab) bool: the tokens of each prompt, what the repetition penalty starts from."""
+    seen = torch.zeros(len(prompts), vocab_size, dtype=torch.bool, device=device)
+    for row, prompt in enumerate(prompts):
+        seen[row, torch.tensor(prompt, dtype=torch.long, device=device)] = True
+    return seen
 
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:

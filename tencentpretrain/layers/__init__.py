@@ -3,8 +3,7 @@ feed-forward layers, activations and rope scaling types."""
 
 from tencentpretrain.layers import activations, feed_forward, norm, rope_scaling  # noqa: F401  (registration)
 from tencentpretrain.layers.attention import MultiHeadedAttention
-from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.layers.rope import RotaryEmbedding, apply_rotary
 from tencentpretrain.layers.transformer import TransformerLayer
 
-__all__ = ["KVCache", "MultiHeadedAttention", "RotaryEmbedding", "TransformerLayer", "apply_rotary"]
+__all__ = ["MultiHeadedAttention", "RotaryEmbedding", "TransformerLayer", "apply_rotary"]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.cache import KVCache
 from tencentpretrain.layers.rope import apply_rotary
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tencentpretrain.cache import KVCache
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.layers.attention import MultiHeadedAttention
-from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.registry import FEED_FORWARDS, NORMS
 
 

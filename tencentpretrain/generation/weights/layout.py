@@ -3,7 +3,7 @@
 MKL and oneDNN reach very different speeds on the small matrix products of decoding, depending on how the
 weight is stored and on how many rows the input has (figures: docs/benchmarks.md, "Generation"):
 
-- ``row``: every weight row-major, as ``nn.Linear`` stores it. What native decoding (``generation/native.py``)
+- ``row``: every weight row-major, as ``nn.Linear`` stores it. What native decoding (``generation/native/``)
   streams fastest on several threads (each thread reads whole rows); prompts in PyTorch run about as fast as with
   ``column``. The ``auto`` choice wherever the engine decodes natively.
 - ``column``: each (out, in) weight with at least as many outputs as inputs stored transposed, in place (same

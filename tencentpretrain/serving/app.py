@@ -27,9 +27,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 from tencentpretrain.data.chat_template import load_template
-from tencentpretrain.generation.batching import SEED_MAX, SEED_MIN, Batcher, TextRequest
-from tencentpretrain.generation.chat import Completion, chat_prompt, encode_prompt, fit_prompt, split_messages
+from tencentpretrain.generation.chat import chat_prompt, encode_prompt, fit_prompt, split_messages
+from tencentpretrain.generation.finish import prompt_budget
 from tencentpretrain.generation.sampling import SamplingParams
+from tencentpretrain.generation.scheduler import SEED_MAX, SEED_MIN, Batcher, TextRequest
+from tencentpretrain.generation.text import Completion
 
 MAX_BODY = 16 << 20  # bytes of a request body
 DISCONNECT_POLL_S = 1.0  # how often a waiting non-streaming request checks that its client is still there
@@ -108,7 +110,7 @@ class Service:
         model_name: the id ``/v1/models`` reports.
         template: the chat template (a registered name, a template file or a ``ChatTemplate``).
         seq_length: context size: prompt plus new tokens.
-        max_new_tokens: default ``max_tokens``.
+        max_tokens: the default of a request's ``max_tokens``.
         sampling: default sampling settings.
         stop: stop strings added to every request's.
         max_batch_size: requests decoded together.
@@ -116,16 +118,16 @@ class Service:
     """
 
     def __init__(self, engine, tokenizer, model_name: str = "tencentpretrain", template: str = "alpaca",
-                 seq_length: int = 2048, max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
+                 seq_length: int = 2048, max_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                  stop: tuple[str, ...] = (), max_batch_size: int = 8, prefill_chunk: int = 64):
         self.tokenizer, self.model_name, self.template = tokenizer, model_name, load_template(template)
-        self.seq_length, self.max_new_tokens, self.sampling, self.stop = seq_length, max_new_tokens, sampling, stop
+        self.seq_length, self.max_tokens, self.sampling, self.stop = seq_length, max_tokens, sampling, stop
         self.batcher = Batcher(engine, max_batch_size, seq_length, prefill_chunk)
         self.started = time.time()
 
     def settings(self, body: Settings) -> tuple[int, SamplingParams, tuple[str, ...]]:
         """(max_tokens, sampling, stop strings) of a request, defaults filled in."""
-        max_tokens = body.max_completion_tokens or body.max_tokens or self.max_new_tokens
+        max_tokens = body.max_completion_tokens or body.max_tokens or self.max_tokens
         if not 1 <= max_tokens < self.seq_length:
             raise RequestError(f"max_tokens must be in [1, {self.seq_length - 1}], got {max_tokens}", "max_tokens")
         given = {key: getattr(body, key) for key in ("temperature", "top_k", "top_p", "repetition_penalty")}
@@ -241,6 +243,14 @@ def create_app(service: Service) -> FastAPI:
                   description=__doc__.split("\n\n")[0])
 
     app.add_middleware(BodyLimit)
+    add_error_handlers(app)
+    add_status_routes(app, service)
+    add_completion_routes(app, service)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Bad requests answered as OpenAI's API answers them (``error_body``)."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -250,6 +260,10 @@ def create_app(service: Service) -> FastAPI:
     @app.exception_handler(RequestError)
     async def refused(_request: Request, err: RequestError) -> JSONResponse:
         return JSONResponse(error_body(str(err), err.status, err.param), status_code=err.status)
+
+
+def add_status_routes(app: FastAPI, service: Service) -> None:
+    """``/v1/models``, ``/health`` and ``/metrics``."""
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -268,10 +282,14 @@ def create_app(service: Service) -> FastAPI:
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(service.metrics_text(), media_type="text/plain; version=0.0.4")
 
+
+def add_completion_routes(app: FastAPI, service: Service) -> None:
+    """``/v1/completions``, ``/v1/chat/completions`` (both streamed on request) and ``/chat``."""
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         max_tokens, sampling, stop = service.settings(body)
-        fitted = service.completion_prompts(body, service.seq_length - max_tokens)
+        fitted = service.completion_prompts(body, prompt_budget(service.seq_length, max_tokens))
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": service.model_name}
         job = Job(service, request, [ids for ids, _ in fitted], [cut for _, cut in fitted], max_tokens, sampling,
@@ -288,7 +306,7 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         max_tokens, sampling, stop = service.settings(body)
-        ids, cut = service.chat_prompt(body.messages, service.seq_length - max_tokens, body.truncate)
+        ids, cut = service.chat_prompt(body.messages, prompt_budget(service.seq_length, max_tokens), body.truncate)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": service.model_name}
         job = Job(service, request, [ids], [cut], max_tokens, sampling, stop, body.seed)
@@ -308,11 +326,9 @@ def create_app(service: Service) -> FastAPI:
     async def simple_chat(body: SimpleChatRequest, request: Request) -> dict:
         max_tokens, sampling, stop = service.settings(body)
         messages = [Message(role="user", content=body.question)]
-        ids, cut = service.chat_prompt(messages, service.seq_length - max_tokens, body.truncate)
+        ids, cut = service.chat_prompt(messages, prompt_budget(service.seq_length, max_tokens), body.truncate)
         (done,) = await Job(service, request, [ids], [cut], max_tokens, sampling, stop, body.seed).wait()
         return {"answer": done.text}
-
-    return app
 
 
 class BodyLimit:
@@ -429,40 +445,3 @@ class EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.job.cancel()
-
-
-class ServerThread:
-    """``app`` served by uvicorn in a daemon thread on ``host:port`` (0: a free port), for tests and benchmarks.
-
-    Attributes:
-        server_address: the bound (host, port).
-        url: ``http://host:port``.
-    """
-
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        import socket
-        import threading
-
-        import uvicorn
-
-        self.socket = socket.create_server((host, port))
-        self.server_address = self.socket.getsockname()[:2]
-        self.url = f"http://{self.server_address[0]}:{self.server_address[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-
-    def start(self, timeout: float = 30) -> ServerThread:
-        """Start serving; return once uvicorn accepts connections."""
-        self.thread.start()
-        deadline = time.time() + timeout
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.01)
-        return self
-
-    def close(self) -> None:
-        """Stop serving (the app's lifespan stops the batcher)."""
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.socket.close()

@@ -11,7 +11,7 @@ zeros (``q = 8``: 0, which adds nothing to any product).
 A ``Q4Linear`` multiplies as llama.cpp's q4_0 x q8_0 dot product does: the input rows are quantised to q8_0
 (``q8.quantize_blocks``), each block's 32 products of ``q - 8`` and the input's integers are summed as integers,
 and the block sums scaled by ``d_w * d_x`` and added in float32, in the order of every q8_0 product
-(``q8.block_products``, the PyTorch reference, slow: a loop over the blocks). The native kernel (``onerow.c``:
+(``q8.block_products``, the PyTorch reference, slow: a loop over the blocks). The native kernel (``csrc/kernels.c``:
 ``q4_product``) computes it with AVX2's ``maddubs``/``madd`` or AVX512-VNNI's ``dpbusd`` on the unsigned nibbles,
 less 8 times the input's sums, the same integers, so the same bits.
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tencentpretrain.generation.q8 import (
+from tencentpretrain.generation.weights.q8 import (
     BLOCK,
     CHUNK_VALUES,
     BlockLinear,

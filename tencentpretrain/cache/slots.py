@@ -7,21 +7,22 @@ token), so where its span lies changes nothing it computes. The running rows are
 (a leaving row is replaced by the last one), so a step computes exactly the rows in use.
 
 When the columns run out the spans are moved right-aligned to the smallest width that holds them (``realign``);
-with ``capacity = max_length + slack`` that happens at most once every ``slack`` steps.
+with ``max_length`` (the columns) a request's most positions plus ``slack``, that happens at most once every ``slack``
+steps.
 """
 
 from __future__ import annotations
 
 import torch
 
-from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.cache.kv_cache import KVCache
 
 
 class SlotCache(KVCache):
     """Keys and values of up to ``slots`` rows of up to ``capacity`` columns, plus each row's real-token mask.
 
     A ``KVCache`` (``update``, ``attend``, ``advance``, ``length``) of the first ``rows`` rows; rows are added and
-    removed with ``add``/``remove``, never with ``reorder``.
+    removed with ``add``/``remove``.
 
     Args:
         layers_num: transformer layers.
@@ -41,10 +42,6 @@ class SlotCache(KVCache):
         self.rows = 0  # rows in use: 0 .. rows - 1; self.length: columns filled, the same for every row in use
 
     @property
-    def capacity(self) -> int:
-        return self.keys.shape[3]
-
-    @property
     def slots(self) -> int:
         return self.keys.shape[1]
 
@@ -55,8 +52,8 @@ class SlotCache(KVCache):
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k``/``v`` (rows, kv_heads, T, head_dim) at the next columns; return all filled columns."""
         end = self.length + k.shape[2]
-        if end > self.capacity:
-            raise ValueError(f"slot cache full: {end} columns needed, {self.capacity} allocated")
+        if end > self.max_length:
+            raise ValueError(f"slot cache full: {end} columns needed, {self.max_length} allocated")
         self.keys[layer, :self.rows, :, self.length:end] = k
         self.values[layer, :self.rows, :, self.length:end] = v
         return self.keys[layer, :self.rows, :, :end], self.values[layer, :self.rows, :, :end]
@@ -67,7 +64,7 @@ class SlotCache(KVCache):
 
     def open_column(self) -> torch.Tensor:
         """Make room for one more token in every row in use; return the (rows, length + 1) mask for the step."""
-        if self.length + 1 > self.capacity:
+        if self.length + 1 > self.max_length:
             self.realign(max(self.span(row) for row in range(self.rows)))
         self.mask[:self.rows, self.length] = True
         return self.mask[:self.rows, :self.length + 1]
@@ -108,7 +105,7 @@ class SlotCache(KVCache):
 
     def realign(self, length: int) -> None:
         """Move every row's span to end at column ``length`` (at least the longest span, at most the capacity)."""
-        if not max((self.span(r) for r in range(self.rows)), default=0) <= length <= self.capacity:
+        if not max((self.span(r) for r in range(self.rows)), default=0) <= length <= self.max_length:
             raise ValueError(f"cannot realign to {length} columns")
         for row in range(self.rows):
             span, start = self.span(row), self.starts[row]

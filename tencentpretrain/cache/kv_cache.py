@@ -55,8 +55,3 @@ class KVCache:
     def advance(self, steps: int) -> None:
         """Mark ``steps`` more positions as filled (called once per forward pass, after the last layer)."""
         self.length += steps
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep only the batch rows in ``index`` (e.g. to drop finished sequences)."""
-        self.keys = self.keys[:, index]
-        self.values = self.values[:, index]

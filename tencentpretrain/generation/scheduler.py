@@ -6,12 +6,12 @@ A ``Batcher`` owns up to ``max_batch_size`` rows of a ``SlotCache``. Each of its
    they were still being prefilled);
 2. admits waiting requests, oldest first, while rows are free: each is prefilled into a one-row cache of its own
    and holds its row meanwhile;
-3. runs **one forward pass** (``generation/ragged.py``) over the next token of every running row and the next chunk
+3. runs **one forward pass** (``cache/ragged.py``) over the next token of every running row and the next chunk
    of at most ``prefill_chunk`` prompt tokens of **every** request being prefilled, laid end to end; each running
    row gets its next token (its own positions, sampling settings, random generator, stop test and
    ``max_tokens``; finished rows leave), and each request whose whole prompt is now in gets its first token and
    joins the running rows. A step with no prompt chunk is a plain batched decoding step, which the engine runs
-   natively where it can (``Engine.forward``, generation/native.py: every weight read once for all the rows, the
+   natively where it can (``Engine.forward``, generation/native/: every weight read once for all the rows, the
    products split over ``--threads``).
 
 So the weights are read once per step for everything in it: every pass streams all of them from memory whatever
@@ -36,12 +36,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tencentpretrain.generation.chat import Completion, TextStream
+from tencentpretrain.cache import KVCache
+from tencentpretrain.cache.ragged import RaggedPass
+from tencentpretrain.cache.slots import SlotCache
 from tencentpretrain.generation.engine import Engine
-from tencentpretrain.generation.ragged import RaggedPass
-from tencentpretrain.generation.sampling import SamplingParams, greedy, sample
-from tencentpretrain.generation.slots import SlotCache
-from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.generation.finish import finish_reason
+from tencentpretrain.generation.sampling import SamplingParams, greedy, sample, seeded_generator, seen_tokens
+from tencentpretrain.generation.text import Completion, TextStream
 
 LOG = logging.getLogger(__name__)
 SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1  # what torch.Generator.manual_seed takes
@@ -129,10 +130,11 @@ class TextRequest(Request):
         self.on_event = on_event
 
     def accept(self, token: int) -> bool:
-        piece = self.text.push(token)
+        going_on = self.text.accept(token)
+        piece = self.text.take()
         if piece:
             self.on_event(("text", piece))
-        return not self.text.stopped
+        return going_on
 
     def finish(self, reason: str, error: str | None = None) -> None:
         if reason == "error":
@@ -300,10 +302,8 @@ class Batcher:
         device = self.engine.device
         row = Row(request, position=len(request.prompt))
         if request.sampling.penalized:
-            row.seen = torch.zeros(1, self.engine.model.vocab_size, dtype=torch.bool, device=device)
-            row.seen[0, torch.tensor(request.prompt, device=device)] = True
-        if request.seed is not None:
-            row.generator = torch.Generator(device=device).manual_seed(request.seed)
+            row.seen = seen_tokens([request.prompt], self.engine.model.vocab_size, device)
+        row.generator = seeded_generator(request.seed, device)
         self.metrics.prompt_tokens += len(request.prompt)
         return Prefill(row, self.engine.new_cache(1, len(request.prompt)))
 
@@ -318,26 +318,27 @@ class Batcher:
             ids, positions = (torch.tensor([x], dtype=torch.long, device=self.engine.device)
                               for x in (ids, positions))  # (1, N) each
             ragged = RaggedPass(self.cache, decoding, [(state.cache, b - a) for state, a, b in chunks])
-            logits, done = self._read_chunks(ids, positions, ragged, chunks)
-        else:  # a plain batched decoding step, the engine's (native where it can: generation/native.py)
-            logits, done = self._decode_step(), []  # (R, vocab)
+            (logits, done), best = self._read_chunks(ids, positions, ragged, chunks), None
+        else:  # a plain batched decoding step, the engine's (native where it can: generation/native/)
+            (logits, best), done = self._decode_step(), []  # (R, vocab), the greedy tokens or None
         self._count(decoding, bool(chunks))
         if decoding:
-            self._decoded(logits[:decoding])  # rows may leave: self.rows shrinks
+            self._decoded(logits[:decoding], best)  # rows may leave: self.rows shrinks
         if done:
             self._joined(done, logits[decoding:])
 
-    def _decode_step(self) -> torch.Tensor:
-        """Logits (R, vocab) of one decoding step of the running rows, each (R, 1) over its span of the slot cache."""
+    def _decode_step(self) -> tuple[torch.Tensor, list[int] | None]:
+        """Logits (R, vocab) of one decoding step of the running rows, each (R, 1) over its span of the slot cache,
+        and each row's argmax when the backend computed it."""
         device = self.engine.device
         mask = self.cache.open_column()  # (R, length + 1)
         tokens = torch.tensor([[r.next_token] for r in self.rows], dtype=torch.long, device=device)  # (R, 1)
         positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long, device=device)  # (R, 1)
-        return self.engine.forward(tokens, positions, mask, self.cache)[:, 0]
+        return self.engine.backend.decode_batch(tokens, positions, mask, self.cache)
 
     def _read_chunks(self, ids: torch.Tensor, positions: torch.Tensor, ragged: RaggedPass,
                      chunks: list[tuple[Prefill, int, int]]) -> tuple[torch.Tensor, list[Prefill]]:
-        """The pass with prompt chunks (``Engine.read``): logits (R + len(done), vocab) of the running rows and of
+        """The pass with prompt chunks (``Backend.read``): logits (R + len(done), vocab) of the running rows and of
         the last token of each prompt now read in full (``done``); the LM head runs on those rows only."""
         ends, offset, done = list(range(ragged.decoding)), ragged.decoding, []
         for state, first, end in chunks:
@@ -345,7 +346,7 @@ class Batcher:
             if end == len(state.row.request.prompt):
                 ends.append(offset - 1)
                 done.append(state)
-        logits = self.engine.read(ids, positions, ragged, ends)
+        logits = self.engine.backend.read(ids, positions, ragged, ends)
         for state, first, end in chunks:
             state.done = end
         return logits, done
@@ -358,10 +359,11 @@ class Batcher:
             metrics.rows_decoded += rows
             metrics.mixed_steps += prefilled
 
-    def _decoded(self, logits: torch.Tensor) -> None:
-        """Hand each running row its next token from its logits (R, vocab); finished rows leave."""
+    def _decoded(self, logits: torch.Tensor, best: list[int] | None) -> None:
+        """Hand each running row its next token from its logits (R, vocab) (or ``best``, the argmax of each, for
+        greedy rows); finished rows leave."""
         leaving = []
-        for index, (row, token) in enumerate(zip(self.rows, self._choose(logits, self.rows))):
+        for index, (row, token) in enumerate(zip(self.rows, self._choose(logits, self.rows, best))):
             row.position += 1
             row.next_token = token
             if not self._deliver(row, token):
@@ -380,12 +382,14 @@ class Batcher:
                 self.cache.add(state.cache)
                 self.rows.append(state.row)
 
-    def _choose(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
-        """The next token of each row (B, vocab) -> B ints, each row with its own settings and generator."""
+    def _choose(self, logits: torch.Tensor, rows: list[Row], best: list[int] | None = None) -> list[int]:
+        """The next token of each row (B, vocab) -> B ints, each row with its own settings and generator; the
+        greedy rows take ``best`` (each row's argmax, when the pass computed it)."""
         plain = [i for i, r in enumerate(rows) if r.request.sampling.greedy and not r.request.sampling.penalized]
         tokens = [0] * len(rows)
         if plain:
-            picked = greedy(logits if len(plain) == len(rows) else logits[plain]).tolist()
+            picked = [best[i] for i in plain] if best is not None else \
+                greedy(logits if len(plain) == len(rows) else logits[plain]).tolist()
             for i, token in zip(plain, picked):
                 tokens[i] = token
         for i, row in enumerate(rows):
@@ -401,13 +405,11 @@ class Batcher:
         request = row.request
         request.completion_tokens += 1
         self.metrics.completion_tokens += 1
-        if token in self.engine.eos_ids or not request.accept(token):
-            self._end(request, "stop")
-            return False
-        if request.completion_tokens >= request.max_tokens:
-            self._end(request, "length")
-            return False
-        return True
+        reason = finish_reason(token, request.completion_tokens, request.max_tokens, self.engine.eos_ids,
+                               request.accept)
+        if reason is not None:
+            self._end(request, reason)
+        return reason is None
 
     def _leave(self, index: int, reason: str | None) -> None:
         """Free row ``index`` (ending its request with ``reason`` unless None: already ended)."""

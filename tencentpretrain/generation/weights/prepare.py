@@ -11,14 +11,14 @@ import torch
 from torch import nn
 
 from tencentpretrain.cli import InputError
-from tencentpretrain.generation.hugepages import to_huge_pages
-from tencentpretrain.generation.layout import apply_layout
-from tencentpretrain.generation.q4 import quantize_q4_0
-from tencentpretrain.generation.q8 import quantize_q8_0
-from tencentpretrain.generation.quant import quantize_int8
+from tencentpretrain.generation.weights.hugepages import to_huge_pages
+from tencentpretrain.generation.weights.int8 import quantize_int8
+from tencentpretrain.generation.weights.layout import apply_layout
+from tencentpretrain.generation.weights.q4 import quantize_q4_0
+from tencentpretrain.generation.weights.q8 import quantize_q8_0
 
-# --quant: none; int8 (PyTorch, per output channel, generation/quant.py); q8_0 and q4_0 (llama.cpp's blocks of 32,
-# decoded by the native kernel, generation/q8.py and q4.py)
+# --quant: none; int8 (PyTorch, per output channel, weights/int8.py); q8_0 and q4_0 (llama.cpp's blocks of 32,
+# decoded by the native kernel, weights/q8.py and q4.py)
 QUANTS = ("none", "int8", "q8_0", "q4_0")
 BLOCK_QUANTS = {"q8_0": quantize_q8_0, "q4_0": quantize_q4_0}
 
@@ -31,18 +31,18 @@ def prepare_for_inference(model: nn.Module, int8: bool = False, layout: str = "c
     Args:
         model: a ``Model`` (any dtype/device).
         int8: the same as ``quant="int8"``.
-        layout: CPU weight layout (``generation/layout.py``): ``column`` (the default, fastest for one prompt at a
+        layout: CPU weight layout (``layout.py``): ``column`` (the default, fastest for one prompt at a
             time in PyTorch), ``row`` (fastest for native decoding), ``packed`` or ``both`` (oneDNN, faster for
             batches in PyTorch; float32 only). Off the CPU the weights are left as they are and only ``column`` and
             ``row`` are accepted.
         batch_size: the number of prompts decoded together, which ``packed``/``both`` are tuned for.
         include_lm_head: with a quantisation, also quantise the LM head.
-        huge_pages: on the CPU, move the weights onto 2 MiB pages (``generation/hugepages.py``: decoding streams
+        huge_pages: on the CPU, move the weights onto 2 MiB pages (``generation/weights/hugepages.py``: decoding streams
             them faster; q8_0 weights are not parameters and stay where they are).
         quant: one of ``QUANTS``: ``int8`` replaces the bias-free and biased linear layers by weight-only int8 ones
-            (``generation/quant.py``, PyTorch), ``q8_0`` the bias-free ones by q8_0 layers (``generation/q8.py``,
+            (``int8.py``, PyTorch), ``q8_0`` the bias-free ones by q8_0 layers (``q8.py``,
             float32 CPU models; the native decoder runs them), ``q4_0`` by q4_0 layers, the LM head by a q8_0 one
-            (``generation/q4.py``, as llama.cpp's q4_0 files).
+            (``q4.py``, as llama.cpp's q4_0 files).
 
     Raises:
         InputError: ``packed`` or ``both`` for a model that is not on the CPU, or one the weights or this

@@ -9,11 +9,11 @@ hold such rows, so the export keeps those tensors in f16.
 
 A ``Q8Linear`` multiplies as llama.cpp's q8_0 x q8_0 dot product does: the input rows are quantised to q8_0 too
 (``quantize_blocks`` again, per row), each block's 32 products are summed as integers, and the block sums are scaled
-by ``d_w * d_x`` and added in float32. The native kernel (``onerow.c``: ``q8_product``) computes it with AVX2's
+by ``d_w * d_x`` and added in float32. The native kernel (``csrc/kernels.c``: ``q8_product``) computes it with AVX2's
 ``maddubs``/``madd`` or AVX512-VNNI's ``dpbusd``; ``Q8Linear.forward`` is the PyTorch reference of the same arithmetic
 in the same order (eight lanes of four adjacent products per block, a multiply then an add per block, the lanes
 summed at the end as the kernel's ``hsum`` does), used where the kernel cannot run and by the tests: it gives the
-kernel's bits. It is slow (a loop over the blocks); decoding runs natively (``generation/native.py``).
+kernel's bits. It is slow (a loop over the blocks); decoding runs natively (``generation/native/``).
 """
 
 from __future__ import annotations

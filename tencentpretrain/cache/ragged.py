@@ -1,6 +1,6 @@
 """One forward pass over several requests' tokens laid end to end: the running rows' next tokens and prompt chunks.
 
-The continuous batcher (``generation/batching.py``) runs each step as one batch of one sequence of ``N`` tokens:
+The continuous batcher (``generation/scheduler.py``) runs each step as one batch of one sequence of ``N`` tokens:
 first the next token of each of the ``R`` running rows, then the next chunk of each prompt being prefilled. Every
 matrix product of the model (projections, feed-forward, normalisation) then reads its weight once for all of them,
 so the running rows' decode rides along with the prompt chunks for a fraction of a decoding step of its own (each
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from tencentpretrain.generation.slots import SlotCache
-from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.cache.kv_cache import KVCache
+from tencentpretrain.cache.slots import SlotCache
 
 
 class RaggedPass:

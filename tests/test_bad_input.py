@@ -41,7 +41,7 @@ from train_support import MICRO_LLAMA, ROOT, make_dataset, subprocess_env, train
 
 from tencentpretrain import ModelConfig, build_model
 from tencentpretrain.checkpoint import save_state_dict
-from tencentpretrain.convert import save_hf_bert, save_hf_gpt2, save_hf_llama
+from tencentpretrain.convert import save_hf_bart, save_hf_bert, save_hf_gpt2, save_hf_llama, save_hf_t5
 from tencentpretrain.convert.keymap import invert, rename
 from tencentpretrain.convert.meta import META_TO_OURS
 from tencentpretrain.convert.peft import write_peft_adapter
@@ -118,6 +118,20 @@ COMMANDS = [
     Command("convert_bert_tp_to_hf", "scripts/convert_bert_from_tencentpretrain_to_huggingface.py",
             {"--input_model_path": ("checkpoint", "bert"), "--config_path": ("json", "bert_config")},
             {"--output_model_path": "hf"}),
+    Command("convert_t5_hf_to_tp", "scripts/convert_t5_from_huggingface_to_tencentpretrain.py",
+            {"--input_model_path": ("hf_dir", "hf_t5")}, {"--output_model_path": "t5.bin"}),
+    Command("convert_t5_tp_to_hf", "scripts/convert_t5_from_tencentpretrain_to_huggingface.py",
+            {"--input_model_path": ("checkpoint", "t5"), "--config_path": ("json", "t5_config")},
+            {"--output_model_path": "hf"}),
+    Command("convert_bart_hf_to_tp", "scripts/convert_bart_from_huggingface_to_tencentpretrain.py",
+            {"--input_model_path": ("hf_dir", "hf_bart")}, {"--output_model_path": "bart.bin"}),
+    Command("convert_bart_tp_to_hf", "scripts/convert_bart_from_tencentpretrain_to_huggingface.py",
+            {"--input_model_path": ("checkpoint", "bart"), "--config_path": ("json", "bart_config")},
+            {"--output_model_path": "hf"}),
+    Command("run_seq2seq", "inference/run_seq2seq.py",
+            {"--load_model_path": ("checkpoint", "t5"), "--config_path": ("json", "t5_config"),
+             "--vocab_path": ("vocab", "bert_vocab"), "--test_path": ("prompts", "cloze")},
+            {"--prediction_path": "out.txt"}, ("--tgt_seq_length", "4")),
     Command("run_fill_mask", "inference/run_fill_mask.py",
             {"--load_model_path": ("checkpoint", "bert"), "--config_path": ("json", "bert_config"),
              "--tokenizer_path": ("vocab", "bert_vocab"), "--test_path": ("prompts", "cloze")},
@@ -356,7 +370,8 @@ def build_good(folder: Path, spm: Path) -> dict[str, Path]:
     """Every good input the rows name: tiny models (LLaMA and GPT-2, ours, Hugging Face, Meta), data and logs."""
     torch.manual_seed(0)
     good = {"spm": spm, "config": write_config(folder), "gpt2_config": ROOT / "models/gpt2/tiny_config.json",
-            "bert_config": ROOT / "models/bert/tiny_config.json"}
+            "bert_config": ROOT / "models/bert/tiny_config.json", "t5_config": ROOT / "models/t5/tiny_config.json",
+            "bart_config": ROOT / "models/bart/tiny_config.json"}
     llama = build_model(ModelConfig.from_json(good["config"]), VOCAB)
     good["checkpoint"] = folder / "model.bin"
     save_state_dict(llama.state_dict(), good["checkpoint"])
@@ -382,6 +397,13 @@ def build_good(folder: Path, spm: Path) -> dict[str, Path]:
     save_state_dict(bert.state_dict(), good["bert"])
     good["hf_bert"] = folder / "hf_bert"
     save_hf_bert(bert.state_dict(), bert_config, good["hf_bert"])
+    for name, save_hf in (("t5", save_hf_t5), ("bart", save_hf_bart)):
+        config = ModelConfig.from_json(good[f"{name}_config"])
+        model = build_model(config, VOCAB)
+        good[name] = folder / f"{name}.bin"
+        save_state_dict(model.state_dict(), good[name])
+        good[f"hf_{name}"] = folder / f"hf_{name}"
+        save_hf(model.state_dict(), config, good[f"hf_{name}"])
     apply_lora(llama, rank=2, alpha=4, target_modules=("self_attn.linear_layers.*",))
     good["adapter"] = folder / "lora.bin"
     save_adapter(llama, good["adapter"])

@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.cli import naming, run_cli
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.data import ProcessorSpec, build_dataset
 from tencentpretrain.data.bart import MASK_RATIO, POISSON_LAMBDA
@@ -32,6 +32,7 @@ from tencentpretrain.data.chat_template import load_template
 from tencentpretrain.data.corpus import resolve_format
 from tencentpretrain.data.processors import TAILS
 from tencentpretrain.data.t5 import MEAN_NOISE_SPAN_LENGTH, NOISE_DENSITY
+from tencentpretrain.errors import InputError
 from tencentpretrain.registry import DATA_PROCESSORS, TEMPLATES, TOKENIZERS
 from tencentpretrain.tokenizers import SPECIAL_TOKENS, open_tokenizer, read_special_tokens, tokenizer_source
 from tencentpretrain.vocab import check_vocab, checkpoint_vocab_rows

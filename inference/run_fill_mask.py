@@ -21,9 +21,10 @@ import sys
 import torch
 
 from tencentpretrain.checkpoint import atomic_path, load_model
-from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.cli import naming, run_cli
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.data.bert import missing_mask_tokens
+from tencentpretrain.errors import InputError
 from tencentpretrain.jsonfile import read_text
 from tencentpretrain.tokenizers import open_tokenizer
 from tencentpretrain.vocab import check_vocab, vocab_rows

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from tencentpretrain.checkpoint import atomic_path
-from tencentpretrain.cli import InputError, run_cli
+from tencentpretrain.cli import run_cli
+from tencentpretrain.errors import InputError
 from tencentpretrain.generation.options import add_sampling_args
 from tencentpretrain.llamacpp import add_repack_arg, open_llama
 from tencentpretrain.prompts import escape, read_prompts

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from tencentpretrain.checkpoint import atomic_path, load_model
-from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.cli import naming, run_cli
 from tencentpretrain.config import ModelConfig
+from tencentpretrain.errors import InputError
 from tencentpretrain.generation.sampling import SamplingParams, sample
 from tencentpretrain.jsonfile import read_text
 from tencentpretrain.tokenizers import open_tokenizer

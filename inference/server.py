@@ -17,7 +17,8 @@ import importlib.util
 import socket
 import sys
 
-from tencentpretrain.cli import InputError, run_cli
+from tencentpretrain.cli import run_cli
+from tencentpretrain.errors import InputError
 from tencentpretrain.generation.options import add_model_args, load_engine, sampling_from_args
 
 

@@ -8,8 +8,9 @@ import argparse
 import sys
 
 from tencentpretrain.checkpoint import save_state_dict
-from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.cli import naming, run_cli
 from tencentpretrain.dtypes import DTYPES
+from tencentpretrain.errors import InputError
 
 
 def main(argv=None) -> int:

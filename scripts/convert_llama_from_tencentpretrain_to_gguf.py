@@ -9,8 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.cli import naming, run_cli
 from tencentpretrain.convert.keymap import ConversionError
+from tencentpretrain.errors import InputError
 from tencentpretrain.registry import TEMPLATES
 
 

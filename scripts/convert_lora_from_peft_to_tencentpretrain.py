@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.cli import naming, run_cli
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.convert.peft import is_peft_dir, read_peft_adapter
+from tencentpretrain.errors import InputError
 from tencentpretrain.training.lora import write_adapter
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tencentpretrain.cli import InputError, run_cli
+from tencentpretrain.cli import run_cli
+from tencentpretrain.errors import InputError
 from tencentpretrain.evaluation.choice import CHOICE_TOKENS, PROMPT_STYLES
 from tencentpretrain.evaluation.run import (
     read_choice_inputs,

@@ -17,9 +17,10 @@ import argparse
 import sys
 
 from tencentpretrain.checkpoint import atomic_path, load_state_dict, save_state_dict
-from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.cli import naming, run_cli
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.convert.vocab import INITS, extend_state
+from tencentpretrain.errors import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,8 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.cli import naming, run_cli
 from tencentpretrain.convert.llama import write_hf_tokenizer
+from tencentpretrain.errors import InputError
 from tencentpretrain.jsonfile import read_text
 from tencentpretrain.tokenizers import SentencePieceTokenizer
 from tencentpretrain.tokenizers.merge import SCORE_POLICIES, merge_models

@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.cli import naming, run_cli
+from tencentpretrain.errors import InputError
 from tencentpretrain.training.logging import read_log
 
 

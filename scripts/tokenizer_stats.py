@@ -12,7 +12,8 @@ import argparse
 import json
 import sys
 
-from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.cli import naming, run_cli
+from tencentpretrain.errors import InputError
 from tencentpretrain.tokenizers.stats import corpus_lines, format_table, tokenizer_stats
 
 

@@ -5,8 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.cli import naming, run_cli
 from tencentpretrain.data.corpus import first_invalid_utf8_line
+from tencentpretrain.errors import InputError
 from tencentpretrain.tokenizers.train import train_sentencepiece, train_wordpiece
 
 

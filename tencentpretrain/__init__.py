@@ -21,8 +21,8 @@ from tencentpretrain import (  # noqa: F401  (registration)
     tokenizers,
 )
 from tencentpretrain.checkpoint import CheckpointError, load_model, load_state_dict
-from tencentpretrain.cli import InputError
 from tencentpretrain.config import ConfigError, ModelConfig
+from tencentpretrain.errors import InputError
 from tencentpretrain.model import Model, build_model
 
 __all__ = ["CheckpointError", "ConfigError", "InputError", "Model", "ModelConfig", "build_model", "load_model",

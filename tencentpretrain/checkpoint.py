@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
+from tencentpretrain.errors import InputError
 from tencentpretrain.model import VOCAB_HEADS, Model, build_model, tie_weights, vocab_head
 
 WORD_EMBEDDING = "embedding.word.embedding.weight"

@@ -22,11 +22,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tencentpretrain.errors import InputError
+
 DEBUG_FLAG = "--debug"
-
-
-class InputError(ValueError):
-    """A bad input file or flag; the message names the flag, the file and what is wrong with it."""
 
 
 def debug_enabled(argv: list[str] | None = None) -> bool:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tencentpretrain.cli import InputError, naming
+from tencentpretrain.cli import naming
+from tencentpretrain.errors import InputError
 from tencentpretrain.jsonfile import read_text
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from tencentpretrain.checkpoint import CheckpointError
-from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
+from tencentpretrain.errors import InputError
 from tencentpretrain.model import VOCAB_TENSORS
 
 

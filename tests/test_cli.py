@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from tencentpretrain.checkpoint import CheckpointError
-from tencentpretrain.cli import InputError, naming, run_cli
+from tencentpretrain.cli import naming, run_cli
 from tencentpretrain.config import ConfigError
 from tencentpretrain.convert import ConversionError
 from tencentpretrain.data import CorpusError, DatasetError
+from tencentpretrain.errors import InputError
 from tencentpretrain.tokenizers import TokenizerError
 from tencentpretrain.training.freezing import PatternError
 from tencentpretrain.training.inputs import SetupError

@@ -10,8 +10,8 @@ import train_support
 from conftest import generated_lines
 
 from tencentpretrain.checkpoint import save_state_dict
-from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
+from tencentpretrain.errors import InputError
 from tencentpretrain.generation import Engine
 from tencentpretrain.generation.chat import ChatSession, chat_prompt, encode_prompt, split_messages
 from tencentpretrain.generation.text import TextStream, generate_text

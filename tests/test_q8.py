@@ -15,7 +15,7 @@ import torch
 from conftest import confident_model
 from test_native import TINY, VOCAB, assert_same_greedy_tokens, prompts
 
-from tencentpretrain.cli import InputError
+from tencentpretrain.errors import InputError
 from tencentpretrain.generation import Engine, native, prepare_for_inference
 from tencentpretrain.generation.backend import choose_backend
 from tencentpretrain.generation.options import quant_of

@@ -81,7 +81,7 @@ def test_the_server_loader_and_the_gguf_export_refuse_encoder_decoders(tmp_path,
     from train_support import load_script
 
     from tencentpretrain.checkpoint import save_state_dict
-    from tencentpretrain.generation.engine import load_generation_model
+    from tencentpretrain.generation.loading import load_generation_model
 
     config_path = ROOT / "models" / "bart" / "tiny_config.json"
     model = build_model(ModelConfig.from_json(config_path), 400)  # tiny_spm's pieces

@@ -151,7 +151,7 @@ def test_merge_script_prints_sizes_and_trains_the_extra_model(spms, tmp_path, ca
 
 
 def test_merge_script_refuses_a_file_that_is_not_a_model(spms, tmp_path):
-    from tencentpretrain.cli import InputError
+    from tencentpretrain.errors import InputError
 
     bogus = tmp_path / "bogus.model"
     bogus.write_bytes(b"not a model")
@@ -256,7 +256,7 @@ def test_safetensors_in_and_out_with_a_tied_head_written_once(spms, tmp_path):
 
 # -------------------------------------------------------------------------------------------------------- refusals
 def test_extend_refuses_a_base_tokenizer_of_another_size(spms, tmp_path):
-    from tencentpretrain.cli import InputError
+    from tencentpretrain.errors import InputError
 
     config = write_config(tmp_path)
     save_state_dict(build_model(ModelConfig.from_json(config), 333).state_dict(), tmp_path / "m.bin")
@@ -267,7 +267,7 @@ def test_extend_refuses_a_base_tokenizer_of_another_size(spms, tmp_path):
 
 
 def test_extend_refuses_a_tokenizer_that_does_not_extend_the_base(spms, tmp_path):
-    from tencentpretrain.cli import InputError
+    from tencentpretrain.errors import InputError
 
     model_path, config = base_checkpoint(tmp_path, spms)
     with pytest.raises(InputError, match="does not extend"):

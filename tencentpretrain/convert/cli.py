@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 
 from tencentpretrain.checkpoint import check_state_dict, load_state_dict, save_state_dict, vocab_size_of
-from tencentpretrain.cli import InputError, naming
+from tencentpretrain.cli import naming
 from tencentpretrain.config import ConfigError, ModelConfig
 from tencentpretrain.data.chat_template import chat_template_path, load_template
 from tencentpretrain.dtypes import DTYPES
+from tencentpretrain.errors import InputError
 from tencentpretrain.model import build_model
 from tencentpretrain.model_zoo import zoo_path
 from tencentpretrain.vocab import check_vocab, vocab_rows

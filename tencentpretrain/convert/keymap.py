@@ -12,7 +12,7 @@ from functools import cache
 
 import torch
 
-from tencentpretrain.cli import InputError
+from tencentpretrain.errors import InputError
 
 LAYER = "{}"
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from tencentpretrain.checkpoint import replace_dir
-from tencentpretrain.cli import InputError
+from tencentpretrain.errors import InputError
 from tencentpretrain.jsonfile import read_json
 
 FORMAT_NAME = "tencentpretrain-binary"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from tencentpretrain.cli import InputError
+from tencentpretrain.errors import InputError
 
 
 class TemplateError(InputError):

@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from tencentpretrain.cli import InputError
+from tencentpretrain.errors import InputError
 
 FORMATS = ("text", "jsonl", "json", "documents")  # documents: lines of sentences, blank lines between documents
 Record = tuple[int, Any]  # (1-based line number, payload)

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tencentpretrain.cli import InputError
 from tencentpretrain.data.seq2seq import collate_pairs, noiser_of
+from tencentpretrain.errors import InputError
 from tencentpretrain.targets import IGNORE_INDEX
 
 

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from tencentpretrain.cli import InputError
 from tencentpretrain.data.binary import DatasetWriter
 from tencentpretrain.data.corpus import CorpusError, read_chunks
 from tencentpretrain.data.processors import Encoded, ProcessorSpec, build_processor, encode_chunk
+from tencentpretrain.errors import InputError
 
 IN_FLIGHT_PER_WORKER = 4
 MAX_WARNINGS = 10

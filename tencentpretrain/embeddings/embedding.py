@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
+from tencentpretrain.errors import InputError
 from tencentpretrain.layers.norm import LayerNorm
 from tencentpretrain.registry import EMBEDDINGS
 

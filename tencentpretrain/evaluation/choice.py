@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tencentpretrain.cli import InputError
+from tencentpretrain.errors import InputError
 from tencentpretrain.evaluation.readers import LETTERS, Question
 from tencentpretrain.evaluation.scoring import next_token_logits, next_token_logits_after_prefix
 from tencentpretrain.model import Model

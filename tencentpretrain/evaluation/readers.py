@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tencentpretrain.cli import InputError
 from tencentpretrain.data.corpus import RecordError, field, iter_json_array, iter_lines, parse_json, resolve_format
+from tencentpretrain.errors import InputError
 
 LETTERS = ("A", "B", "C", "D")
 CEVAL_HEADER = ("id", "question", *LETTERS, "answer")  # C-Eval val/dev files; dev adds "explanation"

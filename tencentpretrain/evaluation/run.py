@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass
 
 from tencentpretrain.checkpoint import atomic_path
-from tencentpretrain.cli import InputError, naming
+from tencentpretrain.cli import naming
+from tencentpretrain.errors import InputError
 from tencentpretrain.evaluation.choice import ChoiceScorer, evaluate_subject, summarize
 from tencentpretrain.evaluation.perplexity import evaluate_perplexity
 from tencentpretrain.evaluation.readers import Question, read_choice_file, read_documents, subject_files

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from tencentpretrain.checkpoint import load_state_dict, model_from_state
-from tencentpretrain.cli import InputError
 from tencentpretrain.config import ModelConfig
+from tencentpretrain.errors import InputError
 from tencentpretrain.model import Model
 
 

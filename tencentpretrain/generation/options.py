@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from tencentpretrain.cli import InputError, naming
+from tencentpretrain.cli import naming
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.data.chat_template import chat_template_path, load_template
 from tencentpretrain.dtypes import TORCH_DTYPES, auto_dtype
+from tencentpretrain.errors import InputError
 from tencentpretrain.generation.backend import choose_backend
 from tencentpretrain.generation.engine import Engine
 from tencentpretrain.generation.loading import load_generation_model

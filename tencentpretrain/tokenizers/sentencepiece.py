@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from tencentpretrain.cli import InputError
+from tencentpretrain.errors import InputError
 from tencentpretrain.jsonfile import read_json_object
 from tencentpretrain.registry import TOKENIZERS
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tencentpretrain.cli import InputError
+from tencentpretrain.errors import InputError
 from tencentpretrain.jsonfile import read_text
 from tencentpretrain.tokenizers import SentencePieceTokenizer, WordPieceTokenizer, open_tokenizer
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
-from tencentpretrain.cli import InputError
+from tencentpretrain.errors import InputError
 
 
 class PatternError(InputError):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tencentpretrain.cli import InputError, naming
+from tencentpretrain.cli import naming
 from tencentpretrain.config import ModelConfig
 from tencentpretrain.data import BinaryDataset
+from tencentpretrain.errors import InputError
 from tencentpretrain.tokenizers import open_tokenizer
 from tencentpretrain.training.options import TrainOptions
 from tencentpretrain.vocab import check_vocab

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from tencentpretrain.cli import InputError
+from tencentpretrain.errors import InputError
 from tencentpretrain.jsonfile import read_text
 
 

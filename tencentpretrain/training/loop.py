@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tencentpretrain.cli import InputError
 from tencentpretrain.data import DataLoader
+from tencentpretrain.errors import InputError
 from tencentpretrain.training import checkpointing
 from tencentpretrain.training.build import Run, build, compute_dtype, setup
 from tencentpretrain.training.distributed import leave_distributed

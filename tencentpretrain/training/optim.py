@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from tencentpretrain.cli import InputError
+from tencentpretrain.errors import InputError
 from tencentpretrain.registry import SCHEDULERS
 from tencentpretrain.training.options import TrainOptions
 from tencentpretrain.training.schedules import warmup_steps_of

@@ -14,8 +14,8 @@ import typing
 from dataclasses import dataclass, field
 
 import tencentpretrain.data  # noqa: F401  (registers the data processors)
-from tencentpretrain.cli import InputError
 from tencentpretrain.dtypes import DTYPES
+from tencentpretrain.errors import InputError
 from tencentpretrain.registry import DATA_PROCESSORS, SCHEDULERS
 
 SAVE_DTYPES = tuple(DTYPES)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from tencentpretrain.cli import InputError
+from tencentpretrain.errors import InputError
 from tencentpretrain.registry import SCHEDULERS
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tencentpretrain.cli import InputError
+from tencentpretrain.errors import InputError
 
 LAYOUTS = ("row", "column", "packed", "both")
 PACK_MIN_WEIGHTS = 1 << 19  # where oneDNN overtakes MKL at 2-8 rows on a 1-thread AMD EPYC (docs/benchmarks.md)

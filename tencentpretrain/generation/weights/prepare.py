@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tencentpretrain.cli import InputError
+from tencentpretrain.errors import InputError
 from tencentpretrain.generation.weights.hugepages import to_huge_pages
 from tencentpretrain.generation.weights.int8 import quantize_int8
 from tencentpretrain.generation.weights.layout import apply_layout

@@ -130,5 +130,6 @@ def test_tencentpretrain_refuses_a_t5_checkpoint_without_the_per_layer_bias_name
     torch.save({"src": src, "seg": src, "tgt_in": src, "tgt_seg": src}, tmp_path / "inputs.pt")
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "tencentpretrain_peer_side.py"), PEER,
                            str(config_path), str(tmp_path / "model.bin"), str(tmp_path / "inputs.pt"),
-                           str(tmp_path / "out.pt")], capture_output=True, text=True, cwd=PEER, timeout=600)
+                           str(tmp_path / "out.pt")], capture_output=True, text=True, cwd=PEER, timeout=600,
+                          env={**os.environ, "PYTHONPATH": PEER})  # its package, not ours (installed editable)
     assert done.returncode != 0 and "encoder.transformer.0.relative_pos_emb.relative_attention_bias" in done.stderr

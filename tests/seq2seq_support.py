@@ -84,3 +84,13 @@ def padded_batch(src_length: int = SRC_LENGTH, tgt_length: int = 9, seed: int = 
     tgt_seg = torch.ones_like(tgt_in)
     tgt_seg[0, tgt_length - 3:] = 0
     return src, seg, tgt_in, tgt_seg
+
+
+def both_logits(hf, ours, batch):
+    """Our logits and transformers' on one padded batch (src, seg, tgt_in, tgt_seg)."""
+    src, seg, tgt_in, tgt_seg = batch
+    with torch.no_grad():
+        theirs = hf(input_ids=src, attention_mask=seg, decoder_input_ids=tgt_in,
+                    decoder_attention_mask=tgt_seg).logits
+        mine = ours.decode(tgt_in, ours.encode_memory(src, seg), tgt_seg=tgt_seg)
+    return mine, theirs

@@ -4,7 +4,7 @@ looked up at position + 2, post-norm with layernorm_embedding, final_logits_bias
 
 import pytest
 import torch
-from seq2seq_support import VOCAB, padded_batch, save_hf, tiny_bart
+from seq2seq_support import VOCAB, both_logits, padded_batch, save_hf, tiny_bart
 from train_support import load_script
 
 from tencentpretrain.checkpoint import model_from_state
@@ -18,14 +18,6 @@ def converted(hf, tmp_path):
     config, state = load_hf_bart(save_hf(hf, tmp_path / "hf", drop=DROP))
     return model_from_state(config, state, "bart"), config, state
 
-
-def both_logits(hf, ours, batch):
-    src, seg, tgt_in, tgt_seg = batch
-    with torch.no_grad():
-        theirs = hf(input_ids=src, attention_mask=seg, decoder_input_ids=tgt_in,
-                    decoder_attention_mask=tgt_seg).logits
-        mine = ours.decode(tgt_in, ours.encode_memory(src, seg), tgt_seg=tgt_seg)
-    return mine, theirs
 
 
 def test_logits_equal_transformers_on_padded_batches(tmp_path):

@@ -4,7 +4,7 @@ scale, one bias table shared by the layers, the t5 norm, v1.0's rescaled tied he
 
 import pytest
 import torch
-from seq2seq_support import VOCAB, padded_batch, save_t5, tiny_t5
+from seq2seq_support import VOCAB, both_logits, padded_batch, save_t5, tiny_t5
 
 from tencentpretrain.checkpoint import CheckpointError, model_from_state
 from tencentpretrain.convert import load_hf_t5
@@ -18,14 +18,6 @@ def converted(hf, tmp_path):
     config, state = load_hf_t5(save_t5(hf, tmp_path / "hf"))
     return model_from_state(config, state, "t5"), config, state
 
-
-def both_logits(hf, ours, batch):
-    src, seg, tgt_in, tgt_seg = batch
-    with torch.no_grad():
-        theirs = hf(input_ids=src, attention_mask=seg, decoder_input_ids=tgt_in,
-                    decoder_attention_mask=tgt_seg).logits
-        mine = ours.decode(tgt_in, ours.encode_memory(src, seg), tgt_seg=tgt_seg)
-    return mine, theirs
 
 
 @pytest.mark.parametrize("version", ["v1.0", "v1.1"])
